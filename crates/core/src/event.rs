@@ -1,0 +1,270 @@
+//! The event envelope and the typed event bodies.
+//!
+//! A flow's log is a dense sequence of events numbered from 1. The envelope (flow id, sequence
+//! number, wall time, body format version) is stored as columns by every store; the body is
+//! encoded JSON, so a log stays readable with nothing but a SQL shell, and old logs stay
+//! readable because every body carries the format version it was written with.
+//!
+//! **Invariant:** variants are only ever added. A body already written keeps its meaning
+//! forever; a change of meaning needs a new variant or a new [`EVENT_FORMAT_VERSION`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::FlowId;
+use crate::limits::MAX_EVENT_BODY_BYTES;
+use crate::machine::{ActivationState, FlowState, PlanState, RetryState, TaskState};
+use crate::time::Timestamp;
+
+/// The body format this code writes. Logs written with a format up to this one can be read;
+/// a newer one is refused with [`DecodeError::UnknownFormat`] rather than misread.
+pub const EVENT_FORMAT_VERSION: u16 = 1;
+
+/// The three ways to write a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FlowKind {
+    /// Tasks with execute and revert, arranged as linear, unordered and graph flows.
+    TaskGraph,
+    /// Steps planned backwards from goals.
+    Plan,
+    /// A durable async function.
+    Function,
+}
+
+impl FlowKind {
+    /// Every kind.
+    pub const ALL: [Self; 3] = [Self::TaskGraph, Self::Plan, Self::Function];
+
+    /// The stable key in indexes and the CLI.
+    #[must_use]
+    pub const fn key(self) -> &'static str {
+        match self {
+            Self::TaskGraph => "task_graph",
+            Self::Plan => "plan",
+            Self::Function => "function",
+        }
+    }
+
+    /// Parses a key.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.key().eq_ignore_ascii_case(text))
+    }
+}
+
+impl std::fmt::Display for FlowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// What the engine means to do with an atom next. Stored with every atom transition so that
+/// resuming depends only on what is stored (TaskFlow persists it for the same reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Intention {
+    /// Run (or keep) its execute.
+    Execute,
+    /// Run its revert.
+    Revert,
+    /// Revert it as part of a retry of its scope.
+    Retry,
+    /// Skip it.
+    Ignore,
+}
+
+/// What happened. Each variant that names a state is a transition of one machine and is
+/// checked against that machine's table when the log is folded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventBody {
+    /// The first event of every flow.
+    FlowCreated {
+        /// Which front door made the flow.
+        kind: FlowKind,
+        /// The name of the task graph, plan registry or function it runs.
+        definition: String,
+        /// The flow's input.
+        #[serde(default)]
+        input: serde_json::Value,
+    },
+    /// A task-graph flow changed state.
+    FlowStateChanged {
+        /// The new state.
+        to: FlowState,
+    },
+    /// A task atom changed state.
+    TaskStateChanged {
+        /// The atom's name, unique in its flow.
+        atom: String,
+        /// The new state.
+        to: TaskState,
+        /// What the engine means to do with it next.
+        intention: Intention,
+    },
+    /// A retry controller atom changed state.
+    RetryStateChanged {
+        /// The atom's name, unique in its flow.
+        atom: String,
+        /// The new state.
+        to: RetryState,
+        /// What the engine means to do with it next.
+        intention: Intention,
+    },
+    /// A durable function activation changed state.
+    ActivationStateChanged {
+        /// The new state.
+        to: ActivationState,
+        /// Why, for a replay failure: what the journal said and what the code did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        diagnostic: Option<String>,
+    },
+    /// A goal-driven flow changed lifecycle state.
+    PlanStateChanged {
+        /// The new state.
+        to: PlanState,
+    },
+}
+
+impl EventBody {
+    /// The body's type tag, as written in the log.
+    #[must_use]
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Self::FlowCreated { .. } => "flow_created",
+            Self::FlowStateChanged { .. } => "flow_state_changed",
+            Self::TaskStateChanged { .. } => "task_state_changed",
+            Self::RetryStateChanged { .. } => "retry_state_changed",
+            Self::ActivationStateChanged { .. } => "activation_state_changed",
+            Self::PlanStateChanged { .. } => "plan_state_changed",
+        }
+    }
+
+    /// Encodes the body in the current format, refusing one larger than
+    /// [`MAX_EVENT_BODY_BYTES`].
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let bytes = serde_json::to_vec(self).map_err(|error| EncodeError::Serialize {
+            message: error.to_string(),
+        })?;
+        if bytes.len() > MAX_EVENT_BODY_BYTES {
+            return Err(EncodeError::TooLarge {
+                event: self.type_name(),
+                bytes: bytes.len(),
+                limit: MAX_EVENT_BODY_BYTES,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// Why a body could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The body is larger than the limit.
+    #[error("{event} event body is {bytes} bytes, over the limit of {limit} (MAX_EVENT_BODY_BYTES); store large payloads elsewhere and reference them")]
+    TooLarge {
+        /// The body's type.
+        event: &'static str,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// serde refused the value (for example a map with non-string keys).
+    #[error("event body cannot be encoded: {message}")]
+    Serialize {
+        /// serde's message.
+        message: String,
+    },
+}
+
+/// An event as stores keep it: the envelope plus the encoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    /// The flow whose log this is.
+    pub flow: FlowId,
+    /// Position in the flow's log, dense from 1.
+    pub seq: u64,
+    /// Wall time when it was recorded (from the injected clock).
+    pub time: Timestamp,
+    /// Body format version it was written with.
+    pub format: u16,
+    /// The encoded body.
+    pub body: Vec<u8>,
+}
+
+/// A decoded event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The flow whose log this is.
+    pub flow: FlowId,
+    /// Position in the flow's log, dense from 1.
+    pub seq: u64,
+    /// Wall time when it was recorded.
+    pub time: Timestamp,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// Why a stored event could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Written by a newer flowstate.
+    #[error("event {seq} has body format {format}, newer than the {supported} this build reads; upgrade flowstate")]
+    UnknownFormat {
+        /// The event's position.
+        seq: u64,
+        /// Its format version.
+        format: u16,
+        /// The newest format this build reads.
+        supported: u16,
+    },
+    /// The body does not parse as any known event.
+    #[error("event {seq} has a body that is not a valid event: {message}")]
+    Body {
+        /// The event's position.
+        seq: u64,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+impl Event {
+    /// Decodes a stored event, refusing a format newer than this build's.
+    pub fn decode(raw: &RawEvent) -> Result<Self, DecodeError> {
+        if raw.format == 0 || raw.format > EVENT_FORMAT_VERSION {
+            return Err(DecodeError::UnknownFormat {
+                seq: raw.seq,
+                format: raw.format,
+                supported: EVENT_FORMAT_VERSION,
+            });
+        }
+        let body = serde_json::from_slice(&raw.body).map_err(|error| DecodeError::Body {
+            seq: raw.seq,
+            message: error.to_string(),
+        })?;
+        Ok(Self {
+            flow: raw.flow,
+            seq: raw.seq,
+            time: raw.time,
+            body,
+        })
+    }
+
+    /// Encodes the event for a store.
+    pub fn encode(&self) -> Result<RawEvent, EncodeError> {
+        Ok(RawEvent {
+            flow: self.flow,
+            seq: self.seq,
+            time: self.time,
+            format: EVENT_FORMAT_VERSION,
+            body: self.body.encode()?,
+        })
+    }
+}

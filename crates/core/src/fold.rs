@@ -1,0 +1,461 @@
+//! The fold: a flow's state is the fold of its log.
+//!
+//! [`Folder`] applies events one at a time and refuses, naming the sequence number at fault, a
+//! log with a gap, a duplicate, an event of another flow, an unknown body format, or a
+//! transition that the spec tables refuse. A log is also refused when it records a transition
+//! the tables call a no-op: writers must never append those, so one in the log means the log
+//! was not written by flowstate. [`fold`] can stop early ([`StopAt`]): that is time travel.
+//!
+//! **Invariant:** `Folder::apply` either applies an event completely or leaves the state
+//! untouched, so an engine can validate an event against the current state before appending it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent};
+use crate::id::FlowId;
+use crate::machine::{
+    ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
+};
+use crate::time::Timestamp;
+
+/// The lifecycle state of a flow, in the machine of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "state", rename_all = "snake_case")]
+pub enum FlowStatus {
+    /// A task graph, in the flow machine.
+    TaskGraph(FlowState),
+    /// A goal-driven plan, in the plan lifecycle.
+    Plan(PlanState),
+    /// A durable function, in the activation machine.
+    Function(ActivationState),
+}
+
+impl FlowStatus {
+    /// The state a new flow of `kind` starts in.
+    #[must_use]
+    pub fn initial(kind: FlowKind) -> Self {
+        match kind {
+            FlowKind::TaskGraph => Self::TaskGraph(FlowState::INITIAL),
+            FlowKind::Plan => Self::Plan(PlanState::INITIAL),
+            FlowKind::Function => Self::Function(ActivationState::INITIAL),
+        }
+    }
+
+    /// The kind of flow this status belongs to.
+    #[must_use]
+    pub fn kind(self) -> FlowKind {
+        match self {
+            Self::TaskGraph(_) => FlowKind::TaskGraph,
+            Self::Plan(_) => FlowKind::Plan,
+            Self::Function(_) => FlowKind::Function,
+        }
+    }
+
+    /// The state's key ("running", "sleeping", "deactivated", ...), as stores index it.
+    #[must_use]
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::TaskGraph(state) => state.key(),
+            Self::Plan(state) => state.key(),
+            Self::Function(state) => state.key(),
+        }
+    }
+
+    /// Parses a state key of the machine of `kind`.
+    #[must_use]
+    pub fn parse(kind: FlowKind, key: &str) -> Option<Self> {
+        match kind {
+            FlowKind::TaskGraph => FlowState::parse(key).map(Self::TaskGraph),
+            FlowKind::Plan => PlanState::parse(key).map(Self::Plan),
+            FlowKind::Function => ActivationState::parse(key).map(Self::Function),
+        }
+    }
+}
+
+impl std::fmt::Display for FlowStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// An atom's state, in the machine of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "machine", content = "state", rename_all = "snake_case")]
+pub enum AtomState {
+    /// A task.
+    Task(TaskState),
+    /// A retry controller.
+    Retry(RetryState),
+}
+
+impl AtomState {
+    /// The state's key.
+    #[must_use]
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Task(state) => state.key(),
+            Self::Retry(state) => state.key(),
+        }
+    }
+}
+
+/// What the log says about one atom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtomRecord {
+    /// Its current state.
+    pub state: AtomState,
+    /// What the engine means to do with it next.
+    pub intention: Intention,
+    /// The event that last changed it.
+    pub last_seq: u64,
+}
+
+/// A flow's state as rebuilt from its log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// The flow.
+    pub id: FlowId,
+    /// Its kind.
+    pub kind: FlowKind,
+    /// The definition it runs.
+    pub definition: String,
+    /// Its input.
+    pub input: serde_json::Value,
+    /// Its lifecycle state.
+    pub status: FlowStatus,
+    /// Time of its first event.
+    pub created_at: Timestamp,
+    /// Time of its last folded event.
+    pub updated_at: Timestamp,
+    /// Sequence number of its last folded event.
+    pub last_seq: u64,
+    /// Its atoms (task graphs), by name.
+    pub atoms: BTreeMap<String, AtomRecord>,
+    /// The last replay-failure diagnostic (durable functions).
+    pub diagnostic: Option<String>,
+}
+
+/// Where a fold stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopAt {
+    /// Fold the whole log.
+    #[default]
+    End,
+    /// Fold events up to and including this sequence number.
+    Seq(u64),
+    /// Fold events recorded at or before this time; stop at the first later one.
+    Time(Timestamp),
+}
+
+impl StopAt {
+    /// Whether `event` lies beyond the stop point.
+    #[must_use]
+    pub fn excludes(self, seq: u64, time: Timestamp) -> bool {
+        match self {
+            Self::End => false,
+            Self::Seq(last) => seq > last,
+            Self::Time(limit) => time > limit,
+        }
+    }
+}
+
+/// Why a log does not fold. Every variant that concerns one event names its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FoldError {
+    /// No events up to the stop point.
+    #[error("the log has no events up to the requested point")]
+    EmptyLog,
+    /// A sequence number was skipped.
+    #[error("gap in the log: expected event {expected}, found event {found}")]
+    Gap {
+        /// The sequence number that should come next.
+        expected: u64,
+        /// The one found instead.
+        found: u64,
+    },
+    /// A sequence number came again (or went backwards).
+    #[error("duplicate or out-of-order event {found}: expected event {expected}")]
+    Duplicate {
+        /// The sequence number that should come next.
+        expected: u64,
+        /// The one found instead.
+        found: u64,
+    },
+    /// An event of another flow in this flow's log.
+    #[error("event {seq} belongs to flow {found}, not to flow {expected}")]
+    WrongFlow {
+        /// The event's position.
+        seq: u64,
+        /// The flow being folded.
+        expected: FlowId,
+        /// The flow the event names.
+        found: FlowId,
+    },
+    /// The body could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The first event is not `flow_created`.
+    #[error("event {seq} is a {found} event, but a log must start with flow_created")]
+    NotCreatedFirst {
+        /// The event's position.
+        seq: u64,
+        /// Its type.
+        found: &'static str,
+    },
+    /// A second `flow_created`.
+    #[error("event {seq} creates a flow that already exists")]
+    CreatedTwice {
+        /// The event's position.
+        seq: u64,
+    },
+    /// An event of another kind of flow (for example a plan event in a task graph's log).
+    #[error("event {seq} is a {event} event, which a {kind} flow cannot have")]
+    WrongKind {
+        /// The event's position.
+        seq: u64,
+        /// Its type.
+        event: &'static str,
+        /// The flow's kind.
+        kind: FlowKind,
+    },
+    /// An atom recorded first as a task and then as a retry, or the other way round.
+    #[error("event {seq} changes atom {atom:?} into another kind of atom")]
+    AtomKindChanged {
+        /// The event's position.
+        seq: u64,
+        /// The atom.
+        atom: String,
+    },
+    /// The tables refuse the transition.
+    #[error("event {seq}: {source}")]
+    Transition {
+        /// The event's position.
+        seq: u64,
+        /// What the table said.
+        source: InvalidState,
+    },
+    /// The tables call this transition a no-op, so flowstate never records it.
+    #[error("event {seq} records {machine} transition {from} -> {to}, which the state table ignores and flowstate never records")]
+    IgnoredRecorded {
+        /// The event's position.
+        seq: u64,
+        /// The machine.
+        machine: &'static str,
+        /// The state before.
+        from: &'static str,
+        /// The requested state.
+        to: &'static str,
+    },
+}
+
+/// Applies events one by one; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct Folder {
+    record: Option<FlowRecord>,
+}
+
+impl Folder {
+    /// An empty folder, before the first event.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A folder that continues from a state already folded.
+    #[must_use]
+    pub fn resume(record: FlowRecord) -> Self {
+        Self {
+            record: Some(record),
+        }
+    }
+
+    /// The state so far, if the flow has been created.
+    #[must_use]
+    pub fn record(&self) -> Option<&FlowRecord> {
+        self.record.as_ref()
+    }
+
+    /// The state so far, or [`FoldError::EmptyLog`].
+    pub fn finish(self) -> Result<FlowRecord, FoldError> {
+        self.record.ok_or(FoldError::EmptyLog)
+    }
+
+    /// The sequence number the next event must carry.
+    #[must_use]
+    pub fn next_seq(&self) -> u64 {
+        self.record.as_ref().map_or(1, |record| record.last_seq + 1)
+    }
+
+    /// Decodes and applies a stored event.
+    pub fn apply_raw(&mut self, raw: &RawEvent) -> Result<(), FoldError> {
+        self.check_position(raw.flow, raw.seq)?;
+        self.apply(&Event::decode(raw)?)
+    }
+
+    /// Applies one event, or leaves the state untouched and says why not.
+    pub fn apply(&mut self, event: &Event) -> Result<(), FoldError> {
+        self.check_position(event.flow, event.seq)?;
+        let seq = event.seq;
+        let Some(record) = self.record.as_mut() else {
+            let EventBody::FlowCreated {
+                kind,
+                definition,
+                input,
+            } = &event.body
+            else {
+                return Err(FoldError::NotCreatedFirst {
+                    seq,
+                    found: event.body.type_name(),
+                });
+            };
+            self.record = Some(FlowRecord {
+                id: event.flow,
+                kind: *kind,
+                definition: definition.clone(),
+                input: input.clone(),
+                status: FlowStatus::initial(*kind),
+                created_at: event.time,
+                updated_at: event.time,
+                last_seq: seq,
+                atoms: BTreeMap::new(),
+                diagnostic: None,
+            });
+            return Ok(());
+        };
+        let wrong_kind = || FoldError::WrongKind {
+            seq,
+            event: event.body.type_name(),
+            kind: record.kind,
+        };
+        match (&event.body, &mut record.status) {
+            (EventBody::FlowCreated { .. }, _) => return Err(FoldError::CreatedTwice { seq }),
+            (EventBody::FlowStateChanged { to }, FlowStatus::TaskGraph(state)) => {
+                advance(seq, state, *to)?;
+            }
+            (EventBody::PlanStateChanged { to }, FlowStatus::Plan(state)) => {
+                advance(seq, state, *to)?;
+            }
+            (EventBody::ActivationStateChanged { to, diagnostic }, FlowStatus::Function(state)) => {
+                advance(seq, state, *to)?;
+                record.diagnostic.clone_from(diagnostic);
+            }
+            (
+                EventBody::TaskStateChanged {
+                    atom,
+                    to,
+                    intention,
+                },
+                FlowStatus::TaskGraph(_),
+            ) => {
+                let previous = match record.atoms.get(atom) {
+                    None => TaskState::INITIAL,
+                    Some(AtomRecord {
+                        state: AtomState::Task(state),
+                        ..
+                    }) => *state,
+                    Some(_) => return Err(atom_kind_changed(seq, atom)),
+                };
+                let mut state = previous;
+                advance(seq, &mut state, *to)?;
+                set_atom(record, atom, AtomState::Task(state), *intention, seq);
+            }
+            (
+                EventBody::RetryStateChanged {
+                    atom,
+                    to,
+                    intention,
+                },
+                FlowStatus::TaskGraph(_),
+            ) => {
+                let previous = match record.atoms.get(atom) {
+                    None => RetryState::INITIAL,
+                    Some(AtomRecord {
+                        state: AtomState::Retry(state),
+                        ..
+                    }) => *state,
+                    Some(_) => return Err(atom_kind_changed(seq, atom)),
+                };
+                let mut state = previous;
+                advance(seq, &mut state, *to)?;
+                set_atom(record, atom, AtomState::Retry(state), *intention, seq);
+            }
+            _ => return Err(wrong_kind()),
+        }
+        record.last_seq = seq;
+        record.updated_at = event.time;
+        Ok(())
+    }
+
+    fn check_position(&self, flow: FlowId, seq: u64) -> Result<(), FoldError> {
+        if let Some(record) = &self.record {
+            if record.id != flow {
+                return Err(FoldError::WrongFlow {
+                    seq,
+                    expected: record.id,
+                    found: flow,
+                });
+            }
+        }
+        let expected = self.next_seq();
+        match seq.cmp(&expected) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(FoldError::Gap {
+                expected,
+                found: seq,
+            }),
+            std::cmp::Ordering::Less => Err(FoldError::Duplicate {
+                expected,
+                found: seq,
+            }),
+        }
+    }
+}
+
+fn atom_kind_changed(seq: u64, atom: &str) -> FoldError {
+    FoldError::AtomKindChanged {
+        seq,
+        atom: atom.to_owned(),
+    }
+}
+
+fn set_atom(record: &mut FlowRecord, atom: &str, state: AtomState, intention: Intention, seq: u64) {
+    let entry = AtomRecord {
+        state,
+        intention,
+        last_seq: seq,
+    };
+    record.atoms.insert(atom.to_owned(), entry);
+}
+
+/// Applies one recorded transition: only an allowed one may be in a log.
+fn advance<M: Machine>(seq: u64, state: &mut M, to: M) -> Result<(), FoldError> {
+    let from = *state;
+    match state.advance(to) {
+        Ok(Transition::Allowed) => Ok(()),
+        Ok(Transition::Ignored) => Err(FoldError::IgnoredRecorded {
+            seq,
+            machine: M::MACHINE,
+            from: from.label(),
+            to: to.label(),
+        }),
+        Err(source) => Err(FoldError::Transition { seq, source }),
+    }
+}
+
+/// Folds a stored log up to `stop`.
+pub fn fold<'a>(
+    events: impl IntoIterator<Item = &'a RawEvent>,
+    stop: StopAt,
+) -> Result<FlowRecord, FoldError> {
+    let mut folder = Folder::new();
+    for raw in events {
+        if stop.excludes(raw.seq, raw.time) {
+            break;
+        }
+        folder.apply_raw(raw)?;
+    }
+    folder.finish()
+}

@@ -1,0 +1,25 @@
+//! The sans-I/O core of flowstate.
+//!
+//! This crate owns the vocabulary every other crate speaks: flow ids, timestamps, the event
+//! envelope and its typed bodies, the state machines of `shared/spec/state-machines.md`, the
+//! fold that rebuilds a flow's state from its log, and the limits on everything a user can send.
+//!
+//! **Architecture invariant:** nothing here performs I/O, reads the clock or draws randomness.
+//! Time arrives as a [`Timestamp`] argument (or through the [`Clock`] trait, which callers
+//! implement), randomness as bytes. There is no tokio and no database in the dependency tree, so
+//! the same inputs always give the same outputs and any run can be reproduced from its log.
+
+pub mod event;
+pub mod fold;
+pub mod id;
+pub mod limits;
+pub mod machine;
+pub mod time;
+
+pub use event::{
+    DecodeError, EncodeError, Event, EventBody, FlowKind, Intention, RawEvent, EVENT_FORMAT_VERSION,
+};
+pub use fold::{fold, AtomRecord, AtomState, FlowRecord, FlowStatus, FoldError, Folder, StopAt};
+pub use id::{FlowId, IdError};
+pub use machine::{InvalidState, Machine, Transition};
+pub use time::{Clock, ManualClock, Timestamp};
