@@ -1,0 +1,704 @@
+//! The conformance suite: one set of behaviours that every [`Store`] must show, run against
+//! each implementation with [`conformance_suite!`](crate::conformance_suite).
+//!
+//! A store crate implements [`StoreFactory`] and writes, in a test file:
+//!
+//! ```ignore
+//! flowstate_store::conformance_suite!(MyFactory::default());
+//! ```
+//!
+//! Every test drives the store with a [`ManualClock`], so lease expiry and timers are exact and
+//! no test sleeps.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowstate_core::limits::{
+    MAX_CLAIM_BATCH, MAX_EVENTS_PER_APPEND, MAX_EVENT_BODY_BYTES, MAX_LEASE_SECS, MAX_NAME_BYTES,
+    MAX_PAGE_SIZE, MAX_READ_BATCH,
+};
+use flowstate_core::machine::{ActivationState, FlowState, PlanState};
+use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, ManualClock, Timestamp};
+
+use crate::{
+    AppendBatch, Claim, FlowQuery, InvalidInput, NewEvent, NewFlow, NewTimer, Release, Store,
+    StoreError, WorkerId,
+};
+
+/// Opens stores for the suite.
+#[async_trait]
+pub trait StoreFactory: Send + Sync + 'static {
+    /// Where a store lives (a file, a schema, shared memory).
+    type Location: Send + Sync;
+
+    /// A new, empty location.
+    async fn create(&self) -> Self::Location;
+
+    /// Opens the store at `location`, driven by `clock`.
+    async fn open(&self, location: &Self::Location, clock: Arc<dyn Clock>) -> Arc<dyn Store>;
+}
+
+/// Generates one `#[tokio::test]` per conformance case for a factory expression.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@cases $factory;
+            append_then_read_in_order,
+            stale_expected_seq_conflicts_and_writes_nothing,
+            concurrent_appenders_make_no_gap_and_no_duplicate,
+            leases_expire_and_flows_are_reclaimed,
+            a_wake_during_a_claim_is_not_lost,
+            timers_fire_in_due_order_and_once,
+            reopen_keeps_everything,
+            invalid_input_is_refused_and_nothing_written,
+            list_filters_and_pages,
+            delete_removes_flow_log_and_timers,
+            status_and_ready_follow_appends,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                $crate::conformance::$case(&$factory).await;
+            }
+        )*
+    };
+}
+
+/// 2026-01-01T00:00:00Z.
+const START: Timestamp = Timestamp::from_micros(1_767_225_600_000_000);
+
+struct Fixture {
+    clock: Arc<ManualClock>,
+    store: Arc<dyn Store>,
+}
+
+async fn fixture<F: StoreFactory>(factory: &F) -> (Fixture, F::Location) {
+    let clock = Arc::new(ManualClock::new(START));
+    let location = factory.create().await;
+    let store = factory.open(&location, clock.clone()).await;
+    (Fixture { clock, store }, location)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn new_flow_id(clock: &ManualClock) -> FlowId {
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    let mut random = [0u8; 10];
+    random[2..].copy_from_slice(&n);
+    FlowId::from_parts(clock.now(), random)
+}
+
+fn event(time: Timestamp, payload: &serde_json::Value) -> NewEvent {
+    NewEvent {
+        time,
+        format: 1,
+        body: serde_json::to_vec(payload).expect("json"),
+    }
+}
+
+fn creation(flow: FlowId, kind: FlowKind, definition: &str, events: Vec<NewEvent>) -> AppendBatch {
+    AppendBatch {
+        flow,
+        expected_next_seq: 1,
+        events,
+        create: Some(NewFlow {
+            kind,
+            definition: definition.to_owned(),
+        }),
+        status: None,
+        ready: None,
+        timers: Vec::new(),
+    }
+}
+
+fn follow_up(flow: FlowId, expected_next_seq: u64, events: Vec<NewEvent>) -> AppendBatch {
+    AppendBatch {
+        flow,
+        expected_next_seq,
+        events,
+        create: None,
+        status: None,
+        ready: None,
+        timers: Vec::new(),
+    }
+}
+
+fn worker(name: &str) -> WorkerId {
+    WorkerId::new(name).expect("valid worker id")
+}
+
+async fn create_flow(fx: &Fixture, kind: FlowKind, definition: &str, ready: bool) -> FlowId {
+    let flow = new_flow_id(&fx.clock);
+    let mut batch = creation(
+        flow,
+        kind,
+        definition,
+        vec![event(fx.clock.now(), &serde_json::json!({"created": true}))],
+    );
+    batch.ready = ready.then_some(true);
+    fx.store.append(batch).await.expect("create flow");
+    flow
+}
+
+/// Appends land in order, are read back exactly, and the index row follows.
+pub async fn append_then_read_in_order<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let flow = new_flow_id(&fx.clock);
+    let t0 = fx.clock.now();
+    let first: Vec<NewEvent> = (1..=3)
+        .map(|n| event(t0, &serde_json::json!({ "n": n })))
+        .collect();
+    let outcome = fx
+        .store
+        .append(creation(flow, FlowKind::TaskGraph, "order", first.clone()))
+        .await
+        .expect("create");
+    assert_eq!((outcome.first_seq, outcome.next_seq), (1, 4));
+    fx.clock.advance(Duration::from_millis(5));
+    let t1 = fx.clock.now();
+    let second: Vec<NewEvent> = (4..=5)
+        .map(|n| event(t1, &serde_json::json!({ "n": n })))
+        .collect();
+    let outcome = fx
+        .store
+        .append(follow_up(flow, 4, second.clone()))
+        .await
+        .expect("append");
+    assert_eq!((outcome.first_seq, outcome.next_seq), (4, 6));
+
+    let all = fx.store.read(flow, 1, 100).await.expect("read");
+    let written: Vec<&NewEvent> = first.iter().chain(&second).collect();
+    assert_eq!(all.len(), 5);
+    for (index, (stored, sent)) in all.iter().zip(&written).enumerate() {
+        assert_eq!(stored.flow, flow);
+        assert_eq!(stored.seq, index as u64 + 1);
+        assert_eq!(stored.time, sent.time);
+        assert_eq!(stored.format, sent.format);
+        assert_eq!(stored.body, sent.body);
+    }
+    let middle = fx.store.read(flow, 3, 2).await.expect("read range");
+    assert_eq!(middle.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
+    assert!(fx.store.read(flow, 6, 10).await.expect("read past end").is_empty());
+
+    let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
+    assert_eq!(summary.id, flow);
+    assert_eq!(summary.kind, FlowKind::TaskGraph);
+    assert_eq!(summary.definition, "order");
+    assert_eq!(summary.status, FlowStatus::TaskGraph(FlowState::Pending));
+    assert_eq!((summary.created_at, summary.updated_at), (t0, t1));
+    assert_eq!(summary.next_seq, 6);
+    assert_eq!(summary.events(), 5);
+    let bytes: usize = written.iter().map(|e| e.body.len()).sum();
+    assert_eq!(summary.bytes, bytes as u64);
+    assert!(!summary.ready);
+
+    let unknown = new_flow_id(&fx.clock);
+    assert!(fx.store.flow(unknown).await.expect("lookup").is_none());
+    assert!(matches!(
+        fx.store.read(unknown, 1, 10).await,
+        Err(StoreError::UnknownFlow { .. })
+    ));
+}
+
+/// A stale or future expected sequence number conflicts, and writes nothing.
+pub async fn stale_expected_seq_conflicts_and_writes_nothing<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let now = fx.clock.now();
+    let flow = create_flow(&fx, FlowKind::Plan, "checkout", false).await;
+    let one = || vec![event(now, &serde_json::json!({"late": true}))];
+
+    let again = fx
+        .store
+        .append(creation(flow, FlowKind::Plan, "checkout", one()))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict { expected: 1, actual: 2, .. })),
+        "creating an existing flow must conflict, got {again:?}"
+    );
+    for expected in [3, 50] {
+        let result = fx.store.append(follow_up(flow, expected, one())).await;
+        assert!(
+            matches!(result, Err(StoreError::Conflict { actual: 2, .. })),
+            "expected_next_seq {expected} must conflict, got {result:?}"
+        );
+    }
+    fx.store.append(follow_up(flow, 2, one())).await.expect("the right one");
+    let stale = fx.store.append(follow_up(flow, 2, one())).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { expected: 2, actual: 3, .. })));
+
+    let unknown = new_flow_id(&fx.clock);
+    let result = fx.store.append(follow_up(unknown, 4, one())).await;
+    assert!(matches!(result, Err(StoreError::UnknownFlow { .. })), "{result:?}");
+    assert!(fx.store.flow(unknown).await.expect("lookup").is_none());
+
+    let events = fx.store.read(flow, 1, 100).await.expect("read");
+    assert_eq!(events.len(), 2);
+    assert_eq!(fx.store.flow(flow).await.expect("flow").expect("exists").next_seq, 3);
+}
+
+/// 8 appenders × 1,000 appends, contending for 8 flows with retries on conflict: every
+/// append lands exactly once and every log is dense.
+pub async fn concurrent_appenders_make_no_gap_and_no_duplicate<F: StoreFactory>(factory: &F) {
+    const APPENDERS: usize = 8;
+    const APPENDS: usize = 1_000;
+    let (fx, _location) = fixture(factory).await;
+    let mut flows = Vec::new();
+    for _ in 0..APPENDERS {
+        flows.push(create_flow(&fx, FlowKind::Function, "counter", false).await);
+    }
+    let flows = Arc::new(flows);
+    let mut tasks = Vec::new();
+    for appender in 0..APPENDERS {
+        let store = fx.store.clone();
+        let flows = flows.clone();
+        let time = fx.clock.now();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            for k in 0..APPENDS {
+                // Appender i's k-th append goes to flow (i + k) mod 8: all appenders contend.
+                let flow = flows[(appender + k) % APPENDERS];
+                let body = event(time, &serde_json::json!({ "appender": appender, "k": k }));
+                loop {
+                    let next = store.flow(flow).await.expect("head").expect("exists").next_seq;
+                    match store.append(follow_up(flow, next, vec![body.clone()])).await {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(other) => panic!("append failed: {other}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    for task in tasks {
+        task.await.expect("appender finished");
+    }
+    let mut seen = BTreeSet::new();
+    for flow in flows.iter() {
+        let events = crate::read_all(fx.store.as_ref(), *flow).await.expect("read");
+        assert_eq!(events.len(), APPENDS + 1, "flow {flow}");
+        for (index, stored) in events.iter().enumerate() {
+            assert_eq!(stored.seq, index as u64 + 1, "dense sequence in flow {flow}");
+        }
+        for stored in &events[1..] {
+            let value: serde_json::Value = serde_json::from_slice(&stored.body).expect("json");
+            let key = (value["appender"].as_u64(), value["k"].as_u64());
+            assert!(seen.insert(key), "duplicate append {key:?}");
+        }
+    }
+    assert_eq!(seen.len(), APPENDERS * APPENDS);
+}
+
+/// A claimed flow is invisible to other claimers until its lease expires; renewals extend it;
+/// a worker whose lease expired and was taken over can neither renew nor release.
+pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let (w1, w2) = (worker("engine-1"), worker("engine-2"));
+    let a = create_flow(&fx, FlowKind::TaskGraph, "a", true).await;
+    fx.clock.advance(Duration::from_millis(1));
+    let b = create_flow(&fx, FlowKind::TaskGraph, "b", true).await;
+    let _idle = create_flow(&fx, FlowKind::TaskGraph, "idle", false).await;
+    let lease = Duration::from_secs(30);
+
+    let claims = fx.store.claim(&w1, 10, lease).await.expect("claim");
+    assert_eq!(claims.iter().map(|c| c.flow).collect::<Vec<_>>(), [a, b], "oldest ready first");
+    assert_eq!(claims[0].next_seq, 2);
+    assert_eq!(claims[0].lease_until, fx.clock.now().saturating_add(lease));
+    assert!(fx.store.claim(&w2, 10, lease).await.expect("claim").is_empty());
+
+    fx.clock.advance(Duration::from_secs(10));
+    let renewed = fx.store.renew(&w1, &[a], lease).await.expect("renew");
+    assert_eq!(renewed, [a]);
+    fx.clock.advance(Duration::from_secs(25)); // b's lease ran out 5 s ago; a's has 15 s left.
+    let taken = fx.store.claim(&w2, 10, lease).await.expect("claim");
+    assert_eq!(taken.iter().map(|c| c.flow).collect::<Vec<_>>(), [b]);
+    assert!(fx.store.renew(&w1, &[b], lease).await.expect("renew").is_empty());
+    let stale_claim = claims[1].clone();
+    assert!(!fx.store.release(&w1, &stale_claim, Release::Idle).await.expect("release"));
+
+    assert!(fx.store.release(&w2, &taken[0], Release::Idle).await.expect("release"));
+    let summary = fx.store.flow(b).await.expect("flow").expect("exists");
+    assert!(!summary.ready, "an idle release clears the ready flag");
+    assert!(fx.store.claim(&w2, 10, lease).await.expect("claim").is_empty());
+
+    assert!(fx.store.release(&w1, &claims[0], Release::StillReady).await.expect("release"));
+    let again = fx.store.claim(&w2, 10, lease).await.expect("claim");
+    assert_eq!(again.iter().map(|c| c.flow).collect::<Vec<_>>(), [a]);
+}
+
+/// Marking a flow ready while a worker holds it survives that worker's idle release.
+pub async fn a_wake_during_a_claim_is_not_lost<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let w = worker("engine-1");
+    let flow = create_flow(&fx, FlowKind::Function, "f", false).await;
+    assert!(fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim").is_empty());
+    fx.store.mark_ready(flow).await.expect("mark ready");
+    let claims: Vec<Claim> = fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!(claims.len(), 1);
+    fx.store.mark_ready(flow).await.expect("a signal arrives while claimed");
+    assert!(fx.store.release(&w, &claims[0], Release::Idle).await.expect("release"));
+    let again = fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim");
+    assert_eq!(again.len(), 1, "the wake-up that arrived during the claim is kept");
+    assert!(fx.store.release(&w, &again[0], Release::Idle).await.expect("release"));
+    assert!(fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim").is_empty());
+    let unknown = new_flow_id(&fx.clock);
+    assert!(matches!(
+        fx.store.mark_ready(unknown).await,
+        Err(StoreError::UnknownFlow { .. })
+    ));
+}
+
+/// Timers become claimable when due, earliest first, are leased to one worker, fire once
+/// when completed, and fire again only if their worker's lease ran out.
+pub async fn timers_fire_in_due_order_and_once<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let (w1, w2) = (worker("timers-1"), worker("timers-2"));
+    let lease = Duration::from_secs(10);
+    let start = fx.clock.now();
+    let at = |secs: u64| start.saturating_add(Duration::from_secs(secs));
+    let flow = new_flow_id(&fx.clock);
+    let mut batch = creation(
+        flow,
+        FlowKind::Function,
+        "sleeper",
+        vec![event(start, &serde_json::json!({}))],
+    );
+    batch.timers = vec![NewTimer {
+        name: "third".into(),
+        due: at(3),
+    }];
+    fx.store.append(batch).await.expect("create with a timer");
+    let other = create_flow(&fx, FlowKind::Function, "sleeper", false).await;
+    fx.store
+        .schedule_timer(flow, NewTimer { name: "first".into(), due: at(1) })
+        .await
+        .expect("schedule");
+    fx.store
+        .schedule_timer(other, NewTimer { name: "second".into(), due: at(2) })
+        .await
+        .expect("schedule");
+    fx.store
+        .schedule_timer(flow, NewTimer { name: "cancelled".into(), due: at(1) })
+        .await
+        .expect("schedule");
+    assert!(fx.store.cancel_timer(flow, "cancelled").await.expect("cancel"));
+    assert!(!fx.store.cancel_timer(flow, "cancelled").await.expect("cancel twice"));
+    let unknown = new_flow_id(&fx.clock);
+    assert!(matches!(
+        fx.store.schedule_timer(unknown, NewTimer { name: "x".into(), due: at(1) }).await,
+        Err(StoreError::UnknownFlow { .. })
+    ));
+
+    assert!(fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim").is_empty());
+    fx.clock.set(at(2));
+    let due = fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim");
+    let names: Vec<&str> = due.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["first", "second"], "due timers, earliest first");
+    assert_eq!((due[0].flow, due[0].due), (flow, at(1)));
+    assert!(fx.store.claim_due_timers(&w2, 10, lease).await.expect("claim").is_empty());
+    assert!(!fx.store.complete_timer(&w2, &due[0]).await.expect("complete"));
+    assert!(fx.store.complete_timer(&w1, &due[0]).await.expect("complete"));
+    assert!(fx.store.complete_timer(&w1, &due[1]).await.expect("complete"));
+    assert!(!fx.store.complete_timer(&w1, &due[1]).await.expect("fires once"));
+
+    fx.clock.set(at(3));
+    let third = fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim");
+    assert_eq!(third.len(), 1);
+    // w1 dies holding it; after the lease another worker fires it.
+    fx.clock.advance(lease + Duration::from_millis(1));
+    let retaken = fx.store.claim_due_timers(&w2, 10, lease).await.expect("claim");
+    assert_eq!(retaken.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["third"]);
+    assert!(!fx.store.complete_timer(&w1, &third[0]).await.expect("stale worker"));
+    assert!(fx.store.complete_timer(&w2, &retaken[0]).await.expect("complete"));
+
+    // Setting a timer again moves it, and a claim of the old due time no longer completes it.
+    fx.store
+        .schedule_timer(flow, NewTimer { name: "moved".into(), due: at(20) })
+        .await
+        .expect("schedule");
+    fx.store
+        .schedule_timer(flow, NewTimer { name: "moved".into(), due: at(40) })
+        .await
+        .expect("move");
+    fx.clock.set(at(30));
+    assert!(fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim").is_empty());
+    fx.clock.set(at(40));
+    assert_eq!(fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim").len(), 1);
+}
+
+/// Closing and opening the same location again keeps logs, index rows, flags and timers.
+pub async fn reopen_keeps_everything<F: StoreFactory>(factory: &F) {
+    let (fx, location) = fixture(factory).await;
+    let flow = create_flow(&fx, FlowKind::Plan, "archive-me", true).await;
+    let mut batch = follow_up(
+        flow,
+        2,
+        vec![event(fx.clock.now(), &serde_json::json!({"to": "completed"}))],
+    );
+    batch.status = Some(FlowStatus::Plan(PlanState::Completed));
+    batch.timers = vec![NewTimer {
+        name: "deactivate".into(),
+        due: fx.clock.now(),
+    }];
+    fx.store.append(batch).await.expect("append");
+    let before_events = fx.store.read(flow, 1, 100).await.expect("read");
+    let before_summary = fx.store.flow(flow).await.expect("flow");
+    fx.store.close().await.expect("close");
+    assert!(matches!(fx.store.flow(flow).await, Err(StoreError::Closed)));
+
+    let reopened = factory.open(&location, fx.clock.clone()).await;
+    assert_eq!(reopened.read(flow, 1, 100).await.expect("read"), before_events);
+    assert_eq!(reopened.flow(flow).await.expect("flow"), before_summary);
+    let w = worker("after-restart");
+    assert_eq!(reopened.claim(&w, 10, Duration::from_secs(1)).await.expect("claim").len(), 1);
+    let timers = reopened.claim_due_timers(&w, 10, Duration::from_secs(1)).await.expect("timers");
+    assert_eq!(timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["deactivate"]);
+    reopened.close().await.expect("close");
+}
+
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) -> InvalidInput {
+    match result {
+        Err(StoreError::Invalid(invalid)) => invalid,
+        other => panic!("{what}: expected StoreError::Invalid, got {other:?}"),
+    }
+}
+
+/// Oversized or malformed input is refused with a typed error, and nothing is written.
+pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let now = fx.clock.now();
+    let small = || event(now, &serde_json::json!({}));
+    let fresh = new_flow_id(&fx.clock);
+    let existing = create_flow(&fx, FlowKind::TaskGraph, "g", false).await;
+
+    let mut huge = small();
+    huge.body = format!("\"{}\"", "x".repeat(MAX_EVENT_BODY_BYTES)).into_bytes();
+    let refusals: Vec<(&str, AppendBatch, fn(&InvalidInput) -> bool)> = vec![
+        ("empty append", creation(fresh, FlowKind::Plan, "p", vec![]), |e| {
+            matches!(e, InvalidInput::EmptyAppend)
+        }),
+        (
+            "too many events",
+            creation(fresh, FlowKind::Plan, "p", vec![small(); MAX_EVENTS_PER_APPEND + 1]),
+            |e| matches!(e, InvalidInput::TooManyEvents { .. }),
+        ),
+        ("oversized body", creation(fresh, FlowKind::Plan, "p", vec![small(), huge]), |e| {
+            matches!(e, InvalidInput::BodyTooLarge { index: 1, .. })
+        }),
+        (
+            "body that is not JSON",
+            creation(
+                fresh,
+                FlowKind::Plan,
+                "p",
+                vec![NewEvent { time: now, format: 1, body: b"{not json".to_vec() }],
+            ),
+            |e| matches!(e, InvalidInput::MalformedBody { index: 0, .. }),
+        ),
+        (
+            "unknown format",
+            creation(
+                fresh,
+                FlowKind::Plan,
+                "p",
+                vec![NewEvent { time: now, format: 99, body: b"{}".to_vec() }],
+            ),
+            |e| matches!(e, InvalidInput::UnsupportedFormat { format: 99, .. }),
+        ),
+        ("sequence zero", follow_up(existing, 0, vec![small()]), |e| {
+            matches!(e, InvalidInput::ZeroSequence)
+        }),
+        ("first append without create", follow_up(fresh, 1, vec![small()]), |e| {
+            matches!(e, InvalidInput::MissingCreate)
+        }),
+        (
+            "create on a later append",
+            AppendBatch {
+                expected_next_seq: 2,
+                ..creation(existing, FlowKind::TaskGraph, "g", vec![small()])
+            },
+            |e| matches!(e, InvalidInput::UnexpectedCreate { expected: 2 }),
+        ),
+        ("empty definition", creation(fresh, FlowKind::Plan, "", vec![small()]), |e| {
+            matches!(e, InvalidInput::BadName { .. })
+        }),
+        (
+            "definition too long",
+            creation(fresh, FlowKind::Plan, &"d".repeat(MAX_NAME_BYTES + 1), vec![small()]),
+            |e| matches!(e, InvalidInput::BadName { .. }),
+        ),
+        (
+            "status of another kind on create",
+            AppendBatch {
+                status: Some(FlowStatus::Function(ActivationState::Done)),
+                ..creation(fresh, FlowKind::Plan, "p", vec![small()])
+            },
+            |e| matches!(e, InvalidInput::StatusKindMismatch { .. }),
+        ),
+        (
+            "status of another kind later",
+            AppendBatch {
+                status: Some(FlowStatus::Plan(PlanState::Failed)),
+                ..follow_up(existing, 2, vec![small()])
+            },
+            |e| matches!(e, InvalidInput::StatusKindMismatch { .. }),
+        ),
+        (
+            "empty timer name",
+            AppendBatch {
+                timers: vec![NewTimer { name: String::new(), due: now }],
+                ..follow_up(existing, 2, vec![small()])
+            },
+            |e| matches!(e, InvalidInput::BadName { .. }),
+        ),
+    ];
+    for (what, batch, expected) in refusals {
+        let invalid = assert_invalid(fx.store.append(batch).await, what);
+        assert!(expected(&invalid), "{what}: wrong error {invalid:?}");
+        assert!(!invalid.to_string().is_empty());
+        assert!(fx.store.flow(fresh).await.expect("lookup").is_none(), "{what} wrote a flow");
+        let summary = fx.store.flow(existing).await.expect("lookup").expect("exists");
+        assert_eq!(summary.next_seq, 2, "{what} wrote an event");
+        assert_eq!(summary.status, FlowStatus::TaskGraph(FlowState::Pending), "{what}");
+    }
+
+    let w = worker("w");
+    let lease = Duration::from_secs(1);
+    assert_invalid(fx.store.claim(&w, 0, lease).await, "claim 0");
+    assert_invalid(fx.store.claim(&w, MAX_CLAIM_BATCH + 1, lease).await, "claim too many");
+    assert_invalid(fx.store.claim(&w, 1, Duration::ZERO).await, "zero lease");
+    let too_long = Duration::from_secs(MAX_LEASE_SECS + 1);
+    assert_invalid(fx.store.claim(&w, 1, too_long).await, "lease too long");
+    assert_invalid(fx.store.renew(&w, &[existing], too_long).await, "renew too long");
+    assert_invalid(fx.store.claim_due_timers(&w, 0, lease).await, "timer claim 0");
+    assert_invalid(fx.store.read(existing, 1, 0).await, "read 0");
+    assert_invalid(fx.store.read(existing, 1, MAX_READ_BATCH + 1).await, "read too many");
+    let page = FlowQuery {
+        limit: MAX_PAGE_SIZE + 1,
+        ..FlowQuery::default()
+    };
+    assert_invalid(fx.store.list(&page).await, "page too large");
+    assert_invalid(
+        fx.store
+            .schedule_timer(existing, NewTimer { name: "t".repeat(MAX_NAME_BYTES + 1), due: now })
+            .await,
+        "timer name too long",
+    );
+    assert!(WorkerId::new("").is_err());
+    assert!(WorkerId::new("w".repeat(MAX_NAME_BYTES + 1)).is_err());
+}
+
+/// Listing filters by kind, definition, status and creation time, and pages by id.
+pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let mut created = Vec::new();
+    for i in 0..25 {
+        fx.clock.advance(Duration::from_millis(10));
+        let (kind, definition) = match i % 3 {
+            0 => (FlowKind::TaskGraph, "graph"),
+            1 => (FlowKind::Plan, "plan"),
+            _ => (FlowKind::Function, "func"),
+        };
+        let flow = create_flow(&fx, kind, definition, false).await;
+        created.push((flow, kind, fx.clock.now()));
+    }
+    let running = created[0].0;
+    let mut batch = follow_up(running, 2, vec![event(fx.clock.now(), &serde_json::json!({}))]);
+    batch.status = Some(FlowStatus::TaskGraph(FlowState::Running));
+    fx.store.append(batch).await.expect("append");
+
+    let mut pages = Vec::new();
+    let mut query = FlowQuery {
+        limit: 10,
+        ..FlowQuery::default()
+    };
+    loop {
+        let page = fx.store.list(&query).await.expect("list");
+        pages.push(page.flows.len());
+        query.after = page.next_after;
+        if page.next_after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, [10, 10, 5]);
+
+    let all = fx.store.list(&FlowQuery::default()).await.expect("list");
+    let ids: Vec<FlowId> = all.flows.iter().map(|s| s.id).collect();
+    assert_eq!(ids, created.iter().map(|c| c.0).collect::<Vec<_>>(), "ordered by creation");
+    assert_eq!(all.next_after, None);
+
+    let plans = FlowQuery {
+        kind: Some(FlowKind::Plan),
+        ..FlowQuery::default()
+    };
+    assert_eq!(fx.store.list(&plans).await.expect("list").flows.len(), 8);
+    let funcs = FlowQuery {
+        definition: Some("func".into()),
+        ..FlowQuery::default()
+    };
+    assert_eq!(fx.store.list(&funcs).await.expect("list").flows.len(), 8);
+    let by_status = FlowQuery {
+        status: Some("running".into()),
+        ..FlowQuery::default()
+    };
+    let found = fx.store.list(&by_status).await.expect("list");
+    assert_eq!(found.flows.iter().map(|s| s.id).collect::<Vec<_>>(), [running]);
+    let window = FlowQuery {
+        created_from: Some(created[5].2),
+        created_before: Some(created[10].2),
+        ..FlowQuery::default()
+    };
+    let found = fx.store.list(&window).await.expect("list");
+    let expected: Vec<FlowId> = created[5..10].iter().map(|c| c.0).collect();
+    assert_eq!(found.flows.iter().map(|s| s.id).collect::<Vec<_>>(), expected);
+}
+
+/// Deleting a flow removes its log, its index row and its timers, and nothing else.
+pub async fn delete_removes_flow_log_and_timers<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let gone = create_flow(&fx, FlowKind::Plan, "p", true).await;
+    let kept = create_flow(&fx, FlowKind::Plan, "p", false).await;
+    let now = fx.clock.now();
+    for flow in [gone, kept] {
+        fx.store
+            .schedule_timer(flow, NewTimer { name: "t".into(), due: now })
+            .await
+            .expect("schedule");
+    }
+    assert!(fx.store.delete_flow(gone).await.expect("delete"));
+    assert!(!fx.store.delete_flow(gone).await.expect("delete twice"));
+    assert!(fx.store.flow(gone).await.expect("lookup").is_none());
+    assert!(matches!(fx.store.read(gone, 1, 10).await, Err(StoreError::UnknownFlow { .. })));
+    let w = worker("w");
+    assert!(fx.store.claim(&w, 10, Duration::from_secs(1)).await.expect("claim").is_empty());
+    let timers = fx.store.claim_due_timers(&w, 10, Duration::from_secs(1)).await.expect("timers");
+    assert_eq!(timers.iter().map(|t| t.flow).collect::<Vec<_>>(), [kept]);
+    assert_eq!(fx.store.read(kept, 1, 10).await.expect("read").len(), 1);
+    let listed = fx.store.list(&FlowQuery::default()).await.expect("list");
+    assert_eq!(listed.flows.iter().map(|s| s.id).collect::<Vec<_>>(), [kept]);
+}
+
+/// The status and the ready flag of the index row follow what each append says.
+pub async fn status_and_ready_follow_appends<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let flow = create_flow(&fx, FlowKind::Function, "f", false).await;
+    let now = fx.clock.now();
+    let mut batch = follow_up(flow, 2, vec![event(now, &serde_json::json!({}))]);
+    batch.status = Some(FlowStatus::Function(ActivationState::Sleeping));
+    batch.ready = Some(true);
+    fx.store.append(batch).await.expect("append");
+    let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
+    assert_eq!(summary.status, FlowStatus::Function(ActivationState::Sleeping));
+    assert!(summary.ready);
+    let mut batch = follow_up(flow, 3, vec![event(now, &serde_json::json!({}))]);
+    batch.ready = Some(false);
+    fx.store.append(batch).await.expect("append");
+    let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
+    assert_eq!(summary.status, FlowStatus::Function(ActivationState::Sleeping), "kept");
+    assert!(!summary.ready);
+}

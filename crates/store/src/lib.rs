@@ -1,0 +1,134 @@
+//! Where flows live: the [`Store`] trait, the in-memory store, the log writer and the
+//! conformance suite that every store must pass.
+//!
+//! A store keeps, per flow, an append-only log of events and a small index row (kind,
+//! definition, status, times, ready flag, lease). It never interprets event bodies: the
+//! caller (an engine, through [`FlowWriter`]) validates events against the fold and tells the
+//! store the index values to keep. That keeps every store a thin, fast layer and puts all
+//! meaning in the sans-I/O core.
+//!
+//! **Architecture invariant:** `append` is the only way to change a log, it is atomic, and it
+//! succeeds only when `expected_next_seq` equals the log's next sequence number. This is how
+//! two engine processes never both advance one flow: the loser gets
+//! [`StoreError::Conflict`] and re-reads.
+//!
+//! **Invariant:** a store acknowledges an append only after it is durable by the store's own
+//! definition (the memory store: in memory; SQLite: committed and fsynced).
+
+mod clock;
+pub mod conformance;
+mod error;
+mod memory;
+mod types;
+pub mod validate;
+mod writer;
+
+pub use clock::SystemClock;
+pub use error::{InvalidInput, StoreError};
+pub use memory::{MemoryStorage, MemoryStore};
+pub use types::{
+    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewEvent,
+    NewFlow, NewTimer, Release, WorkerId,
+};
+pub use writer::{AppendExtras, FlowWriter, WriteError};
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowstate_core::{FlowId, RawEvent};
+
+/// Durable storage for flow logs, their index, the ready queue and timers.
+///
+/// Every method is safe to call from many tasks at once. Implementations: [`MemoryStore`],
+/// `flowstate_store_sqlite::SqliteStore`, and later PostgreSQL. All of them pass
+/// [`conformance`].
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Appends `batch.events` to the flow's log, atomically, numbering them from
+    /// `batch.expected_next_seq`. Fails with [`StoreError::Conflict`] (and writes nothing) when
+    /// the log's next sequence number is different; creates the flow when
+    /// `expected_next_seq == 1` and `batch.create` is given.
+    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError>;
+
+    /// Events of `flow` with `seq >= from_seq`, in order, at most `limit`
+    /// (at most [`flowstate_core::limits::MAX_READ_BATCH`]).
+    async fn read(
+        &self,
+        flow: FlowId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError>;
+
+    /// The index row of one flow, or `None` if the live store does not have it.
+    async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError>;
+
+    /// Flows matching `query`, ordered by id (that is, by creation time), one page at a time.
+    async fn list(&self, query: &FlowQuery) -> Result<FlowPage, StoreError>;
+
+    /// Marks a flow as having work (a signal arrived, a child finished, ...).
+    async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` ready flows that nobody holds (or whose lease expired), oldest
+    /// ready first, leasing them to `worker` for `lease`.
+    async fn claim(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError>;
+
+    /// Extends `worker`'s leases on `flows`; returns the flows it still holds (a flow whose
+    /// lease expired and was claimed by another worker is not among them).
+    async fn renew(
+        &self,
+        worker: &WorkerId,
+        flows: &[FlowId],
+        lease: Duration,
+    ) -> Result<Vec<FlowId>, StoreError>;
+
+    /// Gives a claimed flow back. Returns `false` if `worker` no longer held it.
+    async fn release(&self, worker: &WorkerId, claim: &Claim, release: Release)
+        -> Result<bool, StoreError>;
+
+    /// Sets (or moves) a durable timer of `flow`.
+    async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError>;
+
+    /// Removes a timer that has not fired. Returns whether it existed.
+    async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` timers that are due and not held, earliest first.
+    async fn claim_due_timers(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<DueTimer>, StoreError>;
+
+    /// Marks a claimed timer as fired (it is gone afterwards). Returns `false` if `worker` no
+    /// longer held it, in which case the caller must not act on it.
+    async fn complete_timer(&self, worker: &WorkerId, timer: &DueTimer)
+        -> Result<bool, StoreError>;
+
+    /// Deletes a flow, its log and its timers from the live store (after archiving).
+    /// Returns whether it existed.
+    async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError>;
+
+    /// Finishes pending writes and closes the store; later calls fail with
+    /// [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Reads a whole log, in batches.
+pub async fn read_all(store: &dyn Store, flow: FlowId) -> Result<Vec<RawEvent>, StoreError> {
+    const BATCH: usize = 10_000;
+    let mut events = Vec::new();
+    loop {
+        let next = events.len() as u64 + 1;
+        let batch = store.read(flow, next, BATCH).await?;
+        let done = batch.len() < BATCH;
+        events.extend(batch);
+        if done {
+            return Ok(events);
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The in-memory store: the reference implementation of the [`Store`] contract, used in tests
+//! and by embedders who need no durability. Everything sits behind one mutex; every operation
+//! is a short critical section with no await inside.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowstate_core::limits::{MAX_CLAIM_BATCH, MAX_READ_BATCH};
+use flowstate_core::{Clock, FlowId, FlowStatus, RawEvent, Timestamp};
+
+use crate::error::StoreError;
+use crate::types::{
+    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
+    Release, WorkerId,
+};
+use crate::validate::{check_batch, check_lease, check_log_room, check_name, validate_append};
+use crate::Store;
+
+#[derive(Debug)]
+struct Lease {
+    owner: WorkerId,
+    until: Timestamp,
+}
+
+#[derive(Debug)]
+struct FlowEntry {
+    summary: FlowSummary,
+    events: Vec<RawEvent>,
+    /// When it last became ready (claim order).
+    ready_since: Timestamp,
+    wake: u64,
+    lease: Option<Lease>,
+}
+
+#[derive(Debug)]
+struct TimerEntry {
+    due: Timestamp,
+    lease: Option<Lease>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    flows: BTreeMap<FlowId, FlowEntry>,
+    timers: HashMap<(FlowId, String), TimerEntry>,
+    closed: bool,
+}
+
+/// The storage behind a [`MemoryStore`]. Opening a new `MemoryStore` on the same
+/// `MemoryStorage` is how tests model "close and reopen".
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage(Arc<Mutex<Inner>>);
+
+/// A [`Store`] in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    storage: MemoryStorage,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryStore {
+    /// A new, empty store.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self::open(MemoryStorage::default(), clock)
+    }
+
+    /// A store over existing storage (reopened after [`Store::close`]).
+    pub fn open(storage: MemoryStorage, clock: Arc<dyn Clock>) -> Self {
+        if let Ok(mut inner) = storage.0.lock() {
+            inner.closed = false;
+        }
+        Self { storage, clock }
+    }
+
+    /// The storage, to reopen it later.
+    #[must_use]
+    pub fn storage(&self) -> MemoryStorage {
+        self.storage.clone()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        let inner = self.storage.0.lock().map_err(|_| StoreError::Poisoned {
+            cause: "a thread panicked while holding the memory store".into(),
+        })?;
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(inner)
+    }
+}
+
+fn lease_free(lease: Option<&Lease>, now: Timestamp) -> bool {
+    lease.is_none_or(|lease| lease.until <= now)
+}
+
+fn held_by(lease: Option<&Lease>, worker: &WorkerId) -> bool {
+    lease.is_some_and(|lease| &lease.owner == worker)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let creates = validate_append(&batch)?;
+        let mut inner = self.lock()?;
+        let actual = inner.flows.get(&batch.flow).map_or(1, |e| e.summary.next_seq);
+        if actual != batch.expected_next_seq {
+            if creates.is_none() && !inner.flows.contains_key(&batch.flow) {
+                return Err(StoreError::UnknownFlow { flow: batch.flow });
+            }
+            return Err(StoreError::Conflict {
+                flow: batch.flow,
+                expected: batch.expected_next_seq,
+                actual,
+            });
+        }
+        let kind = match (&batch.create, inner.flows.get(&batch.flow)) {
+            (Some(create), _) => create.kind,
+            (None, Some(entry)) => entry.summary.kind,
+            (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }),
+        };
+        if let Some(status) = batch.status {
+            crate::validate::check_status_kind(kind, status)?;
+        }
+        check_log_room(actual, batch.events.len())?;
+        let now = self.clock.now();
+        let first_time = batch.events[0].time;
+        let last_time = batch.events[batch.events.len() - 1].time;
+        let entry = inner.flows.entry(batch.flow).or_insert_with(|| {
+            let create = batch.create.as_ref();
+            FlowEntry {
+                summary: FlowSummary {
+                    id: batch.flow,
+                    kind,
+                    definition: create.map(|c| c.definition.clone()).unwrap_or_default(),
+                    status: FlowStatus::initial(kind),
+                    created_at: first_time,
+                    updated_at: first_time,
+                    next_seq: 1,
+                    bytes: 0,
+                    ready: false,
+                },
+                events: Vec::new(),
+                ready_since: now,
+                wake: 0,
+                lease: None,
+            }
+        });
+        for (offset, event) in batch.events.into_iter().enumerate() {
+            entry.summary.bytes += event.body.len() as u64;
+            entry.events.push(RawEvent {
+                flow: batch.flow,
+                seq: actual + offset as u64,
+                time: event.time,
+                format: event.format,
+                body: event.body,
+            });
+        }
+        let next_seq = entry.events.len() as u64 + 1;
+        entry.summary.next_seq = next_seq;
+        entry.summary.updated_at = last_time;
+        if let Some(status) = batch.status {
+            entry.summary.status = status;
+        }
+        match batch.ready {
+            Some(true) => {
+                if !entry.summary.ready {
+                    entry.ready_since = now;
+                }
+                entry.summary.ready = true;
+                entry.wake += 1;
+            }
+            Some(false) => entry.summary.ready = false,
+            None => {}
+        }
+        for timer in batch.timers {
+            inner.timers.insert(
+                (batch.flow, timer.name),
+                TimerEntry {
+                    due: timer.due,
+                    lease: None,
+                },
+            );
+        }
+        Ok(AppendOutcome {
+            first_seq: actual,
+            next_seq,
+        })
+    }
+
+    async fn read(
+        &self,
+        flow: FlowId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        check_batch("read limit", limit, MAX_READ_BATCH)?;
+        let inner = self.lock()?;
+        let entry = inner
+            .flows
+            .get(&flow)
+            .ok_or(StoreError::UnknownFlow { flow })?;
+        let start = usize::try_from(from_seq.max(1) - 1).unwrap_or(usize::MAX);
+        Ok(entry.events.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
+        Ok(self.lock()?.flows.get(&flow).map(|e| e.summary.clone()))
+    }
+
+    async fn list(&self, query: &FlowQuery) -> Result<FlowPage, StoreError> {
+        let size = query.page_size()?;
+        let inner = self.lock()?;
+        let mut flows: Vec<FlowSummary> = inner
+            .flows
+            .values()
+            .map(|e| &e.summary)
+            .filter(|s| query.matches(s))
+            .take(size + 1)
+            .cloned()
+            .collect();
+        let next_after = (flows.len() > size).then(|| {
+            flows.truncate(size);
+            flows[size - 1].id
+        });
+        Ok(FlowPage { flows, next_after })
+    }
+
+    async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let mut inner = self.lock()?;
+        let entry = inner
+            .flows
+            .get_mut(&flow)
+            .ok_or(StoreError::UnknownFlow { flow })?;
+        if !entry.summary.ready {
+            entry.ready_since = now;
+        }
+        entry.summary.ready = true;
+        entry.wake += 1;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        check_batch("claim limit", limit, MAX_CLAIM_BATCH)?;
+        check_lease(lease)?;
+        let now = self.clock.now();
+        let until = now.saturating_add(lease);
+        let mut inner = self.lock()?;
+        let mut candidates: Vec<(Timestamp, FlowId)> = inner
+            .flows
+            .values()
+            .filter(|e| e.summary.ready && lease_free(e.lease.as_ref(), now))
+            .map(|e| (e.ready_since, e.summary.id))
+            .collect();
+        candidates.sort_unstable();
+        candidates.truncate(limit);
+        let mut claims = Vec::with_capacity(candidates.len());
+        for (_, flow) in candidates {
+            if let Some(entry) = inner.flows.get_mut(&flow) {
+                entry.lease = Some(Lease {
+                    owner: worker.clone(),
+                    until,
+                });
+                claims.push(Claim {
+                    flow,
+                    next_seq: entry.summary.next_seq,
+                    lease_until: until,
+                    wake: entry.wake,
+                });
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn renew(
+        &self,
+        worker: &WorkerId,
+        flows: &[FlowId],
+        lease: Duration,
+    ) -> Result<Vec<FlowId>, StoreError> {
+        check_lease(lease)?;
+        let until = self.clock.now().saturating_add(lease);
+        let mut inner = self.lock()?;
+        let mut renewed = Vec::new();
+        for flow in flows {
+            if let Some(entry) = inner.flows.get_mut(flow) {
+                if held_by(entry.lease.as_ref(), worker) {
+                    entry.lease = Some(Lease {
+                        owner: worker.clone(),
+                        until,
+                    });
+                    renewed.push(*flow);
+                }
+            }
+        }
+        Ok(renewed)
+    }
+
+    async fn release(
+        &self,
+        worker: &WorkerId,
+        claim: &Claim,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let Some(entry) = inner.flows.get_mut(&claim.flow) else {
+            return Ok(false);
+        };
+        if !held_by(entry.lease.as_ref(), worker) {
+            return Ok(false);
+        }
+        entry.lease = None;
+        if release == Release::Idle && entry.wake == claim.wake {
+            entry.summary.ready = false;
+        }
+        Ok(true)
+    }
+
+    async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
+        check_name("timer name", &timer.name)?;
+        let mut inner = self.lock()?;
+        if !inner.flows.contains_key(&flow) {
+            return Err(StoreError::UnknownFlow { flow });
+        }
+        inner.timers.insert(
+            (flow, timer.name),
+            TimerEntry {
+                due: timer.due,
+                lease: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.timers.remove(&(flow, name.to_owned())).is_some())
+    }
+
+    async fn claim_due_timers(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<DueTimer>, StoreError> {
+        check_batch("timer claim limit", limit, MAX_CLAIM_BATCH)?;
+        check_lease(lease)?;
+        let now = self.clock.now();
+        let until = now.saturating_add(lease);
+        let mut inner = self.lock()?;
+        let mut due: Vec<(Timestamp, FlowId, String)> = inner
+            .timers
+            .iter()
+            .filter(|(_, t)| t.due <= now && lease_free(t.lease.as_ref(), now))
+            .map(|((flow, name), t)| (t.due, *flow, name.clone()))
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        let mut claimed = Vec::with_capacity(due.len());
+        for (due, flow, name) in due {
+            if let Some(timer) = inner.timers.get_mut(&(flow, name.clone())) {
+                timer.lease = Some(Lease {
+                    owner: worker.clone(),
+                    until,
+                });
+                claimed.push(DueTimer {
+                    flow,
+                    name,
+                    due,
+                    lease_until: until,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn complete_timer(
+        &self,
+        worker: &WorkerId,
+        timer: &DueTimer,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        let key = (timer.flow, timer.name.clone());
+        let held = inner
+            .timers
+            .get(&key)
+            .is_some_and(|t| t.due == timer.due && held_by(t.lease.as_ref(), worker));
+        if held {
+            inner.timers.remove(&key);
+        }
+        Ok(held)
+    }
+
+    async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        inner.timers.retain(|(timer_flow, _), _| *timer_flow != flow);
+        Ok(inner.flows.remove(&flow).is_some())
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.lock()?.closed = true;
+        Ok(())
+    }
+}

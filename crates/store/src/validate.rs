@@ -1,0 +1,132 @@
+//! Checks every store runs before it writes, so that all stores refuse the same inputs with
+//! the same typed errors and write nothing when they do.
+
+use std::time::Duration;
+
+use flowstate_core::limits::{
+    MAX_EVENTS_PER_APPEND, MAX_EVENTS_PER_FLOW, MAX_EVENT_BODY_BYTES, MAX_LEASE_SECS,
+    MAX_NAME_BYTES,
+};
+use flowstate_core::{FlowKind, EVENT_FORMAT_VERSION};
+
+use crate::error::InvalidInput;
+use crate::types::AppendBatch;
+
+/// Checks an append against every limit that does not need the stored log; returns the
+/// flow's kind if the batch creates it. A created flow without `status` starts in the initial
+/// state of its kind.
+pub fn validate_append(batch: &AppendBatch) -> Result<Option<FlowKind>, InvalidInput> {
+    if batch.events.is_empty() {
+        return Err(InvalidInput::EmptyAppend);
+    }
+    if batch.events.len() > MAX_EVENTS_PER_APPEND {
+        return Err(InvalidInput::TooManyEvents {
+            count: batch.events.len(),
+            limit: MAX_EVENTS_PER_APPEND,
+        });
+    }
+    if batch.expected_next_seq == 0 {
+        return Err(InvalidInput::ZeroSequence);
+    }
+    check_log_room(batch.expected_next_seq, batch.events.len())?;
+    for (index, event) in batch.events.iter().enumerate() {
+        if event.body.len() > MAX_EVENT_BODY_BYTES {
+            return Err(InvalidInput::BodyTooLarge {
+                index,
+                bytes: event.body.len(),
+                limit: MAX_EVENT_BODY_BYTES,
+            });
+        }
+        if event.format == 0 || event.format > EVENT_FORMAT_VERSION {
+            return Err(InvalidInput::UnsupportedFormat {
+                index,
+                format: event.format,
+                supported: EVENT_FORMAT_VERSION,
+            });
+        }
+        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(&event.body) {
+            return Err(InvalidInput::MalformedBody {
+                index,
+                message: error.to_string(),
+            });
+        }
+    }
+    for timer in &batch.timers {
+        check_name("timer name", &timer.name)?;
+    }
+    let creates = match (&batch.create, batch.expected_next_seq) {
+        (Some(create), 1) => {
+            check_name("definition", &create.definition)?;
+            Some(create.kind)
+        }
+        (None, 1) => return Err(InvalidInput::MissingCreate),
+        (Some(_), expected) => return Err(InvalidInput::UnexpectedCreate { expected }),
+        (None, _) => None,
+    };
+    if let (Some(kind), Some(status)) = (creates, batch.status) {
+        check_status_kind(kind, status)?;
+    }
+    Ok(creates)
+}
+
+/// Checks that `status` belongs to a flow of `kind`.
+pub fn check_status_kind(
+    kind: FlowKind,
+    status: flowstate_core::FlowStatus,
+) -> Result<(), InvalidInput> {
+    if status.kind() == kind {
+        return Ok(());
+    }
+    Err(InvalidInput::StatusKindMismatch {
+        status: status.key().to_owned(),
+        status_kind: status.kind().key().to_owned(),
+        kind: kind.key().to_owned(),
+    })
+}
+
+/// Checks that a log starting its next event at `next_seq` has room for `count` more.
+pub fn check_log_room(next_seq: u64, count: usize) -> Result<(), InvalidInput> {
+    let would_be = next_seq.saturating_sub(1).saturating_add(count as u64);
+    if would_be > MAX_EVENTS_PER_FLOW {
+        return Err(InvalidInput::LogFull {
+            would_be,
+            limit: MAX_EVENTS_PER_FLOW,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a name against [`MAX_NAME_BYTES`].
+pub fn check_name(what: &'static str, name: &str) -> Result<(), InvalidInput> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(InvalidInput::BadName {
+            what,
+            length: name.len(),
+            limit: MAX_NAME_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a lease duration against [`MAX_LEASE_SECS`].
+pub fn check_lease(lease: Duration) -> Result<(), InvalidInput> {
+    if lease.is_zero() || lease > Duration::from_secs(MAX_LEASE_SECS) {
+        return Err(InvalidInput::LeaseOutOfRange {
+            requested_ms: lease.as_millis(),
+            limit_secs: MAX_LEASE_SECS,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a batch size: 1 to `limit`.
+pub fn check_batch(what: &'static str, requested: usize, limit: usize) -> Result<(), InvalidInput> {
+    if requested == 0 || requested > limit {
+        return Err(InvalidInput::BatchOutOfRange {
+            what,
+            requested,
+            limit,
+        });
+    }
+    Ok(())
+}
