@@ -8,7 +8,9 @@ impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| i64::try_from(since.as_micros()).unwrap_or(i64::MAX));
+            .map_or(0, |since| {
+                i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+            });
         Timestamp::from_micros(micros)
     }
 }

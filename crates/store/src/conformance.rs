@@ -3,7 +3,7 @@
 //!
 //! A store crate implements [`StoreFactory`] and writes, in a test file:
 //!
-//! ```ignore
+//! ```text
 //! flowstate_store::conformance_suite!(MyFactory::default());
 //! ```
 //!
@@ -183,7 +183,12 @@ pub async fn append_then_read_in_order<F: StoreFactory>(factory: &F) {
     }
     let middle = fx.store.read(flow, 3, 2).await.expect("read range");
     assert_eq!(middle.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
-    assert!(fx.store.read(flow, 6, 10).await.expect("read past end").is_empty());
+    assert!(fx
+        .store
+        .read(flow, 6, 10)
+        .await
+        .expect("read past end")
+        .is_empty());
 
     let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
     assert_eq!(summary.id, flow);
@@ -217,7 +222,14 @@ pub async fn stale_expected_seq_conflicts_and_writes_nothing<F: StoreFactory>(fa
         .append(creation(flow, FlowKind::Plan, "checkout", one()))
         .await;
     assert!(
-        matches!(again, Err(StoreError::Conflict { expected: 1, actual: 2, .. })),
+        matches!(
+            again,
+            Err(StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
         "creating an existing flow must conflict, got {again:?}"
     );
     for expected in [3, 50] {
@@ -227,18 +239,39 @@ pub async fn stale_expected_seq_conflicts_and_writes_nothing<F: StoreFactory>(fa
             "expected_next_seq {expected} must conflict, got {result:?}"
         );
     }
-    fx.store.append(follow_up(flow, 2, one())).await.expect("the right one");
+    fx.store
+        .append(follow_up(flow, 2, one()))
+        .await
+        .expect("the right one");
     let stale = fx.store.append(follow_up(flow, 2, one())).await;
-    assert!(matches!(stale, Err(StoreError::Conflict { expected: 2, actual: 3, .. })));
+    assert!(matches!(
+        stale,
+        Err(StoreError::Conflict {
+            expected: 2,
+            actual: 3,
+            ..
+        })
+    ));
 
     let unknown = new_flow_id(&fx.clock);
     let result = fx.store.append(follow_up(unknown, 4, one())).await;
-    assert!(matches!(result, Err(StoreError::UnknownFlow { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::UnknownFlow { .. })),
+        "{result:?}"
+    );
     assert!(fx.store.flow(unknown).await.expect("lookup").is_none());
 
     let events = fx.store.read(flow, 1, 100).await.expect("read");
     assert_eq!(events.len(), 2);
-    assert_eq!(fx.store.flow(flow).await.expect("flow").expect("exists").next_seq, 3);
+    assert_eq!(
+        fx.store
+            .flow(flow)
+            .await
+            .expect("flow")
+            .expect("exists")
+            .next_seq,
+        3
+    );
 }
 
 /// 8 appenders × 1,000 appends, contending for 8 flows with retries on conflict: every
@@ -264,8 +297,16 @@ pub async fn concurrent_appenders_make_no_gap_and_no_duplicate<F: StoreFactory>(
                 let flow = flows[(appender + k) % APPENDERS];
                 let body = event(time, &serde_json::json!({ "appender": appender, "k": k }));
                 loop {
-                    let next = store.flow(flow).await.expect("head").expect("exists").next_seq;
-                    match store.append(follow_up(flow, next, vec![body.clone()])).await {
+                    let next = store
+                        .flow(flow)
+                        .await
+                        .expect("head")
+                        .expect("exists")
+                        .next_seq;
+                    match store
+                        .append(follow_up(flow, next, vec![body.clone()]))
+                        .await
+                    {
                         Ok(_) => break,
                         Err(StoreError::Conflict { .. }) => conflicts += 1,
                         Err(other) => panic!("append failed: {other}"),
@@ -280,10 +321,16 @@ pub async fn concurrent_appenders_make_no_gap_and_no_duplicate<F: StoreFactory>(
     }
     let mut seen = BTreeSet::new();
     for flow in flows.iter() {
-        let events = crate::read_all(fx.store.as_ref(), *flow).await.expect("read");
+        let events = crate::read_all(fx.store.as_ref(), *flow)
+            .await
+            .expect("read");
         assert_eq!(events.len(), APPENDS + 1, "flow {flow}");
         for (index, stored) in events.iter().enumerate() {
-            assert_eq!(stored.seq, index as u64 + 1, "dense sequence in flow {flow}");
+            assert_eq!(
+                stored.seq,
+                index as u64 + 1,
+                "dense sequence in flow {flow}"
+            );
         }
         for stored in &events[1..] {
             let value: serde_json::Value = serde_json::from_slice(&stored.body).expect("json");
@@ -306,10 +353,19 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
     let lease = Duration::from_secs(30);
 
     let claims = fx.store.claim(&w1, 10, lease).await.expect("claim");
-    assert_eq!(claims.iter().map(|c| c.flow).collect::<Vec<_>>(), [a, b], "oldest ready first");
+    assert_eq!(
+        claims.iter().map(|c| c.flow).collect::<Vec<_>>(),
+        [a, b],
+        "oldest ready first"
+    );
     assert_eq!(claims[0].next_seq, 2);
     assert_eq!(claims[0].lease_until, fx.clock.now().saturating_add(lease));
-    assert!(fx.store.claim(&w2, 10, lease).await.expect("claim").is_empty());
+    assert!(fx
+        .store
+        .claim(&w2, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
 
     fx.clock.advance(Duration::from_secs(10));
     let renewed = fx.store.renew(&w1, &[a], lease).await.expect("renew");
@@ -317,16 +373,38 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
     fx.clock.advance(Duration::from_secs(25)); // b's lease ran out 5 s ago; a's has 15 s left.
     let taken = fx.store.claim(&w2, 10, lease).await.expect("claim");
     assert_eq!(taken.iter().map(|c| c.flow).collect::<Vec<_>>(), [b]);
-    assert!(fx.store.renew(&w1, &[b], lease).await.expect("renew").is_empty());
+    assert!(fx
+        .store
+        .renew(&w1, &[b], lease)
+        .await
+        .expect("renew")
+        .is_empty());
     let stale_claim = claims[1].clone();
-    assert!(!fx.store.release(&w1, &stale_claim, Release::Idle).await.expect("release"));
+    assert!(!fx
+        .store
+        .release(&w1, &stale_claim, Release::Idle)
+        .await
+        .expect("release"));
 
-    assert!(fx.store.release(&w2, &taken[0], Release::Idle).await.expect("release"));
+    assert!(fx
+        .store
+        .release(&w2, &taken[0], Release::Idle)
+        .await
+        .expect("release"));
     let summary = fx.store.flow(b).await.expect("flow").expect("exists");
     assert!(!summary.ready, "an idle release clears the ready flag");
-    assert!(fx.store.claim(&w2, 10, lease).await.expect("claim").is_empty());
+    assert!(fx
+        .store
+        .claim(&w2, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
 
-    assert!(fx.store.release(&w1, &claims[0], Release::StillReady).await.expect("release"));
+    assert!(fx
+        .store
+        .release(&w1, &claims[0], Release::StillReady)
+        .await
+        .expect("release"));
     let again = fx.store.claim(&w2, 10, lease).await.expect("claim");
     assert_eq!(again.iter().map(|c| c.flow).collect::<Vec<_>>(), [a]);
 }
@@ -336,16 +414,49 @@ pub async fn a_wake_during_a_claim_is_not_lost<F: StoreFactory>(factory: &F) {
     let (fx, _location) = fixture(factory).await;
     let w = worker("engine-1");
     let flow = create_flow(&fx, FlowKind::Function, "f", false).await;
-    assert!(fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim").is_empty());
+    assert!(fx
+        .store
+        .claim(&w, 10, Duration::from_secs(5))
+        .await
+        .expect("claim")
+        .is_empty());
     fx.store.mark_ready(flow).await.expect("mark ready");
-    let claims: Vec<Claim> = fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim");
+    let claims: Vec<Claim> = fx
+        .store
+        .claim(&w, 10, Duration::from_secs(5))
+        .await
+        .expect("claim");
     assert_eq!(claims.len(), 1);
-    fx.store.mark_ready(flow).await.expect("a signal arrives while claimed");
-    assert!(fx.store.release(&w, &claims[0], Release::Idle).await.expect("release"));
-    let again = fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim");
-    assert_eq!(again.len(), 1, "the wake-up that arrived during the claim is kept");
-    assert!(fx.store.release(&w, &again[0], Release::Idle).await.expect("release"));
-    assert!(fx.store.claim(&w, 10, Duration::from_secs(5)).await.expect("claim").is_empty());
+    fx.store
+        .mark_ready(flow)
+        .await
+        .expect("a signal arrives while claimed");
+    assert!(fx
+        .store
+        .release(&w, &claims[0], Release::Idle)
+        .await
+        .expect("release"));
+    let again = fx
+        .store
+        .claim(&w, 10, Duration::from_secs(5))
+        .await
+        .expect("claim");
+    assert_eq!(
+        again.len(),
+        1,
+        "the wake-up that arrived during the claim is kept"
+    );
+    assert!(fx
+        .store
+        .release(&w, &again[0], Release::Idle)
+        .await
+        .expect("release"));
+    assert!(fx
+        .store
+        .claim(&w, 10, Duration::from_secs(5))
+        .await
+        .expect("claim")
+        .is_empty());
     let unknown = new_flow_id(&fx.clock);
     assert!(matches!(
         fx.store.mark_ready(unknown).await,
@@ -375,60 +486,167 @@ pub async fn timers_fire_in_due_order_and_once<F: StoreFactory>(factory: &F) {
     fx.store.append(batch).await.expect("create with a timer");
     let other = create_flow(&fx, FlowKind::Function, "sleeper", false).await;
     fx.store
-        .schedule_timer(flow, NewTimer { name: "first".into(), due: at(1) })
+        .schedule_timer(
+            flow,
+            NewTimer {
+                name: "first".into(),
+                due: at(1),
+            },
+        )
         .await
         .expect("schedule");
     fx.store
-        .schedule_timer(other, NewTimer { name: "second".into(), due: at(2) })
+        .schedule_timer(
+            other,
+            NewTimer {
+                name: "second".into(),
+                due: at(2),
+            },
+        )
         .await
         .expect("schedule");
     fx.store
-        .schedule_timer(flow, NewTimer { name: "cancelled".into(), due: at(1) })
+        .schedule_timer(
+            flow,
+            NewTimer {
+                name: "cancelled".into(),
+                due: at(1),
+            },
+        )
         .await
         .expect("schedule");
-    assert!(fx.store.cancel_timer(flow, "cancelled").await.expect("cancel"));
-    assert!(!fx.store.cancel_timer(flow, "cancelled").await.expect("cancel twice"));
+    assert!(fx
+        .store
+        .cancel_timer(flow, "cancelled")
+        .await
+        .expect("cancel"));
+    assert!(!fx
+        .store
+        .cancel_timer(flow, "cancelled")
+        .await
+        .expect("cancel twice"));
     let unknown = new_flow_id(&fx.clock);
     assert!(matches!(
-        fx.store.schedule_timer(unknown, NewTimer { name: "x".into(), due: at(1) }).await,
+        fx.store
+            .schedule_timer(
+                unknown,
+                NewTimer {
+                    name: "x".into(),
+                    due: at(1)
+                }
+            )
+            .await,
         Err(StoreError::UnknownFlow { .. })
     ));
 
-    assert!(fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim").is_empty());
+    assert!(fx
+        .store
+        .claim_due_timers(&w1, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
     fx.clock.set(at(2));
-    let due = fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim");
+    let due = fx
+        .store
+        .claim_due_timers(&w1, 10, lease)
+        .await
+        .expect("claim");
     let names: Vec<&str> = due.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["first", "second"], "due timers, earliest first");
     assert_eq!((due[0].flow, due[0].due), (flow, at(1)));
-    assert!(fx.store.claim_due_timers(&w2, 10, lease).await.expect("claim").is_empty());
-    assert!(!fx.store.complete_timer(&w2, &due[0]).await.expect("complete"));
-    assert!(fx.store.complete_timer(&w1, &due[0]).await.expect("complete"));
-    assert!(fx.store.complete_timer(&w1, &due[1]).await.expect("complete"));
-    assert!(!fx.store.complete_timer(&w1, &due[1]).await.expect("fires once"));
+    assert!(fx
+        .store
+        .claim_due_timers(&w2, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert!(!fx
+        .store
+        .complete_timer(&w2, &due[0])
+        .await
+        .expect("complete"));
+    assert!(fx
+        .store
+        .complete_timer(&w1, &due[0])
+        .await
+        .expect("complete"));
+    assert!(fx
+        .store
+        .complete_timer(&w1, &due[1])
+        .await
+        .expect("complete"));
+    assert!(!fx
+        .store
+        .complete_timer(&w1, &due[1])
+        .await
+        .expect("fires once"));
 
     fx.clock.set(at(3));
-    let third = fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim");
+    let third = fx
+        .store
+        .claim_due_timers(&w1, 10, lease)
+        .await
+        .expect("claim");
     assert_eq!(third.len(), 1);
     // w1 dies holding it; after the lease another worker fires it.
     fx.clock.advance(lease + Duration::from_millis(1));
-    let retaken = fx.store.claim_due_timers(&w2, 10, lease).await.expect("claim");
-    assert_eq!(retaken.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["third"]);
-    assert!(!fx.store.complete_timer(&w1, &third[0]).await.expect("stale worker"));
-    assert!(fx.store.complete_timer(&w2, &retaken[0]).await.expect("complete"));
+    let retaken = fx
+        .store
+        .claim_due_timers(&w2, 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(
+        retaken.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["third"]
+    );
+    assert!(!fx
+        .store
+        .complete_timer(&w1, &third[0])
+        .await
+        .expect("stale worker"));
+    assert!(fx
+        .store
+        .complete_timer(&w2, &retaken[0])
+        .await
+        .expect("complete"));
 
     // Setting a timer again moves it, and a claim of the old due time no longer completes it.
     fx.store
-        .schedule_timer(flow, NewTimer { name: "moved".into(), due: at(20) })
+        .schedule_timer(
+            flow,
+            NewTimer {
+                name: "moved".into(),
+                due: at(20),
+            },
+        )
         .await
         .expect("schedule");
     fx.store
-        .schedule_timer(flow, NewTimer { name: "moved".into(), due: at(40) })
+        .schedule_timer(
+            flow,
+            NewTimer {
+                name: "moved".into(),
+                due: at(40),
+            },
+        )
         .await
         .expect("move");
     fx.clock.set(at(30));
-    assert!(fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim").is_empty());
+    assert!(fx
+        .store
+        .claim_due_timers(&w1, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
     fx.clock.set(at(40));
-    assert_eq!(fx.store.claim_due_timers(&w1, 10, lease).await.expect("claim").len(), 1);
+    assert_eq!(
+        fx.store
+            .claim_due_timers(&w1, 10, lease)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
 }
 
 /// Closing and opening the same location again keeps logs, index rows, flags and timers.
@@ -438,7 +656,10 @@ pub async fn reopen_keeps_everything<F: StoreFactory>(factory: &F) {
     let mut batch = follow_up(
         flow,
         2,
-        vec![event(fx.clock.now(), &serde_json::json!({"to": "completed"}))],
+        vec![event(
+            fx.clock.now(),
+            &serde_json::json!({"to": "completed"}),
+        )],
     );
     batch.status = Some(FlowStatus::Plan(PlanState::Completed));
     batch.timers = vec![NewTimer {
@@ -452,12 +673,28 @@ pub async fn reopen_keeps_everything<F: StoreFactory>(factory: &F) {
     assert!(matches!(fx.store.flow(flow).await, Err(StoreError::Closed)));
 
     let reopened = factory.open(&location, fx.clock.clone()).await;
-    assert_eq!(reopened.read(flow, 1, 100).await.expect("read"), before_events);
+    assert_eq!(
+        reopened.read(flow, 1, 100).await.expect("read"),
+        before_events
+    );
     assert_eq!(reopened.flow(flow).await.expect("flow"), before_summary);
     let w = worker("after-restart");
-    assert_eq!(reopened.claim(&w, 10, Duration::from_secs(1)).await.expect("claim").len(), 1);
-    let timers = reopened.claim_due_timers(&w, 10, Duration::from_secs(1)).await.expect("timers");
-    assert_eq!(timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["deactivate"]);
+    assert_eq!(
+        reopened
+            .claim(&w, 10, Duration::from_secs(1))
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+    let timers = reopened
+        .claim_due_timers(&w, 10, Duration::from_secs(1))
+        .await
+        .expect("timers");
+    assert_eq!(
+        timers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["deactivate"]
+    );
     reopened.close().await.expect("close");
 }
 
@@ -479,24 +716,37 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
     let mut huge = small();
     huge.body = format!("\"{}\"", "x".repeat(MAX_EVENT_BODY_BYTES)).into_bytes();
     let refusals: Vec<(&str, AppendBatch, fn(&InvalidInput) -> bool)> = vec![
-        ("empty append", creation(fresh, FlowKind::Plan, "p", vec![]), |e| {
-            matches!(e, InvalidInput::EmptyAppend)
-        }),
+        (
+            "empty append",
+            creation(fresh, FlowKind::Plan, "p", vec![]),
+            |e| matches!(e, InvalidInput::EmptyAppend),
+        ),
         (
             "too many events",
-            creation(fresh, FlowKind::Plan, "p", vec![small(); MAX_EVENTS_PER_APPEND + 1]),
+            creation(
+                fresh,
+                FlowKind::Plan,
+                "p",
+                vec![small(); MAX_EVENTS_PER_APPEND + 1],
+            ),
             |e| matches!(e, InvalidInput::TooManyEvents { .. }),
         ),
-        ("oversized body", creation(fresh, FlowKind::Plan, "p", vec![small(), huge]), |e| {
-            matches!(e, InvalidInput::BodyTooLarge { index: 1, .. })
-        }),
+        (
+            "oversized body",
+            creation(fresh, FlowKind::Plan, "p", vec![small(), huge]),
+            |e| matches!(e, InvalidInput::BodyTooLarge { index: 1, .. }),
+        ),
         (
             "body that is not JSON",
             creation(
                 fresh,
                 FlowKind::Plan,
                 "p",
-                vec![NewEvent { time: now, format: 1, body: b"{not json".to_vec() }],
+                vec![NewEvent {
+                    time: now,
+                    format: 1,
+                    body: b"{not json".to_vec(),
+                }],
             ),
             |e| matches!(e, InvalidInput::MalformedBody { index: 0, .. }),
         ),
@@ -506,16 +756,24 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
                 fresh,
                 FlowKind::Plan,
                 "p",
-                vec![NewEvent { time: now, format: 99, body: b"{}".to_vec() }],
+                vec![NewEvent {
+                    time: now,
+                    format: 99,
+                    body: b"{}".to_vec(),
+                }],
             ),
             |e| matches!(e, InvalidInput::UnsupportedFormat { format: 99, .. }),
         ),
-        ("sequence zero", follow_up(existing, 0, vec![small()]), |e| {
-            matches!(e, InvalidInput::ZeroSequence)
-        }),
-        ("first append without create", follow_up(fresh, 1, vec![small()]), |e| {
-            matches!(e, InvalidInput::MissingCreate)
-        }),
+        (
+            "sequence zero",
+            follow_up(existing, 0, vec![small()]),
+            |e| matches!(e, InvalidInput::ZeroSequence),
+        ),
+        (
+            "first append without create",
+            follow_up(fresh, 1, vec![small()]),
+            |e| matches!(e, InvalidInput::MissingCreate),
+        ),
         (
             "create on a later append",
             AppendBatch {
@@ -524,12 +782,19 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
             },
             |e| matches!(e, InvalidInput::UnexpectedCreate { expected: 2 }),
         ),
-        ("empty definition", creation(fresh, FlowKind::Plan, "", vec![small()]), |e| {
-            matches!(e, InvalidInput::BadName { .. })
-        }),
+        (
+            "empty definition",
+            creation(fresh, FlowKind::Plan, "", vec![small()]),
+            |e| matches!(e, InvalidInput::BadName { .. }),
+        ),
         (
             "definition too long",
-            creation(fresh, FlowKind::Plan, &"d".repeat(MAX_NAME_BYTES + 1), vec![small()]),
+            creation(
+                fresh,
+                FlowKind::Plan,
+                &"d".repeat(MAX_NAME_BYTES + 1),
+                vec![small()],
+            ),
             |e| matches!(e, InvalidInput::BadName { .. }),
         ),
         (
@@ -551,7 +816,10 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
         (
             "empty timer name",
             AppendBatch {
-                timers: vec![NewTimer { name: String::new(), due: now }],
+                timers: vec![NewTimer {
+                    name: String::new(),
+                    due: now,
+                }],
                 ..follow_up(existing, 2, vec![small()])
             },
             |e| matches!(e, InvalidInput::BadName { .. }),
@@ -561,23 +829,47 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
         let invalid = assert_invalid(fx.store.append(batch).await, what);
         assert!(expected(&invalid), "{what}: wrong error {invalid:?}");
         assert!(!invalid.to_string().is_empty());
-        assert!(fx.store.flow(fresh).await.expect("lookup").is_none(), "{what} wrote a flow");
-        let summary = fx.store.flow(existing).await.expect("lookup").expect("exists");
+        assert!(
+            fx.store.flow(fresh).await.expect("lookup").is_none(),
+            "{what} wrote a flow"
+        );
+        let summary = fx
+            .store
+            .flow(existing)
+            .await
+            .expect("lookup")
+            .expect("exists");
         assert_eq!(summary.next_seq, 2, "{what} wrote an event");
-        assert_eq!(summary.status, FlowStatus::TaskGraph(FlowState::Pending), "{what}");
+        assert_eq!(
+            summary.status,
+            FlowStatus::TaskGraph(FlowState::Pending),
+            "{what}"
+        );
     }
 
     let w = worker("w");
     let lease = Duration::from_secs(1);
     assert_invalid(fx.store.claim(&w, 0, lease).await, "claim 0");
-    assert_invalid(fx.store.claim(&w, MAX_CLAIM_BATCH + 1, lease).await, "claim too many");
+    assert_invalid(
+        fx.store.claim(&w, MAX_CLAIM_BATCH + 1, lease).await,
+        "claim too many",
+    );
     assert_invalid(fx.store.claim(&w, 1, Duration::ZERO).await, "zero lease");
     let too_long = Duration::from_secs(MAX_LEASE_SECS + 1);
     assert_invalid(fx.store.claim(&w, 1, too_long).await, "lease too long");
-    assert_invalid(fx.store.renew(&w, &[existing], too_long).await, "renew too long");
-    assert_invalid(fx.store.claim_due_timers(&w, 0, lease).await, "timer claim 0");
+    assert_invalid(
+        fx.store.renew(&w, &[existing], too_long).await,
+        "renew too long",
+    );
+    assert_invalid(
+        fx.store.claim_due_timers(&w, 0, lease).await,
+        "timer claim 0",
+    );
     assert_invalid(fx.store.read(existing, 1, 0).await, "read 0");
-    assert_invalid(fx.store.read(existing, 1, MAX_READ_BATCH + 1).await, "read too many");
+    assert_invalid(
+        fx.store.read(existing, 1, MAX_READ_BATCH + 1).await,
+        "read too many",
+    );
     let page = FlowQuery {
         limit: MAX_PAGE_SIZE + 1,
         ..FlowQuery::default()
@@ -585,7 +877,13 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
     assert_invalid(fx.store.list(&page).await, "page too large");
     assert_invalid(
         fx.store
-            .schedule_timer(existing, NewTimer { name: "t".repeat(MAX_NAME_BYTES + 1), due: now })
+            .schedule_timer(
+                existing,
+                NewTimer {
+                    name: "t".repeat(MAX_NAME_BYTES + 1),
+                    due: now,
+                },
+            )
             .await,
         "timer name too long",
     );
@@ -608,7 +906,11 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
         created.push((flow, kind, fx.clock.now()));
     }
     let running = created[0].0;
-    let mut batch = follow_up(running, 2, vec![event(fx.clock.now(), &serde_json::json!({}))]);
+    let mut batch = follow_up(
+        running,
+        2,
+        vec![event(fx.clock.now(), &serde_json::json!({}))],
+    );
     batch.status = Some(FlowStatus::TaskGraph(FlowState::Running));
     fx.store.append(batch).await.expect("append");
 
@@ -629,7 +931,11 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
 
     let all = fx.store.list(&FlowQuery::default()).await.expect("list");
     let ids: Vec<FlowId> = all.flows.iter().map(|s| s.id).collect();
-    assert_eq!(ids, created.iter().map(|c| c.0).collect::<Vec<_>>(), "ordered by creation");
+    assert_eq!(
+        ids,
+        created.iter().map(|c| c.0).collect::<Vec<_>>(),
+        "ordered by creation"
+    );
     assert_eq!(all.next_after, None);
 
     let plans = FlowQuery {
@@ -647,7 +953,10 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
         ..FlowQuery::default()
     };
     let found = fx.store.list(&by_status).await.expect("list");
-    assert_eq!(found.flows.iter().map(|s| s.id).collect::<Vec<_>>(), [running]);
+    assert_eq!(
+        found.flows.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [running]
+    );
     let window = FlowQuery {
         created_from: Some(created[5].2),
         created_before: Some(created[10].2),
@@ -655,7 +964,10 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
     };
     let found = fx.store.list(&window).await.expect("list");
     let expected: Vec<FlowId> = created[5..10].iter().map(|c| c.0).collect();
-    assert_eq!(found.flows.iter().map(|s| s.id).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        found.flows.iter().map(|s| s.id).collect::<Vec<_>>(),
+        expected
+    );
 }
 
 /// Deleting a flow removes its log, its index row and its timers, and nothing else.
@@ -666,21 +978,42 @@ pub async fn delete_removes_flow_log_and_timers<F: StoreFactory>(factory: &F) {
     let now = fx.clock.now();
     for flow in [gone, kept] {
         fx.store
-            .schedule_timer(flow, NewTimer { name: "t".into(), due: now })
+            .schedule_timer(
+                flow,
+                NewTimer {
+                    name: "t".into(),
+                    due: now,
+                },
+            )
             .await
             .expect("schedule");
     }
     assert!(fx.store.delete_flow(gone).await.expect("delete"));
     assert!(!fx.store.delete_flow(gone).await.expect("delete twice"));
     assert!(fx.store.flow(gone).await.expect("lookup").is_none());
-    assert!(matches!(fx.store.read(gone, 1, 10).await, Err(StoreError::UnknownFlow { .. })));
+    assert!(matches!(
+        fx.store.read(gone, 1, 10).await,
+        Err(StoreError::UnknownFlow { .. })
+    ));
     let w = worker("w");
-    assert!(fx.store.claim(&w, 10, Duration::from_secs(1)).await.expect("claim").is_empty());
-    let timers = fx.store.claim_due_timers(&w, 10, Duration::from_secs(1)).await.expect("timers");
+    assert!(fx
+        .store
+        .claim(&w, 10, Duration::from_secs(1))
+        .await
+        .expect("claim")
+        .is_empty());
+    let timers = fx
+        .store
+        .claim_due_timers(&w, 10, Duration::from_secs(1))
+        .await
+        .expect("timers");
     assert_eq!(timers.iter().map(|t| t.flow).collect::<Vec<_>>(), [kept]);
     assert_eq!(fx.store.read(kept, 1, 10).await.expect("read").len(), 1);
     let listed = fx.store.list(&FlowQuery::default()).await.expect("list");
-    assert_eq!(listed.flows.iter().map(|s| s.id).collect::<Vec<_>>(), [kept]);
+    assert_eq!(
+        listed.flows.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [kept]
+    );
 }
 
 /// The status and the ready flag of the index row follow what each append says.
@@ -693,12 +1026,19 @@ pub async fn status_and_ready_follow_appends<F: StoreFactory>(factory: &F) {
     batch.ready = Some(true);
     fx.store.append(batch).await.expect("append");
     let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
-    assert_eq!(summary.status, FlowStatus::Function(ActivationState::Sleeping));
+    assert_eq!(
+        summary.status,
+        FlowStatus::Function(ActivationState::Sleeping)
+    );
     assert!(summary.ready);
     let mut batch = follow_up(flow, 3, vec![event(now, &serde_json::json!({}))]);
     batch.ready = Some(false);
     fx.store.append(batch).await.expect("append");
     let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
-    assert_eq!(summary.status, FlowStatus::Function(ActivationState::Sleeping), "kept");
+    assert_eq!(
+        summary.status,
+        FlowStatus::Function(ActivationState::Sleeping),
+        "kept"
+    );
     assert!(!summary.ready);
 }

@@ -87,8 +87,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<FlowId>, StoreError>;
 
     /// Gives a claimed flow back. Returns `false` if `worker` no longer held it.
-    async fn release(&self, worker: &WorkerId, claim: &Claim, release: Release)
-        -> Result<bool, StoreError>;
+    async fn release(
+        &self,
+        worker: &WorkerId,
+        claim: &Claim,
+        release: Release,
+    ) -> Result<bool, StoreError>;
 
     /// Sets (or moves) a durable timer of `flow`.
     async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError>;

@@ -103,7 +103,10 @@ impl Store for MemoryStore {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         let creates = validate_append(&batch)?;
         let mut inner = self.lock()?;
-        let actual = inner.flows.get(&batch.flow).map_or(1, |e| e.summary.next_seq);
+        let actual = inner
+            .flows
+            .get(&batch.flow)
+            .map_or(1, |e| e.summary.next_seq);
         if actual != batch.expected_next_seq {
             if creates.is_none() && !inner.flows.contains_key(&batch.flow) {
                 return Err(StoreError::UnknownFlow { flow: batch.flow });
@@ -201,7 +204,13 @@ impl Store for MemoryStore {
             .get(&flow)
             .ok_or(StoreError::UnknownFlow { flow })?;
         let start = usize::try_from(from_seq.max(1) - 1).unwrap_or(usize::MAX);
-        Ok(entry.events.iter().skip(start).take(limit).cloned().collect())
+        Ok(entry
+            .events
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
@@ -339,7 +348,11 @@ impl Store for MemoryStore {
     }
 
     async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
-        Ok(self.lock()?.timers.remove(&(flow, name.to_owned())).is_some())
+        Ok(self
+            .lock()?
+            .timers
+            .remove(&(flow, name.to_owned()))
+            .is_some())
     }
 
     async fn claim_due_timers(
@@ -398,7 +411,9 @@ impl Store for MemoryStore {
 
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
-        inner.timers.retain(|(timer_flow, _), _| *timer_flow != flow);
+        inner
+            .timers
+            .retain(|(timer_flow, _), _| *timer_flow != flow);
         Ok(inner.flows.remove(&flow).is_some())
     }
 

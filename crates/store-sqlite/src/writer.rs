@@ -1,0 +1,625 @@
+//! The writer thread: group commit over the one read-write connection. See the crate docs for
+//! the protocol. This module owns the only code that changes the file.
+
+use flowstate_core::{FlowId, FlowKind, Timestamp};
+use flowstate_store::validate::{check_log_room, check_status_kind};
+use flowstate_store::{
+    AppendBatch, AppendOutcome, Claim, DueTimer, NewTimer, Release, StoreError, WorkerId,
+};
+use rusqlite::{Connection, ErrorCode, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rows::{flow_id, unsigned};
+use crate::MAX_GROUP_COMMIT;
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One change, with the channel its durable outcome goes back on. Times are taken by the
+/// caller from the injected clock, so the writer never reads a clock.
+#[derive(Debug)]
+pub enum Command {
+    Append {
+        batch: AppendBatch,
+        now: Timestamp,
+        reply: Reply<AppendOutcome>,
+    },
+    MarkReady {
+        flow: FlowId,
+        now: Timestamp,
+        reply: Reply<()>,
+    },
+    Claim {
+        worker: WorkerId,
+        limit: usize,
+        now: Timestamp,
+        until: Timestamp,
+        reply: Reply<Vec<Claim>>,
+    },
+    Renew {
+        worker: WorkerId,
+        flows: Vec<FlowId>,
+        until: Timestamp,
+        reply: Reply<Vec<FlowId>>,
+    },
+    Release {
+        worker: WorkerId,
+        claim: Claim,
+        release: Release,
+        reply: Reply<bool>,
+    },
+    ScheduleTimer {
+        flow: FlowId,
+        timer: NewTimer,
+        reply: Reply<()>,
+    },
+    CancelTimer {
+        flow: FlowId,
+        name: String,
+        reply: Reply<bool>,
+    },
+    ClaimTimers {
+        worker: WorkerId,
+        limit: usize,
+        now: Timestamp,
+        until: Timestamp,
+        reply: Reply<Vec<DueTimer>>,
+    },
+    CompleteTimer {
+        worker: WorkerId,
+        timer: DueTimer,
+        reply: Reply<bool>,
+    },
+    DeleteFlow {
+        flow: FlowId,
+        reply: Reply<bool>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+}
+
+/// Why one command did not succeed.
+enum OpError {
+    /// Refused (conflict, unknown flow, invalid input): undo this command only.
+    Refused(StoreError),
+    /// SQLite failed.
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Sqlite(error)
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(error: StoreError) -> Self {
+        Self::Refused(error)
+    }
+}
+
+impl From<flowstate_store::InvalidInput> for OpError {
+    fn from(error: flowstate_store::InvalidInput) -> Self {
+        Self::Refused(error.into())
+    }
+}
+
+/// Errors after which nothing more is written until the store is reopened.
+fn is_fatal(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::ReadOnly
+                | ErrorCode::PermissionDenied
+        )
+    )
+}
+
+fn io(error: &rusqlite::Error) -> StoreError {
+    StoreError::Io {
+        message: error.to_string(),
+    }
+}
+
+/// A reply held back until the commit: delivers the command's result, or the commit's error.
+type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+enum Outcome {
+    Done,
+    Undo,
+    Fatal(rusqlite::Error),
+}
+
+fn hold<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> (Deliver, Outcome) {
+    let (result, outcome) = match result {
+        Ok(value) => (Ok(value), Outcome::Done),
+        Err(OpError::Refused(error)) => (Err(error), Outcome::Undo),
+        Err(OpError::Sqlite(error)) if is_fatal(&error) => (Err(io(&error)), Outcome::Fatal(error)),
+        Err(OpError::Sqlite(error)) => (Err(io(&error)), Outcome::Undo),
+    };
+    let deliver: Deliver = Box::new(move |commit_error| {
+        // A caller that stopped waiting is no error: its write still happened (or not) as told.
+        let _ignored = reply.send(match commit_error {
+            None => result,
+            Some(error) => Err(error),
+        });
+    });
+    (deliver, outcome)
+}
+
+/// Runs until every sender is gone or a Close command is processed.
+pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<Command>) {
+    let mut poisoned: Option<String> = None;
+    let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP_COMMIT {
+            match queue.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        if commit_group(&mut conn, &mut batch, &mut poisoned) {
+            break;
+        }
+    }
+    if let Err((_, error)) = conn.close() {
+        tracing::warn!(%error, "closing the SQLite store failed");
+    }
+}
+
+/// Runs one group of commands in one transaction, each in its own savepoint, commits once,
+/// then replies. Returns whether a Close was among them.
+fn commit_group(
+    conn: &mut Connection,
+    batch: &mut Vec<Command>,
+    poisoned: &mut Option<String>,
+) -> bool {
+    let mut closing = false;
+    if let Some(cause) = poisoned.as_ref() {
+        for command in batch.drain(..) {
+            let error = StoreError::Poisoned {
+                cause: cause.clone(),
+            };
+            closing |= refuse(command, error);
+        }
+        return closing;
+    }
+    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Not a write failure (typically another process holds the write lock past the busy
+        // timeout): refuse this group, but keep the store usable.
+        for command in batch.drain(..) {
+            closing |= refuse(command, io(&error));
+        }
+        return closing;
+    }
+    let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
+    let mut fatal: Option<rusqlite::Error> = None;
+    for command in batch.drain(..) {
+        if let Some(error) = &fatal {
+            // The transaction is lost; answer the rest without running them.
+            closing |= refuse(command, io(error));
+            continue;
+        }
+        if let Err(error) = conn.execute_batch("SAVEPOINT command") {
+            closing |= refuse(command, io(&error));
+            fatal = Some(error);
+            continue;
+        }
+        let (deliver, outcome) = execute(conn, command, &mut closing);
+        delivers.push(deliver);
+        let finished = match outcome {
+            Outcome::Done => conn.execute_batch("RELEASE command"),
+            Outcome::Undo => conn.execute_batch("ROLLBACK TO command; RELEASE command"),
+            Outcome::Fatal(error) => Err(error),
+        };
+        if let Err(error) = finished {
+            fatal = Some(error);
+        }
+    }
+    let committed = match fatal {
+        Some(error) => Err(error),
+        None => conn.execute_batch("COMMIT"),
+    };
+    match committed {
+        Ok(()) => delivers.into_iter().for_each(|deliver| deliver(None)),
+        Err(error) => {
+            let _rolled_back = conn.execute_batch("ROLLBACK");
+            let cause = error.to_string();
+            tracing::error!(%cause, "group commit failed; the store stops writing");
+            *poisoned = Some(cause);
+            delivers
+                .into_iter()
+                .for_each(|deliver| deliver(Some(io(&error))));
+        }
+    }
+    closing
+}
+
+/// Answers a command with an error without running it. Returns whether it was a Close.
+fn refuse(command: Command, error: StoreError) -> bool {
+    macro_rules! answer {
+        ($reply:expr) => {{
+            let _ignored = $reply.send(Err(error));
+            false
+        }};
+    }
+    match command {
+        Command::Append { reply, .. } => answer!(reply),
+        Command::MarkReady { reply, .. } | Command::ScheduleTimer { reply, .. } => answer!(reply),
+        Command::Claim { reply, .. } => answer!(reply),
+        Command::Renew { reply, .. } => answer!(reply),
+        Command::Release { reply, .. }
+        | Command::CancelTimer { reply, .. }
+        | Command::CompleteTimer { reply, .. }
+        | Command::DeleteFlow { reply, .. } => answer!(reply),
+        Command::ClaimTimers { reply, .. } => answer!(reply),
+        Command::Close { reply } => {
+            let _ignored = reply.send(Err(error));
+            true
+        }
+    }
+}
+
+fn execute(conn: &Connection, command: Command, closing: &mut bool) -> (Deliver, Outcome) {
+    match command {
+        Command::Append { batch, now, reply } => hold(reply, append(conn, batch, now)),
+        Command::MarkReady { flow, now, reply } => hold(reply, mark_ready(conn, flow, now)),
+        Command::Claim {
+            worker,
+            limit,
+            now,
+            until,
+            reply,
+        } => hold(reply, claim(conn, &worker, limit, now, until)),
+        Command::Renew {
+            worker,
+            flows,
+            until,
+            reply,
+        } => hold(reply, renew(conn, &worker, &flows, until)),
+        Command::Release {
+            worker,
+            claim,
+            release,
+            reply,
+        } => hold(reply, release_claim(conn, &worker, &claim, release)),
+        Command::ScheduleTimer { flow, timer, reply } => {
+            hold(reply, schedule_timer(conn, flow, &timer))
+        }
+        Command::CancelTimer { flow, name, reply } => hold(reply, cancel_timer(conn, flow, &name)),
+        Command::ClaimTimers {
+            worker,
+            limit,
+            now,
+            until,
+            reply,
+        } => hold(reply, claim_timers(conn, &worker, limit, now, until)),
+        Command::CompleteTimer {
+            worker,
+            timer,
+            reply,
+        } => hold(reply, complete_timer(conn, &worker, &timer)),
+        Command::DeleteFlow { flow, reply } => hold(reply, delete_flow(conn, flow)),
+        Command::Close { reply } => {
+            *closing = true;
+            hold(reply, Ok(()))
+        }
+    }
+}
+
+fn seq_param(value: u64) -> i64 {
+    // Sequence numbers are bounded by MAX_EVENTS_PER_FLOW, far below i64::MAX.
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+struct FlowRow {
+    flow_no: i64,
+    next_seq: u64,
+    kind: FlowKind,
+}
+
+fn find_flow(conn: &Connection, flow: FlowId) -> Result<Option<FlowRow>, OpError> {
+    let row: Option<(i64, i64, String)> = conn
+        .prepare_cached("SELECT flow_no, next_seq, kind FROM flows WHERE id = ?1")?
+        .query_row([flow.as_bytes()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let Some((flow_no, next_seq, kind)) = row else {
+        return Ok(None);
+    };
+    let kind = FlowKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+        detail: format!("flow {flow} has kind {kind:?}"),
+    })?;
+    Ok(Some(FlowRow {
+        flow_no,
+        next_seq: unsigned(next_seq, "next_seq")?,
+        kind,
+    }))
+}
+
+fn flow_no(conn: &Connection, flow: FlowId) -> Result<Option<i64>, OpError> {
+    Ok(conn
+        .prepare_cached("SELECT flow_no FROM flows WHERE id = ?1")?
+        .query_row([flow.as_bytes()], |row| row.get(0))
+        .optional()?)
+}
+
+fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<AppendOutcome, OpError> {
+    let existing = find_flow(conn, batch.flow)?;
+    let actual = existing.as_ref().map_or(1, |row| row.next_seq);
+    if actual != batch.expected_next_seq {
+        if existing.is_none() {
+            return Err(StoreError::UnknownFlow { flow: batch.flow }.into());
+        }
+        return Err(StoreError::Conflict {
+            flow: batch.flow,
+            expected: batch.expected_next_seq,
+            actual,
+        }
+        .into());
+    }
+    check_log_room(actual, batch.events.len())?;
+    let first_time = batch.events[0].time;
+    let last_time = batch.events[batch.events.len() - 1].time;
+    let (flow_no, kind) = match (existing, &batch.create) {
+        (Some(row), _) => (row.flow_no, row.kind),
+        (None, Some(create)) => {
+            let status = batch
+                .status
+                .unwrap_or_else(|| flowstate_core::FlowStatus::initial(create.kind));
+            check_status_kind(create.kind, status)?;
+            conn.prepare_cached(
+                "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
+                                    next_seq, bytes, ready, ready_since, wake)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1, 0, 0, ?6, 0)",
+            )?
+            .execute((
+                batch.flow.as_bytes(),
+                create.kind.key(),
+                &create.definition,
+                status.key(),
+                first_time.as_micros(),
+                now.as_micros(),
+            ))?;
+            (conn.last_insert_rowid(), create.kind)
+        }
+        (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }.into()),
+    };
+    if let Some(status) = batch.status {
+        check_status_kind(kind, status)?;
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (flow_no, seq, time, format, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut bytes: i64 = 0;
+    for (offset, event) in batch.events.iter().enumerate() {
+        bytes += i64::try_from(event.body.len()).unwrap_or(i64::MAX);
+        insert.execute((
+            flow_no,
+            seq_param(actual + offset as u64),
+            event.time.as_micros(),
+            event.format,
+            &event.body,
+        ))?;
+    }
+    let next_seq = actual + batch.events.len() as u64;
+    conn.prepare_cached(
+        "UPDATE flows SET
+            next_seq = ?2, updated_at = ?3, bytes = bytes + ?4, status = coalesce(?5, status),
+            ready_since = CASE WHEN ?6 = 1 AND ready = 0 THEN ?7 ELSE ready_since END,
+            wake = CASE WHEN ?6 = 1 THEN wake + 1 ELSE wake END,
+            ready = coalesce(?6, ready)
+         WHERE flow_no = ?1",
+    )?
+    .execute((
+        flow_no,
+        seq_param(next_seq),
+        last_time.as_micros(),
+        bytes,
+        batch.status.map(|s| s.key()),
+        batch.ready,
+        now.as_micros(),
+    ))?;
+    for timer in &batch.timers {
+        upsert_timer(conn, flow_no, timer)?;
+    }
+    Ok(AppendOutcome {
+        first_seq: actual,
+        next_seq,
+    })
+}
+
+fn upsert_timer(conn: &Connection, flow_no: i64, timer: &NewTimer) -> Result<(), OpError> {
+    conn.prepare_cached(
+        "INSERT INTO timers (flow_no, name, due, lease_owner, lease_until)
+         VALUES (?1, ?2, ?3, NULL, NULL)
+         ON CONFLICT (flow_no, name)
+         DO UPDATE SET due = excluded.due, lease_owner = NULL, lease_until = NULL",
+    )?
+    .execute((flow_no, &timer.name, timer.due.as_micros()))?;
+    Ok(())
+}
+
+fn mark_ready(conn: &Connection, flow: FlowId, now: Timestamp) -> Result<(), OpError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE flows SET
+                ready_since = CASE WHEN ready = 0 THEN ?2 ELSE ready_since END,
+                ready = 1, wake = wake + 1
+             WHERE id = ?1",
+        )?
+        .execute((flow.as_bytes(), now.as_micros()))?;
+    if changed == 0 {
+        return Err(StoreError::UnknownFlow { flow }.into());
+    }
+    Ok(())
+}
+
+fn claim(
+    conn: &Connection,
+    worker: &WorkerId,
+    limit: usize,
+    now: Timestamp,
+    until: Timestamp,
+) -> Result<Vec<Claim>, OpError> {
+    let mut select = conn.prepare_cached(
+        "SELECT flow_no, id, next_seq, wake FROM flows
+         WHERE ready = 1 AND (lease_until IS NULL OR lease_until <= ?1)
+         ORDER BY ready_since, flow_no LIMIT ?2",
+    )?;
+    let rows = select
+        .query_map(
+            (now.as_micros(), i64::try_from(limit).unwrap_or(i64::MAX)),
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lease = conn
+        .prepare_cached("UPDATE flows SET lease_owner = ?2, lease_until = ?3 WHERE flow_no = ?1")?;
+    let mut claims = Vec::with_capacity(rows.len());
+    for (flow_no, id, next_seq, wake) in rows {
+        lease.execute((flow_no, worker.as_str(), until.as_micros()))?;
+        claims.push(Claim {
+            flow: flow_id(&id)?,
+            next_seq: unsigned(next_seq, "next_seq")?,
+            lease_until: until,
+            wake: unsigned(wake, "wake count")?,
+        });
+    }
+    Ok(claims)
+}
+
+fn renew(
+    conn: &Connection,
+    worker: &WorkerId,
+    flows: &[FlowId],
+    until: Timestamp,
+) -> Result<Vec<FlowId>, OpError> {
+    let mut update = conn
+        .prepare_cached("UPDATE flows SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2")?;
+    let mut renewed = Vec::new();
+    for flow in flows {
+        if update.execute((flow.as_bytes(), worker.as_str(), until.as_micros()))? == 1 {
+            renewed.push(*flow);
+        }
+    }
+    Ok(renewed)
+}
+
+fn release_claim(
+    conn: &Connection,
+    worker: &WorkerId,
+    claim: &Claim,
+    release: Release,
+) -> Result<bool, OpError> {
+    let idle = release == Release::Idle;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE flows SET
+                lease_owner = NULL, lease_until = NULL,
+                ready = CASE WHEN ?3 AND wake = ?4 THEN 0 ELSE ready END
+             WHERE id = ?1 AND lease_owner = ?2",
+        )?
+        .execute((
+            claim.flow.as_bytes(),
+            worker.as_str(),
+            idle,
+            i64::try_from(claim.wake).unwrap_or(i64::MAX),
+        ))?;
+    Ok(changed == 1)
+}
+
+fn schedule_timer(conn: &Connection, flow: FlowId, timer: &NewTimer) -> Result<(), OpError> {
+    let flow_no = flow_no(conn, flow)?.ok_or(StoreError::UnknownFlow { flow })?;
+    upsert_timer(conn, flow_no, timer)
+}
+
+fn cancel_timer(conn: &Connection, flow: FlowId, name: &str) -> Result<bool, OpError> {
+    let Some(flow_no) = flow_no(conn, flow)? else {
+        return Ok(false);
+    };
+    let deleted = conn
+        .prepare_cached("DELETE FROM timers WHERE flow_no = ?1 AND name = ?2")?
+        .execute((flow_no, name))?;
+    Ok(deleted == 1)
+}
+
+fn claim_timers(
+    conn: &Connection,
+    worker: &WorkerId,
+    limit: usize,
+    now: Timestamp,
+    until: Timestamp,
+) -> Result<Vec<DueTimer>, OpError> {
+    let mut select = conn.prepare_cached(
+        "SELECT t.flow_no, f.id, t.name, t.due FROM timers t JOIN flows f ON f.flow_no = t.flow_no
+         WHERE t.due <= ?1 AND (t.lease_until IS NULL OR t.lease_until <= ?1)
+         ORDER BY t.due, f.id, t.name LIMIT ?2",
+    )?;
+    let rows = select
+        .query_map(
+            (now.as_micros(), i64::try_from(limit).unwrap_or(i64::MAX)),
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut lease = conn.prepare_cached(
+        "UPDATE timers SET lease_owner = ?3, lease_until = ?4 WHERE flow_no = ?1 AND name = ?2",
+    )?;
+    let mut timers = Vec::with_capacity(rows.len());
+    for (flow_no, id, name, due) in rows {
+        lease.execute((flow_no, &name, worker.as_str(), until.as_micros()))?;
+        timers.push(DueTimer {
+            flow: flow_id(&id)?,
+            name,
+            due: Timestamp::from_micros(due),
+            lease_until: until,
+        });
+    }
+    Ok(timers)
+}
+
+fn complete_timer(conn: &Connection, worker: &WorkerId, timer: &DueTimer) -> Result<bool, OpError> {
+    let Some(flow_no) = flow_no(conn, timer.flow)? else {
+        return Ok(false);
+    };
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM timers WHERE flow_no = ?1 AND name = ?2 AND due = ?3 AND lease_owner = ?4",
+        )?
+        .execute((flow_no, &timer.name, timer.due.as_micros(), worker.as_str()))?;
+    Ok(deleted == 1)
+}
+
+fn delete_flow(conn: &Connection, flow: FlowId) -> Result<bool, OpError> {
+    let Some(flow_no) = flow_no(conn, flow)? else {
+        return Ok(false);
+    };
+    conn.prepare_cached("DELETE FROM events WHERE flow_no = ?1")?
+        .execute([flow_no])?;
+    conn.prepare_cached("DELETE FROM timers WHERE flow_no = ?1")?
+        .execute([flow_no])?;
+    conn.prepare_cached("DELETE FROM flows WHERE flow_no = ?1")?
+        .execute([flow_no])?;
+    Ok(true)
+}
