@@ -34,7 +34,9 @@ pub enum StoreUrl {
 #[non_exhaustive]
 pub enum OpenError {
     /// The URL's scheme is not one flowstate knows.
-    #[error("unknown store URL scheme in {url:?}: use a file path, sqlite://PATH or postgres://...")]
+    #[error(
+        "unknown store URL scheme in {url:?}: use a file path, sqlite://PATH or postgres://..."
+    )]
     UnknownScheme {
         /// The URL.
         url: String,

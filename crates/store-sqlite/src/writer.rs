@@ -130,18 +130,16 @@ fn io(error: &rusqlite::Error) -> StoreError {
 /// A reply held back until the commit: delivers the command's result, or the commit's error.
 type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
-enum Outcome {
-    Done,
-    Undo,
-    Fatal(rusqlite::Error),
-}
-
-fn hold<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> (Deliver, Outcome) {
-    let (result, outcome) = match result {
-        Ok(value) => (Ok(value), Outcome::Done),
-        Err(OpError::Refused(error)) => (Err(error), Outcome::Undo),
-        Err(OpError::Sqlite(error)) if is_fatal(&error) => (Err(io(&error)), Outcome::Fatal(error)),
-        Err(OpError::Sqlite(error)) => (Err(io(&error)), Outcome::Undo),
+/// Holds a command's reply until the commit; also returns the SQLite error, if any, that
+/// dooms the whole group.
+fn hold<T: Send + 'static>(
+    reply: Reply<T>,
+    result: Result<T, OpError>,
+) -> (Deliver, Option<rusqlite::Error>) {
+    let (result, failed) = match result {
+        Ok(value) => (Ok(value), None),
+        Err(OpError::Refused(error)) => (Err(error), None),
+        Err(OpError::Sqlite(error)) => (Err(io(&error)), Some(error)),
     };
     let deliver: Deliver = Box::new(move |commit_error| {
         // A caller that stopped waiting is no error: its write still happened (or not) as told.
@@ -150,7 +148,7 @@ fn hold<T: Send + 'static>(reply: Reply<T>, result: Result<T, OpError>) -> (Deli
             Some(error) => Err(error),
         });
     });
-    (deliver, outcome)
+    (deliver, failed)
 }
 
 /// Runs until every sender is gone or a Close command is processed.
@@ -174,8 +172,13 @@ pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<Command>) {
     }
 }
 
-/// Runs one group of commands in one transaction, each in its own savepoint, commits once,
-/// then replies. Returns whether a Close was among them.
+/// Runs one group of commands in one transaction, commits once, then replies. Returns
+/// whether a Close was among them.
+///
+/// Every operation makes all of its checks before its first write, so a refused command
+/// (conflict, unknown flow, invalid input) has written nothing and needs no savepoint. Any
+/// SQLite error rolls the whole group back and fails every command in it; an I/O-class error
+/// also poisons the store.
 fn commit_group(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
@@ -192,38 +195,28 @@ fn commit_group(
         return closing;
     }
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
-        // Not a write failure (typically another process holds the write lock past the busy
-        // timeout): refuse this group, but keep the store usable.
+        // Typically another process holding the write lock past the busy timeout: refuse
+        // this group, but keep the store usable.
         for command in batch.drain(..) {
             closing |= refuse(command, io(&error));
         }
         return closing;
     }
     let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
-    let mut fatal: Option<rusqlite::Error> = None;
+    let mut failed: Option<rusqlite::Error> = None;
     for command in batch.drain(..) {
-        if let Some(error) = &fatal {
+        if let Some(error) = &failed {
             // The transaction is lost; answer the rest without running them.
             closing |= refuse(command, io(error));
             continue;
         }
-        if let Err(error) = conn.execute_batch("SAVEPOINT command") {
-            closing |= refuse(command, io(&error));
-            fatal = Some(error);
-            continue;
-        }
         let (deliver, outcome) = execute(conn, command, &mut closing);
         delivers.push(deliver);
-        let finished = match outcome {
-            Outcome::Done => conn.execute_batch("RELEASE command"),
-            Outcome::Undo => conn.execute_batch("ROLLBACK TO command; RELEASE command"),
-            Outcome::Fatal(error) => Err(error),
-        };
-        if let Err(error) = finished {
-            fatal = Some(error);
+        if let Some(error) = outcome {
+            failed = Some(error);
         }
     }
-    let committed = match fatal {
+    let committed = match failed {
         Some(error) => Err(error),
         None => conn.execute_batch("COMMIT"),
     };
@@ -231,9 +224,11 @@ fn commit_group(
         Ok(()) => delivers.into_iter().for_each(|deliver| deliver(None)),
         Err(error) => {
             let _rolled_back = conn.execute_batch("ROLLBACK");
-            let cause = error.to_string();
-            tracing::error!(%cause, "group commit failed; the store stops writing");
-            *poisoned = Some(cause);
+            if is_fatal(&error) {
+                let cause = error.to_string();
+                tracing::error!(%cause, "a write failed with an I/O error; the store stops writing");
+                *poisoned = Some(cause);
+            }
             delivers
                 .into_iter()
                 .for_each(|deliver| deliver(Some(io(&error))));
@@ -267,7 +262,11 @@ fn refuse(command: Command, error: StoreError) -> bool {
     }
 }
 
-fn execute(conn: &Connection, command: Command, closing: &mut bool) -> (Deliver, Outcome) {
+fn execute(
+    conn: &Connection,
+    command: Command,
+    closing: &mut bool,
+) -> (Deliver, Option<rusqlite::Error>) {
     match command {
         Command::Append { batch, now, reply } => hold(reply, append(conn, batch, now)),
         Command::MarkReady { flow, now, reply } => hold(reply, mark_ready(conn, flow, now)),
@@ -369,13 +368,21 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
     check_log_room(actual, batch.events.len())?;
     let first_time = batch.events[0].time;
     let last_time = batch.events[batch.events.len() - 1].time;
-    let (flow_no, kind) = match (existing, &batch.create) {
-        (Some(row), _) => (row.flow_no, row.kind),
+    let kind = match (&existing, &batch.create) {
+        (Some(row), _) => row.kind,
+        (None, Some(create)) => create.kind,
+        (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }.into()),
+    };
+    if let Some(status) = batch.status {
+        check_status_kind(kind, status)?;
+    }
+    // All checks are done; from here on, only an SQLite error can stop this append.
+    let flow_no = match (existing, &batch.create) {
+        (Some(row), _) => row.flow_no,
         (None, Some(create)) => {
             let status = batch
                 .status
                 .unwrap_or_else(|| flowstate_core::FlowStatus::initial(create.kind));
-            check_status_kind(create.kind, status)?;
             conn.prepare_cached(
                 "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
                                     next_seq, bytes, ready, ready_since, wake)
@@ -389,13 +396,10 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
                 first_time.as_micros(),
                 now.as_micros(),
             ))?;
-            (conn.last_insert_rowid(), create.kind)
+            conn.last_insert_rowid()
         }
         (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }.into()),
     };
-    if let Some(status) = batch.status {
-        check_status_kind(kind, status)?;
-    }
     let mut insert = conn.prepare_cached(
         "INSERT INTO events (flow_no, seq, time, format, body) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;

@@ -698,6 +698,9 @@ pub async fn reopen_keeps_everything<F: StoreFactory>(factory: &F) {
     reopened.close().await.expect("close");
 }
 
+/// A refused append: what it tests, the batch, and the error it must give.
+type Refusal<'a> = (&'a str, AppendBatch, fn(&InvalidInput) -> bool);
+
 fn assert_invalid<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) -> InvalidInput {
     match result {
         Err(StoreError::Invalid(invalid)) => invalid,
@@ -715,7 +718,7 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
 
     let mut huge = small();
     huge.body = format!("\"{}\"", "x".repeat(MAX_EVENT_BODY_BYTES)).into_bytes();
-    let refusals: Vec<(&str, AppendBatch, fn(&InvalidInput) -> bool)> = vec![
+    let refusals: Vec<Refusal<'_>> = vec![
         (
             "empty append",
             creation(fresh, FlowKind::Plan, "p", vec![]),

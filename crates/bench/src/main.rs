@@ -1,0 +1,288 @@
+//! `flowstate-bench`: measures flowstate on this machine and prints Markdown tables for
+//! BENCHMARKS.md. Speed is measured here, never asserted in tests.
+//!
+//! `flowstate-bench append` measures durable appends on SQLite: one sequential writer with
+//! one event per commit, then 64 and 1,024 concurrent flows each appending one event per
+//! commit (group commit batches them). Every append is acknowledged only after its commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flowstate_core::{Clock, FlowId, FlowKind};
+use flowstate_store::{AppendBatch, NewEvent, NewFlow, Store, SystemClock};
+use flowstate_store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use hdrhistogram::Histogram;
+
+#[derive(Parser, Debug)]
+#[command(about = "flowstate benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Durable appends on SQLite.
+    Append(AppendArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AppendArgs {
+    /// Directory for the database files (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// SQLite synchronous setting.
+    #[arg(long, value_enum, default_value = "full")]
+    synchronous: SyncArg,
+    /// How long each concurrent scenario runs, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Appends made by the sequential writer.
+    #[arg(long, default_value_t = 10_000)]
+    sequential: u64,
+    /// Concurrent flow counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "64,1024")]
+    flows: Vec<usize>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum SyncArg {
+    Full,
+    Normal,
+    Off,
+}
+
+impl From<SyncArg> for Synchronous {
+    fn from(arg: SyncArg) -> Self {
+        match arg {
+            SyncArg::Full => Self::Full,
+            SyncArg::Normal => Self::Normal,
+            SyncArg::Off => Self::Off,
+        }
+    }
+}
+
+/// One measured scenario.
+struct Measured {
+    scenario: String,
+    events: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+impl Measured {
+    fn row(&self) -> String {
+        let per_sec = self.events as f64 / self.elapsed.as_secs_f64();
+        format!(
+            "| {} | {} | {:.2} | {:.0} | {:.3} | {:.3} |",
+            self.scenario,
+            self.events,
+            self.elapsed.as_secs_f64(),
+            per_sec,
+            self.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
+            self.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+        )
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// A realistic small body: an activation transition with a short diagnostic field.
+fn body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "activation_state_changed",
+        "to": "sleeping",
+        "diagnostic": "bench payload bench payload bench payload"
+    }))
+    .unwrap_or_default()
+}
+
+async fn create_flows(store: &dyn Store, clock: &dyn Clock, count: usize) -> Vec<FlowId> {
+    let mut flows = Vec::with_capacity(count);
+    for _ in 0..count {
+        let flow = FlowId::from_parts(clock.now(), rand::random());
+        let created = serde_json::to_vec(&serde_json::json!({
+            "type": "flow_created", "kind": "function", "definition": "bench"
+        }))
+        .unwrap_or_default();
+        let batch = AppendBatch {
+            flow,
+            expected_next_seq: 1,
+            events: vec![NewEvent {
+                time: clock.now(),
+                format: 1,
+                body: created,
+            }],
+            create: Some(NewFlow {
+                kind: FlowKind::Function,
+                definition: "bench".into(),
+            }),
+            status: None,
+            ready: None,
+            timers: Vec::new(),
+        };
+        if let Err(error) = store.append(batch).await {
+            eprintln!("error: creating a flow failed: {error}");
+            std::process::exit(1);
+        }
+        flows.push(flow);
+    }
+    flows
+}
+
+fn one_event(flow: FlowId, next: u64, clock: &dyn Clock, body: &[u8]) -> AppendBatch {
+    AppendBatch {
+        flow,
+        expected_next_seq: next,
+        events: vec![NewEvent {
+            time: clock.now(),
+            format: 1,
+            body: body.to_vec(),
+        }],
+        create: None,
+        status: None,
+        ready: None,
+        timers: Vec::new(),
+    }
+}
+
+fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> Arc<dyn Store> {
+    let options = SqliteOptions {
+        synchronous: sync,
+        ..SqliteOptions::default()
+    };
+    match SqliteStore::open(dir.join(name), Arc::new(SystemClock), options) {
+        Ok(store) => Arc::new(store),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn sequential(dir: &std::path::Path, sync: Synchronous, appends: u64) -> Measured {
+    let store = open(dir, "sequential.db", sync);
+    let clock = SystemClock;
+    let flow = create_flows(store.as_ref(), &clock, 1).await[0];
+    let body = body();
+    let mut latency_us = histogram();
+    let start = Instant::now();
+    for next in 2..appends + 2 {
+        let began = Instant::now();
+        if let Err(error) = store.append(one_event(flow, next, &clock, &body)).await {
+            eprintln!("error: append failed: {error}");
+            std::process::exit(1);
+        }
+        let _ = latency_us.record(began.elapsed().as_micros() as u64);
+    }
+    let elapsed = start.elapsed();
+    let _ = store.close().await;
+    Measured {
+        scenario: "1 writer, sequential, 1 event/commit".into(),
+        events: appends,
+        elapsed,
+        latency_us,
+    }
+}
+
+async fn concurrent(
+    dir: &std::path::Path,
+    sync: Synchronous,
+    flows: usize,
+    seconds: u64,
+) -> Measured {
+    let store = open(dir, &format!("concurrent-{flows}.db"), sync);
+    let ids = create_flows(store.as_ref(), &SystemClock, flows).await;
+    let body = Arc::new(body());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(flows);
+    for flow in ids {
+        let (store, body) = (store.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let clock = SystemClock;
+            let mut latency_us = histogram();
+            let mut next = 2;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                if let Err(error) = store.append(one_event(flow, next, &clock, &body)).await {
+                    eprintln!("error: append failed: {error}");
+                    std::process::exit(1);
+                }
+                let _ = latency_us.record(began.elapsed().as_micros() as u64);
+                next += 1;
+            }
+            (next - 2, latency_us)
+        }));
+    }
+    let mut events = 0;
+    let mut latency_us = histogram();
+    for task in tasks {
+        if let Ok((count, histogram)) = task.await {
+            events += count;
+            let _ = latency_us.add(&histogram);
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = store.close().await;
+    Measured {
+        scenario: format!("{flows} concurrent flows, 1 event/commit each"),
+        events,
+        elapsed,
+        latency_us,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
+    match cli.bench {
+        Bench::Append(args) => runtime.block_on(append(args)),
+    }
+}
+
+async fn append(args: AppendArgs) {
+    let temp = match tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir)) {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
+    let sync: Synchronous = args.synchronous.into();
+    println!(
+        "durable appends on SQLite, synchronous={:?}, files in {}",
+        args.synchronous,
+        temp.path().display()
+    );
+    println!();
+    println!("| scenario | events | seconds | events/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "{}",
+        sequential(temp.path(), sync, args.sequential).await.row()
+    );
+    for flows in args.flows {
+        println!(
+            "{}",
+            concurrent(temp.path(), sync, flows, args.seconds)
+                .await
+                .row()
+        );
+    }
+}

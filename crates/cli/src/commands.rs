@@ -1,0 +1,247 @@
+//! What each command does: parse its arguments, open the store for reading, ask the store and
+//! the fold, and hand the result to [`crate::render`].
+//!
+//! Every argument is parsed before the store is opened, so a typo never touches a file. The
+//! store is always opened with [`Access::MustExist`]: inspecting a mistyped path must be an
+//! error, never a new empty store that then lists no flows.
+
+use std::sync::Arc;
+
+use flowstate::core::machine::{ActivationState, FlowState, PlanState};
+use flowstate::core::{fold, Event, FlowStatus, Machine, RawEvent, StopAt};
+use flowstate::store::{read_all, FlowQuery};
+use flowstate::{Access, FlowId, FlowKind, Store, SystemClock, Timestamp};
+
+use crate::render::{self, Output};
+use crate::{Cli, CliError, Command, FlowArgs, FlowsCommand, LsArgs};
+
+/// A command with its arguments parsed.
+#[derive(Debug)]
+enum Request {
+    List(FlowQuery),
+    Show { id: FlowId, at: Option<StopAt> },
+    Events { id: FlowId, at: Option<StopAt> },
+}
+
+/// Runs one command and closes the store, whatever the command's outcome.
+pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
+    let request = match cli.command {
+        Command::Flows(FlowsCommand::Ls(args)) => Request::List(list_query(args)?),
+        Command::Flows(FlowsCommand::Show(args)) => {
+            let (id, at) = flow_args(&args)?;
+            Request::Show { id, at }
+        }
+        Command::Flows(FlowsCommand::Events(args)) => {
+            let (id, at) = flow_args(&args)?;
+            Request::Events { id, at }
+        }
+    };
+    let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist)?;
+    let result = execute(store.as_ref(), request, cli.json).await;
+    let closed = store.close().await;
+    // The command's own error says more than a failure to close after it.
+    let output = result?;
+    closed?;
+    Ok(output)
+}
+
+async fn execute(store: &dyn Store, request: Request, json: bool) -> Result<Output, CliError> {
+    match request {
+        Request::List(query) => {
+            let page = store.list(&query).await?;
+            render::flows(&page, json)
+        }
+        Request::Show { id, at } => {
+            let (events, stop) = read_log(store, id, at).await?;
+            let record =
+                fold(&events, stop).map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
+            render::record(&record, at.is_some().then_some(events.len()), json)
+        }
+        Request::Events { id, at } => {
+            let (events, stop) = read_log(store, id, at).await?;
+            let decoded = events
+                .iter()
+                .take_while(|raw| !stop.excludes(raw.seq, raw.time))
+                .map(|raw| Event::decode(raw).map_err(|e| CliError::new(format!("flow {id}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            render::events(&decoded, json)
+        }
+    }
+}
+
+/// Reads a flow's whole log and checks that the stop point lies inside it.
+///
+/// A stop point before the first event or past the last one is refused rather than answered
+/// with an empty or final state: either is almost always a mistyped time or number.
+async fn read_log(
+    store: &dyn Store,
+    id: FlowId,
+    at: Option<StopAt>,
+) -> Result<(Vec<RawEvent>, StopAt), CliError> {
+    // An unknown flow is StoreError::UnknownFlow: "flow <id> is not in the store".
+    let events = read_all(store, id).await?;
+    let stop = at.unwrap_or_default();
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Err(CliError::new(format!("flow {id} has an empty log")));
+    };
+    match stop {
+        StopAt::Seq(seq) if seq > last.seq => Err(CliError::new(format!(
+            "flow {id} has {} events; --at {seq} is past its last event",
+            last.seq
+        ))),
+        StopAt::Time(time) if stop.excludes(first.seq, first.time) => Err(CliError::new(format!(
+            "flow {id} did not exist yet at {time}: it was created at {}",
+            first.time
+        ))),
+        _ => Ok((events, stop)),
+    }
+}
+
+fn flow_args(args: &FlowArgs) -> Result<(FlowId, Option<StopAt>), CliError> {
+    let id = parse_id(&args.id)?;
+    let at = args.at.as_deref().map(parse_at).transpose()?;
+    Ok((id, at))
+}
+
+fn parse_id(text: &str) -> Result<FlowId, CliError> {
+    Ok(text.parse::<FlowId>()?)
+}
+
+/// `--at`: a sequence number or an RFC 3339 time.
+fn parse_at(text: &str) -> Result<StopAt, CliError> {
+    if let Ok(seq) = text.trim().parse::<u64>() {
+        if seq == 0 {
+            return Err(CliError::new(
+                "--at 0 is before the first event: events are numbered from 1",
+            ));
+        }
+        return Ok(StopAt::Seq(seq));
+    }
+    Timestamp::parse_rfc3339(text.trim())
+        .map(StopAt::Time)
+        .map_err(|_| {
+            CliError::new(format!(
+                "--at {text:?} is neither an event sequence number (such as 3) nor an RFC 3339 time (such as 2026-11-25T04:20:00Z)"
+            ))
+        })
+}
+
+fn parse_time(flag: &str, text: &str) -> Result<Timestamp, CliError> {
+    Timestamp::parse_rfc3339(text.trim()).map_err(|e| {
+        CliError::new(format!(
+            "--{flag} {text:?} is not an RFC 3339 time such as 2026-11-25T04:20:00Z ({e})"
+        ))
+    })
+}
+
+fn parse_kind(text: &str) -> Result<FlowKind, CliError> {
+    FlowKind::parse(text.trim()).ok_or_else(|| {
+        let kinds: Vec<&str> = FlowKind::ALL.iter().map(|kind| kind.key()).collect();
+        CliError::new(format!(
+            "unknown kind {text:?}: expected one of {}",
+            kinds.join(", ")
+        ))
+    })
+}
+
+/// `--state`: a state key (or spec label) of the machine of `kind`, or of any machine when no
+/// kind is given. Returns the key, which is what stores index: `RUNNING` and `active current`
+/// are accepted and mean `running` and `active_current`.
+fn parse_state(kind: Option<FlowKind>, text: &str) -> Result<String, CliError> {
+    let kinds = kind.map_or_else(|| FlowKind::ALL.to_vec(), |kind| vec![kind]);
+    if let Some(status) = kinds
+        .iter()
+        .find_map(|kind| FlowStatus::parse(*kind, text.trim()))
+    {
+        return Ok(status.key().to_owned());
+    }
+    let valid: Vec<String> = kinds
+        .iter()
+        .map(|kind| format!("{kind}: {}", state_keys(*kind).join(", ")))
+        .collect();
+    Err(CliError::new(format!(
+        "unknown state {text:?}; valid states are {}",
+        valid.join("; ")
+    )))
+}
+
+fn state_keys(kind: FlowKind) -> Vec<&'static str> {
+    fn keys<M: Machine>() -> Vec<&'static str> {
+        M::STATES.iter().map(|state| state.key()).collect()
+    }
+    // FlowKind is non-exhaustive; the status of a kind names its machine exhaustively.
+    match FlowStatus::initial(kind) {
+        FlowStatus::TaskGraph(_) => keys::<FlowState>(),
+        FlowStatus::Plan(_) => keys::<PlanState>(),
+        FlowStatus::Function(_) => keys::<ActivationState>(),
+    }
+}
+
+fn list_query(args: LsArgs) -> Result<FlowQuery, CliError> {
+    let kind = args.kind.as_deref().map(parse_kind).transpose()?;
+    let status = args
+        .state
+        .as_deref()
+        .map(|text| parse_state(kind, text))
+        .transpose()?;
+    Ok(FlowQuery {
+        kind,
+        definition: args.definition,
+        status,
+        created_from: args
+            .created_from
+            .as_deref()
+            .map(|text| parse_time("created-from", text))
+            .transpose()?,
+        created_before: args
+            .created_before
+            .as_deref()
+            .map(|text| parse_time("created-before", text))
+            .transpose()?,
+        after: args.after.as_deref().map(parse_id).transpose()?,
+        // clap bounds the value to 1..=MAX_PAGE_SIZE; 0 asks the store for its default page.
+        limit: args
+            .limit
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_is_a_sequence_number_or_a_time() {
+        assert!(matches!(parse_at("3"), Ok(StopAt::Seq(3))));
+        assert!(matches!(
+            parse_at("2026-11-25T04:20:00Z"),
+            Ok(StopAt::Time(t)) if t == Timestamp::from_micros(1_795_580_400_000_000)
+        ));
+        assert!(parse_at("0").is_err());
+        assert!(parse_at("yesterday").is_err());
+        assert!(parse_at("-1").is_err());
+    }
+
+    #[test]
+    fn states_are_normalised_to_keys_and_checked_against_the_kind() {
+        assert_eq!(
+            parse_state(None, "RUNNING").ok(),
+            Some("running".to_owned())
+        );
+        assert_eq!(
+            parse_state(Some(FlowKind::Function), "active current").ok(),
+            Some("active_current".to_owned())
+        );
+        assert!(parse_state(Some(FlowKind::Plan), "running").is_err());
+        assert!(parse_state(None, "bogus").is_err());
+    }
+
+    #[test]
+    fn unknown_kinds_list_the_valid_ones() {
+        let Err(CliError(message)) = parse_kind("dag") else {
+            panic!("dag is not a kind");
+        };
+        assert!(message.contains("task_graph, plan, function"), "{message}");
+    }
+}

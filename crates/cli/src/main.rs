@@ -1,0 +1,162 @@
+//! The `flowstate` command line: inspect the flows in a store.
+//!
+//! This file owns the grammar (clap), the runtime and the error contract: every failure is one
+//! `error: <message>` line on stderr and exit status 1; only clap's own usage errors keep their
+//! usual status 2. What each command does lives in [`commands`], how results look (tables or
+//! JSON) in [`render`].
+
+mod commands;
+mod render;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use flowstate::core::limits::MAX_PAGE_SIZE;
+
+/// Inspect durable flows: list them, show their state at any point, read their logs.
+#[derive(Debug, Parser)]
+#[command(name = "flowstate", version)]
+pub(crate) struct Cli {
+    /// The store: a file path, sqlite://PATH or postgres://...
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = flowstate::STORE_ENV,
+        default_value = flowstate::DEFAULT_STORE
+    )]
+    pub(crate) store: String,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Inspect flows.
+    #[command(subcommand)]
+    Flows(FlowsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FlowsCommand {
+    /// List flows, oldest first, one page at a time.
+    Ls(LsArgs),
+    /// Show a flow's state, now or as it was at an earlier point of its log.
+    Show(FlowArgs),
+    /// Print a flow's events, all of them or up to a point.
+    Events(FlowArgs),
+}
+
+/// Filters and paging for `flows ls`.
+///
+/// Values that clap cannot check by type (kinds, states, times, ids) stay text here and are
+/// parsed by [`commands`], so that a bad value is a one-line error with status 1 that names
+/// what was expected, rather than a usage screen.
+#[derive(Debug, Args)]
+pub(crate) struct LsArgs {
+    /// Only flows of this kind: task_graph, plan or function.
+    #[arg(long)]
+    pub(crate) kind: Option<String>,
+
+    /// Only flows running this definition.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) definition: Option<String>,
+
+    /// Only flows in this state (for example running, sleeping, deactivated).
+    #[arg(long)]
+    pub(crate) state: Option<String>,
+
+    /// Only flows created at or after this time.
+    #[arg(long, value_name = "RFC3339")]
+    pub(crate) created_from: Option<String>,
+
+    /// Only flows created before this time.
+    #[arg(long, value_name = "RFC3339")]
+    pub(crate) created_before: Option<String>,
+
+    /// Only flows after this id (the previous page's last id).
+    #[arg(long, value_name = "ID")]
+    pub(crate) after: Option<String>,
+
+    /// Flows per page (default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE as u64))]
+    pub(crate) limit: Option<u64>,
+}
+
+/// One flow, optionally at a point of its log.
+#[derive(Debug, Args)]
+pub(crate) struct FlowArgs {
+    /// The flow's id.
+    pub(crate) id: String,
+
+    /// Stop at this point: an event's sequence number (3) or an RFC 3339 time
+    /// (2026-11-25T04:20:00Z; events recorded at or before it are included).
+    #[arg(long, value_name = "SEQ|TIME")]
+    pub(crate) at: Option<String>,
+}
+
+/// A failure, already phrased for the user.
+///
+/// It deliberately does not implement `Display`, so that the blanket `From` below (which lets
+/// `?` turn any library error into its message) does not overlap with `From<T> for T`.
+#[derive(Debug)]
+pub(crate) struct CliError(String);
+
+impl CliError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(error: E) -> Self {
+        Self(error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors (unknown flag, missing argument, --help) are printed by clap, which exits.
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(message)) => {
+            // One line, always: a message that carries a newline (a parser's, say) would
+            // otherwise break scripts that read the first line of stderr.
+            let line = message
+                .lines()
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            // Nothing sensible is left to do if stderr itself is gone.
+            let _unreported = writeln!(std::io::stderr(), "error: {line}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
+    let output = runtime.block_on(commands::run(cli))?;
+    // Output is written only after the store is closed, so a reader that stops early
+    // (`flowstate flows ls | head`) never cuts a store operation short.
+    match std::io::stdout().lock().write_all(output.stdout.as_bytes()) {
+        Ok(()) => {}
+        // The reader went away: that is its choice, not a failure of ours.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(error) => return Err(CliError::new(format!("cannot write the output: {error}"))),
+    }
+    if let Some(hint) = output.hint {
+        let _unreported = writeln!(std::io::stderr(), "{hint}");
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! How results look: borderless tables for people, and with `--json` the serde form of the
+//! library's own types, so scripts see exactly what the library means and nothing the CLI
+//! invented.
+
+use comfy_table::presets::NOTHING;
+use comfy_table::{CellAlignment, Table};
+use flowstate::core::{Event, FlowRecord};
+use flowstate::store::{FlowPage, FlowSummary};
+use flowstate::FlowId;
+use serde::Serialize;
+
+use crate::CliError;
+
+/// Longest DETAIL cell in `flows events`, in characters; `--json` always prints the whole body.
+const MAX_DETAIL_CHARS: usize = 200;
+
+/// What a command prints: its result on stdout and, for people, a hint on stderr.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    /// The result.
+    pub(crate) stdout: String,
+    /// A hint for the next command (never in JSON mode, whose readers want data only).
+    pub(crate) hint: Option<String>,
+}
+
+impl Output {
+    fn text(stdout: String) -> Self {
+        Self { stdout, hint: None }
+    }
+}
+
+/// `flows ls`.
+pub(crate) fn flows(page: &FlowPage, json: bool) -> Result<Output, CliError> {
+    if json {
+        #[derive(Serialize)]
+        struct Page<'a> {
+            flows: &'a [FlowSummary],
+            next_after: Option<FlowId>,
+        }
+        return to_json(&Page {
+            flows: &page.flows,
+            next_after: page.next_after,
+        });
+    }
+    let mut table = table(&[
+        "ID",
+        "KIND",
+        "DEFINITION",
+        "STATE",
+        "EVENTS",
+        "CREATED",
+        "UPDATED",
+    ]);
+    align_right(&mut table, 4);
+    for flow in &page.flows {
+        table.add_row(vec![
+            flow.id.to_string(),
+            flow.kind.key().to_owned(),
+            flow.definition.clone(),
+            flow.status.key().to_owned(),
+            flow.events().to_string(),
+            flow.created_at.to_string(),
+            flow.updated_at.to_string(),
+        ]);
+    }
+    let hint = match (page.flows.is_empty(), page.next_after) {
+        (true, _) => Some("no flows match".to_owned()),
+        (false, Some(after)) => Some(format!("more: --after {after}")),
+        (false, None) => None,
+    };
+    Ok(Output {
+        stdout: finish(&table),
+        hint,
+    })
+}
+
+/// `flows show`. `total` is the length of the whole log when the fold stopped early.
+pub(crate) fn record(
+    record: &FlowRecord,
+    total: Option<usize>,
+    json: bool,
+) -> Result<Output, CliError> {
+    if json {
+        return to_json(record);
+    }
+    let mut fields = Table::new();
+    fields.load_preset(NOTHING);
+    let mut field = |name: &str, value: String| {
+        fields.add_row(vec![name.to_owned(), value]);
+    };
+    field("id", record.id.to_string());
+    field("kind", record.kind.key().to_owned());
+    field("definition", record.definition.clone());
+    field("state", record.status.key().to_owned());
+    field("created", record.created_at.to_string());
+    field("updated", record.updated_at.to_string());
+    match total {
+        Some(total) => field("last seq", format!("{} (of {total})", record.last_seq)),
+        None => field("last seq", record.last_seq.to_string()),
+    }
+    field("input", record.input.to_string());
+    if let Some(diagnostic) = &record.diagnostic {
+        field("diagnostic", diagnostic.clone());
+    }
+    let mut out = finish(&fields);
+    if !record.atoms.is_empty() {
+        let mut atoms = table(&["ATOM", "STATE", "INTENTION", "LAST SEQ"]);
+        align_right(&mut atoms, 3);
+        for (name, atom) in &record.atoms {
+            atoms.add_row(vec![
+                name.clone(),
+                atom.state.key().to_owned(),
+                serde_key(&atom.intention),
+                atom.last_seq.to_string(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&finish(&atoms));
+    }
+    Ok(Output::text(out))
+}
+
+/// `flows events`.
+pub(crate) fn events(events: &[Event], json: bool) -> Result<Output, CliError> {
+    if json {
+        return to_json(events);
+    }
+    let mut table = table(&["SEQ", "TIME", "TYPE", "DETAIL"]);
+    align_right(&mut table, 0);
+    for event in events {
+        table.add_row(vec![
+            event.seq.to_string(),
+            event.time.to_string(),
+            event.body.type_name().to_owned(),
+            detail(event)?,
+        ]);
+    }
+    Ok(Output::text(finish(&table)))
+}
+
+/// The body as compact JSON without its type tag (the TYPE column already says it).
+fn detail(event: &Event) -> Result<String, CliError> {
+    let mut body = serde_json::to_value(&event.body)
+        .map_err(|e| CliError::new(format!("event {}: {e}", event.seq)))?;
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("type");
+    }
+    let text = body.to_string();
+    if text.chars().count() <= MAX_DETAIL_CHARS {
+        return Ok(text);
+    }
+    let mut cut: String = text.chars().take(MAX_DETAIL_CHARS - 1).collect();
+    cut.push('…');
+    Ok(cut)
+}
+
+/// A unit enum's serde name ("execute", "revert", ...), which is how logs and JSON spell it.
+fn serde_key(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(key)) => key,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+fn to_json(value: &(impl Serialize + ?Sized)) -> Result<Output, CliError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::new(format!("cannot encode the output as JSON: {e}")))?;
+    text.push('\n');
+    Ok(Output::text(text))
+}
+
+/// A borderless table, like `ps` or `kubectl get`: easy to read and to `grep`/`awk`.
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    table
+}
+
+fn align_right(table: &mut Table, column: usize) {
+    if let Some(column) = table.column_mut(column) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+}
+
+/// The table's text, without the padding comfy-table leaves at the ends of lines.
+fn finish(table: &Table) -> String {
+    let mut out = String::new();
+    for line in table.to_string().lines() {
+        let line = line.trim_end();
+        // The padding also leaves one leading space on every line; drop it evenly.
+        out.push_str(line.strip_prefix(' ').unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
