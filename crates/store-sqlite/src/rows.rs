@@ -58,8 +58,9 @@ pub fn summary_row(row: &Row<'_>) -> rusqlite::Result<Result<FlowSummary, StoreE
     })())
 }
 
-/// Reads a range of one flow's log, in one read transaction so the flow lookup and the range
-/// see the same snapshot.
+/// Reads events `from_seq..` (at most `limit`) of one flow's log, in one read transaction so
+/// the flow row and the events are one snapshot. Walks the `prev` chain backwards from the
+/// nearest mark (see [`crate::schema`]), checking that every link is the event before.
 pub fn read_events(
     conn: &Connection,
     flow: FlowId,
@@ -67,46 +68,96 @@ pub fn read_events(
     limit: usize,
 ) -> Result<Vec<RawEvent>, StoreError> {
     let tx = conn.unchecked_transaction().map_err(read_error)?;
-    let flow_no: Option<i64> = tx
-        .prepare_cached("SELECT flow_no FROM flows WHERE id = ?1")
+    let head: Option<(i64, i64, Option<i64>)> = tx
+        .prepare_cached("SELECT flow_no, next_seq, last_event FROM flows WHERE id = ?1")
         .and_then(|mut stmt| {
-            stmt.query_row([flow.as_bytes()], |row| row.get(0))
-                .optional()
+            stmt.query_row([flow.as_bytes()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .optional()
         })
         .map_err(read_error)?;
-    let Some(flow_no) = flow_no else {
+    let Some((flow_no, next_seq, last_event)) = head else {
         return Err(StoreError::UnknownFlow { flow });
     };
-    let from = i64::try_from(from_seq.max(1)).unwrap_or(i64::MAX);
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut stmt = tx
+    let last_seq = unsigned(next_seq, "next_seq")?.saturating_sub(1);
+    let from = from_seq.max(1);
+    let to = last_seq.min(from.saturating_add(limit as u64).saturating_sub(1));
+    if from > to {
+        return Ok(Vec::new());
+    }
+    // Start at the first mark at or after `to`, or at the last event.
+    let mark: Option<(i64, i64)> = tx
         .prepare_cached(
-            "SELECT seq, time, format, body FROM events
-             WHERE flow_no = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            "SELECT seq, event FROM event_marks WHERE flow_no = ?1 AND seq >= ?2
+             ORDER BY seq LIMIT 1",
         )
-        .map_err(read_error)?;
-    let rows = stmt
-        .query_map((flow_no, from, limit), |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
-            ))
+        .and_then(|mut stmt| {
+            stmt.query_row((flow_no, seq_value(to)), |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()
         })
         .map_err(read_error)?;
-    let mut events = Vec::new();
-    for row in rows {
-        let (seq, time, format, body) = row.map_err(read_error)?;
-        events.push(RawEvent {
-            flow,
-            seq: unsigned(seq, "sequence number")?,
-            time: Timestamp::from_micros(time),
-            format: u16::try_from(format).map_err(|_| corrupt(format!("format {format}")))?,
-            body,
-        });
+    let (mut expected, mut next) = match mark {
+        Some((seq, event)) => (unsigned(seq, "mark")?, Some(event)),
+        None => (last_seq, last_event),
+    };
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT flow_no, seq, prev, time, format, body FROM events WHERE rowid = ?1",
+        )
+        .map_err(read_error)?;
+    let mut events = Vec::with_capacity(usize::try_from(to - from + 1).unwrap_or(0));
+    while expected >= from {
+        let rowid = next.ok_or_else(|| broken_chain(flow, expected))?;
+        let event = stmt
+            .query_row([rowid], |row| {
+                let (owner, seq, prev): (i64, i64, Option<i64>) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                if owner != flow_no || seq != seq_value(expected) {
+                    return Ok(None);
+                }
+                let payload = if expected <= to {
+                    Some((
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, Vec<u8>>(5)?,
+                    ))
+                } else {
+                    None
+                };
+                Ok(Some((prev, payload)))
+            })
+            .optional()
+            .map_err(read_error)?
+            .flatten()
+            .ok_or_else(|| broken_chain(flow, expected))?;
+        let (prev, payload) = event;
+        if let Some((time, format, body)) = payload {
+            events.push(RawEvent {
+                flow,
+                seq: expected,
+                time: Timestamp::from_micros(time),
+                format: u16::try_from(format).map_err(|_| corrupt(format!("format {format}")))?,
+                body,
+            });
+        }
+        next = prev;
+        expected -= 1;
     }
+    events.reverse();
     Ok(events)
+}
+
+fn seq_value(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn broken_chain(flow: FlowId, seq: u64) -> StoreError {
+    corrupt(format!(
+        "flow {flow}: event {seq} is missing from its chain"
+    ))
 }
 
 /// One page of the flow index.

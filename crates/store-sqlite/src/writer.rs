@@ -10,6 +10,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::rows::{flow_id, unsigned};
+use crate::schema::MARK_INTERVAL;
 use crate::MAX_GROUP_COMMIT;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -322,16 +323,18 @@ struct FlowRow {
     flow_no: i64,
     next_seq: u64,
     kind: FlowKind,
+    /// Rowid of the flow's last event.
+    last_event: Option<i64>,
 }
 
 fn find_flow(conn: &Connection, flow: FlowId) -> Result<Option<FlowRow>, OpError> {
-    let row: Option<(i64, i64, String)> = conn
-        .prepare_cached("SELECT flow_no, next_seq, kind FROM flows WHERE id = ?1")?
+    let row: Option<(i64, i64, String, Option<i64>)> = conn
+        .prepare_cached("SELECT flow_no, next_seq, kind, last_event FROM flows WHERE id = ?1")?
         .query_row([flow.as_bytes()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })
         .optional()?;
-    let Some((flow_no, next_seq, kind)) = row else {
+    let Some((flow_no, next_seq, kind, last_event)) = row else {
         return Ok(None);
     };
     let kind = FlowKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
@@ -341,6 +344,7 @@ fn find_flow(conn: &Connection, flow: FlowId) -> Result<Option<FlowRow>, OpError
         flow_no,
         next_seq: unsigned(next_seq, "next_seq")?,
         kind,
+        last_event,
     }))
 }
 
@@ -377,6 +381,7 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         check_status_kind(kind, status)?;
     }
     // All checks are done; from here on, only an SQLite error can stop this append.
+    let mut prev = existing.as_ref().and_then(|row| row.last_event);
     let flow_no = match (existing, &batch.create) {
         (Some(row), _) => row.flow_no,
         (None, Some(create)) => {
@@ -401,18 +406,28 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }.into()),
     };
     let mut insert = conn.prepare_cached(
-        "INSERT INTO events (flow_no, seq, time, format, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (flow_no, seq, prev, time, format, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
+    let mut mark =
+        conn.prepare_cached("INSERT INTO event_marks (flow_no, seq, event) VALUES (?1, ?2, ?3)")?;
     let mut bytes: i64 = 0;
     for (offset, event) in batch.events.iter().enumerate() {
+        let seq = actual + offset as u64;
         bytes += i64::try_from(event.body.len()).unwrap_or(i64::MAX);
         insert.execute((
             flow_no,
-            seq_param(actual + offset as u64),
+            seq_param(seq),
+            prev,
             event.time.as_micros(),
             event.format,
             &event.body,
         ))?;
+        let rowid = conn.last_insert_rowid();
+        if seq % MARK_INTERVAL == 0 {
+            mark.execute((flow_no, seq_param(seq), rowid))?;
+        }
+        prev = Some(rowid);
     }
     let next_seq = actual + batch.events.len() as u64;
     conn.prepare_cached(
@@ -420,7 +435,8 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
             next_seq = ?2, updated_at = ?3, bytes = bytes + ?4, status = coalesce(?5, status),
             ready_since = CASE WHEN ?6 = 1 AND ready = 0 THEN ?7 ELSE ready_since END,
             wake = CASE WHEN ?6 = 1 THEN wake + 1 ELSE wake END,
-            ready = coalesce(?6, ready)
+            ready = coalesce(?6, ready),
+            last_event = ?8
          WHERE flow_no = ?1",
     )?
     .execute((
@@ -431,6 +447,7 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         batch.status.map(|s| s.key()),
         batch.ready,
         now.as_micros(),
+        prev,
     ))?;
     for timer in &batch.timers {
         upsert_timer(conn, flow_no, timer)?;
@@ -616,10 +633,25 @@ fn complete_timer(conn: &Connection, worker: &WorkerId, timer: &DueTimer) -> Res
 }
 
 fn delete_flow(conn: &Connection, flow: FlowId) -> Result<bool, OpError> {
-    let Some(flow_no) = flow_no(conn, flow)? else {
+    let Some(row) = find_flow(conn, flow)? else {
         return Ok(false);
     };
-    conn.prepare_cached("DELETE FROM events WHERE flow_no = ?1")?
+    let flow_no = row.flow_no;
+    // Events are found through the chain of `prev` pointers (there is no flow index).
+    let mut walk =
+        conn.prepare_cached("SELECT prev FROM events WHERE rowid = ?1 AND flow_no = ?2")?;
+    let mut delete = conn.prepare_cached("DELETE FROM events WHERE rowid = ?1")?;
+    let mut next = row.last_event;
+    while let Some(rowid) = next {
+        next = walk
+            .query_row((rowid, flow_no), |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt {
+                detail: format!("flow {flow}: event row {rowid} is missing from its chain"),
+            })?;
+        delete.execute([rowid])?;
+    }
+    conn.prepare_cached("DELETE FROM event_marks WHERE flow_no = ?1")?
         .execute([flow_no])?;
     conn.prepare_cached("DELETE FROM timers WHERE flow_no = ?1")?
         .execute([flow_no])?;
