@@ -45,6 +45,12 @@ struct AppendArgs {
     /// Concurrent flow counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "64,1024")]
     flows: Vec<usize>,
+    /// Runs of each scenario; the table shows the run with the median throughput.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Events in the log that the read-back scenario reads and folds.
+    #[arg(long, default_value_t = 100_000)]
+    read_events: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -85,6 +91,19 @@ impl Measured {
             self.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
         )
     }
+}
+
+impl Measured {
+    fn per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The run with the median throughput (runs are sorted; an even count takes the lower middle).
+fn median(mut runs: Vec<Measured>) -> Option<Measured> {
+    runs.sort_by(|a, b| a.per_sec().total_cmp(&b.per_sec()));
+    let middle = runs.len().saturating_sub(1) / 2;
+    runs.into_iter().nth(middle)
 }
 
 fn histogram() -> Histogram<u64> {
@@ -166,8 +185,13 @@ fn open(dir: &std::path::Path, name: &str, sync: Synchronous) -> Arc<dyn Store> 
     }
 }
 
-async fn sequential(dir: &std::path::Path, sync: Synchronous, appends: u64) -> Measured {
-    let store = open(dir, "sequential.db", sync);
+async fn sequential(
+    dir: &std::path::Path,
+    sync: Synchronous,
+    appends: u64,
+    run: usize,
+) -> Measured {
+    let store = open(dir, &format!("sequential-{run}.db"), sync);
     let clock = SystemClock;
     let flow = create_flows(store.as_ref(), &clock, 1).await[0];
     let body = body();
@@ -196,8 +220,9 @@ async fn concurrent(
     sync: Synchronous,
     flows: usize,
     seconds: u64,
+    run: usize,
 ) -> Measured {
-    let store = open(dir, &format!("concurrent-{flows}.db"), sync);
+    let store = open(dir, &format!("concurrent-{flows}-{run}.db"), sync);
     let ids = create_flows(store.as_ref(), &SystemClock, flows).await;
     let body = Arc::new(body());
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -256,6 +281,96 @@ fn main() {
     }
 }
 
+/// Writes one flow of `events` events (appends of 1,000), then reads it back with `read_all`
+/// and folds it; reports the read-and-fold rate.
+async fn read_back(dir: &std::path::Path, sync: Synchronous, events: u64) -> Measured {
+    use flowstate_core::machine::ActivationState;
+    use flowstate_core::{Event, EventBody};
+    let store = open(dir, "read-back.db", sync);
+    let clock = SystemClock;
+    let flow = FlowId::from_parts(clock.now(), rand::random());
+    let mut bodies = Vec::new();
+    let created = EventBody::FlowCreated {
+        kind: FlowKind::Function,
+        definition: "bench".into(),
+        input: serde_json::Value::Null,
+    };
+    bodies.push(created);
+    let cycle = [
+        ActivationState::Sleeping,
+        ActivationState::ActiveReplay,
+        ActivationState::ActiveCurrent,
+    ];
+    for i in 1..events {
+        bodies.push(EventBody::ActivationStateChanged {
+            to: cycle[usize::try_from((i - 1) % 3).unwrap_or(0)],
+            diagnostic: None,
+        });
+    }
+    let mut next = 1;
+    for chunk in bodies.chunks(1_000) {
+        let encoded = chunk
+            .iter()
+            .enumerate()
+            .map(|(offset, body)| {
+                Event {
+                    flow,
+                    seq: next + offset as u64,
+                    time: clock.now(),
+                    body: body.clone(),
+                }
+                .encode()
+                .map(|raw| NewEvent {
+                    time: raw.time,
+                    format: raw.format,
+                    body: raw.body,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|error| {
+                eprintln!("error: {error}");
+                std::process::exit(1)
+            });
+        let batch = AppendBatch {
+            flow,
+            expected_next_seq: next,
+            events: encoded,
+            create: (next == 1).then(|| NewFlow {
+                kind: FlowKind::Function,
+                definition: "bench".into(),
+            }),
+            status: None,
+            ready: None,
+            timers: Vec::new(),
+        };
+        if let Err(error) = store.append(batch).await {
+            eprintln!("error: append failed: {error}");
+            std::process::exit(1);
+        }
+        next += chunk.len() as u64;
+    }
+    let mut latency_us = histogram();
+    let start = Instant::now();
+    let read = flowstate_store::read_all(store.as_ref(), flow).await;
+    let folded = read.map(|log| flowstate_core::fold(&log, flowstate_core::StopAt::End));
+    let elapsed = start.elapsed();
+    match folded {
+        Ok(Ok(record)) if record.last_seq == events => {}
+        other => {
+            eprintln!("error: read-back failed: {other:?}");
+            std::process::exit(1);
+        }
+    }
+    let _ = latency_us.record(elapsed.as_micros() as u64);
+    let _ = store.close().await;
+    Measured {
+        scenario: format!("read back and fold one {events}-event log"),
+        events,
+        elapsed,
+        latency_us,
+    }
+}
+
 async fn append(args: AppendArgs) {
     let temp = match tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir)) {
         Ok(dir) => dir,
@@ -265,24 +380,34 @@ async fn append(args: AppendArgs) {
         }
     };
     let sync: Synchronous = args.synchronous.into();
+    let runs = args.runs.max(1);
     println!(
-        "durable appends on SQLite, synchronous={:?}, files in {}",
+        "durable appends on SQLite, synchronous={:?}, median of {runs} runs, files in {}",
         args.synchronous,
         temp.path().display()
     );
     println!();
     println!("| scenario | events | seconds | events/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        sequential(temp.path(), sync, args.sequential).await.row()
-    );
+    let mut measured = Vec::new();
+    for run in 0..runs {
+        measured.push(sequential(temp.path(), sync, args.sequential, run).await);
+    }
+    print_median(measured);
     for flows in args.flows {
-        println!(
-            "{}",
-            concurrent(temp.path(), sync, flows, args.seconds)
-                .await
-                .row()
-        );
+        let mut measured = Vec::new();
+        for run in 0..runs {
+            measured.push(concurrent(temp.path(), sync, flows, args.seconds, run).await);
+        }
+        print_median(measured);
+    }
+    if args.read_events > 0 {
+        print_median(vec![read_back(temp.path(), sync, args.read_events).await]);
+    }
+}
+
+fn print_median(runs: Vec<Measured>) {
+    if let Some(median) = median(runs) {
+        println!("{}", median.row());
     }
 }

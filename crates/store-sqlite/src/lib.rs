@@ -279,7 +279,7 @@ fn set_pragmas(
         });
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 8192;",
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536;",
         synchronous.pragma()
     ))
     .map_err(|e| open_error(e, location))
