@@ -59,6 +59,8 @@ async fn write_flows(path: &Path) -> (FlowId, FlowId) {
         atom: "charge".to_owned(),
         to,
         intention: Intention::Execute,
+        result: None,
+        failure: None,
     };
     let steps = vec![
         vec![

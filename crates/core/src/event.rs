@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::limits::MAX_EVENT_BODY_BYTES;
 use crate::machine::{ActivationState, FlowState, PlanState, RetryState, TaskState};
@@ -105,6 +106,12 @@ pub enum EventBody {
         to: TaskState,
         /// What the engine means to do with it next.
         intention: Intention,
+        /// On SUCCESS: what `execute` returned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+        /// On FAILURE or REVERT_FAILURE: what went wrong.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
     },
     /// A retry controller atom changed state.
     RetryStateChanged {
@@ -113,6 +120,27 @@ pub enum EventBody {
         /// The new state.
         to: RetryState,
         /// What the engine means to do with it next.
+        intention: Intention,
+        /// On SUCCESS: the value the controller provides to its scope for this attempt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+        /// On FAILURE or REVERT_FAILURE: what went wrong.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+        /// On RETRYING: the failures of this attempt, by atom, kept in the retry's history.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        failures: std::collections::BTreeMap<String, Failure>,
+    },
+    /// The engine changed what it means to do with an atom, without changing its state (for
+    /// example: a failure elsewhere means this finished atom must now be reverted). Recorded so
+    /// that resuming depends only on the log.
+    AtomIntentionChanged {
+        /// The atom's name.
+        atom: String,
+        /// Whether it is a retry controller rather than a task.
+        #[serde(default)]
+        retry: bool,
+        /// The new intention.
         intention: Intention,
     },
     /// A durable function activation changed state.
@@ -139,6 +167,7 @@ impl EventBody {
             Self::FlowStateChanged { .. } => "flow_state_changed",
             Self::TaskStateChanged { .. } => "task_state_changed",
             Self::RetryStateChanged { .. } => "retry_state_changed",
+            Self::AtomIntentionChanged { .. } => "atom_intention_changed",
             Self::ActivationStateChanged { .. } => "activation_state_changed",
             Self::PlanStateChanged { .. } => "plan_state_changed",
         }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent};
+use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::machine::{
     ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
@@ -102,7 +103,7 @@ impl AtomState {
 }
 
 /// What the log says about one atom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AtomRecord {
     /// Its current state.
     pub state: AtomState,
@@ -110,6 +111,44 @@ pub struct AtomRecord {
     pub intention: Intention,
     /// The event that last changed it.
     pub last_seq: u64,
+    /// What its last successful `execute` returned; cleared when it is reverted or reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why its last `execute` failed; cleared when it is reset to PENDING.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Why its `revert` failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_failure: Option<Failure>,
+    /// How many times it entered RUNNING: the attempt number in idempotency keys.
+    pub executions: u32,
+    /// For a retry controller: one entry per finished attempt of its scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RetryAttempt>,
+}
+
+impl AtomRecord {
+    fn new(state: AtomState, intention: Intention, seq: u64) -> Self {
+        Self {
+            state,
+            intention,
+            last_seq: seq,
+            result: None,
+            failure: None,
+            revert_failure: None,
+            executions: 0,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// One attempt of a retry controller's scope, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryAttempt {
+    /// The value the controller provided for the attempt.
+    pub value: serde_json::Value,
+    /// The failures that ended the attempt, by atom.
+    pub failures: BTreeMap<String, Failure>,
 }
 
 /// A flow's state as rebuilt from its log.
@@ -347,40 +386,91 @@ impl Folder {
                     atom,
                     to,
                     intention,
+                    result,
+                    failure,
                 },
                 FlowStatus::TaskGraph(_),
             ) => {
-                let previous = match record.atoms.get(atom) {
-                    None => TaskState::INITIAL,
-                    Some(AtomRecord {
-                        state: AtomState::Task(state),
-                        ..
-                    }) => *state,
+                let mut atom_record = match record.atoms.get(atom) {
+                    None => AtomRecord::new(AtomState::Task(TaskState::INITIAL), *intention, seq),
+                    Some(
+                        existing @ AtomRecord {
+                            state: AtomState::Task(_),
+                            ..
+                        },
+                    ) => existing.clone(),
                     Some(_) => return Err(atom_kind_changed(seq, atom)),
                 };
-                let mut state = previous;
+                let AtomState::Task(mut state) = atom_record.state else {
+                    return Err(atom_kind_changed(seq, atom));
+                };
                 advance(seq, &mut state, *to)?;
-                set_atom(record, atom, AtomState::Task(state), *intention, seq);
+                atom_record.state = AtomState::Task(state);
+                settle(&mut atom_record, to.key(), result, failure);
+                atom_record.intention = *intention;
+                atom_record.last_seq = seq;
+                record.atoms.insert(atom.clone(), atom_record);
             }
             (
                 EventBody::RetryStateChanged {
                     atom,
                     to,
                     intention,
+                    result,
+                    failure,
+                    failures,
                 },
                 FlowStatus::TaskGraph(_),
             ) => {
-                let previous = match record.atoms.get(atom) {
-                    None => RetryState::INITIAL,
-                    Some(AtomRecord {
-                        state: AtomState::Retry(state),
-                        ..
-                    }) => *state,
+                let mut atom_record = match record.atoms.get(atom) {
+                    None => AtomRecord::new(AtomState::Retry(RetryState::INITIAL), *intention, seq),
+                    Some(
+                        existing @ AtomRecord {
+                            state: AtomState::Retry(_),
+                            ..
+                        },
+                    ) => existing.clone(),
                     Some(_) => return Err(atom_kind_changed(seq, atom)),
                 };
-                let mut state = previous;
+                let AtomState::Retry(mut state) = atom_record.state else {
+                    return Err(atom_kind_changed(seq, atom));
+                };
                 advance(seq, &mut state, *to)?;
-                set_atom(record, atom, AtomState::Retry(state), *intention, seq);
+                atom_record.state = AtomState::Retry(state);
+                if *to == RetryState::Retrying {
+                    // The attempt that just ended goes into the history, with its failures.
+                    atom_record.history.push(RetryAttempt {
+                        value: atom_record.result.take().unwrap_or_default(),
+                        failures: failures.clone(),
+                    });
+                }
+                settle(&mut atom_record, to.key(), result, failure);
+                atom_record.intention = *intention;
+                atom_record.last_seq = seq;
+                record.atoms.insert(atom.clone(), atom_record);
+            }
+            (
+                EventBody::AtomIntentionChanged {
+                    atom,
+                    retry,
+                    intention,
+                },
+                FlowStatus::TaskGraph(_),
+            ) => {
+                let initial = if *retry {
+                    AtomState::Retry(RetryState::INITIAL)
+                } else {
+                    AtomState::Task(TaskState::INITIAL)
+                };
+                let atom_record = record
+                    .atoms
+                    .entry(atom.clone())
+                    .or_insert_with(|| AtomRecord::new(initial, *intention, seq));
+                if matches!(atom_record.state, AtomState::Retry(_)) != *retry {
+                    return Err(atom_kind_changed(seq, atom));
+                }
+                atom_record.intention = *intention;
+                atom_record.last_seq = seq;
             }
             _ => return Err(wrong_kind()),
         }
@@ -421,13 +511,33 @@ fn atom_kind_changed(seq: u64, atom: &str) -> FoldError {
     }
 }
 
-fn set_atom(record: &mut FlowRecord, atom: &str, state: AtomState, intention: Intention, seq: u64) {
-    let entry = AtomRecord {
-        state,
-        intention,
-        last_seq: seq,
-    };
-    record.atoms.insert(atom.to_owned(), entry);
+/// Updates an atom's result and failures for the state it entered (by the state's key, which
+/// tasks and retries share).
+fn settle(
+    atom: &mut AtomRecord,
+    entered: &str,
+    result: &Option<serde_json::Value>,
+    failure: &Option<Failure>,
+) {
+    match entered {
+        "running" => atom.executions += 1,
+        "success" => {
+            atom.result = Some(result.clone().unwrap_or_default());
+            atom.failure = None;
+        }
+        "failure" => {
+            atom.result = None;
+            atom.failure.clone_from(failure);
+        }
+        "reverted" => atom.result = None,
+        "revert_failure" => atom.revert_failure.clone_from(failure),
+        "pending" => {
+            atom.result = None;
+            atom.failure = None;
+            atom.revert_failure = None;
+        }
+        _ => {}
+    }
 }
 
 /// Applies one recorded transition: only an allowed one may be in a log.

@@ -10,6 +10,7 @@
 //! the same inputs always give the same outputs and any run can be reproduced from its log.
 
 pub mod event;
+pub mod failure;
 pub mod fold;
 pub mod id;
 pub mod limits;
@@ -19,7 +20,10 @@ pub mod time;
 pub use event::{
     DecodeError, EncodeError, Event, EventBody, FlowKind, Intention, RawEvent, EVENT_FORMAT_VERSION,
 };
-pub use fold::{fold, AtomRecord, AtomState, FlowRecord, FlowStatus, FoldError, Folder, StopAt};
+pub use failure::Failure;
+pub use fold::{
+    fold, AtomRecord, AtomState, FlowRecord, FlowStatus, FoldError, Folder, RetryAttempt, StopAt,
+};
 pub use id::{FlowId, IdError};
 pub use machine::{InvalidState, Machine, Transition};
 pub use time::{Clock, ManualClock, Timestamp};

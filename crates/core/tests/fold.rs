@@ -40,6 +40,8 @@ fn task_to(atom: &str, to: TaskState) -> EventBody {
         atom: atom.into(),
         to,
         intention: Intention::Execute,
+        result: None,
+        failure: None,
     }
 }
 

@@ -216,5 +216,7 @@ fn task(atom: &str, to: TaskState, intention: Intention) -> EventBody {
         atom: atom.to_owned(),
         to,
         intention,
+        result: None,
+        failure: None,
     }
 }
