@@ -532,9 +532,11 @@ fn settle(
         "reverted" => atom.result = None,
         "revert_failure" => atom.revert_failure.clone_from(failure),
         "pending" => {
+            // A reset: the atom starts over (a retry's history goes with it, as in TaskFlow).
             atom.result = None;
             atom.failure = None;
             atom.revert_failure = None;
+            atom.history.clear();
         }
         _ => {}
     }

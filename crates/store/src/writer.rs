@@ -1,10 +1,20 @@
 //! [`FlowWriter`]: the one path from "this happened" to the log. It checks each new event
 //! against the fold (so a transition the tables refuse never reaches a store), encodes it,
-//! derives the index values, appends atomically, and only then moves its own state forward.
+//! derives the index values, and appends atomically.
+//!
+//! Events can be *staged* (checked and folded into the writer's state at once) and committed
+//! later as one append, which is how an engine records the results it analysed and the
+//! transitions it starts in one durable commit. Folding happens in place, so the cost of an
+//! event does not depend on the size of the flow.
+//!
+//! **Invariant:** if staging is refused or a commit fails, the writer's in-memory state may
+//! be ahead of the log; it then refuses further use with [`WriteError::Stale`] and the caller
+//! must [`FlowWriter::load`] the flow again. That is also the right reaction to a conflict.
 
 use flowstate_core::fold::Folder;
 use flowstate_core::{
-    Clock, EncodeError, Event, EventBody, FlowId, FlowRecord, FoldError, EVENT_FORMAT_VERSION,
+    Clock, EncodeError, Event, EventBody, FlowId, FlowRecord, FlowStatus, FoldError,
+    EVENT_FORMAT_VERSION,
 };
 
 use crate::error::StoreError;
@@ -25,6 +35,12 @@ pub enum WriteError {
     /// The store failed or refused; on [`StoreError::Conflict`], reload and decide again.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An earlier staging or commit failed; load the flow again.
+    #[error("flow {flow}: the writer's state is ahead of the log after an earlier failure; load the flow again")]
+    Stale {
+        /// The flow.
+        flow: FlowId,
+    },
 }
 
 /// Extra index changes that go with an append.
@@ -36,11 +52,17 @@ pub struct AppendExtras {
     pub timers: Vec<NewTimer>,
 }
 
-/// Writes one flow's log, keeping the folded state in step with what is durable.
+/// Writes one flow's log, keeping the folded state in step with it.
 #[derive(Debug, Clone)]
 pub struct FlowWriter {
     flow: FlowId,
     folder: Folder,
+    /// The log's next sequence number (staged events not counted).
+    durable_next_seq: u64,
+    /// The status the log's index has (before staged events).
+    durable_status: Option<FlowStatus>,
+    staged: Vec<NewEvent>,
+    stale: bool,
 }
 
 impl FlowWriter {
@@ -50,6 +72,10 @@ impl FlowWriter {
         Self {
             flow,
             folder: Folder::new(),
+            durable_next_seq: 1,
+            durable_status: None,
+            staged: Vec::new(),
+            stale: false,
         }
     }
 
@@ -59,7 +85,14 @@ impl FlowWriter {
         for raw in read_all(store, flow).await? {
             folder.apply_raw(&raw)?;
         }
-        Ok(Self { flow, folder })
+        Ok(Self {
+            flow,
+            durable_next_seq: folder.next_seq(),
+            durable_status: folder.record().map(|r| r.status),
+            folder,
+            staged: Vec::new(),
+            stale: false,
+        })
     }
 
     /// The flow.
@@ -68,10 +101,97 @@ impl FlowWriter {
         self.flow
     }
 
-    /// Its state as of the last durable append, once created.
+    /// Its state including staged events, once created.
     #[must_use]
     pub fn record(&self) -> Option<&FlowRecord> {
         self.folder.record()
+    }
+
+    /// Whether events are staged and not yet committed.
+    #[must_use]
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    fn check_fresh(&self) -> Result<(), WriteError> {
+        if self.stale {
+            return Err(WriteError::Stale { flow: self.flow });
+        }
+        Ok(())
+    }
+
+    /// Checks `bodies` against the flow's state and folds them in, timed by `clock`; they
+    /// reach the log with the next [`FlowWriter::commit`].
+    pub fn stage(&mut self, clock: &dyn Clock, bodies: Vec<EventBody>) -> Result<(), WriteError> {
+        self.check_fresh()?;
+        let time = clock.now();
+        for body in bodies {
+            let event = Event {
+                flow: self.flow,
+                seq: self.folder.next_seq(),
+                time,
+                body,
+            };
+            let encoded = event.body.encode();
+            let applied = encoded.map_err(WriteError::from).and_then(|bytes| {
+                self.folder.apply(&event)?;
+                Ok(bytes)
+            });
+            match applied {
+                Ok(body) => self.staged.push(NewEvent {
+                    time,
+                    format: EVENT_FORMAT_VERSION,
+                    body,
+                }),
+                Err(error) => {
+                    // Earlier events of this call are folded in already.
+                    self.stale =
+                        !self.staged.is_empty() || self.folder.next_seq() != self.durable_next_seq;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends everything staged as one atomic append, with `extras`. Does nothing (and
+    /// returns `None`) when nothing is staged and there are no extras.
+    pub async fn commit(
+        &mut self,
+        store: &dyn Store,
+        extras: AppendExtras,
+    ) -> Result<Option<AppendOutcome>, WriteError> {
+        self.check_fresh()?;
+        if self.staged.is_empty() {
+            return Ok(None);
+        }
+        let record = self.folder.record().ok_or(FoldError::EmptyLog)?;
+        let expected_next_seq = self.durable_next_seq;
+        let create = (expected_next_seq == 1).then(|| NewFlow {
+            kind: record.kind,
+            definition: record.definition.clone(),
+        });
+        let status = (self.durable_status != Some(record.status)).then_some(record.status);
+        let batch = AppendBatch {
+            flow: self.flow,
+            expected_next_seq,
+            events: std::mem::take(&mut self.staged),
+            create,
+            status,
+            ready: extras.ready,
+            timers: extras.timers,
+        };
+        match store.append(batch).await {
+            Ok(outcome) => {
+                self.durable_next_seq = outcome.next_seq;
+                self.durable_status = Some(record.status);
+                Ok(Some(outcome))
+            }
+            Err(error) => {
+                self.stale = true;
+                Err(error.into())
+            }
+        }
     }
 
     /// Records `bodies` as one atomic append, timed by `clock`.
@@ -93,42 +213,9 @@ impl FlowWriter {
         bodies: Vec<EventBody>,
         extras: AppendExtras,
     ) -> Result<AppendOutcome, WriteError> {
-        let time = clock.now();
-        let expected_next_seq = self.folder.next_seq();
-        // Fold into a copy first: the writer's state moves only after the append is durable.
-        let mut next = self.folder.clone();
-        let mut events = Vec::with_capacity(bodies.len());
-        for (offset, body) in bodies.into_iter().enumerate() {
-            let event = Event {
-                flow: self.flow,
-                seq: expected_next_seq + offset as u64,
-                time,
-                body,
-            };
-            next.apply(&event)?;
-            events.push(NewEvent {
-                time,
-                format: EVENT_FORMAT_VERSION,
-                body: event.body.encode()?,
-            });
-        }
-        let record = next.record().ok_or(FoldError::EmptyLog)?;
-        let create = (expected_next_seq == 1).then(|| NewFlow {
-            kind: record.kind,
-            definition: record.definition.clone(),
-        });
-        let status_changed = self.folder.record().map(|r| r.status) != Some(record.status);
-        let batch = AppendBatch {
-            flow: self.flow,
-            expected_next_seq,
-            events,
-            create,
-            status: status_changed.then_some(record.status),
-            ready: extras.ready,
-            timers: extras.timers,
-        };
-        let outcome = store.append(batch).await?;
-        self.folder = next;
-        Ok(outcome)
+        self.stage(clock, bodies)?;
+        self.commit(store, extras)
+            .await?
+            .ok_or(WriteError::Refused(FoldError::EmptyLog))
     }
 }

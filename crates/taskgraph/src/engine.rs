@@ -1,0 +1,515 @@
+//! The engine: runs a flow's compiled graph against a store, driving the engine state
+//! machine of the spec (RESUMING → SCHEDULING → WAITING → ANALYZING → … → GAME_OVER → final),
+//! recording every flow and atom transition through [`FlowWriter`] (so each is checked
+//! against the tables and durable before the work it allows starts), and notifying listeners
+//! after each append.
+//!
+//! One append per scheduling round: the results analysed since the last round and the
+//! transitions of the atoms that start now share one atomic append, so a linear flow costs
+//! one durable commit per task.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use flowstate_core::machine::{EngineState, FlowState};
+use flowstate_core::{
+    Clock, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
+};
+use flowstate_store::{AppendExtras, FlowWriter, Store, WriteError};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use crate::compile::{compile, AtomKind, CompileError, Graph};
+use crate::flow::Flow;
+use crate::listener::{Listener, Notifier};
+use crate::runtime::{Runtime, Work};
+use crate::task::{Inputs, TaskContext};
+
+/// Why a run could not proceed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// No flow of this name is registered with the engine.
+    #[error("no task-graph flow named {name:?} is registered")]
+    UnknownDefinition {
+        /// The name.
+        name: String,
+    },
+    /// The flow is not a task graph.
+    #[error("flow {flow} is a {kind} flow, not a task graph")]
+    NotATaskGraph {
+        /// The flow.
+        flow: FlowId,
+        /// Its kind.
+        kind: FlowKind,
+    },
+    /// The flow does not compile with its inputs.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// Recording failed (including conflicts with another process and refused transitions).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The flow is already being run by this engine.
+    #[error("flow {flow} is already running in this engine")]
+    AlreadyRunning {
+        /// The flow.
+        flow: FlowId,
+    },
+    /// The engine state machine refused a step: a bug.
+    #[error(transparent)]
+    Engine(#[from] flowstate_core::InvalidState),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// The flow.
+    pub flow: FlowId,
+    /// Its state: SUCCESS, FAILURE, REVERTED or SUSPENDED.
+    pub state: FlowState,
+    /// Execute failures, by atom.
+    pub failures: Vec<(String, Failure)>,
+    /// Revert failures, by atom.
+    pub revert_failures: Vec<(String, Failure)>,
+    /// Every provided value of every atom that succeeded (TaskFlow's `fetch_all`).
+    pub results: Inputs,
+}
+
+/// Runs task-graph flows.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    max_concurrency: usize,
+    definitions: RwLock<HashMap<String, Arc<Flow>>>,
+    notifier: Notifier,
+    suspends: Mutex<HashSet<FlowId>>,
+    active: Mutex<HashSet<FlowId>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("max_concurrency", &self.max_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most atoms one run executes at once by default.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+
+impl Engine {
+    /// A parallel engine (up to [`DEFAULT_MAX_CONCURRENCY`] atoms at once).
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            definitions: RwLock::new(HashMap::new()),
+            notifier: Notifier::default(),
+            suspends: Mutex::new(HashSet::new()),
+            active: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A serial engine: one atom at a time (TaskFlow's default engine).
+    pub fn serial(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self::new(store, clock).with_max_concurrency(1)
+    }
+
+    /// Sets how many atoms may run at once (at least 1).
+    #[must_use]
+    pub fn with_max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = max.max(1);
+        self
+    }
+
+    /// Adds a listener for flow, atom and engine transitions.
+    pub fn listen(&self, listener: Arc<dyn Listener>) {
+        self.notifier.add(listener);
+    }
+
+    /// Registers a flow definition under its name; flows record the name and are re-run
+    /// (after a crash, in another process) with the definition registered then.
+    pub fn register(&self, flow: Flow) {
+        if let Ok(mut definitions) = self.definitions.write() {
+            definitions.insert(flow.name.clone(), Arc::new(flow));
+        }
+    }
+
+    fn definition(&self, name: &str) -> Result<Arc<Flow>, EngineError> {
+        self.definitions
+            .read()
+            .ok()
+            .and_then(|d| d.get(name).cloned())
+            .ok_or_else(|| EngineError::UnknownDefinition {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Creates a flow of the registered definition `name` with `inputs`, checking that it
+    /// compiles with them (every input of every execute and revert is available) before
+    /// anything is recorded. The flow is PENDING until [`Engine::run`].
+    pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
+        let definition = self.definition(name)?;
+        compile(&definition, &inputs.keys().cloned().collect())?;
+        let flow = FlowId::from_parts(self.clock.now(), rand::random());
+        let mut writer = FlowWriter::new(flow);
+        writer
+            .append(
+                self.store.as_ref(),
+                self.clock.as_ref(),
+                vec![EventBody::FlowCreated {
+                    kind: FlowKind::TaskGraph,
+                    definition: name.to_owned(),
+                    input: Value::Object(inputs.into_iter().collect()),
+                }],
+            )
+            .await?;
+        Ok(flow)
+    }
+
+    /// Creates a flow and runs it to the end (or to a suspension).
+    pub async fn start(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, EngineError> {
+        let flow = self.create(name, inputs).await?;
+        self.run(flow).await
+    }
+
+    /// Asks a running flow to suspend: running atoms finish, nothing new starts.
+    pub fn suspend(&self, flow: FlowId) {
+        if let Ok(mut suspends) = self.suspends.lock() {
+            suspends.insert(flow);
+        }
+    }
+
+    fn take_suspend(&self, flow: FlowId) -> bool {
+        self.suspends
+            .lock()
+            .map(|mut s| s.remove(&flow))
+            .unwrap_or(false)
+    }
+
+    /// Runs (or resumes, or re-runs) a flow until it is SUCCESS, FAILURE, REVERTED or
+    /// SUSPENDED. A flow found mid-run (its process died) is loaded through RESUMING and
+    /// SUSPENDED; atoms that were running run again with the same attempt number.
+    pub async fn run(&self, flow: FlowId) -> Result<RunOutcome, EngineError> {
+        {
+            let mut active = self
+                .active
+                .lock()
+                .map_err(|_| EngineError::AlreadyRunning { flow })?;
+            if !active.insert(flow) {
+                return Err(EngineError::AlreadyRunning { flow });
+            }
+        }
+        let result = self.run_claimed(flow).await;
+        if let Ok(mut active) = self.active.lock() {
+            active.remove(&flow);
+        }
+        result
+    }
+
+    async fn run_claimed(&self, flow: FlowId) -> Result<RunOutcome, EngineError> {
+        let mut engine = EngineState::INITIAL;
+        let mut run = Run {
+            engine: self,
+            writer: FlowWriter::load(self.store.as_ref(), flow).await?,
+        };
+        self.step_engine(flow, &mut engine, EngineState::Resuming)?;
+        let record = run.record()?.clone();
+        let FlowStatus::TaskGraph(state) = record.status else {
+            return Err(EngineError::NotATaskGraph {
+                flow,
+                kind: record.kind,
+            });
+        };
+        let definition = self.definition(&record.definition)?;
+        let initial: BTreeSet<String> = record
+            .input
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let graph = Arc::new(compile(&definition, &initial)?);
+        let mut runtime = Runtime::new(graph.clone());
+        let mut opening = Vec::new();
+        match state {
+            FlowState::Pending | FlowState::Suspended | FlowState::Success | FlowState::Failure => {
+            }
+            FlowState::Reverted => {
+                // Re-running a reverted flow starts it over (TaskFlow resets it the same way).
+                opening.push(EventBody::FlowStateChanged {
+                    to: FlowState::Pending,
+                });
+                opening.extend(reset_atoms(&graph, &record));
+            }
+            FlowState::Running | FlowState::Suspending | FlowState::Resuming => {
+                // The process that ran it died: load it the way the spec says.
+                if state != FlowState::Resuming {
+                    opening.push(EventBody::FlowStateChanged {
+                        to: FlowState::Resuming,
+                    });
+                }
+                opening.push(EventBody::FlowStateChanged {
+                    to: FlowState::Suspended,
+                });
+            }
+        }
+        opening.push(EventBody::FlowStateChanged {
+            to: FlowState::Running,
+        });
+        run.stage(opening)?;
+        // Work the log shows in flight when its process died runs again once the opening
+        // transitions are durable.
+        let mut resumed = runtime.resume_in_flight(run.record()?);
+        let mut tasks: JoinSet<(usize, Finished)> = JoinSet::new();
+        let mut stopping = false;
+        let mut held_back;
+        self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
+        loop {
+            // SCHEDULING
+            if !stopping && self.take_suspend(flow) {
+                stopping = true;
+                run.stage(vec![EventBody::FlowStateChanged {
+                    to: FlowState::Suspending,
+                }])?;
+            }
+            let capacity = self
+                .max_concurrency
+                .saturating_sub(tasks.len() + resumed.len());
+            let step = runtime.schedule(run.record()?, capacity, stopping);
+            held_back = step.held_back && stopping;
+            run.stage(step.events)?;
+            run.flush().await?;
+            for work in resumed.drain(..).chain(step.launch) {
+                self.launch(&mut tasks, &graph, flow, work);
+            }
+            if tasks.is_empty() {
+                // Nothing runs and nothing more could start: the run is over.
+                self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+                self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                break;
+            }
+            // WAITING
+            self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+            let Some(joined) = tasks.join_next().await else {
+                continue;
+            };
+            // ANALYZING: this completion and every other one already finished.
+            self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+            let mut finished = vec![joined];
+            while let Some(more) = tasks.try_join_next() {
+                finished.push(more);
+            }
+            for joined in finished {
+                // The wrapper in `launch` turns a panic into a failure, so only a cancelled
+                // runtime can end a task without an outcome.
+                let Ok((atom, outcome)) = joined else {
+                    continue;
+                };
+                let events = match outcome {
+                    Finished::Executed(result) => runtime.executed(run.record()?, atom, result),
+                    Finished::Reverted(result) => runtime.reverted(atom, result),
+                };
+                run.stage(events)?;
+            }
+            self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
+        }
+        // GAME_OVER: the final flow state.
+        self.step_engine(flow, &mut engine, EngineState::GameOver)?;
+        let final_state = runtime.outcome(run.record()?, held_back);
+        if state_of(run.record()?) != Some(final_state) {
+            run.stage(vec![EventBody::FlowStateChanged { to: final_state }])?;
+        }
+        run.flush().await?;
+        let final_engine = match final_state {
+            FlowState::Success => EngineState::Success,
+            FlowState::Failure => EngineState::Failure,
+            FlowState::Suspended => EngineState::Suspended,
+            _ => EngineState::Reverted,
+        };
+        self.step_engine(flow, &mut engine, final_engine)?;
+        Ok(outcome(flow, &graph, run.record()?, final_state))
+    }
+
+    fn step_engine(
+        &self,
+        flow: FlowId,
+        engine: &mut EngineState,
+        to: EngineState,
+    ) -> Result<(), EngineError> {
+        let _allowed = engine.advance(to)?;
+        self.notifier.engine(flow, to);
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        tasks: &mut JoinSet<(usize, Finished)>,
+        graph: &Arc<Graph>,
+        flow: FlowId,
+        work: Work,
+    ) {
+        let (atom, attempt) = match &work {
+            Work::Execute { atom, attempt, .. } | Work::Revert { atom, attempt, .. } => {
+                (*atom, *attempt)
+            }
+        };
+        let compiled = &graph.atoms[atom];
+        let AtomKind::Task(task) = &compiled.kind else {
+            return;
+        };
+        let task = task.task.clone();
+        let ctx = TaskContext {
+            flow,
+            atom: compiled.name.clone(),
+            attempt,
+            idempotency_key: format!("{flow}/{}/{attempt}", compiled.name),
+        };
+        let reverting = matches!(work, Work::Revert { .. });
+        let inner = tokio::spawn(async move {
+            match work {
+                Work::Execute { inputs, .. } => {
+                    Finished::Executed(task.execute(&ctx, inputs).await)
+                }
+                Work::Revert {
+                    inputs, outcome, ..
+                } => Finished::Reverted(task.revert(&ctx, inputs, outcome).await),
+            }
+        });
+        tasks.spawn(async move {
+            // A panicking task is a failing task, not a dead engine.
+            let finished = inner.await.unwrap_or_else(|error| {
+                let failure = Failure::new("Panicked", error.to_string());
+                if reverting {
+                    Finished::Reverted(Err(failure))
+                } else {
+                    Finished::Executed(Err(failure))
+                }
+            });
+            (atom, finished)
+        });
+    }
+}
+
+enum Finished {
+    Executed(Result<Value, Failure>),
+    Reverted(Result<(), Failure>),
+}
+
+/// One run's writer: decisions are staged (checked and folded at once) and committed as one
+/// append per scheduling round.
+struct Run<'a> {
+    engine: &'a Engine,
+    writer: FlowWriter,
+}
+
+impl Run<'_> {
+    /// The flow's state, including staged decisions.
+    fn record(&self) -> Result<&FlowRecord, EngineError> {
+        self.writer
+            .record()
+            .ok_or(EngineError::Write(WriteError::Refused(
+                flowstate_core::FoldError::EmptyLog,
+            )))
+    }
+
+    fn stage(&mut self, events: Vec<EventBody>) -> Result<(), EngineError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if self.engine.notifier.wants() {
+            self.engine
+                .notifier
+                .events(self.writer.flow(), &events, false);
+        }
+        self.writer.stage(self.engine.clock.as_ref(), events)?;
+        Ok(())
+    }
+
+    /// Appends everything staged as one atomic append, then notifies listeners.
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        if !self.writer.has_staged() {
+            return Ok(());
+        }
+        self.writer
+            .commit(self.engine.store.as_ref(), AppendExtras::default())
+            .await?;
+        if self.engine.notifier.wants() {
+            self.engine.notifier.flush(self.writer.flow());
+        }
+        Ok(())
+    }
+}
+
+fn state_of(record: &FlowRecord) -> Option<FlowState> {
+    match record.status {
+        FlowStatus::TaskGraph(state) => Some(state),
+        _ => None,
+    }
+}
+
+/// Events that put every atom back to PENDING for a re-run.
+fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Vec<EventBody> {
+    let mut events = Vec::new();
+    for atom in &graph.atoms {
+        let Some(state) = record.atoms.get(&atom.name) else {
+            continue;
+        };
+        let key = state.state.key();
+        if !matches!(key, "reverted" | "ignore") {
+            continue;
+        }
+        events.push(match &atom.kind {
+            AtomKind::Task(_) => EventBody::TaskStateChanged {
+                atom: atom.name.clone(),
+                to: flowstate_core::machine::TaskState::Pending,
+                intention: Intention::Execute,
+                result: None,
+                failure: None,
+            },
+            AtomKind::Retry(_) => EventBody::RetryStateChanged {
+                atom: atom.name.clone(),
+                to: flowstate_core::machine::RetryState::Pending,
+                intention: Intention::Execute,
+                result: None,
+                failure: None,
+                failures: std::collections::BTreeMap::new(),
+            },
+        });
+    }
+    events
+}
+
+fn outcome(flow: FlowId, graph: &Graph, record: &FlowRecord, state: FlowState) -> RunOutcome {
+    let mut failures = Vec::new();
+    let mut revert_failures = Vec::new();
+    let mut results = Inputs::new();
+    for atom in &graph.atoms {
+        let Some(stored) = record.atoms.get(&atom.name) else {
+            continue;
+        };
+        if let Some(failure) = &stored.failure {
+            failures.push((atom.name.clone(), failure.clone()));
+        }
+        if let Some(failure) = &stored.revert_failure {
+            revert_failures.push((atom.name.clone(), failure.clone()));
+        }
+        if let Some(result) = &stored.result {
+            for name in atom.provides() {
+                let value = match &atom.kind {
+                    AtomKind::Task(task) => task.provides.extract(result, &name),
+                    AtomKind::Retry(_) => Some(result.clone()),
+                };
+                if let Some(value) = value {
+                    results.insert(name, value);
+                }
+            }
+        }
+    }
+    RunOutcome {
+        flow,
+        state,
+        failures,
+        revert_failures,
+        results,
+    }
+}

@@ -1,0 +1,167 @@
+//! Listeners: observe flow, atom and engine transitions (for logging, timing, progress).
+//!
+//! Transitions are delivered after they are durable (persist, then notify), in log order. A
+//! listener runs on the engine's task, so it must be quick; hand heavy work to a channel.
+//! With no listener registered the engine skips all of this: no copies, no calls.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use flowstate_core::machine::{EngineState, FlowState};
+use flowstate_core::{EventBody, FlowId};
+
+/// One transition, as listeners see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// The flow changed state.
+    Flow {
+        /// The new state.
+        to: FlowState,
+    },
+    /// An atom changed state (its state key: "running", "success", ...).
+    Atom {
+        /// The atom.
+        atom: String,
+        /// The new state's key.
+        to: &'static str,
+        /// Its result, on success.
+        result: Option<serde_json::Value>,
+        /// Its failure, on failure or revert failure.
+        failure: Option<flowstate_core::Failure>,
+    },
+}
+
+/// Receives transitions.
+pub trait Listener: Send + Sync {
+    /// A durable flow or atom transition.
+    fn on_transition(&self, flow: FlowId, transition: &Transition);
+
+    /// The engine state machine moved (not persisted; for timing and debugging).
+    fn on_engine(&self, _flow: FlowId, _state: EngineState) {}
+}
+
+/// Fans transitions out to listeners, after they are durable.
+#[derive(Default)]
+pub(crate) struct Notifier {
+    listeners: RwLock<Vec<Arc<dyn Listener>>>,
+    /// Staged, not yet durable, per flow.
+    staged: Mutex<Vec<(FlowId, Transition)>>,
+}
+
+impl Notifier {
+    pub(crate) fn add(&self, listener: Arc<dyn Listener>) {
+        if let Ok(mut listeners) = self.listeners.write() {
+            listeners.push(listener);
+        }
+    }
+
+    pub(crate) fn wants(&self) -> bool {
+        self.listeners
+            .read()
+            .map(|l| !l.is_empty())
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn engine(&self, flow: FlowId, state: EngineState) {
+        if let Ok(listeners) = self.listeners.read() {
+            for listener in listeners.iter() {
+                listener.on_engine(flow, state);
+            }
+        }
+    }
+
+    /// Remembers transitions that are staged; [`Notifier::flush`] delivers them.
+    pub(crate) fn events(&self, flow: FlowId, events: &[EventBody], _durable: bool) {
+        let transitions = events.iter().filter_map(|event| match event {
+            EventBody::FlowStateChanged { to } => Some(Transition::Flow { to: *to }),
+            EventBody::TaskStateChanged {
+                atom,
+                to,
+                result,
+                failure,
+                ..
+            } => Some(Transition::Atom {
+                atom: atom.clone(),
+                to: flowstate_core::Machine::key(*to),
+                result: result.clone(),
+                failure: failure.clone(),
+            }),
+            EventBody::RetryStateChanged {
+                atom,
+                to,
+                result,
+                failure,
+                ..
+            } => Some(Transition::Atom {
+                atom: atom.clone(),
+                to: flowstate_core::Machine::key(*to),
+                result: result.clone(),
+                failure: failure.clone(),
+            }),
+            _ => None,
+        });
+        if let Ok(mut staged) = self.staged.lock() {
+            staged.extend(transitions.map(|t| (flow, t)));
+        }
+    }
+
+    /// Delivers the staged transitions of `flow`, now durable.
+    pub(crate) fn flush(&self, flow: FlowId) {
+        let ready: Vec<Transition> = match self.staged.lock() {
+            Ok(mut staged) => {
+                let (mine, others): (Vec<_>, Vec<_>) =
+                    staged.drain(..).partition(|(f, _)| *f == flow);
+                *staged = others;
+                mine.into_iter().map(|(_, t)| t).collect()
+            }
+            Err(_) => return,
+        };
+        if let Ok(listeners) = self.listeners.read() {
+            for transition in &ready {
+                for listener in listeners.iter() {
+                    listener.on_transition(flow, transition);
+                }
+            }
+        }
+    }
+}
+
+/// A listener that records every transition as `"name STATE"` strings, for tests and
+/// debugging (TaskFlow's `CaptureListener`).
+#[derive(Debug, Default)]
+pub struct CaptureListener {
+    captured: Mutex<Vec<String>>,
+}
+
+impl CaptureListener {
+    /// What was captured so far.
+    #[must_use]
+    pub fn captured(&self) -> Vec<String> {
+        self.captured.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Forgets what was captured.
+    pub fn clear(&self) {
+        if let Ok(mut captured) = self.captured.lock() {
+            captured.clear();
+        }
+    }
+}
+
+impl Listener for CaptureListener {
+    fn on_transition(&self, _flow: FlowId, transition: &Transition) {
+        let line = match transition {
+            Transition::Flow { to } => format!("flow {}", flowstate_core::Machine::label(*to)),
+            Transition::Atom {
+                atom, to, result, ..
+            } => match result {
+                Some(result) if *to == "success" => {
+                    format!("{atom} {}({result})", to.to_uppercase())
+                }
+                _ => format!("{atom} {}", to.to_uppercase()),
+            },
+        };
+        if let Ok(mut captured) = self.captured.lock() {
+            captured.push(line);
+        }
+    }
+}
