@@ -283,9 +283,9 @@ impl Engine {
                 self.launch(&mut tasks, &graph, flow, work);
             }
             if tasks.is_empty() {
-                // Nothing runs and nothing more could start: the run is over.
                 self.step_engine(flow, &mut engine, EngineState::Waiting)?;
                 self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                // Nothing runs and nothing more could start: the run is over.
                 break;
             }
             // WAITING
@@ -310,6 +310,12 @@ impl Engine {
                     Finished::Reverted(result) => runtime.reverted(atom, result),
                 };
                 run.stage(events)?;
+            }
+            if self.notifier.wants() {
+                // Listeners see each result before anything it unblocks starts (so a listener
+                // can suspend the flow right after an atom, as in TaskFlow). Without listeners
+                // results and the next starts share one commit.
+                run.flush().await?;
             }
             self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
         }

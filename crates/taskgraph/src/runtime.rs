@@ -154,6 +154,8 @@ pub struct Runtime {
 struct View<'a> {
     record: &'a FlowRecord,
     overlay: BTreeMap<usize, (Phase, Intention)>,
+    /// Results decided earlier in the same round (retry controllers run inline).
+    results: BTreeMap<usize, Value>,
     graph: Arc<Graph>,
 }
 
@@ -172,6 +174,12 @@ impl View<'_> {
 
     fn atom(&self, atom: usize) -> Option<&AtomRecord> {
         self.record.atoms.get(&self.graph.atoms[atom].name)
+    }
+
+    fn result(&self, atom: usize) -> Option<&Value> {
+        self.results
+            .get(&atom)
+            .or_else(|| self.atom(atom)?.result.as_ref())
     }
 }
 
@@ -220,6 +228,7 @@ impl Runtime {
             let view = View {
                 record,
                 overlay: BTreeMap::new(),
+                results: BTreeMap::new(),
                 graph: self.graph.clone(),
             };
             let (phase, _) = view.get(index);
@@ -252,7 +261,18 @@ impl Runtime {
     /// injected values).
     #[must_use]
     pub fn inputs(&self, record: &FlowRecord, atom: usize, with_revert: bool) -> Inputs {
-        let compiled = &self.graph.atoms[atom];
+        let view = View {
+            record,
+            overlay: BTreeMap::new(),
+            results: BTreeMap::new(),
+            graph: self.graph.clone(),
+        };
+        Self::view_inputs(&view, atom, with_revert)
+    }
+
+    fn view_inputs(view: &View<'_>, atom: usize, with_revert: bool) -> Inputs {
+        let graph = &view.graph;
+        let compiled = &graph.atoms[atom];
         let mut inputs = Inputs::new();
         let sources = compiled.inputs.iter().chain(
             with_revert
@@ -262,21 +282,16 @@ impl Runtime {
         );
         for (argument, source) in sources {
             let value = match source {
-                Source::Initial(name) => record.input.get(name).cloned(),
+                Source::Initial(name) => view.record.input.get(name).cloned(),
                 Source::Atom {
                     atom: provider,
                     name,
-                } => {
-                    let provider = &self.graph.atoms[*provider];
-                    record
-                        .atoms
-                        .get(&provider.name)
-                        .and_then(|r| r.result.as_ref())
-                        .and_then(|result| match &provider.kind {
-                            AtomKind::Task(task) => task.provides.extract(result, name),
-                            AtomKind::Retry(_) => Some(result.clone()),
-                        })
-                }
+                } => view
+                    .result(*provider)
+                    .and_then(|result| match &graph.atoms[*provider].kind {
+                        AtomKind::Task(task) => task.provides.extract(result, name),
+                        AtomKind::Retry(_) => Some(result.clone()),
+                    }),
             };
             inputs.insert(argument.clone(), value.unwrap_or(Value::Null));
         }
@@ -294,6 +309,7 @@ impl Runtime {
         let mut view = View {
             record,
             overlay: BTreeMap::new(),
+            results: BTreeMap::new(),
             graph: self.graph.clone(),
         };
         let blocked = record
@@ -395,7 +411,7 @@ impl Runtime {
                     .insert(atom, (Phase::Running, Intention::Execute));
                 step.launch.push(Work::Execute {
                     atom,
-                    inputs: self.inputs(view.record, atom, false),
+                    inputs: Self::view_inputs(view, atom, false),
                     attempt,
                 });
                 self.running.insert(atom);
@@ -417,40 +433,55 @@ impl Runtime {
     /// Runs a retry controller's execute inline (it is cheap and deterministic) and records
     /// its outcome.
     fn run_controller(&mut self, view: &mut View<'_>, step: &mut Step, atom: usize) -> Vec<usize> {
-        let AtomKind::Retry(retry) = &self.graph.atoms[atom].kind else {
-            return Vec::new();
-        };
         let attempts = view
             .atom(atom)
             .map(|a| a.history.clone())
             .unwrap_or_default();
+        self.controller_outcome(view, step, atom, &attempts)
+    }
+
+    /// Runs the controller with `attempts` as its history and records SUCCESS with the value
+    /// it provides, or FAILURE and the resolution of that failure.
+    fn controller_outcome(
+        &mut self,
+        view: &mut View<'_>,
+        step: &mut Step,
+        atom: usize,
+        attempts: &[flowstate_core::RetryAttempt],
+    ) -> Vec<usize> {
+        let AtomKind::Retry(retry) = &self.graph.atoms[atom].kind else {
+            return Vec::new();
+        };
         let no_failures = BTreeMap::new();
         let history = History {
-            attempts: &attempts,
+            attempts,
             current: &no_failures,
         };
-        let inputs = self.inputs(view.record, atom, false);
+        let inputs = Self::view_inputs(view, atom, false);
         match retry.controller.execute(&history, &inputs) {
             Ok(value) => {
-                step.events.push(self.transition(
+                let event = self.transition(
                     atom,
                     Phase::Success,
                     Intention::Execute,
-                    Some(value),
+                    Some(value.clone()),
                     None,
-                ));
+                );
+                step.events.push(event);
                 view.overlay
                     .insert(atom, (Phase::Success, Intention::Execute));
+                view.results.insert(atom, value);
                 vec![atom]
             }
             Err(failure) => {
-                step.events.push(self.transition(
+                let event = self.transition(
                     atom,
                     Phase::Failure,
                     Intention::Revert,
                     None,
                     Some(failure.clone()),
-                ));
+                );
+                step.events.push(event);
                 view.overlay
                     .insert(atom, (Phase::Failure, Intention::Revert));
                 let mut changed = vec![atom];
@@ -517,7 +548,7 @@ impl Runtime {
                 let attempt = view.atom(atom).map_or(0, |a| a.executions);
                 step.launch.push(Work::Revert {
                     atom,
-                    inputs: self.inputs(view.record, atom, true),
+                    inputs: Self::view_inputs(view, atom, true),
                     outcome: outcome_of(view.atom(atom)),
                     attempt,
                 });
@@ -550,6 +581,7 @@ impl Runtime {
                 Some((self.graph.atoms[s].name.clone(), record.failure.clone()?))
             })
             .collect();
+        let failures_of_attempt = failures.clone();
         step.events.push(EventBody::RetryStateChanged {
             atom: self.graph.atoms[atom].name.clone(),
             to: RetryState::Retrying,
@@ -581,79 +613,18 @@ impl Runtime {
         }
         step.events
             .push(self.transition(atom, Phase::Running, Intention::Execute, None, None));
-        changed.extend(self.run_controller_after_retry(view, step, atom));
-        changed
-    }
-
-    fn run_controller_after_retry(
-        &mut self,
-        view: &mut View<'_>,
-        step: &mut Step,
-        atom: usize,
-    ) -> Vec<usize> {
-        // The history now includes the attempt that just ended; the fold adds it when the
-        // RETRYING event is applied, so build it here the same way.
+        // The fold moves the ended attempt into the history when it applies RETRYING; the
+        // controller sees the same history now.
         let mut attempts = view
             .atom(atom)
             .map(|a| a.history.clone())
             .unwrap_or_default();
-        if let Some(EventBody::RetryStateChanged { failures, .. }) =
-            step.events.iter().rev().find(|e| {
-                matches!(
-                    e,
-                    EventBody::RetryStateChanged {
-                        to: RetryState::Retrying,
-                        ..
-                    }
-                )
-            })
-        {
-            let value = view
-                .atom(atom)
-                .and_then(|a| a.result.clone())
-                .unwrap_or_default();
-            attempts.push(flowstate_core::RetryAttempt {
-                value,
-                failures: failures.clone(),
-            });
-        }
-        let AtomKind::Retry(retry) = &self.graph.atoms[atom].kind else {
-            return Vec::new();
-        };
-        let no_failures = BTreeMap::new();
-        let history = History {
-            attempts: &attempts,
-            current: &no_failures,
-        };
-        let inputs = self.inputs(view.record, atom, false);
-        match retry.controller.execute(&history, &inputs) {
-            Ok(value) => {
-                step.events.push(self.transition(
-                    atom,
-                    Phase::Success,
-                    Intention::Execute,
-                    Some(value),
-                    None,
-                ));
-                view.overlay
-                    .insert(atom, (Phase::Success, Intention::Execute));
-                vec![atom]
-            }
-            Err(failure) => {
-                step.events.push(self.transition(
-                    atom,
-                    Phase::Failure,
-                    Intention::Revert,
-                    None,
-                    Some(failure.clone()),
-                ));
-                view.overlay
-                    .insert(atom, (Phase::Failure, Intention::Revert));
-                let mut changed = vec![atom];
-                changed.extend(self.resolve(view, step, atom, failure));
-                changed
-            }
-        }
+        attempts.push(flowstate_core::RetryAttempt {
+            value: view.result(atom).cloned().unwrap_or_default(),
+            failures: failures_of_attempt,
+        });
+        changed.extend(self.controller_outcome(view, step, atom, &attempts));
+        changed
     }
 
     /// Records the outcome of an execute, and on failure decides what to revert.
@@ -669,6 +640,7 @@ impl Runtime {
         let mut view = View {
             record,
             overlay: BTreeMap::new(),
+            results: BTreeMap::new(),
             graph: self.graph.clone(),
         };
         let intention = view.get(atom).1;
@@ -761,7 +733,7 @@ impl Runtime {
                 attempts: &attempts,
                 current: &current,
             };
-            let inputs = self.inputs(view.record, r, false);
+            let inputs = Self::view_inputs(view, r, false);
             match controller.controller.on_failure(&history, &inputs) {
                 Decision::Retry => {
                     step.events.push(self.intention(r, Intention::Retry));
@@ -804,6 +776,7 @@ impl Runtime {
         let view = View {
             record,
             overlay: BTreeMap::new(),
+            results: BTreeMap::new(),
             graph: self.graph.clone(),
         };
         let phases: Vec<Phase> = (0..self.graph.atoms.len()).map(|a| view.get(a).0).collect();

@@ -110,3 +110,29 @@ pub fn s(text: &str) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .collect()
 }
+
+/// Fails its first `failures` executions with "Woot!", then succeeds with 5.
+pub fn flaky(name: &str, failures: usize) -> TaskAtom {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    task_fn(name, move |_ctx, _inputs| {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            if n < failures {
+                Err(Failure::new("RuntimeError", "Woot!"))
+            } else {
+                Ok(json!(5))
+            }
+        }
+    })
+}
+
+/// Returns its input `value` (to see what a retry provided).
+pub fn echo(name: &str, input: &str) -> TaskAtom {
+    let input = input.to_owned();
+    let key = input.clone();
+    task_fn(name, move |_ctx, inputs: Inputs| {
+        let value = inputs.get(&key).cloned().unwrap_or_default();
+        async move { Ok(value) }
+    })
+    .requires([input])
+}
