@@ -131,6 +131,13 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         failures: std::collections::BTreeMap<String, Failure>,
     },
+    /// An atom's failed revert was run again and succeeded. REVERT_FAILURE is terminal in the
+    /// task table, so the atom keeps that state; this marks the failure as repaired, which lets
+    /// the rest of the flow revert.
+    AtomRevertRecovered {
+        /// The atom.
+        atom: String,
+    },
     /// The engine changed what it means to do with an atom, without changing its state (for
     /// example: a failure elsewhere means this finished atom must now be reverted). Recorded so
     /// that resuming depends only on the log.
@@ -168,6 +175,7 @@ impl EventBody {
             Self::TaskStateChanged { .. } => "task_state_changed",
             Self::RetryStateChanged { .. } => "retry_state_changed",
             Self::AtomIntentionChanged { .. } => "atom_intention_changed",
+            Self::AtomRevertRecovered { .. } => "atom_revert_recovered",
             Self::ActivationStateChanged { .. } => "activation_state_changed",
             Self::PlanStateChanged { .. } => "plan_state_changed",
         }

@@ -120,6 +120,10 @@ pub struct AtomRecord {
     /// Why its `revert` failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_failure: Option<Failure>,
+    /// Whether a failed revert was later run again successfully (the state stays
+    /// REVERT_FAILURE, which the table makes terminal).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert_recovered: bool,
     /// How many times it entered RUNNING: the attempt number in idempotency keys.
     pub executions: u32,
     /// For a retry controller: one entry per finished attempt of its scope.
@@ -136,6 +140,7 @@ impl AtomRecord {
             result: None,
             failure: None,
             revert_failure: None,
+            revert_recovered: false,
             executions: 0,
             history: Vec::new(),
         }
@@ -263,6 +268,14 @@ pub enum FoldError {
     /// An atom recorded first as a task and then as a retry, or the other way round.
     #[error("event {seq} changes atom {atom:?} into another kind of atom")]
     AtomKindChanged {
+        /// The event's position.
+        seq: u64,
+        /// The atom.
+        atom: String,
+    },
+    /// A recovery recorded for an atom whose revert had not failed.
+    #[error("event {seq} recovers the revert of atom {atom:?}, which is not in an unrecovered REVERT_FAILURE")]
+    NotRecoverable {
         /// The event's position.
         seq: u64,
         /// The atom.
@@ -448,6 +461,19 @@ impl Folder {
                 atom_record.intention = *intention;
                 atom_record.last_seq = seq;
                 record.atoms.insert(atom.clone(), atom_record);
+            }
+            (EventBody::AtomRevertRecovered { atom }, FlowStatus::TaskGraph(_)) => {
+                let failed = record.atoms.get_mut(atom).filter(|a| {
+                    a.state.key() == "revert_failure" && !a.revert_recovered
+                });
+                let Some(failed) = failed else {
+                    return Err(FoldError::NotRecoverable {
+                        seq,
+                        atom: atom.clone(),
+                    });
+                };
+                failed.revert_recovered = true;
+                failed.last_seq = seq;
             }
             (
                 EventBody::AtomIntentionChanged {

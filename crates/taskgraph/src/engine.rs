@@ -260,6 +260,22 @@ impl Engine {
         // Work the log shows in flight when its process died runs again once the opening
         // transitions are durable.
         let mut resumed = runtime.resume_in_flight(run.record()?);
+        if state == FlowState::Failure {
+            // Re-running a failed flow really runs it: the reverts that failed run again, and
+            // each that succeeds now is recorded as repaired, so the rest can revert.
+            run.flush().await?;
+            for work in runtime.failed_reverts(run.record()?) {
+                let atom = match &work {
+                    Work::Revert { atom, .. } | Work::Execute { atom, .. } => *atom,
+                };
+                let mut once = JoinSet::new();
+                self.launch(&mut once, &graph, flow, work);
+                if let Some(Ok((_, Finished::Reverted(result)))) = once.join_next().await {
+                    let events = runtime.revert_retried(atom, result);
+                    run.stage(events)?;
+                }
+            }
+        }
         let mut tasks: JoinSet<(usize, Finished)> = JoinSet::new();
         let mut stopping = false;
         let mut held_back;

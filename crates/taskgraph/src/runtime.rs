@@ -69,6 +69,14 @@ impl Phase {
         }
     }
 
+    /// The phase of a stored atom; a revert failure that was repaired counts as reverted.
+    fn of_record(record: &AtomRecord) -> Self {
+        match Self::of(record.state) {
+            Self::RevertFailure if record.revert_recovered => Self::Reverted,
+            phase => phase,
+        }
+    }
+
     fn task(self) -> TaskState {
         match self {
             Self::Pending => TaskState::Pending,
@@ -168,7 +176,7 @@ impl View<'_> {
             .atoms
             .get(&self.graph.atoms[atom].name)
             .map_or((Phase::Pending, Intention::Execute), |r| {
-                (Phase::of(r.state), r.intention)
+                (Phase::of_record(r), r.intention)
             })
     }
 
@@ -217,6 +225,43 @@ impl Runtime {
         while let Some(r) = retry {
             self.candidates.insert(r);
             retry = self.graph.atoms[r].retry;
+        }
+    }
+
+    /// Reverts that failed and were not repaired: re-running a FAILURE flow runs them again.
+    pub fn failed_reverts(&mut self, record: &FlowRecord) -> Vec<Work> {
+        let view = View {
+            record,
+            overlay: BTreeMap::new(),
+            results: BTreeMap::new(),
+            graph: self.graph.clone(),
+        };
+        let mut work = Vec::new();
+        for index in 0..self.graph.atoms.len() {
+            let is_task = matches!(self.graph.atoms[index].kind, AtomKind::Task(_));
+            if view.get(index).0 != Phase::RevertFailure || !is_task {
+                continue;
+            }
+            work.push(Work::Revert {
+                atom: index,
+                inputs: Self::view_inputs(&view, index, true),
+                outcome: outcome_of(view.atom(index)),
+                attempt: view.atom(index).map_or(0, |a| a.executions),
+            });
+            self.running.insert(index);
+        }
+        work
+    }
+
+    /// Records the outcome of running a failed revert again: a success repairs the atom.
+    pub fn revert_retried(&mut self, atom: usize, outcome: Result<(), Failure>) -> Vec<EventBody> {
+        self.running.remove(&atom);
+        self.touch(atom);
+        match outcome {
+            Ok(()) => vec![EventBody::AtomRevertRecovered {
+                atom: self.graph.atoms[atom].name.clone(),
+            }],
+            Err(_) => Vec::new(),
         }
     }
 
@@ -315,7 +360,7 @@ impl Runtime {
         let blocked = record
             .atoms
             .values()
-            .any(|a| Phase::of(a.state) == Phase::RevertFailure);
+            .any(|a| Phase::of_record(a) == Phase::RevertFailure);
         let mut examined = std::mem::take(&mut self.candidates);
         let mut retouched = BTreeSet::new();
         while let Some(atom) = examined.pop_first() {

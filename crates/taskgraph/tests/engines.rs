@@ -336,3 +336,33 @@ async fn an_unknown_definition_is_an_error() {
         Err(EngineError::UnknownDefinition { .. })
     ));
 }
+
+#[tokio::test]
+async fn rerunning_a_failed_flow_retries_the_failed_revert_and_finishes_reverting() {
+    let h = serial();
+    let reverts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reverts.clone();
+    let shaky = flowstate_taskgraph::task_fn_with_revert(
+        "shaky",
+        |_c, _i| async { Ok(json!(5)) },
+        move |_c, _i, _o| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(flowstate_core::Failure::new("RuntimeError", "Gotcha!"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    );
+    h.engine.register(Flow::linear("f").add(progressing("first")).add(shaky).add(failing("fail")));
+    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    assert_eq!(outcome.state, FlowState::Failure);
+    assert!(!h.capture.captured().contains(&"first REVERTED".to_owned()), "stuck behind the failed revert");
+    h.capture.clear();
+    let again = h.engine.run(outcome.flow).await.expect("re-runs");
+    assert_eq!(again.state, FlowState::Reverted);
+    assert_eq!(h.capture.captured(), s("flow RUNNING, first REVERTING, first REVERTED, flow REVERTED"));
+    assert_eq!(reverts.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
