@@ -463,9 +463,10 @@ impl Folder {
                 record.atoms.insert(atom.clone(), atom_record);
             }
             (EventBody::AtomRevertRecovered { atom }, FlowStatus::TaskGraph(_)) => {
-                let failed = record.atoms.get_mut(atom).filter(|a| {
-                    a.state.key() == "revert_failure" && !a.revert_recovered
-                });
+                let failed = record
+                    .atoms
+                    .get_mut(atom)
+                    .filter(|a| a.state.key() == "revert_failure" && !a.revert_recovered);
                 let Some(failed) = failed else {
                     return Err(FoldError::NotRecoverable {
                         seq,

@@ -10,7 +10,9 @@ use common::*;
 use flowstate_core::machine::{EngineState, FlowState};
 use flowstate_core::{FlowId, Machine};
 use flowstate_taskgraph::task::{map_task, reduce_task};
-use flowstate_taskgraph::{task_fn, CompileError, Engine, EngineError, Flow, Listener, Provides, Transition};
+use flowstate_taskgraph::{
+    task_fn, CompileError, Engine, EngineError, Flow, Listener, Provides, Transition,
+};
 use serde_json::{json, Value};
 
 #[derive(Debug, Default)]
@@ -28,12 +30,29 @@ async fn s01_an_empty_flow_walks_the_engine_machine_to_success() {
     let h = serial();
     let states = Arc::new(EngineStates::default());
     h.engine.listen(states.clone());
-    h.engine.register(Flow::linear("empty").add(Flow::unordered("nested").add(Flow::graph("deeper"))));
+    h.engine
+        .register(Flow::linear("empty").add(Flow::unordered("nested").add(Flow::graph("deeper"))));
     let outcome = h.engine.start("empty", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     // TaskFlow yields these (it hides its internal GAME_OVER); flowstate reports it too.
-    let seen: Vec<&str> = states.0.lock().expect("lock").iter().map(|s| s.label()).collect();
-    assert_eq!(seen, ["RESUMING", "SCHEDULING", "WAITING", "ANALYZING", "GAME_OVER", "SUCCESS"]);
+    let seen: Vec<&str> = states
+        .0
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|s| s.label())
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "RESUMING",
+            "SCHEDULING",
+            "WAITING",
+            "ANALYZING",
+            "GAME_OVER",
+            "SUCCESS"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -41,8 +60,20 @@ async fn s11_results_split_by_keys_and_positions_and_read_through_rebind() {
     let h = serial();
     h.engine.register(
         Flow::graph("g")
-            .add(task_fn("split", |_c, _i| async { Ok(json!({"a": 1, "b": 3, "c": 5})) }).provides(Provides::Keys(vec!["a".into(), "b".into(), "c".into()])))
-            .add(task_fn("pair", |_c, _i| async { Ok(json!([30, 38])) }).provides(Provides::Positions(vec!["x".into(), "y".into()])))
+            .add(
+                task_fn("split", |_c, _i| async {
+                    Ok(json!({"a": 1, "b": 3, "c": 5}))
+                })
+                .provides(Provides::Keys(vec![
+                    "a".into(),
+                    "b".into(),
+                    "c".into(),
+                ])),
+            )
+            .add(
+                task_fn("pair", |_c, _i| async { Ok(json!([30, 38])) })
+                    .provides(Provides::Positions(vec!["x".into(), "y".into()])),
+            )
             .add(
                 task_fn("sum", |_c, inputs| async move {
                     let get = |k: &str| inputs.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -57,14 +88,19 @@ async fn s11_results_split_by_keys_and_positions_and_read_through_rebind() {
     let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let expected = json!({"a": 1, "b": 3, "c": 5, "x": 30, "y": 38, "z": 72});
-    assert_eq!(Value::Object(outcome.results.into_iter().collect()), expected);
+    assert_eq!(
+        Value::Object(outcome.results.into_iter().collect()),
+        expected
+    );
 }
 
 fn compile_error(flow: Flow, given: &[(&str, Value)]) -> CompileError {
     let h = serial();
     let name = flow.name().to_owned();
     h.engine.register(flow);
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     match runtime.block_on(h.engine.create(&name, inputs(given))) {
         Err(EngineError::Compile(error)) => error,
         other => panic!("expected a compile error, got {other:?}"),
@@ -74,10 +110,17 @@ fn compile_error(flow: Flow, given: &[(&str, Value)]) -> CompileError {
 #[test]
 fn s12_cycles_ambiguity_and_duplicates_are_refused_with_names() {
     let cycle = compile_error(
-        Flow::graph("g").add(progressing("a")).add(progressing("b")).link("a", "b").link("b", "a"),
+        Flow::graph("g")
+            .add(progressing("a"))
+            .add(progressing("b"))
+            .link("a", "b")
+            .link("b", "a"),
         &[],
     );
-    assert!(matches!(&cycle, CompileError::Cycle { atoms } if atoms.len() == 2), "{cycle}");
+    assert!(
+        matches!(&cycle, CompileError::Cycle { atoms } if atoms.len() == 2),
+        "{cycle}"
+    );
     let ambiguous = compile_error(
         Flow::graph("g")
             .add(progressing("p1").provides("x"))
@@ -85,8 +128,16 @@ fn s12_cycles_ambiguity_and_duplicates_are_refused_with_names() {
             .add(progressing("c").requires(["x"])),
         &[],
     );
-    assert!(matches!(&ambiguous, CompileError::Ambiguous { atom, input, .. } if atom == "c" && input == "x"), "{ambiguous}");
-    let duplicate = compile_error(Flow::linear("f").add(progressing("t")).add(progressing("t")), &[]);
+    assert!(
+        matches!(&ambiguous, CompileError::Ambiguous { atom, input, .. } if atom == "c" && input == "x"),
+        "{ambiguous}"
+    );
+    let duplicate = compile_error(
+        Flow::linear("f")
+            .add(progressing("t"))
+            .add(progressing("t")),
+        &[],
+    );
     assert_eq!(duplicate, CompileError::Duplicate { name: "t".into() });
     let unknown = compile_error(Flow::graph("g").add(progressing("a")).link("a", "zz"), &[]);
     assert!(matches!(unknown, CompileError::UnknownLinkTarget { .. }));
@@ -99,8 +150,12 @@ fn s12_cycles_ambiguity_and_duplicates_are_refused_with_names() {
             .add(progressing("c").requires(["x"]))
             .link("p2", "c"),
     );
-    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-    assert!(runtime.block_on(h.engine.create("chosen", inputs(&[]))).is_ok());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    assert!(runtime
+        .block_on(h.engine.create("chosen", inputs(&[])))
+        .is_ok());
 }
 
 #[test]
@@ -119,10 +174,15 @@ fn s13_missing_inputs_including_revert_only_ones_are_refused_before_anything_run
     );
     assert!(missing.to_string().contains("b: undo_token"));
     let not_before = compile_error(
-        Flow::unordered("u").add(progressing("p").provides("x")).add(progressing("c").requires(["x"])),
+        Flow::unordered("u")
+            .add(progressing("p").provides("x"))
+            .add(progressing("c").requires(["x"])),
         &[],
     );
-    assert!(matches!(not_before, CompileError::NotBefore { .. }), "{not_before}");
+    assert!(
+        matches!(not_before, CompileError::NotBefore { .. }),
+        "{not_before}"
+    );
 }
 
 #[tokio::test]
@@ -140,7 +200,13 @@ async fn s15_a_false_decider_ignores_the_rest_of_its_branch() {
     );
     let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
-    let expected = lines(&[&s("flow RUNNING"), &ok("t1"), &s("t2 IGNORE, t2_2 IGNORE"), &ok("t3"), &s("flow SUCCESS")]);
+    let expected = lines(&[
+        &s("flow RUNNING"),
+        &ok("t1"),
+        &s("t2 IGNORE, t2_2 IGNORE"),
+        &ok("t3"),
+        &s("flow SUCCESS"),
+    ]);
     assert_eq!(h.capture.captured(), expected);
 }
 
@@ -168,9 +234,13 @@ async fn deciders_see_the_results_of_their_sources() {
     let h = serial();
     h.engine.register(
         Flow::graph("g")
-            .add(task_fn("check", |_c, _i| async { Ok(json!({"approved": false})) }))
+            .add(task_fn("check", |_c, _i| async {
+                Ok(json!({"approved": false}))
+            }))
             .add(progressing("ship"))
-            .link_if("check", "ship", |results| results["check"]["approved"] == json!(true)),
+            .link_if("check", "ship", |results| {
+                results["check"]["approved"] == json!(true)
+            }),
     );
     h.engine.start("g", inputs(&[])).await.expect("runs");
     assert!(h.capture.captured().contains(&"ship IGNORE".to_owned()));
@@ -212,7 +282,12 @@ async fn unordered_flows_run_their_children_in_parallel() {
             }
         })
     };
-    h.engine.register(Flow::unordered("u").add(waiter("a")).add(waiter("b")).add(waiter("c")));
+    h.engine.register(
+        Flow::unordered("u")
+            .add(waiter("a"))
+            .add(waiter("b"))
+            .add(waiter("c")),
+    );
     let run = h.engine.start("u", inputs(&[]));
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), run)
         .await
@@ -224,7 +299,12 @@ async fn unordered_flows_run_their_children_in_parallel() {
 #[tokio::test]
 async fn independent_branches_revert_and_the_flow_reports_every_failure() {
     let h = parallel();
-    h.engine.register(Flow::unordered("u").add(failing("f1")).add(failing("f2")).add(progressing("ok")));
+    h.engine.register(
+        Flow::unordered("u")
+            .add(failing("f1"))
+            .add(failing("f2"))
+            .add(progressing("ok")),
+    );
     let outcome = h.engine.start("u", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let mut failed: Vec<&str> = outcome.failures.iter().map(|f| f.0.as_str()).collect();
@@ -250,10 +330,24 @@ async fn map_and_reduce_helpers_apply_and_combine() {
     let h = serial();
     h.engine.register(
         Flow::linear("mr")
-            .add(map_task("square", "numbers", |n| Ok(json!(n.as_i64().unwrap_or(0).pow(2)))).provides("squares"))
-            .add(reduce_task("total", "squares", json!(0), |acc, n| Ok(json!(acc.as_i64().unwrap_or(0) + n.as_i64().unwrap_or(0)))).provides("sum")),
+            .add(
+                map_task("square", "numbers", |n| {
+                    Ok(json!(n.as_i64().unwrap_or(0).pow(2)))
+                })
+                .provides("squares"),
+            )
+            .add(
+                reduce_task("total", "squares", json!(0), |acc, n| {
+                    Ok(json!(acc.as_i64().unwrap_or(0) + n.as_i64().unwrap_or(0)))
+                })
+                .provides("sum"),
+            ),
     );
-    let outcome = h.engine.start("mr", inputs(&[("numbers", json!([1, 2, 3]))])).await.expect("runs");
+    let outcome = h
+        .engine
+        .start("mr", inputs(&[("numbers", json!([1, 2, 3]))]))
+        .await
+        .expect("runs");
     assert_eq!(outcome.results.get("sum"), Some(&json!(14)));
 }
 
@@ -276,13 +370,20 @@ impl Listener for SuspendOn {
     }
 }
 
-fn suspending_engine(atom: &'static str, state: &'static str) -> (Arc<Engine>, Arc<flowstate_taskgraph::CaptureListener>) {
+fn suspending_engine(
+    atom: &'static str,
+    state: &'static str,
+) -> (Arc<Engine>, Arc<flowstate_taskgraph::CaptureListener>) {
     let clock = clock();
     let store = Arc::new(flowstate_store::MemoryStore::new(clock.clone()));
     let engine = Arc::new(Engine::serial(store, clock));
     let capture = Arc::new(flowstate_taskgraph::CaptureListener::default());
     engine.listen(capture.clone());
-    let suspender = Arc::new(SuspendOn { engine: OnceLock::new(), atom, state });
+    let suspender = Arc::new(SuspendOn {
+        engine: OnceLock::new(),
+        atom,
+        state,
+    });
     let _ = suspender.engine.set(Arc::downgrade(&engine));
     engine.listen(suspender);
     (engine, capture)
@@ -291,10 +392,20 @@ fn suspending_engine(atom: &'static str, state: &'static str) -> (Arc<Engine>, A
 #[tokio::test]
 async fn s35_suspend_after_an_atom_then_resume_runs_only_the_rest() {
     let (engine, capture) = suspending_engine("b", "success");
-    engine.register(Flow::linear("f").add(progressing("a")).add(progressing("b")).add(progressing("c")));
+    engine.register(
+        Flow::linear("f")
+            .add(progressing("a"))
+            .add(progressing("b"))
+            .add(progressing("c")),
+    );
     let outcome = engine.start("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Suspended);
-    let expected = lines(&[&s("flow RUNNING"), &ok("a"), &ok("b"), &s("flow SUSPENDING, flow SUSPENDED")]);
+    let expected = lines(&[
+        &s("flow RUNNING"),
+        &ok("a"),
+        &ok("b"),
+        &s("flow SUSPENDING, flow SUSPENDED"),
+    ]);
     assert_eq!(capture.captured(), expected);
     capture.clear();
     let resumed = engine.run(outcome.flow).await.expect("resumes");
@@ -306,15 +417,30 @@ async fn s35_suspend_after_an_atom_then_resume_runs_only_the_rest() {
 #[tokio::test]
 async fn s36_suspend_while_reverting_then_resume_finishes_the_revert() {
     let (engine, capture) = suspending_engine("b", "reverted");
-    engine.register(Flow::linear("f").add(progressing("a")).add(progressing("b")).add(failing("c")));
+    engine.register(
+        Flow::linear("f")
+            .add(progressing("a"))
+            .add(progressing("b"))
+            .add(failing("c")),
+    );
     let outcome = engine.start("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Suspended);
     assert!(!capture.captured().contains(&"a REVERTING".to_owned()));
     capture.clear();
     let resumed = engine.run(outcome.flow).await.expect("resumes");
     assert_eq!(resumed.state, FlowState::Reverted);
-    assert_eq!(capture.captured(), s("flow RUNNING, a REVERTING, a REVERTED, flow REVERTED"));
-    assert_eq!(resumed.failures.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(
+        capture.captured(),
+        s("flow RUNNING, a REVERTING, a REVERTED, flow REVERTED")
+    );
+    assert_eq!(
+        resumed
+            .failures
+            .iter()
+            .map(|f| f.0.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
 }
 
 #[tokio::test]
@@ -356,13 +482,24 @@ async fn rerunning_a_failed_flow_retries_the_failed_revert_and_finishes_revertin
             }
         },
     );
-    h.engine.register(Flow::linear("f").add(progressing("first")).add(shaky).add(failing("fail")));
+    h.engine.register(
+        Flow::linear("f")
+            .add(progressing("first"))
+            .add(shaky)
+            .add(failing("fail")),
+    );
     let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Failure);
-    assert!(!h.capture.captured().contains(&"first REVERTED".to_owned()), "stuck behind the failed revert");
+    assert!(
+        !h.capture.captured().contains(&"first REVERTED".to_owned()),
+        "stuck behind the failed revert"
+    );
     h.capture.clear();
     let again = h.engine.run(outcome.flow).await.expect("re-runs");
     assert_eq!(again.state, FlowState::Reverted);
-    assert_eq!(h.capture.captured(), s("flow RUNNING, first REVERTING, first REVERTED, flow REVERTED"));
+    assert_eq!(
+        h.capture.captured(),
+        s("flow RUNNING, first REVERTING, first REVERTED, flow REVERTED")
+    );
     assert_eq!(reverts.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
