@@ -18,6 +18,9 @@ use hdrhistogram::Histogram;
 #[derive(Parser, Debug)]
 #[command(about = "flowstate benchmarks")]
 struct Cli {
+    /// Run on tokio's single-threaded runtime instead of the multi-threaded one.
+    #[arg(long, global = true)]
+    current_thread: bool,
     #[command(subcommand)]
     bench: Bench,
 }
@@ -26,6 +29,30 @@ struct Cli {
 enum Bench {
     /// Durable appends on SQLite.
     Append(AppendArgs),
+    /// W1 as task graphs: flows of trivial tasks, every transition durable on SQLite.
+    W1Taskgraph(W1Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct W1Args {
+    /// Directory for the database files (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Tasks per flow.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Flows run one after another in the sequential scenario.
+    #[arg(long, default_value_t = 200)]
+    sequential: usize,
+    /// Flows run at once in the concurrent scenario.
+    #[arg(long, default_value_t = 256)]
+    concurrent: usize,
+    /// Concurrent batches (each of `concurrent` flows) in the concurrent scenario.
+    #[arg(long, default_value_t = 8)]
+    batches: usize,
+    /// Runs of each scenario; the table shows the run with the median throughput.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -266,10 +293,12 @@ async fn concurrent(
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = if cli.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: {error}");
@@ -278,6 +307,7 @@ fn main() {
     };
     match cli.bench {
         Bench::Append(args) => runtime.block_on(append(args)),
+        Bench::W1Taskgraph(args) => runtime.block_on(w1_taskgraph(args)),
     }
 }
 
@@ -409,5 +439,124 @@ async fn append(args: AppendArgs) {
 fn print_median(runs: Vec<Measured>) {
     if let Some(median) = median(runs) {
         println!("{}", median.row());
+    }
+}
+
+/// A linear flow of `steps` tasks, each `x -> x + 1`.
+fn w1_flow(steps: usize) -> flowstate_taskgraph::Flow {
+    let mut flow = flowstate_taskgraph::Flow::linear("w1");
+    for step in 0..steps {
+        let input = if step == 0 { "x".to_owned() } else { format!("x{}", step - 1) };
+        let key = input.clone();
+        let task = flowstate_taskgraph::task_fn(format!("step{step}"), move |_ctx, inputs| {
+            let x = inputs.get(&key).and_then(serde_json::Value::as_i64).unwrap_or(0);
+            async move { Ok(serde_json::json!(x + 1)) }
+        })
+        .requires([input])
+        .provides(format!("x{step}"));
+        flow = flow.add(task);
+    }
+    flow
+}
+
+fn w1_inputs() -> flowstate_taskgraph::Inputs {
+    std::iter::once(("x".to_owned(), serde_json::json!(0))).collect()
+}
+
+async fn w1_run(engine: &flowstate_taskgraph::Engine, steps: usize) -> u64 {
+    let began = Instant::now();
+    match engine.start("w1", w1_inputs()).await {
+        Ok(outcome) if outcome.state == flowstate_core::machine::FlowState::Success => {
+            let last = format!("x{}", steps - 1);
+            if outcome.results.get(&last) != Some(&serde_json::json!(steps)) {
+                eprintln!("error: wrong result {:?}", outcome.results.get(&last));
+                std::process::exit(1);
+            }
+        }
+        other => {
+            eprintln!("error: flow did not succeed: {other:?}");
+            std::process::exit(1);
+        }
+    }
+    began.elapsed().as_micros() as u64
+}
+
+async fn w1_taskgraph(args: W1Args) {
+    let temp = match tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir)) {
+        Ok(dir) => dir,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
+    let runs = args.runs.max(1);
+    let steps = args.steps.max(1);
+    println!("W1 task graphs: flows of {steps} tasks, SQLite synchronous=FULL, median of {runs} runs");
+    println!();
+    println!("| scenario | flows | steps | seconds | steps/s | flow p50 ms | flow p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut sequential = Vec::new();
+    for run in 0..runs {
+        let store = open(temp.path(), &format!("w1-seq-{run}.db"), Synchronous::Full);
+        let engine = flowstate_taskgraph::Engine::serial(store.clone(), Arc::new(SystemClock));
+        engine.register(w1_flow(steps));
+        let mut latency_us = histogram();
+        let start = Instant::now();
+        for _ in 0..args.sequential {
+            let _ = latency_us.record(w1_run(&engine, steps).await);
+        }
+        let elapsed = start.elapsed();
+        let _ = store.close().await;
+        sequential.push(Measured {
+            scenario: format!("sequential, {} flows one at a time", args.sequential),
+            events: (args.sequential * steps) as u64,
+            elapsed,
+            latency_us,
+        });
+    }
+    print_w1(median(sequential), args.sequential);
+    let mut concurrent = Vec::new();
+    for run in 0..runs {
+        let store = open(temp.path(), &format!("w1-conc-{run}.db"), Synchronous::Full);
+        let engine = Arc::new(flowstate_taskgraph::Engine::new(store.clone(), Arc::new(SystemClock)));
+        engine.register(w1_flow(steps));
+        let mut latency_us = histogram();
+        let start = Instant::now();
+        for _ in 0..args.batches {
+            let mut tasks = Vec::with_capacity(args.concurrent);
+            for _ in 0..args.concurrent {
+                let engine = engine.clone();
+                tasks.push(tokio::spawn(async move { w1_run(&engine, steps).await }));
+            }
+            for task in tasks {
+                if let Ok(micros) = task.await {
+                    let _ = latency_us.record(micros);
+                }
+            }
+        }
+        let elapsed = start.elapsed();
+        let _ = store.close().await;
+        concurrent.push(Measured {
+            scenario: format!("{} concurrent flows, {} batches", args.concurrent, args.batches),
+            events: (args.concurrent * args.batches * steps) as u64,
+            elapsed,
+            latency_us,
+        });
+    }
+    print_w1(median(concurrent), args.concurrent * args.batches);
+}
+
+fn print_w1(measured: Option<Measured>, flows: usize) {
+    if let Some(m) = measured {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            m.scenario,
+            flows,
+            m.events,
+            m.elapsed.as_secs_f64(),
+            m.per_sec(),
+            m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
+            m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+        );
     }
 }

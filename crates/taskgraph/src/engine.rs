@@ -146,32 +146,37 @@ impl Engine {
             })
     }
 
-    /// Creates a flow of the registered definition `name` with `inputs`, checking that it
-    /// compiles with them (every input of every execute and revert is available) before
-    /// anything is recorded. The flow is PENDING until [`Engine::run`].
-    pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
+    /// A writer holding the staged creation of a flow of `name` with `inputs`, after
+    /// checking that the definition compiles with them (every input of every execute and
+    /// revert is available).
+    fn new_flow(&self, name: &str, inputs: Inputs) -> Result<FlowWriter, EngineError> {
         let definition = self.definition(name)?;
         compile(&definition, &inputs.keys().cloned().collect())?;
-        let flow = FlowId::from_parts(self.clock.now(), rand::random());
-        let mut writer = FlowWriter::new(flow);
-        writer
-            .append(
-                self.store.as_ref(),
-                self.clock.as_ref(),
-                vec![EventBody::FlowCreated {
-                    kind: FlowKind::TaskGraph,
-                    definition: name.to_owned(),
-                    input: Value::Object(inputs.into_iter().collect()),
-                }],
-            )
-            .await?;
-        Ok(flow)
+        let mut writer = FlowWriter::new(FlowId::from_parts(self.clock.now(), rand::random()));
+        writer.stage(
+            self.clock.as_ref(),
+            vec![EventBody::FlowCreated {
+                kind: FlowKind::TaskGraph,
+                definition: name.to_owned(),
+                input: Value::Object(inputs.into_iter().collect()),
+            }],
+        )?;
+        Ok(writer)
     }
 
-    /// Creates a flow and runs it to the end (or to a suspension).
+    /// Creates a flow of the registered definition `name` with `inputs`; nothing is
+    /// recorded if it does not compile with them. The flow is PENDING until [`Engine::run`].
+    pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
+        let mut writer = self.new_flow(name, inputs)?;
+        writer.commit(self.store.as_ref(), AppendExtras::default()).await?;
+        Ok(writer.flow())
+    }
+
+    /// Creates a flow and runs it to the end (or to a suspension). The creation is durable
+    /// together with the flow's first transitions, in one commit.
     pub async fn start(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, EngineError> {
-        let flow = self.create(name, inputs).await?;
-        self.run(flow).await
+        let writer = self.new_flow(name, inputs)?;
+        self.run_exclusively(writer).await
     }
 
     /// Asks a running flow to suspend: running atoms finish, nothing new starts.
@@ -192,6 +197,13 @@ impl Engine {
     /// SUSPENDED. A flow found mid-run (its process died) is loaded through RESUMING and
     /// SUSPENDED; atoms that were running run again with the same attempt number.
     pub async fn run(&self, flow: FlowId) -> Result<RunOutcome, EngineError> {
+        let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
+        self.run_exclusively(writer).await
+    }
+
+    /// Runs a flow, refusing a second concurrent run of it in this engine.
+    async fn run_exclusively(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
+        let flow = writer.flow();
         {
             let mut active = self
                 .active
@@ -201,18 +213,19 @@ impl Engine {
                 return Err(EngineError::AlreadyRunning { flow });
             }
         }
-        let result = self.run_claimed(flow).await;
+        let result = self.run_claimed(writer).await;
         if let Ok(mut active) = self.active.lock() {
             active.remove(&flow);
         }
         result
     }
 
-    async fn run_claimed(&self, flow: FlowId) -> Result<RunOutcome, EngineError> {
+    async fn run_claimed(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
+        let flow = writer.flow();
         let mut engine = EngineState::INITIAL;
         let mut run = Run {
             engine: self,
-            writer: FlowWriter::load(self.store.as_ref(), flow).await?,
+            writer,
         };
         self.step_engine(flow, &mut engine, EngineState::Resuming)?;
         let record = run.record()?.clone();
@@ -268,15 +281,15 @@ impl Engine {
                 let atom = match &work {
                     Work::Revert { atom, .. } | Work::Execute { atom, .. } => *atom,
                 };
-                let mut once = JoinSet::new();
+                let mut once = InFlight::default();
                 self.launch(&mut once, &graph, flow, work);
-                if let Some(Ok((_, Finished::Reverted(result)))) = once.join_next().await {
+                if let Some((_, Finished::Reverted(result))) = once.next().await {
                     let events = runtime.revert_retried(atom, result);
                     run.stage(events)?;
                 }
             }
         }
-        let mut tasks: JoinSet<(usize, Finished)> = JoinSet::new();
+        let mut tasks = InFlight::default();
         let mut stopping = false;
         let mut held_back;
         self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
@@ -294,6 +307,13 @@ impl Engine {
             let step = runtime.schedule(run.record()?, capacity, stopping);
             held_back = step.held_back && stopping;
             run.stage(step.events)?;
+            if step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
+                // The run is over: what is staged goes out with the final state.
+                self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+                self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                break;
+            }
+            // Every transition is durable before the work it allows starts.
             run.flush().await?;
             for work in resumed.drain(..).chain(step.launch) {
                 self.launch(&mut tasks, &graph, flow, work);
@@ -306,21 +326,16 @@ impl Engine {
             }
             // WAITING
             self.step_engine(flow, &mut engine, EngineState::Waiting)?;
-            let Some(joined) = tasks.join_next().await else {
+            let Some(first) = tasks.next().await else {
                 continue;
             };
             // ANALYZING: this completion and every other one already finished.
             self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
-            let mut finished = vec![joined];
-            while let Some(more) = tasks.try_join_next() {
-                finished.push(more);
+            let mut finished = vec![first];
+            while let Some(more) = tasks.try_next() {
+                finished.extend(more);
             }
-            for joined in finished {
-                // The wrapper in `launch` turns a panic into a failure, so only a cancelled
-                // runtime can end a task without an outcome.
-                let Ok((atom, outcome)) = joined else {
-                    continue;
-                };
+            for (atom, outcome) in finished {
                 let events = match outcome {
                     Finished::Executed(result) => runtime.executed(run.record()?, atom, result),
                     Finished::Reverted(result) => runtime.reverted(atom, result),
@@ -365,7 +380,7 @@ impl Engine {
 
     fn launch(
         &self,
-        tasks: &mut JoinSet<(usize, Finished)>,
+        tasks: &mut InFlight,
         graph: &Arc<Graph>,
         flow: FlowId,
         work: Work,
@@ -387,28 +402,69 @@ impl Engine {
             idempotency_key: format!("{flow}/{}/{attempt}", compiled.name),
         };
         let reverting = matches!(work, Work::Revert { .. });
-        let inner = tokio::spawn(async move {
-            match work {
+        let handle = tasks.set.spawn(async move {
+            let finished = match work {
                 Work::Execute { inputs, .. } => {
                     Finished::Executed(task.execute(&ctx, inputs).await)
                 }
                 Work::Revert {
                     inputs, outcome, ..
                 } => Finished::Reverted(task.revert(&ctx, inputs, outcome).await),
-            }
-        });
-        tasks.spawn(async move {
-            // A panicking task is a failing task, not a dead engine.
-            let finished = inner.await.unwrap_or_else(|error| {
-                let failure = Failure::new("Panicked", error.to_string());
-                if reverting {
-                    Finished::Reverted(Err(failure))
-                } else {
-                    Finished::Executed(Err(failure))
-                }
-            });
+            };
             (atom, finished)
         });
+        tasks.launched.insert(handle.id(), (atom, reverting));
+    }
+}
+
+/// The atoms whose execute or revert is in flight, as tokio tasks.
+#[derive(Default)]
+struct InFlight {
+    set: JoinSet<(usize, Finished)>,
+    /// Which atom each task runs, so that a panic can be charged to its atom.
+    launched: HashMap<tokio::task::Id, (usize, bool)>,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Turns a joined task into its atom's outcome; a panicking task is a failing task, not
+    /// a dead engine.
+    fn outcome(
+        &mut self,
+        joined: Result<(tokio::task::Id, (usize, Finished)), tokio::task::JoinError>,
+    ) -> Option<(usize, Finished)> {
+        match joined {
+            Ok((id, done)) => {
+                self.launched.remove(&id);
+                Some(done)
+            }
+            Err(error) => {
+                let (atom, reverting) = self.launched.remove(&error.id())?;
+                let failure = Failure::new("Panicked", error.to_string());
+                Some(if reverting {
+                    (atom, Finished::Reverted(Err(failure)))
+                } else {
+                    (atom, Finished::Executed(Err(failure)))
+                })
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Option<(usize, Finished)> {
+        let joined = self.set.join_next_with_id().await?;
+        self.outcome(joined)
+    }
+
+    fn try_next(&mut self) -> Option<Option<(usize, Finished)>> {
+        let joined = self.set.try_join_next_with_id()?;
+        Some(self.outcome(joined))
     }
 }
 

@@ -131,6 +131,12 @@ impl From<&str> for Provides {
     }
 }
 
+impl From<String> for Provides {
+    fn from(name: String) -> Self {
+        Self::Whole(name)
+    }
+}
+
 /// A task declared in a flow: the task plus how its inputs and outputs are named.
 #[derive(Clone)]
 pub struct TaskAtom {
