@@ -446,10 +446,17 @@ fn print_median(runs: Vec<Measured>) {
 fn w1_flow(steps: usize) -> flowstate_taskgraph::Flow {
     let mut flow = flowstate_taskgraph::Flow::linear("w1");
     for step in 0..steps {
-        let input = if step == 0 { "x".to_owned() } else { format!("x{}", step - 1) };
+        let input = if step == 0 {
+            "x".to_owned()
+        } else {
+            format!("x{}", step - 1)
+        };
         let key = input.clone();
         let task = flowstate_taskgraph::task_fn(format!("step{step}"), move |_ctx, inputs| {
-            let x = inputs.get(&key).and_then(serde_json::Value::as_i64).unwrap_or(0);
+            let x = inputs
+                .get(&key)
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0);
             async move { Ok(serde_json::json!(x + 1)) }
         })
         .requires([input])
@@ -491,7 +498,9 @@ async fn w1_taskgraph(args: W1Args) {
     };
     let runs = args.runs.max(1);
     let steps = args.steps.max(1);
-    println!("W1 task graphs: flows of {steps} tasks, SQLite synchronous=FULL, median of {runs} runs");
+    println!(
+        "W1 task graphs: flows of {steps} tasks, SQLite synchronous=FULL, median of {runs} runs"
+    );
     println!();
     println!("| scenario | flows | steps | seconds | steps/s | flow p50 ms | flow p99 ms |");
     println!("|---|---|---|---|---|---|---|");
@@ -518,7 +527,10 @@ async fn w1_taskgraph(args: W1Args) {
     let mut concurrent = Vec::new();
     for run in 0..runs {
         let store = open(temp.path(), &format!("w1-conc-{run}.db"), Synchronous::Full);
-        let engine = Arc::new(flowstate_taskgraph::Engine::new(store.clone(), Arc::new(SystemClock)));
+        let engine = Arc::new(flowstate_taskgraph::Engine::new(
+            store.clone(),
+            Arc::new(SystemClock),
+        ));
         engine.register(w1_flow(steps));
         let mut latency_us = histogram();
         let start = Instant::now();
@@ -537,7 +549,10 @@ async fn w1_taskgraph(args: W1Args) {
         let elapsed = start.elapsed();
         let _ = store.close().await;
         concurrent.push(Measured {
-            scenario: format!("{} concurrent flows, {} batches", args.concurrent, args.batches),
+            scenario: format!(
+                "{} concurrent flows, {} batches",
+                args.concurrent, args.batches
+            ),
             events: (args.concurrent * args.batches * steps) as u64,
             elapsed,
             latency_us,

@@ -168,7 +168,9 @@ impl Engine {
     /// recorded if it does not compile with them. The flow is PENDING until [`Engine::run`].
     pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
         let mut writer = self.new_flow(name, inputs)?;
-        writer.commit(self.store.as_ref(), AppendExtras::default()).await?;
+        writer
+            .commit(self.store.as_ref(), AppendExtras::default())
+            .await?;
         Ok(writer.flow())
     }
 
@@ -378,13 +380,7 @@ impl Engine {
         Ok(())
     }
 
-    fn launch(
-        &self,
-        tasks: &mut InFlight,
-        graph: &Arc<Graph>,
-        flow: FlowId,
-        work: Work,
-    ) {
+    fn launch(&self, tasks: &mut InFlight, graph: &Arc<Graph>, flow: FlowId, work: Work) {
         let (atom, attempt) = match &work {
             Work::Execute { atom, attempt, .. } | Work::Revert { atom, attempt, .. } => {
                 (*atom, *attempt)
