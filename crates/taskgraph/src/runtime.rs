@@ -155,6 +155,9 @@ pub struct Runtime {
     candidates: BTreeSet<usize>,
     /// Atoms whose execute or revert is in flight.
     running: BTreeSet<usize>,
+    /// Readiness checks made so far: the scheduler's cost, which must grow with the number of
+    /// transitions and not with the flow's size (see `tests/faults.rs`).
+    examinations: u64,
 }
 
 /// The state an atom would have after `pending` events: the record's, overlaid with changes
@@ -200,6 +203,7 @@ impl Runtime {
             graph,
             candidates,
             running: BTreeSet::new(),
+            examinations: 0,
         }
     }
 
@@ -207,6 +211,12 @@ impl Runtime {
     #[must_use]
     pub fn graph(&self) -> &Arc<Graph> {
         &self.graph
+    }
+
+    /// Readiness checks made so far.
+    #[must_use]
+    pub fn examinations(&self) -> u64 {
+        self.examinations
     }
 
     /// Whether any execute or revert is in flight.
@@ -367,6 +377,7 @@ impl Runtime {
             if self.running.contains(&atom) {
                 continue;
             }
+            self.examinations += 1;
             let (phase, intention) = view.get(atom);
             let action = self.readiness(&view, atom, phase, intention, blocked);
             let Some(action) = action else { continue };
