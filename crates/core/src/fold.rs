@@ -404,25 +404,22 @@ impl Folder {
                 },
                 FlowStatus::TaskGraph(_),
             ) => {
-                let mut atom_record = match record.atoms.get(atom) {
-                    None => AtomRecord::new(AtomState::Task(TaskState::INITIAL), *intention, seq),
-                    Some(
-                        existing @ AtomRecord {
-                            state: AtomState::Task(_),
-                            ..
-                        },
-                    ) => existing.clone(),
-                    Some(_) => return Err(atom_kind_changed(seq, atom)),
+                let current = match record.atoms.get(atom).map(|a| a.state) {
+                    None => AtomState::Task(TaskState::INITIAL),
+                    Some(state @ AtomState::Task(_)) => state,
+                    Some(AtomState::Retry(_)) => return Err(atom_kind_changed(seq, atom)),
                 };
-                let AtomState::Task(mut state) = atom_record.state else {
+                let AtomState::Task(mut state) = current else {
                     return Err(atom_kind_changed(seq, atom));
                 };
                 advance(seq, &mut state, *to)?;
+                // Checked; now change the record in place (no copy of its result or history).
+                let atom_record = atom_entry(&mut record.atoms, atom, current, *intention, seq)
+                    .ok_or_else(|| atom_kind_changed(seq, atom))?;
                 atom_record.state = AtomState::Task(state);
-                settle(&mut atom_record, to.key(), result, failure);
+                settle(atom_record, to.key(), result, failure);
                 atom_record.intention = *intention;
                 atom_record.last_seq = seq;
-                record.atoms.insert(atom.clone(), atom_record);
             }
             (
                 EventBody::RetryStateChanged {
@@ -435,20 +432,17 @@ impl Folder {
                 },
                 FlowStatus::TaskGraph(_),
             ) => {
-                let mut atom_record = match record.atoms.get(atom) {
-                    None => AtomRecord::new(AtomState::Retry(RetryState::INITIAL), *intention, seq),
-                    Some(
-                        existing @ AtomRecord {
-                            state: AtomState::Retry(_),
-                            ..
-                        },
-                    ) => existing.clone(),
-                    Some(_) => return Err(atom_kind_changed(seq, atom)),
+                let current = match record.atoms.get(atom).map(|a| a.state) {
+                    None => AtomState::Retry(RetryState::INITIAL),
+                    Some(state @ AtomState::Retry(_)) => state,
+                    Some(AtomState::Task(_)) => return Err(atom_kind_changed(seq, atom)),
                 };
-                let AtomState::Retry(mut state) = atom_record.state else {
+                let AtomState::Retry(mut state) = current else {
                     return Err(atom_kind_changed(seq, atom));
                 };
                 advance(seq, &mut state, *to)?;
+                let atom_record = atom_entry(&mut record.atoms, atom, current, *intention, seq)
+                    .ok_or_else(|| atom_kind_changed(seq, atom))?;
                 atom_record.state = AtomState::Retry(state);
                 if *to == RetryState::Retrying {
                     // The attempt that just ended goes into the history, with its failures.
@@ -457,10 +451,9 @@ impl Folder {
                         failures: failures.clone(),
                     });
                 }
-                settle(&mut atom_record, to.key(), result, failure);
+                settle(atom_record, to.key(), result, failure);
                 atom_record.intention = *intention;
                 atom_record.last_seq = seq;
-                record.atoms.insert(atom.clone(), atom_record);
             }
             (EventBody::AtomRevertRecovered { atom }, FlowStatus::TaskGraph(_)) => {
                 let failed = record
@@ -529,6 +522,21 @@ impl Folder {
             }),
         }
     }
+}
+
+/// The record of `atom`, created in `initial` state if the log has not named it yet.
+fn atom_entry<'a>(
+    atoms: &'a mut BTreeMap<String, AtomRecord>,
+    atom: &str,
+    initial: AtomState,
+    intention: Intention,
+    seq: u64,
+) -> Option<&'a mut AtomRecord> {
+    // Look up by &str first: the key is allocated only for an atom seen the first time.
+    if !atoms.contains_key(atom) {
+        atoms.insert(atom.to_owned(), AtomRecord::new(initial, intention, seq));
+    }
+    atoms.get_mut(atom)
 }
 
 fn atom_kind_changed(seq: u64, atom: &str) -> FoldError {

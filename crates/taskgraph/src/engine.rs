@@ -55,6 +55,15 @@ pub enum EngineError {
         /// The flow.
         flow: FlowId,
     },
+    /// A REVERTED flow whose revert once failed (and was repaired) cannot run again: the
+    /// atom's REVERT_FAILURE state is terminal.
+    #[error(
+        "the flow cannot run again: atom {atom:?} is in REVERT_FAILURE, which no transition leaves"
+    )]
+    CannotRerun {
+        /// The atom.
+        atom: String,
+    },
     /// The engine state machine refused a step: a bug.
     #[error(transparent)]
     Engine(#[from] flowstate_core::InvalidState),
@@ -206,6 +215,8 @@ impl Engine {
     /// Runs a flow, refusing a second concurrent run of it in this engine.
     async fn run_exclusively(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
         let flow = writer.flow();
+        // A suspension asked for while the flow was not running is void (as in TaskFlow).
+        let _stale = self.take_suspend(flow);
         {
             let mut active = self
                 .active
@@ -254,7 +265,7 @@ impl Engine {
                 opening.push(EventBody::FlowStateChanged {
                     to: FlowState::Pending,
                 });
-                opening.extend(reset_atoms(&graph, &record));
+                opening.extend(reset_atoms(&graph, &record)?);
             }
             FlowState::Running | FlowState::Suspending | FlowState::Resuming => {
                 // The process that ran it died: load it the way the spec says.
@@ -309,6 +320,13 @@ impl Engine {
             let step = runtime.schedule(run.record()?, capacity, stopping);
             held_back = step.held_back && stopping;
             run.stage(step.events)?;
+            if step.again && step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
+                run.flush().await?;
+                self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+                self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
+                continue;
+            }
             if step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
                 // The run is over: what is staged goes out with the final state.
                 self.step_engine(flow, &mut engine, EngineState::Waiting)?;
@@ -395,7 +413,11 @@ impl Engine {
             flow,
             atom: compiled.name.clone(),
             attempt,
-            idempotency_key: format!("{flow}/{}/{attempt}", compiled.name),
+            // A revert gets its own key: a refund must not be deduplicated against its charge.
+            idempotency_key: match &work {
+                Work::Execute { .. } => format!("{flow}/{}/{attempt}", compiled.name),
+                Work::Revert { .. } => format!("{flow}/{}/{attempt}/revert", compiled.name),
+            },
         };
         let reverting = matches!(work, Work::Revert { .. });
         let handle = tasks.set.spawn(async move {
@@ -490,12 +512,12 @@ impl Run<'_> {
         if events.is_empty() {
             return Ok(());
         }
-        if self.engine.notifier.wants() {
-            self.engine
-                .notifier
-                .events(self.writer.flow(), &events, false);
-        }
+        let notify = self.engine.notifier.wants().then(|| events.clone());
         self.writer.stage(self.engine.clock.as_ref(), events)?;
+        if let Some(events) = notify {
+            // Only accepted transitions are queued for listeners; they get them once durable.
+            self.engine.notifier.events(self.writer.flow(), &events);
+        }
         Ok(())
     }
 
@@ -521,16 +543,31 @@ fn state_of(record: &FlowRecord) -> Option<FlowState> {
     }
 }
 
-/// Events that put every atom back to PENDING for a re-run.
-fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Vec<EventBody> {
+/// Events that put every atom back to PENDING with the intention to execute, for a re-run of
+/// a REVERTED flow. An atom in REVERT_FAILURE (terminal, even once repaired) cannot be reset,
+/// so such a flow cannot run again.
+fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Result<Vec<EventBody>, EngineError> {
     let mut events = Vec::new();
     for atom in &graph.atoms {
         let Some(state) = record.atoms.get(&atom.name) else {
             continue;
         };
-        let key = state.state.key();
-        if !matches!(key, "reverted" | "ignore") {
-            continue;
+        match state.state.key() {
+            "reverted" | "ignore" => {}
+            "pending" if state.intention != Intention::Execute => {
+                events.push(EventBody::AtomIntentionChanged {
+                    atom: atom.name.clone(),
+                    retry: atom.is_retry(),
+                    intention: Intention::Execute,
+                });
+                continue;
+            }
+            "revert_failure" => {
+                return Err(EngineError::CannotRerun {
+                    atom: atom.name.clone(),
+                })
+            }
+            _ => continue,
         }
         events.push(match &atom.kind {
             AtomKind::Task(_) => EventBody::TaskStateChanged {
@@ -550,7 +587,7 @@ fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Vec<EventBody> {
             },
         });
     }
-    events
+    Ok(events)
 }
 
 fn outcome(flow: FlowId, graph: &Graph, record: &FlowRecord, state: FlowState) -> RunOutcome {

@@ -70,7 +70,7 @@ impl Notifier {
     }
 
     /// Remembers transitions that are staged; [`Notifier::flush`] delivers them.
-    pub(crate) fn events(&self, flow: FlowId, events: &[EventBody], _durable: bool) {
+    pub(crate) fn events(&self, flow: FlowId, events: &[EventBody]) {
         let transitions = events.iter().filter_map(|event| match event {
             EventBody::FlowStateChanged { to } => Some(Transition::Flow { to: *to }),
             EventBody::TaskStateChanged {

@@ -19,6 +19,9 @@ use crate::compile::{AtomKind, Graph, Source};
 use crate::retry::{Decision, History};
 use crate::task::Inputs;
 
+/// Largest task result recorded, in bytes: the event body limit less room for the envelope.
+pub const MAX_RESULT_BYTES: usize = flowstate_core::limits::MAX_EVENT_BODY_BYTES - 4 * 1024;
+
 /// An atom's state, the same for tasks and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -145,6 +148,9 @@ pub struct Step {
     pub launch: Vec<Work>,
     /// Atoms that could start but were held back (suspension or capacity).
     pub held_back: bool,
+    /// The round stopped early (after a retry reset): schedule again once `events` are
+    /// recorded, even if nothing was launched.
+    pub again: bool,
 }
 
 /// The scheduler of one flow run.
@@ -158,6 +164,9 @@ pub struct Runtime {
     /// Readiness checks made so far: the scheduler's cost, which must grow with the number of
     /// transitions and not with the flow's size (see `tests/faults.rs`).
     examinations: u64,
+    /// Unrepaired revert failures, counted from the record on the first round and then kept
+    /// up to date by `reverted` and `revert_retried` (so no round scans every atom).
+    revert_failures: Option<usize>,
 }
 
 /// The state an atom would have after `pending` events: the record's, overlaid with changes
@@ -204,6 +213,7 @@ impl Runtime {
             candidates,
             running: BTreeSet::new(),
             examinations: 0,
+            revert_failures: None,
         }
     }
 
@@ -225,17 +235,24 @@ impl Runtime {
         !self.running.is_empty()
     }
 
-    /// Marks an atom whose state changed: its neighbours and retries may now be ready.
-    fn touch(&mut self, atom: usize) {
+    /// Adds an atom that changed, its neighbours and its retries to `set`.
+    fn touch_into(&self, set: &mut BTreeSet<usize>, atom: usize) {
         let compiled = &self.graph.atoms[atom];
-        self.candidates.insert(atom);
-        self.candidates.extend(compiled.preds.iter().copied());
-        self.candidates.extend(compiled.succs.iter().copied());
+        set.insert(atom);
+        set.extend(compiled.preds.iter().copied());
+        set.extend(compiled.succs.iter().copied());
         let mut retry = compiled.retry;
         while let Some(r) = retry {
-            self.candidates.insert(r);
+            set.insert(r);
             retry = self.graph.atoms[r].retry;
         }
+    }
+
+    /// Marks an atom whose state changed: its neighbours and retries may now be ready.
+    fn touch(&mut self, atom: usize) {
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.touch_into(&mut candidates, atom);
+        self.candidates = candidates;
     }
 
     /// Reverts that failed and were not repaired: re-running a FAILURE flow runs them again.
@@ -267,6 +284,11 @@ impl Runtime {
     pub fn revert_retried(&mut self, atom: usize, outcome: Result<(), Failure>) -> Vec<EventBody> {
         self.running.remove(&atom);
         self.touch(atom);
+        if outcome.is_ok() {
+            if let Some(count) = self.revert_failures.as_mut() {
+                *count = count.saturating_sub(1);
+            }
+        }
         match outcome {
             Ok(()) => vec![EventBody::AtomRevertRecovered {
                 atom: self.graph.atoms[atom].name.clone(),
@@ -367,10 +389,14 @@ impl Runtime {
             results: BTreeMap::new(),
             graph: self.graph.clone(),
         };
-        let blocked = record
-            .atoms
-            .values()
-            .any(|a| Phase::of_record(a) == Phase::RevertFailure);
+        let failed_reverts = *self.revert_failures.get_or_insert_with(|| {
+            record
+                .atoms
+                .values()
+                .filter(|a| Phase::of_record(a) == Phase::RevertFailure)
+                .count()
+        });
+        let blocked = failed_reverts > 0;
         let mut examined = std::mem::take(&mut self.candidates);
         let mut retouched = BTreeSet::new();
         while let Some(atom) = examined.pop_first() {
@@ -389,18 +415,21 @@ impl Runtime {
             let changed = match action {
                 Ready::Execute => self.start_execute(&mut view, &mut step, atom),
                 Ready::Revert => self.start_revert(&mut view, &mut step, atom),
-                Ready::Retry => self.start_retry(&mut view, &mut step, atom),
+                Ready::Retry => {
+                    // One retry per round: a controller that keeps failing inside a retrying
+                    // scope cannot loop without the engine getting a say (a suspension) and
+                    // each round's append stays small.
+                    let changed = self.start_retry(&mut view, &mut step, atom);
+                    for changed in changed {
+                        self.touch_into(&mut retouched, changed);
+                    }
+                    retouched.extend(examined);
+                    step.again = true;
+                    break;
+                }
             };
             for changed in changed {
-                let compiled = &self.graph.atoms[changed];
-                examined.insert(changed);
-                examined.extend(compiled.preds.iter().copied());
-                examined.extend(compiled.succs.iter().copied());
-                let mut retry = compiled.retry;
-                while let Some(r) = retry {
-                    examined.insert(r);
-                    retry = self.graph.atoms[r].retry;
-                }
+                self.touch_into(&mut examined, changed);
             }
         }
         self.candidates = retouched;
@@ -630,6 +659,19 @@ impl Runtime {
     /// history, reset the scope, and run the controller again.
     fn start_retry(&mut self, view: &mut View<'_>, step: &mut Step, atom: usize) -> Vec<usize> {
         let scope = self.graph.atoms[atom].scope.clone();
+        let stuck = scope.iter().any(|&s| {
+            view.atom(s)
+                .is_some_and(|a| a.state.key() == "revert_failure")
+        });
+        if stuck {
+            // REVERT_FAILURE is terminal, even once repaired: the scope cannot be reset, so
+            // the retry gives up as if it had decided REVERT.
+            let failure = Failure::new(
+                "RevertFailed",
+                "an atom of the scope failed to revert, so the scope cannot run again",
+            );
+            return self.resolve(view, step, atom, failure);
+        }
         let failures: BTreeMap<String, Failure> = scope
             .iter()
             .filter_map(|&s| {
@@ -690,6 +732,18 @@ impl Runtime {
         atom: usize,
         outcome: Result<Value, Failure>,
     ) -> Vec<EventBody> {
+        // A result the log cannot hold is the task's failure, not the engine's: recorded,
+        // resolved like any failure, so the flow never wedges on it.
+        let outcome = outcome.and_then(|value| {
+            let size = serde_json::to_vec(&value).map_or(usize::MAX, |bytes| bytes.len());
+            if size > MAX_RESULT_BYTES {
+                return Err(Failure::new(
+                    "ResultTooLarge",
+                    format!("the result is {size} bytes; the limit is {MAX_RESULT_BYTES} (MAX_RESULT_BYTES)"),
+                ));
+            }
+            Ok(value)
+        });
         self.running.remove(&atom);
         self.touch(atom);
         let mut step = Step::default();
@@ -733,6 +787,9 @@ impl Runtime {
     pub fn reverted(&mut self, atom: usize, outcome: Result<(), Failure>) -> Vec<EventBody> {
         self.running.remove(&atom);
         self.touch(atom);
+        if outcome.is_err() {
+            *self.revert_failures.get_or_insert(0) += 1;
+        }
         match outcome {
             Ok(()) => vec![self.transition(atom, Phase::Reverted, Intention::Revert, None, None)],
             Err(failure) => vec![self.transition(

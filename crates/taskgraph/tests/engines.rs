@@ -231,19 +231,22 @@ async fn s16_one_false_vote_ignores_a_diamond_join() {
 
 #[tokio::test]
 async fn deciders_see_the_results_of_their_sources() {
-    let h = serial();
-    h.engine.register(
-        Flow::graph("g")
-            .add(task_fn("check", |_c, _i| async {
-                Ok(json!({"approved": false}))
-            }))
-            .add(progressing("ship"))
-            .link_if("check", "ship", |results| {
-                results["check"]["approved"] == json!(true)
-            }),
-    );
-    h.engine.start("g", inputs(&[])).await.expect("runs");
-    assert!(h.capture.captured().contains(&"ship IGNORE".to_owned()));
+    for approved in [true, false] {
+        let h = serial();
+        h.engine.register(
+            Flow::graph("g")
+                .add(task_fn("check", move |_c, _i| async move {
+                    Ok(json!({ "approved": approved }))
+                }))
+                .add(progressing("ship"))
+                .link_if("check", "ship", |results| {
+                    results["check"]["approved"] == json!(true)
+                }),
+        );
+        h.engine.start("g", inputs(&[])).await.expect("runs");
+        let shipped = h.capture.captured().contains(&"ship SUCCESS(5)".to_owned());
+        assert_eq!(shipped, approved, "{:?}", h.capture.captured());
+    }
 }
 
 #[tokio::test]
@@ -502,4 +505,126 @@ async fn rerunning_a_failed_flow_retries_the_failed_revert_and_finishes_revertin
         s("flow RUNNING, first REVERTING, first REVERTED, flow REVERTED")
     );
     assert_eq!(reverts.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn rerunning_a_reverted_flow_runs_atoms_that_never_ran_before() {
+    // The first run failed at `flaky` and marked `after` (never run) for revert; the re-run
+    // gets past the failure and must run `after` too.
+    let h = serial();
+    h.engine.register(
+        Flow::linear("f")
+            .add(flaky("flaky", 1))
+            .add(progressing("after")),
+    );
+    let first = h.engine.start("f", inputs(&[])).await.expect("runs");
+    assert_eq!(first.state, FlowState::Reverted);
+    let again = h.engine.run(first.flow).await.expect("re-runs");
+    assert_eq!(again.state, FlowState::Success);
+    assert!(h
+        .capture
+        .captured()
+        .contains(&"after SUCCESS(5)".to_owned()));
+}
+
+#[tokio::test]
+async fn an_oversized_result_is_the_tasks_failure_and_the_flow_reverts() {
+    let h = serial();
+    h.engine.register(
+        Flow::linear("f")
+            .add(progressing("before"))
+            .add(task_fn("huge", |_c, _i| async {
+                Ok(json!("x".repeat(2 * 1024 * 1024)))
+            })),
+    );
+    let outcome = h
+        .engine
+        .start("f", inputs(&[]))
+        .await
+        .expect("the engine survives");
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert_eq!(outcome.failures[0].1.kind, "ResultTooLarge");
+}
+
+#[tokio::test]
+async fn execute_and_revert_get_different_idempotency_keys() {
+    let h = serial();
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let (execute_keys, revert_keys) = (keys.clone(), keys.clone());
+    h.engine.register(
+        Flow::linear("f")
+            .add(flowstate_taskgraph::task_fn_with_revert(
+                "charge",
+                move |ctx, _i| {
+                    execute_keys.lock().expect("lock").push(ctx.idempotency_key);
+                    async { Ok(json!(5)) }
+                },
+                move |ctx, _i, _o| {
+                    revert_keys.lock().expect("lock").push(ctx.idempotency_key);
+                    async { Ok(()) }
+                },
+            ))
+            .add(failing("fail")),
+    );
+    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let keys = keys.lock().expect("lock").clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], format!("{}/charge/1", outcome.flow));
+    assert_eq!(keys[1], format!("{}/charge/1/revert", outcome.flow));
+}
+
+#[tokio::test]
+async fn a_suspension_asked_for_while_the_flow_is_not_running_is_void() {
+    let h = serial();
+    h.engine.register(Flow::linear("f").add(progressing("a")));
+    let flow = h.engine.create("f", inputs(&[])).await.expect("creates");
+    h.engine.suspend(flow);
+    let outcome = h.engine.run(flow).await.expect("runs");
+    assert_eq!(outcome.state, FlowState::Success);
+}
+
+#[tokio::test]
+async fn a_retry_whose_scope_holds_a_repaired_revert_failure_gives_up_instead_of_resetting_it() {
+    let h = serial();
+    let reverts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reverts.clone();
+    let shaky = flowstate_taskgraph::task_fn_with_revert(
+        "shaky",
+        |_c, _i| async { Ok(json!(5)) },
+        move |_c, _i, _o| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(flowstate_core::Failure::new("RuntimeError", "Gotcha!"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    );
+    h.engine.register(
+        Flow::linear("f").add(progressing("outer")).add(
+            Flow::linear("inner")
+                .retry(flowstate_taskgraph::RetryAtom::new(
+                    "r1",
+                    flowstate_taskgraph::Times::new(3),
+                ))
+                .add(shaky)
+                .add(failing("fail")),
+        ),
+    );
+    let first = h.engine.start("f", inputs(&[])).await.expect("runs");
+    assert_eq!(first.state, FlowState::Failure);
+    let again = h
+        .engine
+        .run(first.flow)
+        .await
+        .expect("re-runs without a refused transition");
+    assert_eq!(again.state, FlowState::Reverted);
+    assert!(h.capture.captured().contains(&"outer REVERTED".to_owned()));
+    let rerun = h.engine.run(first.flow).await;
+    assert!(
+        matches!(rerun, Err(EngineError::CannotRerun { .. })),
+        "{rerun:?}"
+    );
 }

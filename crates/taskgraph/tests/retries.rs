@@ -292,14 +292,80 @@ async fn s31_a_retry_whose_execute_fails_reverts_the_flow_with_its_failure() {
     assert!(h.capture.captured().contains(&"before REVERTED".to_owned()));
 }
 
-#[tokio::test]
+/// Times(n) that counts how often it was asked about a failure.
+struct Counting {
+    inner: Times,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl flowstate_taskgraph::RetryController for Counting {
+    fn execute(
+        &self,
+        history: &flowstate_taskgraph::retry::History<'_>,
+        inputs: &flowstate_taskgraph::Inputs,
+    ) -> Result<serde_json::Value, flowstate_core::Failure> {
+        self.inner.execute(history, inputs)
+    }
+
+    fn on_failure(
+        &self,
+        history: &flowstate_taskgraph::retry::History<'_>,
+        inputs: &flowstate_taskgraph::Inputs,
+    ) -> flowstate_taskgraph::Decision {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.on_failure(history, inputs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_failures_in_one_retry_scope_retry_once() {
+    // `b` fails only after `a`'s failure is recorded, so its failure arrives while the scope
+    // is already being reverted for a retry: the controller is not asked again, and the
+    // attempt is retried once.
     let h = parallel();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a_failed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = a_failed.clone();
+    let b_runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let b_count = b_runs.clone();
+    let a_runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a_count = a_runs.clone();
+    let a = flowstate_taskgraph::task_fn("a", move |_c, _i| {
+        let first = a_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let signal = signal.clone();
+        async move {
+            if first {
+                signal.notify_one();
+                Err(flowstate_core::Failure::new("RuntimeError", "a"))
+            } else {
+                Ok(json!(5))
+            }
+        }
+    });
+    let b = flowstate_taskgraph::task_fn("b", move |_c, _i| {
+        let first = b_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let waiter = a_failed.clone();
+        async move {
+            if first {
+                waiter.notified().await;
+                tokio::task::yield_now().await;
+                Err(flowstate_core::Failure::new("RuntimeError", "b"))
+            } else {
+                Ok(json!(5))
+            }
+        }
+    });
     h.engine.register(
         Flow::unordered("f")
-            .retry(RetryAtom::new("r1", Times::new(2)))
-            .add(flaky("a", 1))
-            .add(flaky("b", 1))
+            .retry(RetryAtom::new(
+                "r1",
+                Counting {
+                    inner: Times::new(2),
+                    asked: asked.clone(),
+                },
+            ))
+            .add(a)
+            .add(b)
             .add(progressing("c")),
     );
     let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
@@ -310,4 +376,10 @@ async fn parallel_failures_in_one_retry_scope_retry_once() {
         1,
         "{captured:?}"
     );
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the controller was asked once"
+    );
+    assert!(captured.contains(&"b FAILURE".to_owned()), "{captured:?}");
 }
