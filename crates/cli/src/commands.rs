@@ -36,7 +36,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
             Request::Events { id, at }
         }
     };
-    let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist)?;
+    let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist).await?;
     let result = execute(store.as_ref(), request, cli.json).await;
     let closed = store.close().await;
     // The command's own error says more than a failure to close after it.

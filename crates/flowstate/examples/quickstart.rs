@@ -24,7 +24,7 @@ async fn main() -> Result<()> {
     let url =
         std::env::var(flowstate::STORE_ENV).unwrap_or_else(|_| flowstate::DEFAULT_STORE.to_owned());
     let clock = Arc::new(SystemClock);
-    let store = flowstate::open_store(&url, clock.clone(), Access::CreateIfMissing)?;
+    let store = flowstate::open_store(&url, clock.clone(), Access::CreateIfMissing).await?;
     // Only this run's flows are listed at the end, so running the example twice shows the
     // second run's flows rather than the first page of everything ever recorded.
     let started = clock.now();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub use flowstate_core as core;
 pub use flowstate_store as store;
+pub use flowstate_store_postgres as postgres;
 pub use flowstate_store_sqlite as sqlite;
 
 pub use flowstate_core::{Clock, FlowId, FlowKind, FlowRecord, Timestamp};
@@ -25,7 +26,7 @@ pub const STORE_ENV: &str = "FLOWSTATE_STORE";
 pub enum StoreUrl {
     /// An SQLite file: a plain path or `sqlite://PATH` (`sqlite:///abs/path` for absolute).
     Sqlite(PathBuf),
-    /// A PostgreSQL database (not implemented yet).
+    /// A PostgreSQL database (`postgres://` or `postgresql://`).
     Postgres(String),
 }
 
@@ -38,12 +39,6 @@ pub enum OpenError {
         "unknown store URL scheme in {url:?}: use a file path, sqlite://PATH or postgres://..."
     )]
     UnknownScheme {
-        /// The URL.
-        url: String,
-    },
-    /// The URL names a store this build cannot open yet.
-    #[error("{url}: PostgreSQL stores are not supported by this build yet")]
-    Unsupported {
         /// The URL.
         url: String,
     },
@@ -80,7 +75,7 @@ pub enum Access {
 }
 
 /// Opens the store named by `url`.
-pub fn open_store(
+pub async fn open_store(
     url: &str,
     clock: Arc<dyn Clock>,
     access: Access,
@@ -93,7 +88,10 @@ pub fn open_store(
             };
             Ok(Arc::new(sqlite::SqliteStore::open(path, clock, options)?))
         }
-        StoreUrl::Postgres(url) => Err(OpenError::Unsupported { url }),
+        StoreUrl::Postgres(url) => Ok(Arc::new(
+            postgres::PostgresStore::open(&url, None, clock, access == Access::CreateIfMissing)
+                .await?,
+        )),
     }
 }
 

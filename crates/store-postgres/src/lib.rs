@@ -1,0 +1,684 @@
+//! The PostgreSQL store: several engine processes, on several machines, share one database.
+//!
+//! Every operation is one short transaction on a pooled connection. Appends lock the flow's
+//! row (`FOR UPDATE`) and check the expected sequence number, so two processes advancing one
+//! flow never both succeed: the loser gets [`StoreError::Conflict`]. Claims of ready flows and
+//! due timers use `FOR UPDATE SKIP LOCKED`, so claimers never wait on each other and never
+//! take the same flow. All times come from the injected clock, as in every store.
+//!
+//! Not yet (issue 6): group commit of appends from many flows into one transaction,
+//! `LISTEN/NOTIFY` wake-ups, and the multi-process test.
+
+mod schema;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use flowstate_core::limits::{MAX_CLAIM_BATCH, MAX_READ_BATCH};
+use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
+use flowstate_store::validate::{
+    check_batch, check_lease, check_log_room, check_name, check_status_kind, validate_append,
+};
+use flowstate_store::{
+    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
+    Release, Store, StoreError, WorkerId,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+pub use schema::SCHEMA_VERSION;
+
+/// Connections kept by one store.
+pub const POOL_SIZE: usize = 16;
+
+/// Maps a PostgreSQL error.
+pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
+    StoreError::Io {
+        message: match error.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => error.to_string(),
+        },
+    }
+}
+
+fn pool_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        message: format!("PostgreSQL connection pool: {error}"),
+    }
+}
+
+fn corrupt(detail: String) -> StoreError {
+    StoreError::Corrupt { detail }
+}
+
+fn unsigned(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| corrupt(format!("negative {what} {value}")))
+}
+
+fn signed(value: u64) -> i64 {
+    // Sequence numbers and counters stay far below i64::MAX (limits::MAX_EVENTS_PER_FLOW).
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn flow_id(uuid: uuid::Uuid) -> Result<FlowId, StoreError> {
+    FlowId::try_from(uuid).map_err(|e| corrupt(e.to_string()))
+}
+
+fn uuid_of(flow: FlowId) -> uuid::Uuid {
+    *flow.as_uuid()
+}
+
+/// A [`Store`] in a PostgreSQL database (in one schema of it).
+pub struct PostgresStore {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+const SUMMARY: &str =
+    "id, kind, definition, status, created_at, updated_at, next_seq, bytes, ready";
+
+fn summary(row: &Row) -> Result<FlowSummary, StoreError> {
+    let kind: String = row.get(1);
+    let kind = FlowKind::parse(&kind).ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?;
+    let status: String = row.get(3);
+    let status = FlowStatus::parse(kind, &status)
+        .ok_or_else(|| corrupt(format!("status {status:?} of a {kind} flow")))?;
+    Ok(FlowSummary {
+        id: flow_id(row.get(0))?,
+        kind,
+        definition: row.get(2),
+        status,
+        created_at: Timestamp::from_micros(row.get(4)),
+        updated_at: Timestamp::from_micros(row.get(5)),
+        next_seq: unsigned(row.get(6), "next_seq")?,
+        bytes: unsigned(row.get(7), "byte count")?,
+        ready: row.get(8),
+    })
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a `postgres://` URL), optionally inside `schema` (created if
+    /// missing), and migrates the schema. Refuses a schema written by a newer flowstate.
+    pub async fn connect(
+        url: &str,
+        schema: Option<&str>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        Self::open(url, schema, clock, true).await
+    }
+
+    /// Like [`PostgresStore::connect`]; without `create`, a database (or schema) that holds
+    /// no flowstate store is refused with [`StoreError::Missing`] rather than initialised.
+    pub async fn open(
+        url: &str,
+        schema: Option<&str>,
+        clock: Arc<dyn Clock>,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Io {
+            message: format!("{url} is not a PostgreSQL URL: {e}"),
+        })?;
+        if let Some(schema) = schema {
+            check_schema_name(schema)?;
+            let (client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(pg_error)?;
+            drop(client);
+            let _ = driver.await;
+            config.options(format!("-c search_path={schema}"));
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(pool_error)?;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let location = match schema {
+            Some(schema) => format!("{} (schema {schema})", redact(url)),
+            None => redact(url),
+        };
+        schema::migrate(&mut client, create, &location).await?;
+        Ok(Self {
+            pool,
+            clock,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Schema names are spliced into SQL, so only plain identifiers are accepted.
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let plain = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        Ok(())
+    } else {
+        Err(StoreError::Io {
+            message: format!(
+                "schema name {schema:?} must be a lowercase identifier of at most 63 characters"
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        validate_append(&batch)?;
+        let now = self.clock.now();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let id = uuid_of(batch.flow);
+        let existing = tx
+            .query_opt(
+                "SELECT flow_no, next_seq, kind FROM flows WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error)?;
+        let first_time = batch.events[0].time.as_micros();
+        let last_time = batch.events[batch.events.len() - 1].time.as_micros();
+        let (flow_no, actual) = match (existing, &batch.create) {
+            (Some(row), _) => {
+                let actual = unsigned(row.get(1), "next_seq")?;
+                if actual != batch.expected_next_seq {
+                    return Err(StoreError::Conflict {
+                        flow: batch.flow,
+                        expected: batch.expected_next_seq,
+                        actual,
+                    });
+                }
+                let kind: String = row.get(2);
+                let kind =
+                    FlowKind::parse(&kind).ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?;
+                if let Some(status) = batch.status {
+                    check_status_kind(kind, status)?;
+                }
+                (row.get::<_, i64>(0), actual)
+            }
+            (None, Some(create)) => {
+                let status = batch
+                    .status
+                    .unwrap_or_else(|| FlowStatus::initial(create.kind));
+                check_status_kind(create.kind, status)?;
+                let inserted = tx
+                    .query_opt(
+                        "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
+                                            next_seq, bytes, ready, ready_since, wake)
+                         VALUES ($1, $2, $3, $4, $5, $5, 1, 0, FALSE, $6, 0)
+                         ON CONFLICT (id) DO NOTHING RETURNING flow_no",
+                        &[
+                            &id,
+                            &create.kind.key(),
+                            &create.definition,
+                            &status.key(),
+                            &first_time,
+                            &now.as_micros(),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let Some(row) = inserted else {
+                    // Another process created it between our lookup and our insert.
+                    return Err(StoreError::Conflict {
+                        flow: batch.flow,
+                        expected: 1,
+                        actual: 2,
+                    });
+                };
+                (row.get::<_, i64>(0), 1)
+            }
+            (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }),
+        };
+        check_log_room(actual, batch.events.len())?;
+        let count = batch.events.len();
+        let seqs: Vec<i64> = (0..count).map(|i| signed(actual + i as u64)).collect();
+        let times: Vec<i64> = batch.events.iter().map(|e| e.time.as_micros()).collect();
+        let formats: Vec<i16> = batch
+            .events
+            .iter()
+            .map(|e| i16::try_from(e.format).unwrap_or(i16::MAX))
+            .collect();
+        let bytes: i64 = batch
+            .events
+            .iter()
+            .map(|e| signed(e.body.len() as u64))
+            .sum();
+        let bodies: Vec<Vec<u8>> = batch.events.into_iter().map(|e| e.body).collect();
+        tx.execute(
+            "INSERT INTO events (flow_no, seq, time, format, body)
+             SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])",
+            &[&flow_no, &seqs, &times, &formats, &bodies],
+        )
+        .await
+        .map_err(pg_error)?;
+        let next_seq = actual + count as u64;
+        let status = batch.status.map(|s| s.key());
+        tx.execute(
+            "UPDATE flows SET
+                next_seq = $2, updated_at = $3, bytes = bytes + $4, status = coalesce($5, status),
+                ready_since = CASE WHEN $6::BOOLEAN IS TRUE AND NOT ready THEN $7 ELSE ready_since END,
+                wake = CASE WHEN $6::BOOLEAN IS TRUE THEN wake + 1 ELSE wake END,
+                ready = coalesce($6::BOOLEAN, ready)
+             WHERE flow_no = $1",
+            &[&flow_no, &signed(next_seq), &last_time, &bytes, &status, &batch.ready, &now.as_micros()],
+        )
+        .await
+        .map_err(pg_error)?;
+        for timer in &batch.timers {
+            upsert_timer(&tx, flow_no, timer).await?;
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(AppendOutcome {
+            first_seq: actual,
+            next_seq,
+        })
+    }
+
+    async fn read(
+        &self,
+        flow: FlowId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        check_batch("read limit", limit, MAX_READ_BATCH)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_error)?;
+        let Some(row) = tx
+            .query_opt("SELECT flow_no FROM flows WHERE id = $1", &[&uuid_of(flow)])
+            .await
+            .map_err(pg_error)?
+        else {
+            return Err(StoreError::UnknownFlow { flow });
+        };
+        let flow_no: i64 = row.get(0);
+        let rows = tx
+            .query(
+                "SELECT seq, time, format, body FROM events
+                 WHERE flow_no = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                &[&flow_no, &signed(from_seq.max(1)), &signed(limit as u64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(RawEvent {
+                    flow,
+                    seq: unsigned(row.get(0), "sequence number")?,
+                    time: Timestamp::from_micros(row.get(1)),
+                    format: u16::try_from(row.get::<_, i16>(2))
+                        .map_err(|_| corrupt("negative format".into()))?,
+                    body: row.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {SUMMARY} FROM flows WHERE id = $1"),
+                &[&uuid_of(flow)],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.as_ref().map(summary).transpose()
+    }
+
+    async fn list(&self, query: &FlowQuery) -> Result<FlowPage, StoreError> {
+        let size = query.page_size()?;
+        let mut sql = format!("SELECT {SUMMARY} FROM flows WHERE TRUE");
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut filter = |clause: &str, value: Box<dyn ToSql + Sync + Send>| {
+            params.push(value);
+            sql.push_str(&format!(" AND {clause} ${}", params.len()));
+        };
+        if let Some(kind) = query.kind {
+            filter("kind =", Box::new(kind.key().to_owned()));
+        }
+        if let Some(definition) = &query.definition {
+            filter("definition =", Box::new(definition.clone()));
+        }
+        if let Some(status) = &query.status {
+            filter("status =", Box::new(status.clone()));
+        }
+        if let Some(from) = query.created_from {
+            filter("created_at >=", Box::new(from.as_micros()));
+        }
+        if let Some(before) = query.created_before {
+            filter("created_at <", Box::new(before.as_micros()));
+        }
+        if let Some(after) = query.after {
+            filter("id >", Box::new(uuid_of(after)));
+        }
+        params.push(Box::new(signed(size as u64 + 1)));
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", params.len()));
+        let client = self.client().await?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = client.query(&sql, &refs).await.map_err(pg_error)?;
+        let mut flows = rows.iter().map(summary).collect::<Result<Vec<_>, _>>()?;
+        let next_after = (flows.len() > size).then(|| {
+            flows.truncate(size);
+            flows[size - 1].id
+        });
+        Ok(FlowPage { flows, next_after })
+    }
+
+    async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError> {
+        let now = self.clock.now().as_micros();
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE flows SET ready_since = CASE WHEN ready THEN ready_since ELSE $2 END,
+                                  ready = TRUE, wake = wake + 1
+                 WHERE id = $1",
+                &[&uuid_of(flow), &now],
+            )
+            .await
+            .map_err(pg_error)?;
+        if changed == 0 {
+            return Err(StoreError::UnknownFlow { flow });
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        check_batch("claim limit", limit, MAX_CLAIM_BATCH)?;
+        check_lease(lease)?;
+        let now = self.clock.now();
+        let until = now.saturating_add(lease);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH picked AS (
+                    SELECT flow_no FROM flows
+                    WHERE ready AND (lease_until IS NULL OR lease_until <= $1)
+                    ORDER BY ready_since, flow_no LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE flows f SET lease_owner = $3, lease_until = $4
+                 FROM picked WHERE f.flow_no = picked.flow_no
+                 RETURNING f.id, f.next_seq, f.wake, f.ready_since, f.flow_no",
+                &[
+                    &now.as_micros(),
+                    &signed(limit as u64),
+                    &worker.as_str(),
+                    &until.as_micros(),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    (row.get::<_, i64>(3), row.get::<_, i64>(4)),
+                    Claim {
+                        flow: flow_id(row.get(0))?,
+                        next_seq: unsigned(row.get(1), "next_seq")?,
+                        lease_until: until,
+                        wake: unsigned(row.get(2), "wake count")?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by_key(|(order, _)| *order);
+        Ok(claimed.into_iter().map(|(_, claim)| claim).collect())
+    }
+
+    async fn renew(
+        &self,
+        worker: &WorkerId,
+        flows: &[FlowId],
+        lease: Duration,
+    ) -> Result<Vec<FlowId>, StoreError> {
+        check_lease(lease)?;
+        let until = self.clock.now().saturating_add(lease).as_micros();
+        let ids: Vec<uuid::Uuid> = flows.iter().copied().map(uuid_of).collect();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "UPDATE flows SET lease_until = $3 WHERE id = ANY($1) AND lease_owner = $2 RETURNING id",
+                &[&ids, &worker.as_str(), &until],
+            )
+            .await
+            .map_err(pg_error)?;
+        let renewed: Vec<FlowId> = rows
+            .iter()
+            .map(|row| flow_id(row.get(0)))
+            .collect::<Result<_, _>>()?;
+        Ok(flows
+            .iter()
+            .copied()
+            .filter(|f| renewed.contains(f))
+            .collect())
+    }
+
+    async fn release(
+        &self,
+        worker: &WorkerId,
+        claim: &Claim,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE flows SET lease_owner = NULL, lease_until = NULL,
+                    ready = CASE WHEN $3 AND wake = $4 THEN FALSE ELSE ready END
+                 WHERE id = $1 AND lease_owner = $2",
+                &[
+                    &uuid_of(claim.flow),
+                    &worker.as_str(),
+                    &(release == Release::Idle),
+                    &signed(claim.wake),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(changed == 1)
+    }
+
+    async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
+        check_name("timer name", &timer.name)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let Some(row) = tx
+            .query_opt("SELECT flow_no FROM flows WHERE id = $1", &[&uuid_of(flow)])
+            .await
+            .map_err(pg_error)?
+        else {
+            return Err(StoreError::UnknownFlow { flow });
+        };
+        upsert_timer(&tx, row.get(0), &timer).await?;
+        tx.commit().await.map_err(pg_error)
+    }
+
+    async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM timers WHERE name = $2
+                 AND flow_no = (SELECT flow_no FROM flows WHERE id = $1)",
+                &[&uuid_of(flow), &name],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(deleted == 1)
+    }
+
+    async fn claim_due_timers(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<DueTimer>, StoreError> {
+        check_batch("timer claim limit", limit, MAX_CLAIM_BATCH)?;
+        check_lease(lease)?;
+        let now = self.clock.now();
+        let until = now.saturating_add(lease);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "WITH picked AS (
+                    SELECT flow_no, name FROM timers
+                    WHERE due <= $1 AND (lease_until IS NULL OR lease_until <= $1)
+                    ORDER BY due, flow_no, name LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE timers t SET lease_owner = $3, lease_until = $4
+                 FROM picked WHERE t.flow_no = picked.flow_no AND t.name = picked.name
+                 RETURNING (SELECT id FROM flows WHERE flows.flow_no = t.flow_no), t.name, t.due",
+                &[
+                    &now.as_micros(),
+                    &signed(limit as u64),
+                    &worker.as_str(),
+                    &until.as_micros(),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut timers = rows
+            .iter()
+            .map(|row| {
+                Ok(DueTimer {
+                    flow: flow_id(row.get(0))?,
+                    name: row.get(1),
+                    due: Timestamp::from_micros(row.get(2)),
+                    lease_until: until,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        timers.sort_by(|a, b| (a.due, a.flow, &a.name).cmp(&(b.due, b.flow, &b.name)));
+        Ok(timers)
+    }
+
+    async fn complete_timer(
+        &self,
+        worker: &WorkerId,
+        timer: &DueTimer,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM timers WHERE name = $2 AND due = $3 AND lease_owner = $4
+                 AND flow_no = (SELECT flow_no FROM flows WHERE id = $1)",
+                &[
+                    &uuid_of(timer.flow),
+                    &timer.name,
+                    &timer.due.as_micros(),
+                    &worker.as_str(),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(deleted == 1)
+    }
+
+    async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM flows WHERE id = $1 RETURNING flow_no",
+                &[&uuid_of(flow)],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(false);
+        };
+        let flow_no: i64 = row.get(0);
+        tx.execute("DELETE FROM events WHERE flow_no = $1", &[&flow_no])
+            .await
+            .map_err(pg_error)?;
+        tx.execute("DELETE FROM timers WHERE flow_no = $1", &[&flow_no])
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(true)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.close();
+        Ok(())
+    }
+}
+
+async fn upsert_timer(
+    tx: &deadpool_postgres::Transaction<'_>,
+    flow_no: i64,
+    timer: &NewTimer,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO timers (flow_no, name, due, lease_owner, lease_until)
+         VALUES ($1, $2, $3, NULL, NULL)
+         ON CONFLICT (flow_no, name)
+         DO UPDATE SET due = excluded.due, lease_owner = NULL, lease_until = NULL",
+        &[&flow_no, &timer.name, &timer.due.as_micros()],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
