@@ -31,6 +31,24 @@ enum Bench {
     Append(AppendArgs),
     /// W1 as task graphs: flows of trivial tasks, every transition durable on SQLite.
     W1Taskgraph(W1Args),
+    /// Durable appends on PostgreSQL, concurrent flows (each run in a fresh schema).
+    AppendPostgres(PostgresArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PostgresArgs {
+    /// The database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    url: String,
+    /// How long each scenario runs, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent flow counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "64,1024")]
+    flows: Vec<usize>,
+    /// Runs of each scenario; the table shows the run with the median throughput.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -242,14 +260,7 @@ async fn sequential(
     }
 }
 
-async fn concurrent(
-    dir: &std::path::Path,
-    sync: Synchronous,
-    flows: usize,
-    seconds: u64,
-    run: usize,
-) -> Measured {
-    let store = open(dir, &format!("concurrent-{flows}-{run}.db"), sync);
+async fn concurrent(store: Arc<dyn Store>, flows: usize, seconds: u64) -> Measured {
     let ids = create_flows(store.as_ref(), &SystemClock, flows).await;
     let body = Arc::new(body());
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -308,6 +319,7 @@ fn main() {
     match cli.bench {
         Bench::Append(args) => runtime.block_on(append(args)),
         Bench::W1Taskgraph(args) => runtime.block_on(w1_taskgraph(args)),
+        Bench::AppendPostgres(args) => runtime.block_on(append_postgres(args)),
     }
 }
 
@@ -427,7 +439,8 @@ async fn append(args: AppendArgs) {
     for flows in args.flows {
         let mut measured = Vec::new();
         for run in 0..runs {
-            measured.push(concurrent(temp.path(), sync, flows, args.seconds, run).await);
+            let store = open(temp.path(), &format!("concurrent-{flows}-{run}.db"), sync);
+            measured.push(concurrent(store, flows, args.seconds).await);
         }
         print_median(measured);
     }
@@ -573,5 +586,47 @@ fn print_w1(measured: Option<Measured>, flows: usize) {
             m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
             m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
         );
+    }
+}
+
+async fn append_postgres(args: PostgresArgs) {
+    println!(
+        "durable appends on PostgreSQL at {}, median of {} runs",
+        args.url,
+        args.runs.max(1)
+    );
+    println!();
+    println!("| scenario | events | seconds | events/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for flows in &args.flows {
+        let mut measured = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let schema = format!("flowstate_bench_{:016x}", rand::random::<u64>());
+            let store = match flowstate_store_postgres::PostgresStore::connect(
+                &args.url,
+                Some(&schema),
+                Arc::new(SystemClock),
+            )
+            .await
+            {
+                Ok(store) => Arc::new(store),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    std::process::exit(1);
+                }
+            };
+            measured.push(concurrent(store, *flows, args.seconds).await);
+            drop_schema(&args.url, &schema).await;
+        }
+        print_median(measured);
+    }
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
     }
 }

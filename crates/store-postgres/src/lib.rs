@@ -9,6 +9,7 @@
 //! Not yet (issue 6): group commit of appends from many flows into one transaction,
 //! `LISTEN/NOTIFY` wake-ups, and the multi-process test.
 
+mod group;
 mod schema;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +77,8 @@ pub struct PostgresStore {
     pool: Pool,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
+    /// The group committers' queue.
+    appends: tokio::sync::mpsc::Sender<group::Pending>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -158,10 +161,13 @@ impl PostgresStore {
             None => redact(url),
         };
         schema::migrate(&mut client, create, &location).await?;
+        drop(client);
+        let appends = group::start(pool.clone());
         Ok(Self {
             pool,
             clock,
             closed: AtomicBool::new(false),
+            appends,
         })
     }
 
@@ -210,114 +216,16 @@ fn check_schema_name(schema: &str) -> Result<(), StoreError> {
 impl Store for PostgresStore {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         validate_append(&batch)?;
-        let now = self.clock.now();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let id = uuid_of(batch.flow);
-        let existing = tx
-            .query_opt(
-                "SELECT flow_no, next_seq, kind FROM flows WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .map_err(pg_error)?;
-        let first_time = batch.events[0].time.as_micros();
-        let last_time = batch.events[batch.events.len() - 1].time.as_micros();
-        let (flow_no, actual) = match (existing, &batch.create) {
-            (Some(row), _) => {
-                let actual = unsigned(row.get(1), "next_seq")?;
-                if actual != batch.expected_next_seq {
-                    return Err(StoreError::Conflict {
-                        flow: batch.flow,
-                        expected: batch.expected_next_seq,
-                        actual,
-                    });
-                }
-                let kind: String = row.get(2);
-                let kind =
-                    FlowKind::parse(&kind).ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?;
-                if let Some(status) = batch.status {
-                    check_status_kind(kind, status)?;
-                }
-                (row.get::<_, i64>(0), actual)
-            }
-            (None, Some(create)) => {
-                let status = batch
-                    .status
-                    .unwrap_or_else(|| FlowStatus::initial(create.kind));
-                check_status_kind(create.kind, status)?;
-                let inserted = tx
-                    .query_opt(
-                        "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
-                                            next_seq, bytes, ready, ready_since, wake)
-                         VALUES ($1, $2, $3, $4, $5, $5, 1, 0, FALSE, $6, 0)
-                         ON CONFLICT (id) DO NOTHING RETURNING flow_no",
-                        &[
-                            &id,
-                            &create.kind.key(),
-                            &create.definition,
-                            &status.key(),
-                            &first_time,
-                            &now.as_micros(),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let Some(row) = inserted else {
-                    // Another process created it between our lookup and our insert.
-                    return Err(StoreError::Conflict {
-                        flow: batch.flow,
-                        expected: 1,
-                        actual: 2,
-                    });
-                };
-                (row.get::<_, i64>(0), 1)
-            }
-            (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }),
-        };
-        check_log_room(actual, batch.events.len())?;
-        let count = batch.events.len();
-        let seqs: Vec<i64> = (0..count).map(|i| signed(actual + i as u64)).collect();
-        let times: Vec<i64> = batch.events.iter().map(|e| e.time.as_micros()).collect();
-        let formats: Vec<i16> = batch
-            .events
-            .iter()
-            .map(|e| i16::try_from(e.format).unwrap_or(i16::MAX))
-            .collect();
-        let bytes: i64 = batch
-            .events
-            .iter()
-            .map(|e| signed(e.body.len() as u64))
-            .sum();
-        let bodies: Vec<Vec<u8>> = batch.events.into_iter().map(|e| e.body).collect();
-        tx.execute(
-            "INSERT INTO events (flow_no, seq, time, format, body)
-             SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])",
-            &[&flow_no, &seqs, &times, &formats, &bodies],
-        )
-        .await
-        .map_err(pg_error)?;
-        let next_seq = actual + count as u64;
-        let status = batch.status.map(|s| s.key());
-        tx.execute(
-            "UPDATE flows SET
-                next_seq = $2, updated_at = $3, bytes = bytes + $4, status = coalesce($5, status),
-                ready_since = CASE WHEN $6::BOOLEAN IS TRUE AND NOT ready THEN $7 ELSE ready_since END,
-                wake = CASE WHEN $6::BOOLEAN IS TRUE THEN wake + 1 ELSE wake END,
-                ready = coalesce($6::BOOLEAN, ready)
-             WHERE flow_no = $1",
-            &[&flow_no, &signed(next_seq), &last_time, &bytes, &status, &batch.ready, &now.as_micros()],
-        )
-        .await
-        .map_err(pg_error)?;
-        for timer in &batch.timers {
-            upsert_timer(&tx, flow_no, timer).await?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
         }
-        tx.commit().await.map_err(pg_error)?;
-        Ok(AppendOutcome {
-            first_seq: actual,
-            next_seq,
-        })
+        let now = self.clock.now();
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.appends
+            .send(group::Pending { batch, now, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        outcome.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn read(
@@ -681,4 +589,118 @@ async fn upsert_timer(
     .await
     .map_err(pg_error)?;
     Ok(())
+}
+
+/// One append in its own transaction (a lone append, or a group that fell back).
+pub(crate) async fn append_one(
+    client: &mut deadpool_postgres::Object,
+    batch: AppendBatch,
+    now: Timestamp,
+) -> Result<AppendOutcome, StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let id = uuid_of(batch.flow);
+    let existing = tx
+        .query_opt(
+            "SELECT flow_no, next_seq, kind FROM flows WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .map_err(pg_error)?;
+    let first_time = batch.events[0].time.as_micros();
+    let last_time = batch.events[batch.events.len() - 1].time.as_micros();
+    let (flow_no, actual) = match (existing, &batch.create) {
+        (Some(row), _) => {
+            let actual = unsigned(row.get(1), "next_seq")?;
+            if actual != batch.expected_next_seq {
+                return Err(StoreError::Conflict {
+                    flow: batch.flow,
+                    expected: batch.expected_next_seq,
+                    actual,
+                });
+            }
+            let kind: String = row.get(2);
+            let kind =
+                FlowKind::parse(&kind).ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?;
+            if let Some(status) = batch.status {
+                check_status_kind(kind, status)?;
+            }
+            (row.get::<_, i64>(0), actual)
+        }
+        (None, Some(create)) => {
+            let status = batch
+                .status
+                .unwrap_or_else(|| FlowStatus::initial(create.kind));
+            check_status_kind(create.kind, status)?;
+            let inserted = tx
+                .query_opt(
+                    "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
+                                            next_seq, bytes, ready, ready_since, wake)
+                         VALUES ($1, $2, $3, $4, $5, $5, 1, 0, FALSE, $6, 0)
+                         ON CONFLICT (id) DO NOTHING RETURNING flow_no",
+                    &[
+                        &id,
+                        &create.kind.key(),
+                        &create.definition,
+                        &status.key(),
+                        &first_time,
+                        &now.as_micros(),
+                    ],
+                )
+                .await
+                .map_err(pg_error)?;
+            let Some(row) = inserted else {
+                // Another process created it between our lookup and our insert.
+                return Err(StoreError::Conflict {
+                    flow: batch.flow,
+                    expected: 1,
+                    actual: 2,
+                });
+            };
+            (row.get::<_, i64>(0), 1)
+        }
+        (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }),
+    };
+    check_log_room(actual, batch.events.len())?;
+    let count = batch.events.len();
+    let seqs: Vec<i64> = (0..count).map(|i| signed(actual + i as u64)).collect();
+    let times: Vec<i64> = batch.events.iter().map(|e| e.time.as_micros()).collect();
+    let formats: Vec<i16> = batch
+        .events
+        .iter()
+        .map(|e| i16::try_from(e.format).unwrap_or(i16::MAX))
+        .collect();
+    let bytes: i64 = batch
+        .events
+        .iter()
+        .map(|e| signed(e.body.len() as u64))
+        .sum();
+    let bodies: Vec<Vec<u8>> = batch.events.into_iter().map(|e| e.body).collect();
+    tx.execute(
+        "INSERT INTO events (flow_no, seq, time, format, body)
+             SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])",
+        &[&flow_no, &seqs, &times, &formats, &bodies],
+    )
+    .await
+    .map_err(pg_error)?;
+    let next_seq = actual + count as u64;
+    let status = batch.status.map(|s| s.key());
+    tx.execute(
+            "UPDATE flows SET
+                next_seq = $2, updated_at = $3, bytes = bytes + $4, status = coalesce($5, status),
+                ready_since = CASE WHEN $6::BOOLEAN IS TRUE AND NOT ready THEN $7 ELSE ready_since END,
+                wake = CASE WHEN $6::BOOLEAN IS TRUE THEN wake + 1 ELSE wake END,
+                ready = coalesce($6::BOOLEAN, ready)
+             WHERE flow_no = $1",
+            &[&flow_no, &signed(next_seq), &last_time, &bytes, &status, &batch.ready, &now.as_micros()],
+        )
+        .await
+        .map_err(pg_error)?;
+    for timer in &batch.timers {
+        upsert_timer(&tx, flow_no, timer).await?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(AppendOutcome {
+        first_seq: actual,
+        next_seq,
+    })
 }
