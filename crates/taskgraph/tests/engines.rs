@@ -470,21 +470,7 @@ async fn an_unknown_definition_is_an_error() {
 async fn rerunning_a_failed_flow_retries_the_failed_revert_and_finishes_reverting() {
     let h = serial();
     let reverts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = reverts.clone();
-    let shaky = flowstate_taskgraph::task_fn_with_revert(
-        "shaky",
-        |_c, _i| async { Ok(json!(5)) },
-        move |_c, _i, _o| {
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    Err(flowstate_core::Failure::new("RuntimeError", "Gotcha!"))
-                } else {
-                    Ok(())
-                }
-            }
-        },
-    );
+    let shaky = revert_fails_once("shaky", reverts.clone());
     h.engine.register(
         Flow::linear("f")
             .add(progressing("first"))
@@ -587,21 +573,7 @@ async fn a_suspension_asked_for_while_the_flow_is_not_running_is_void() {
 async fn a_retry_whose_scope_holds_a_repaired_revert_failure_gives_up_instead_of_resetting_it() {
     let h = serial();
     let reverts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = reverts.clone();
-    let shaky = flowstate_taskgraph::task_fn_with_revert(
-        "shaky",
-        |_c, _i| async { Ok(json!(5)) },
-        move |_c, _i, _o| {
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if n == 0 {
-                    Err(flowstate_core::Failure::new("RuntimeError", "Gotcha!"))
-                } else {
-                    Ok(())
-                }
-            }
-        },
-    );
+    let shaky = revert_fails_once("shaky", reverts.clone());
     h.engine.register(
         Flow::linear("f").add(progressing("outer")).add(
             Flow::linear("inner")

@@ -136,3 +136,22 @@ pub fn echo(name: &str, input: &str) -> TaskAtom {
     })
     .requires([input])
 }
+
+/// Succeeds with 5; its first revert fails with "Gotcha!", later ones succeed. `reverts`
+/// counts revert calls.
+pub fn revert_fails_once(name: &str, reverts: Arc<std::sync::atomic::AtomicUsize>) -> TaskAtom {
+    task_fn_with_revert(
+        name,
+        |_ctx, _inputs| async { Ok(json!(5)) },
+        move |_ctx, _inputs, _outcome| {
+            let n = reverts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(Failure::new("RuntimeError", "Gotcha!"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+}
