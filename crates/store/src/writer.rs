@@ -155,7 +155,8 @@ impl FlowWriter {
     }
 
     /// Appends everything staged as one atomic append, with `extras`. Does nothing (and
-    /// returns `None`) when nothing is staged and there are no extras.
+    /// returns `None`) when nothing is staged: an append needs at least one event, so extras
+    /// alone are not sent.
     pub async fn commit(
         &mut self,
         store: &dyn Store,
