@@ -21,12 +21,7 @@ async fn s23_times_three_gives_three_attempts_numbered_1_2_3() {
     );
     let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
-    let attempts: Vec<String> = h
-        .capture
-        .captured()
-        .into_iter()
-        .filter(|l| l.starts_with("seen SUCCESS"))
-        .collect();
+    let attempts: Vec<String> = h.lines_starting("seen SUCCESS");
     assert_eq!(
         attempts,
         s("seen SUCCESS(1), seen SUCCESS(2), seen SUCCESS(3)")
@@ -192,12 +187,7 @@ async fn s29_for_each_tries_every_value_then_reverts() {
     );
     let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
-    let tried: Vec<String> = h
-        .capture
-        .captured()
-        .into_iter()
-        .filter(|l| l.starts_with("seen SUCCESS"))
-        .collect();
+    let tried: Vec<String> = h.lines_starting("seen SUCCESS");
     assert_eq!(
         tried,
         s("seen SUCCESS(3), seen SUCCESS(2), seen SUCCESS(3), seen SUCCESS(5)")
@@ -237,12 +227,7 @@ async fn s29c_parameterized_for_each_reads_its_values_from_the_inputs() {
         .await
         .expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
-    let tried: Vec<String> = h
-        .capture
-        .captured()
-        .into_iter()
-        .filter(|l| l.starts_with("seen SUCCESS"))
-        .collect();
+    let tried: Vec<String> = h.lines_starting("seen SUCCESS");
     assert_eq!(tried, s(r#"seen SUCCESS("a"), seen SUCCESS("b")"#));
 }
 

@@ -18,6 +18,17 @@ pub struct Harness {
     pub capture: Arc<CaptureListener>,
 }
 
+impl Harness {
+    /// The captured transitions that start with `prefix`, in order.
+    pub fn lines_starting(&self, prefix: &str) -> Vec<String> {
+        self.capture
+            .captured()
+            .into_iter()
+            .filter(|line| line.starts_with(prefix))
+            .collect()
+    }
+}
+
 pub fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(Timestamp::from_micros(
         1_767_225_600_000_000,
