@@ -1,13 +1,13 @@
 //! The PostgreSQL store: several engine processes, on several machines, share one database.
 //!
-//! Every operation is one short transaction on a pooled connection. Appends lock the flow's
-//! row (`FOR UPDATE`) and check the expected sequence number, so two processes advancing one
-//! flow never both succeed: the loser gets [`StoreError::Conflict`]. Claims of ready flows and
+//! Every operation is one short transaction on a pooled connection; appends are
+//! group-committed (see `group.rs`). Appends lock the flows' rows (`FOR UPDATE`) and check the
+//! expected sequence number, so two processes advancing one flow never both succeed: the
+//! loser gets [`StoreError::Conflict`]. Claims of ready flows and
 //! due timers use `FOR UPDATE SKIP LOCKED`, so claimers never wait on each other and never
 //! take the same flow. All times come from the injected clock, as in every store.
 //!
-//! Not yet (issue 6): group commit of appends from many flows into one transaction,
-//! `LISTEN/NOTIFY` wake-ups, and the multi-process test.
+//! Not yet (issue 6): `LISTEN/NOTIFY` wake-ups and the multi-process test.
 
 mod group;
 mod schema;
@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use flowstate_core::limits::{MAX_CLAIM_BATCH, MAX_READ_BATCH};
+use flowstate_core::limits::MAX_READ_BATCH;
 use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 use flowstate_store::validate::{
-    check_batch, check_lease, check_log_room, check_name, check_status_kind, validate_append,
+    check_batch, check_lease, check_log_room, check_name, check_status_kind, claim_window,
+    validate_append,
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
@@ -352,10 +353,7 @@ impl Store for PostgresStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        check_batch("claim limit", limit, MAX_CLAIM_BATCH)?;
-        check_lease(lease)?;
-        let now = self.clock.now();
-        let until = now.saturating_add(lease);
+        let (now, until) = claim_window("claim limit", limit, lease, self.clock.as_ref())?;
         let client = self.client().await?;
         let rows = client
             .query(
@@ -480,10 +478,7 @@ impl Store for PostgresStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<DueTimer>, StoreError> {
-        check_batch("timer claim limit", limit, MAX_CLAIM_BATCH)?;
-        check_lease(lease)?;
-        let now = self.clock.now();
-        let until = now.saturating_add(lease);
+        let (now, until) = claim_window("timer claim limit", limit, lease, self.clock.as_ref())?;
         let client = self.client().await?;
         let rows = client
             .query(

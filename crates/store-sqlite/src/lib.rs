@@ -25,9 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::limits::{MAX_CLAIM_BATCH, MAX_READ_BATCH};
+use flowstate_core::limits::MAX_READ_BATCH;
 use flowstate_core::{Clock, FlowId, RawEvent};
-use flowstate_store::validate::{check_batch, check_lease, check_name, validate_append};
+use flowstate_store::validate::{
+    check_batch, check_lease, check_name, claim_window, validate_append,
+};
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
     Release, Store, StoreError, WorkerId,
@@ -352,15 +354,13 @@ impl Store for SqliteStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        check_batch("claim limit", limit, MAX_CLAIM_BATCH)?;
-        check_lease(lease)?;
-        let now = self.clock.now();
+        let (now, until) = claim_window("claim limit", limit, lease, self.clock.as_ref())?;
         let worker = worker.clone();
         self.write(|reply| Command::Claim {
             worker,
             limit,
             now,
-            until: now.saturating_add(lease),
+            until,
             reply,
         })
         .await
@@ -418,15 +418,13 @@ impl Store for SqliteStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<DueTimer>, StoreError> {
-        check_batch("timer claim limit", limit, MAX_CLAIM_BATCH)?;
-        check_lease(lease)?;
-        let now = self.clock.now();
+        let (now, until) = claim_window("timer claim limit", limit, lease, self.clock.as_ref())?;
         let worker = worker.clone();
         self.write(|reply| Command::ClaimTimers {
             worker,
             limit,
             now,
-            until: now.saturating_add(lease),
+            until,
             reply,
         })
         .await

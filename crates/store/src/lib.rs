@@ -40,7 +40,8 @@ use flowstate_core::{FlowId, RawEvent};
 /// Durable storage for flow logs, their index, the ready queue and timers.
 ///
 /// Every method is safe to call from many tasks at once. Implementations: [`MemoryStore`],
-/// `flowstate_store_sqlite::SqliteStore`, and later PostgreSQL. All of them pass
+/// `flowstate_store_sqlite::SqliteStore` and `flowstate_store_postgres::PostgresStore`. All of
+/// them pass
 /// [`conformance`].
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::limits::{MAX_CLAIM_BATCH, MAX_READ_BATCH};
+use flowstate_core::limits::MAX_READ_BATCH;
 use flowstate_core::{Clock, FlowId, FlowStatus, RawEvent, Timestamp};
 
 use crate::error::StoreError;
@@ -15,7 +15,9 @@ use crate::types::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
     Release, WorkerId,
 };
-use crate::validate::{check_batch, check_lease, check_log_room, check_name, validate_append};
+use crate::validate::{
+    check_batch, check_lease, check_log_room, check_name, claim_window, validate_append,
+};
 use crate::Store;
 
 #[derive(Debug)]
@@ -256,10 +258,7 @@ impl Store for MemoryStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        check_batch("claim limit", limit, MAX_CLAIM_BATCH)?;
-        check_lease(lease)?;
-        let now = self.clock.now();
-        let until = now.saturating_add(lease);
+        let (now, until) = claim_window("claim limit", limit, lease, self.clock.as_ref())?;
         let mut inner = self.lock()?;
         let mut candidates: Vec<(Timestamp, FlowId)> = inner
             .flows
@@ -361,10 +360,7 @@ impl Store for MemoryStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<DueTimer>, StoreError> {
-        check_batch("timer claim limit", limit, MAX_CLAIM_BATCH)?;
-        check_lease(lease)?;
-        let now = self.clock.now();
-        let until = now.saturating_add(lease);
+        let (now, until) = claim_window("timer claim limit", limit, lease, self.clock.as_ref())?;
         let mut inner = self.lock()?;
         let mut due: Vec<(Timestamp, FlowId, String)> = inner
             .timers

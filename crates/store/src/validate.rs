@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use flowstate_core::limits::{
-    MAX_EVENTS_PER_APPEND, MAX_EVENTS_PER_FLOW, MAX_EVENT_BODY_BYTES, MAX_LEASE_SECS,
-    MAX_NAME_BYTES,
+    MAX_CLAIM_BATCH, MAX_EVENTS_PER_APPEND, MAX_EVENTS_PER_FLOW, MAX_EVENT_BODY_BYTES,
+    MAX_LEASE_SECS, MAX_NAME_BYTES,
 };
 use flowstate_core::{FlowKind, EVENT_FORMAT_VERSION};
 
@@ -117,6 +117,21 @@ pub fn check_lease(lease: Duration) -> Result<(), InvalidInput> {
         });
     }
     Ok(())
+}
+
+/// The window of a claim: checks the batch size (1 to [`MAX_CLAIM_BATCH`]) and the lease,
+/// and returns `(now, lease_until)` from `clock`. Every store's `claim` and
+/// `claim_due_timers` start here, so all of them refuse the same requests.
+pub fn claim_window(
+    what: &'static str,
+    limit: usize,
+    lease: Duration,
+    clock: &dyn flowstate_core::Clock,
+) -> Result<(flowstate_core::Timestamp, flowstate_core::Timestamp), InvalidInput> {
+    check_batch(what, limit, MAX_CLAIM_BATCH)?;
+    check_lease(lease)?;
+    let now = clock.now();
+    Ok((now, now.saturating_add(lease)))
 }
 
 /// Checks a batch size: 1 to `limit`.

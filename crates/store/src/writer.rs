@@ -125,6 +125,7 @@ impl FlowWriter {
     pub fn stage(&mut self, clock: &dyn Clock, bodies: Vec<EventBody>) -> Result<(), WriteError> {
         self.check_fresh()?;
         let time = clock.now();
+        let staged_before = self.staged.len();
         for body in bodies {
             let event = Event {
                 flow: self.flow,
@@ -144,9 +145,10 @@ impl FlowWriter {
                     body,
                 }),
                 Err(error) => {
-                    // Earlier events of this call are folded in already.
-                    self.stale =
-                        !self.staged.is_empty() || self.folder.next_seq() != self.durable_next_seq;
+                    // The refused event left the state untouched (the fold is atomic per
+                    // event); earlier events of this call were folded in, and cannot be
+                    // taken back without a reload.
+                    self.stale = self.staged.len() > staged_before;
                     return Err(error);
                 }
             }

@@ -338,20 +338,12 @@ impl Engine {
             for work in resumed.drain(..).chain(step.launch) {
                 self.launch(&mut tasks, &graph, flow, work);
             }
-            if tasks.is_empty() {
-                self.step_engine(flow, &mut engine, EngineState::Waiting)?;
-                self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
-                // Nothing runs and nothing more could start: the run is over.
-                break;
-            }
-            // WAITING
+            // WAITING (something was launched above or is still running).
             self.step_engine(flow, &mut engine, EngineState::Waiting)?;
-            let Some(first) = tasks.next().await else {
-                continue;
-            };
+            let first = tasks.next().await;
             // ANALYZING: this completion and every other one already finished.
             self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
-            let mut finished = vec![first];
+            let mut finished: Vec<(usize, Finished)> = first.into_iter().collect();
             while let Some(more) = tasks.try_next() {
                 finished.extend(more);
             }

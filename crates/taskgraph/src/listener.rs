@@ -4,6 +4,7 @@
 //! listener runs on the engine's task, so it must be quick; hand heavy work to a channel.
 //! With no listener registered the engine skips all of this: no copies, no calls.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use flowstate_core::machine::{EngineState, FlowState};
@@ -44,7 +45,7 @@ pub trait Listener: Send + Sync {
 pub(crate) struct Notifier {
     listeners: RwLock<Vec<Arc<dyn Listener>>>,
     /// Staged, not yet durable, per flow.
-    staged: Mutex<Vec<(FlowId, Transition)>>,
+    staged: Mutex<HashMap<FlowId, Vec<Transition>>>,
 }
 
 impl Notifier {
@@ -100,19 +101,14 @@ impl Notifier {
             _ => None,
         });
         if let Ok(mut staged) = self.staged.lock() {
-            staged.extend(transitions.map(|t| (flow, t)));
+            staged.entry(flow).or_default().extend(transitions);
         }
     }
 
     /// Delivers the staged transitions of `flow`, now durable.
     pub(crate) fn flush(&self, flow: FlowId) {
-        let ready: Vec<Transition> = match self.staged.lock() {
-            Ok(mut staged) => {
-                let (mine, others): (Vec<_>, Vec<_>) =
-                    staged.drain(..).partition(|(f, _)| *f == flow);
-                *staged = others;
-                mine.into_iter().map(|(_, t)| t).collect()
-            }
+        let ready = match self.staged.lock() {
+            Ok(mut staged) => staged.remove(&flow).unwrap_or_default(),
             Err(_) => return,
         };
         if let Ok(listeners) = self.listeners.read() {
