@@ -16,6 +16,7 @@ use flowstate_store::validate::{check_log_room, check_status_kind};
 use flowstate_store::{AppendBatch, AppendOutcome, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::wake::WakeChannel;
 use crate::{corrupt, pg_error, signed, unsigned, uuid_of};
 
 /// Most appends one group takes.
@@ -34,11 +35,14 @@ pub(crate) struct Pending {
 }
 
 /// Starts the committers; they stop when every sender is dropped.
-pub(crate) fn start(pool: deadpool_postgres::Pool) -> mpsc::Sender<Pending> {
+pub(crate) fn start(
+    pool: deadpool_postgres::Pool,
+    wake: Arc<WakeChannel>,
+) -> mpsc::Sender<Pending> {
     let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let receiver = Arc::new(Mutex::new(receiver));
     for _ in 0..COMMITTERS {
-        let (pool, receiver) = (pool.clone(), receiver.clone());
+        let (pool, receiver, wake) = (pool.clone(), receiver.clone(), wake.clone());
         tokio::spawn(async move {
             loop {
                 let mut group = Vec::new();
@@ -55,14 +59,14 @@ pub(crate) fn start(pool: deadpool_postgres::Pool) -> mpsc::Sender<Pending> {
                         }
                     }
                 }
-                commit(&pool, group).await;
+                commit(&pool, &wake, group).await;
             }
         });
     }
     sender
 }
 
-async fn commit(pool: &deadpool_postgres::Pool, group: Vec<Pending>) {
+async fn commit(pool: &deadpool_postgres::Pool, wake: &WakeChannel, group: Vec<Pending>) {
     let mut client = match pool.get().await {
         Ok(client) => client,
         Err(error) => {
@@ -77,7 +81,7 @@ async fn commit(pool: &deadpool_postgres::Pool, group: Vec<Pending>) {
     };
     if group.len() == 1 {
         for pending in group {
-            let outcome = crate::append_one(&mut client, pending.batch, pending.now).await;
+            let outcome = crate::append_one(&mut client, wake, pending.batch, pending.now).await;
             let _ignored = pending.reply.send(outcome);
         }
         return;
@@ -88,7 +92,7 @@ async fn commit(pool: &deadpool_postgres::Pool, group: Vec<Pending>) {
         .map(|p| p.now)
         .max()
         .unwrap_or(Timestamp::EPOCH);
-    match commit_group(&mut client, &batches, now).await {
+    match commit_group(&mut client, wake, &batches, now).await {
         Ok(outcomes) => {
             for (pending, outcome) in group.into_iter().zip(outcomes) {
                 let _ignored = pending.reply.send(outcome);
@@ -97,7 +101,8 @@ async fn commit(pool: &deadpool_postgres::Pool, group: Vec<Pending>) {
         Err(_) => {
             // Something unusual: each append on its own says precisely what happened to it.
             for pending in group {
-                let outcome = crate::append_one(&mut client, pending.batch, pending.now).await;
+                let outcome =
+                    crate::append_one(&mut client, wake, pending.batch, pending.now).await;
                 let _ignored = pending.reply.send(outcome);
             }
         }
@@ -125,6 +130,7 @@ struct FlowUpdate {
 /// Runs a group in one transaction; `Err` means "roll back and go one by one".
 async fn commit_group(
     client: &mut deadpool_postgres::Object,
+    wake: &WakeChannel,
     batches: &[&AppendBatch],
     now: Timestamp,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
@@ -239,8 +245,10 @@ async fn commit_group(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut updates: BTreeMap<i64, FlowUpdate> = BTreeMap::new();
     let mut timers: BTreeMap<(i64, String), i64> = BTreeMap::new();
+    let mut wakes_workers = false;
     for (batch, outcome) in batches.iter().zip(&outcomes) {
         let Ok(outcome) = outcome else { continue };
+        wakes_workers |= batch.ready == Some(true) || !batch.timers.is_empty();
         let flow_no = flows
             .get(&uuid_of(batch.flow))
             .and_then(|f| f.flow_no)
@@ -316,7 +324,13 @@ async fn commit_group(
         .await
         .map_err(pg_error)?;
     }
+    if wakes_workers {
+        wake.notify(&tx).await?;
+    }
     tx.commit().await.map_err(pg_error)?;
+    if wakes_workers {
+        wake.wake_here();
+    }
     Ok(outcomes)
 }
 

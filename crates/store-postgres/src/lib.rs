@@ -7,13 +7,14 @@
 //! due timers use `FOR UPDATE SKIP LOCKED`, so claimers never wait on each other and never
 //! take the same flow. All times come from the injected clock, as in every store.
 //!
-//! Not yet (issue 6): `LISTEN/NOTIFY` wake-ups and the multi-process test.
+//! Wake-ups cross processes with `LISTEN/NOTIFY` (see `wake.rs`).
 
 mod group;
 mod schema;
+mod wake;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,12 +27,14 @@ use flowstate_store::validate::{
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, WorkerId,
+    Release, Store, StoreError, Wakeups, WorkerId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 pub use schema::SCHEMA_VERSION;
+use wake::WakeChannel;
+pub use wake::CHANNEL as WAKE_CHANNEL;
 
 /// Connections kept by one store.
 pub const POOL_SIZE: usize = 16;
@@ -80,6 +83,18 @@ pub struct PostgresStore {
     closed: AtomicBool,
     /// The group committers' queue.
     appends: tokio::sync::mpsc::Sender<group::Pending>,
+    wake: Arc<WakeChannel>,
+    wakeups: Wakeups,
+    /// The session that LISTENs, started with the first call to [`Store::wakeups`] (tools
+    /// that only read never open it), and stopped when the store is closed or dropped.
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    config: tokio_postgres::Config,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.stop_listener();
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -146,7 +161,7 @@ impl PostgresStore {
         }
         config.connect_timeout(Duration::from_secs(10));
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -163,13 +178,28 @@ impl PostgresStore {
         };
         schema::migrate(&mut client, create, &location).await?;
         drop(client);
-        let appends = group::start(pool.clone());
+        let wakeups = Wakeups::new();
+        let wake = Arc::new(WakeChannel::new(
+            schema.unwrap_or("public").to_owned(),
+            wakeups.clone(),
+        ));
+        let appends = group::start(pool.clone(), wake.clone());
         Ok(Self {
             pool,
             clock,
             closed: AtomicBool::new(false),
             appends,
+            wake,
+            wakeups,
+            listener: Mutex::new(None),
+            config,
         })
+    }
+
+    fn stop_listener(&self) {
+        if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+            listener.abort();
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -344,7 +374,7 @@ impl Store for PostgresStore {
         if changed == 0 {
             return Err(StoreError::UnknownFlow { flow });
         }
-        Ok(())
+        self.wake.notify_now(&client).await
     }
 
     async fn claim(
@@ -364,7 +394,7 @@ impl Store for PostgresStore {
                     FOR UPDATE SKIP LOCKED)
                  UPDATE flows f SET lease_owner = $3, lease_until = $4
                  FROM picked WHERE f.flow_no = picked.flow_no
-                 RETURNING f.id, f.next_seq, f.wake, f.ready_since, f.flow_no",
+                 RETURNING f.id, f.next_seq, f.wake, f.ready_since, f.flow_no, f.kind",
                 &[
                     &now.as_micros(),
                     &signed(limit as u64),
@@ -381,6 +411,11 @@ impl Store for PostgresStore {
                     (row.get::<_, i64>(3), row.get::<_, i64>(4)),
                     Claim {
                         flow: flow_id(row.get(0))?,
+                        kind: {
+                            let kind: String = row.get(5);
+                            FlowKind::parse(&kind)
+                                .ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?
+                        },
                         next_seq: unsigned(row.get(1), "next_seq")?,
                         lease_until: until,
                         wake: unsigned(row.get(2), "wake count")?,
@@ -427,11 +462,11 @@ impl Store for PostgresStore {
         release: Release,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let changed = client
-            .execute(
+        let released = client
+            .query_opt(
                 "UPDATE flows SET lease_owner = NULL, lease_until = NULL,
                     ready = CASE WHEN $3 AND wake = $4 THEN FALSE ELSE ready END
-                 WHERE id = $1 AND lease_owner = $2",
+                 WHERE id = $1 AND lease_owner = $2 RETURNING ready",
                 &[
                     &uuid_of(claim.flow),
                     &worker.as_str(),
@@ -441,7 +476,14 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_error)?;
-        Ok(changed == 1)
+        let Some(row) = released else {
+            return Ok(false);
+        };
+        if row.get::<_, bool>(0) {
+            // Still ready: a worker that tried while we held it may be asleep.
+            self.wake.notify_now(&client).await?;
+        }
+        Ok(true)
     }
 
     async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
@@ -456,7 +498,10 @@ impl Store for PostgresStore {
             return Err(StoreError::UnknownFlow { flow });
         };
         upsert_timer(&tx, row.get(0), &timer).await?;
-        tx.commit().await.map_err(pg_error)
+        self.wake.notify(&tx).await?;
+        tx.commit().await.map_err(pg_error)?;
+        self.wake.wake_here();
+        Ok(())
     }
 
     async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
@@ -514,6 +559,23 @@ impl Store for PostgresStore {
         Ok(timers)
     }
 
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let client = self.client().await?;
+        // Both halves are served by an index (see migration 2): the first free timer in due
+        // order, and the earliest lease end among held ones.
+        let row = client
+            .query_one(
+                "SELECT least(
+                    (SELECT due FROM timers WHERE lease_until IS NULL ORDER BY due LIMIT 1),
+                    (SELECT min(greatest(due, lease_until)) FROM timers
+                     WHERE lease_until IS NOT NULL))",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get::<_, Option<i64>>(0).map(Timestamp::from_micros))
+    }
+
     async fn complete_timer(
         &self,
         worker: &WorkerId,
@@ -560,10 +622,23 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        if let Ok(mut listener) = self.listener.lock() {
+            let runtime = tokio::runtime::Handle::try_current();
+            if let (None, Ok(runtime)) = (listener.as_ref(), runtime) {
+                if !self.closed.load(Ordering::Acquire) {
+                    *listener = Some(runtime.spawn(self.wake.clone().listen(self.config.clone())));
+                }
+            }
+        }
+        self.wakeups.subscribe()
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Closed);
         }
+        self.stop_listener();
         self.pool.close();
         Ok(())
     }
@@ -589,6 +664,7 @@ async fn upsert_timer(
 /// One append in its own transaction (a lone append, or a group that fell back).
 pub(crate) async fn append_one(
     client: &mut deadpool_postgres::Object,
+    wake: &WakeChannel,
     batch: AppendBatch,
     now: Timestamp,
 ) -> Result<AppendOutcome, StoreError> {
@@ -693,7 +769,14 @@ pub(crate) async fn append_one(
     for timer in &batch.timers {
         upsert_timer(&tx, flow_no, timer).await?;
     }
+    let wakes_workers = batch.ready == Some(true) || !batch.timers.is_empty();
+    if wakes_workers {
+        wake.notify(&tx).await?;
+    }
     tx.commit().await.map_err(pg_error)?;
+    if wakes_workers {
+        wake.wake_here();
+    }
     Ok(AppendOutcome {
         first_seq: actual,
         next_seq,

@@ -129,3 +129,62 @@ async fn a_schema_from_a_newer_flowstate_or_no_store_at_all_is_refused() {
         "{newer:?}"
     );
 }
+
+/// Waits for the next wake-up tick, or panics after `seconds`.
+async fn next_tick(wakeups: &mut tokio::sync::watch::Receiver<u64>, seconds: u64, what: &str) {
+    tokio::time::timeout(Duration::from_secs(seconds), wakeups.changed())
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up within {seconds} s: {what}"))
+        .expect("store alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_wakes_other_processes_on_the_same_schema_only() {
+    use flowstate_core::{FlowId, FlowKind, Timestamp};
+    use flowstate_store::{AppendBatch, NewEvent, NewFlow};
+
+    let factory = Postgres;
+    if !factory.available().await {
+        return;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(flowstate_store::SystemClock);
+    let (shared, other) = (factory.create().await, factory.create().await);
+    let writer = factory.open(&shared, clock.clone()).await;
+    let listener = factory.open(&shared, clock.clone()).await;
+    let elsewhere = factory.open(&other, clock.clone()).await;
+    let (mut here, mut there) = (listener.wakeups(), elsewhere.wakeups());
+    // Each listener ticks once when its LISTEN is in place.
+    next_tick(&mut here, 10, "listener connected").await;
+    next_tick(&mut there, 10, "listener connected").await;
+
+    let flow = FlowId::from_parts(Timestamp::from_micros(1_767_225_600_000_000), [7; 10]);
+    writer
+        .append(AppendBatch {
+            flow,
+            expected_next_seq: 1,
+            events: vec![NewEvent {
+                time: clock.now(),
+                format: 1,
+                body: b"{}".to_vec(),
+            }],
+            create: Some(NewFlow {
+                kind: FlowKind::Function,
+                definition: "f".into(),
+            }),
+            status: None,
+            ready: Some(true),
+            timers: Vec::new(),
+        })
+        .await
+        .expect("create a ready flow");
+    next_tick(&mut here, 10, "a ready flow created by another process").await;
+    writer.mark_ready(flow).await.expect("mark ready");
+    next_tick(&mut here, 10, "mark_ready in another process").await;
+    assert!(
+        !there.has_changed().expect("store alive"),
+        "a store on another schema is not woken"
+    );
+    for store in [writer, listener, elsewhere] {
+        store.close().await.expect("close");
+    }
+}

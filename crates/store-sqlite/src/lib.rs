@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowstate_core::limits::MAX_READ_BATCH;
-use flowstate_core::{Clock, FlowId, RawEvent};
+use flowstate_core::{Clock, FlowId, RawEvent, Timestamp};
 use flowstate_store::validate::{
     check_batch, check_lease, check_name, claim_window, validate_append,
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, WorkerId,
+    Release, Store, StoreError, Wakeups, WorkerId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -100,6 +100,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<ReaderPool>,
     closed: AtomicBool,
+    wakeups: Wakeups,
 }
 
 #[derive(Debug)]
@@ -223,6 +224,7 @@ impl SqliteStore {
             commands,
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
+            wakeups: Wakeups::new(),
         })
     }
 
@@ -304,8 +306,14 @@ impl Store for SqliteStore {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         validate_append(&batch)?;
         let now = self.clock.now();
-        self.write(|reply| Command::Append { batch, now, reply })
-            .await
+        let wake = batch.ready == Some(true) || !batch.timers.is_empty();
+        let outcome = self
+            .write(|reply| Command::Append { batch, now, reply })
+            .await?;
+        if wake {
+            self.wakeups.wake();
+        }
+        Ok(outcome)
     }
 
     async fn read(
@@ -345,7 +353,9 @@ impl Store for SqliteStore {
     async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError> {
         let now = self.clock.now();
         self.write(|reply| Command::MarkReady { flow, now, reply })
-            .await
+            .await?;
+        self.wakeups.wake();
+        Ok(())
     }
 
     async fn claim(
@@ -391,19 +401,26 @@ impl Store for SqliteStore {
         release: Release,
     ) -> Result<bool, StoreError> {
         let (worker, claim) = (worker.clone(), claim.clone());
-        self.write(|reply| Command::Release {
-            worker,
-            claim,
-            release,
-            reply,
-        })
-        .await
+        let still_ready = self
+            .write(|reply| Command::Release {
+                worker,
+                claim,
+                release,
+                reply,
+            })
+            .await?;
+        if still_ready == Some(true) {
+            self.wakeups.wake();
+        }
+        Ok(still_ready.is_some())
     }
 
     async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
         check_name("timer name", &timer.name)?;
         self.write(|reply| Command::ScheduleTimer { flow, timer, reply })
-            .await
+            .await?;
+        self.wakeups.wake();
+        Ok(())
     }
 
     async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
@@ -430,6 +447,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read_with(|conn| {
+            // Free timers through the due index (first match); held ones are few (a claim is
+            // completed within moments), so scanning for them is cheap.
+            conn.query_row(
+                "SELECT min(t) FROM (
+                    SELECT * FROM (SELECT due AS t FROM timers WHERE lease_until IS NULL
+                                   ORDER BY due LIMIT 1)
+                    UNION ALL
+                    SELECT max(due, lease_until) FROM timers WHERE lease_until IS NOT NULL)",
+                [],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map(|due| due.map(Timestamp::from_micros))
+            .map_err(read_error)
+        })
+        .await
+    }
+
     async fn complete_timer(
         &self,
         worker: &WorkerId,
@@ -447,6 +483,10 @@ impl Store for SqliteStore {
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
         self.write(|reply| Command::DeleteFlow { flow, reply })
             .await
+    }
+
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wakeups.subscribe()
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -46,7 +46,8 @@ pub enum Command {
         worker: WorkerId,
         claim: Claim,
         release: Release,
-        reply: Reply<bool>,
+        /// `None` when the worker no longer held the flow, else whether it is still ready.
+        reply: Reply<Option<bool>>,
     },
     ScheduleTimer {
         flow: FlowId,
@@ -251,8 +252,8 @@ fn refuse(command: Command, error: StoreError) -> bool {
         Command::MarkReady { reply, .. } | Command::ScheduleTimer { reply, .. } => answer!(reply),
         Command::Claim { reply, .. } => answer!(reply),
         Command::Renew { reply, .. } => answer!(reply),
-        Command::Release { reply, .. }
-        | Command::CancelTimer { reply, .. }
+        Command::Release { reply, .. } => answer!(reply),
+        Command::CancelTimer { reply, .. }
         | Command::CompleteTimer { reply, .. }
         | Command::DeleteFlow { reply, .. } => answer!(reply),
         Command::ClaimTimers { reply, .. } => answer!(reply),
@@ -492,7 +493,7 @@ fn claim(
     until: Timestamp,
 ) -> Result<Vec<Claim>, OpError> {
     let mut select = conn.prepare_cached(
-        "SELECT flow_no, id, next_seq, wake FROM flows
+        "SELECT flow_no, id, next_seq, wake, kind FROM flows
          WHERE ready = 1 AND (lease_until IS NULL OR lease_until <= ?1)
          ORDER BY ready_since, flow_no LIMIT ?2",
     )?;
@@ -505,6 +506,7 @@ fn claim(
                     row.get::<_, Vec<u8>>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
                 ))
             },
         )?
@@ -512,10 +514,13 @@ fn claim(
     let mut lease = conn
         .prepare_cached("UPDATE flows SET lease_owner = ?2, lease_until = ?3 WHERE flow_no = ?1")?;
     let mut claims = Vec::with_capacity(rows.len());
-    for (flow_no, id, next_seq, wake) in rows {
+    for (flow_no, id, next_seq, wake, kind) in rows {
         lease.execute((flow_no, worker.as_str(), until.as_micros()))?;
         claims.push(Claim {
             flow: flow_id(&id)?,
+            kind: FlowKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+                detail: format!("flow kind {kind:?}"),
+            })?,
             next_seq: unsigned(next_seq, "next_seq")?,
             lease_until: until,
             wake: unsigned(wake, "wake count")?,
@@ -546,22 +551,26 @@ fn release_claim(
     worker: &WorkerId,
     claim: &Claim,
     release: Release,
-) -> Result<bool, OpError> {
+) -> Result<Option<bool>, OpError> {
     let idle = release == Release::Idle;
-    let changed = conn
+    let still_ready = conn
         .prepare_cached(
             "UPDATE flows SET
                 lease_owner = NULL, lease_until = NULL,
                 ready = CASE WHEN ?3 AND wake = ?4 THEN 0 ELSE ready END
-             WHERE id = ?1 AND lease_owner = ?2",
+             WHERE id = ?1 AND lease_owner = ?2 RETURNING ready",
         )?
-        .execute((
-            claim.flow.as_bytes(),
-            worker.as_str(),
-            idle,
-            i64::try_from(claim.wake).unwrap_or(i64::MAX),
-        ))?;
-    Ok(changed == 1)
+        .query_row(
+            (
+                claim.flow.as_bytes(),
+                worker.as_str(),
+                idle,
+                i64::try_from(claim.wake).unwrap_or(i64::MAX),
+            ),
+            |row| row.get::<_, bool>(0),
+        )
+        .optional()?;
+    Ok(still_ready)
 }
 
 fn schedule_timer(conn: &Connection, flow: FlowId, timer: &NewTimer) -> Result<(), OpError> {

@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             leases_expire_and_flows_are_reclaimed,
             a_wake_during_a_claim_is_not_lost,
             timers_fire_in_due_order_and_once,
+            wakeups_and_the_next_timer_tell_idle_workers_when_to_look,
             reopen_keeps_everything,
             invalid_input_is_refused_and_nothing_written,
             list_filters_and_pages,
@@ -370,6 +371,11 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
         "oldest ready first"
     );
     assert_eq!(claims[0].next_seq, 2);
+    assert_eq!(
+        claims[0].kind,
+        FlowKind::TaskGraph,
+        "a claim names the kind"
+    );
     assert_eq!(claims[0].lease_until, fx.clock.now().saturating_add(lease));
     assert!(fx
         .store
@@ -658,6 +664,95 @@ pub async fn timers_fire_in_due_order_and_once<F: StoreFactory>(factory: &F) {
             .len(),
         1
     );
+}
+
+/// Everything that can make a flow claimable moves the wake-up counter before it returns
+/// (spurious ticks are allowed, missed ones are not), and the next timer time is the earliest
+/// moment a timer claim can succeed: a free timer's due time or a held one's lease end.
+pub async fn wakeups_and_the_next_timer_tell_idle_workers_when_to_look<F: StoreFactory>(
+    factory: &F,
+) {
+    let (fx, _location) = fixture(factory).await;
+    let w = worker("waker");
+    let mut wakeups = fx.store.wakeups();
+    let mut saw_wake = |what: &str| {
+        assert!(
+            wakeups.has_changed().expect("store alive"),
+            "{what} moves the wake-up counter"
+        );
+        wakeups.borrow_and_update();
+    };
+    let flow = create_flow(&fx, FlowKind::Function, "f", true).await;
+    saw_wake("creating a ready flow");
+    let idle = create_flow(&fx, FlowKind::Function, "f", false).await;
+    fx.store.mark_ready(idle).await.expect("mark ready");
+    saw_wake("mark_ready");
+    let mut append = follow_up(flow, 2, vec![event(fx.clock.now(), &serde_json::json!({}))]);
+    append.ready = Some(true);
+    fx.store.append(append).await.expect("append");
+    saw_wake("an append that sets the ready flag");
+    let claims = fx
+        .store
+        .claim(&w, 10, Duration::from_secs(5))
+        .await
+        .expect("claim");
+    assert_eq!(claims.len(), 2);
+    assert!(claims.iter().all(|c| c.kind == FlowKind::Function));
+    assert!(fx
+        .store
+        .release(&w, &claims[0], Release::StillReady)
+        .await
+        .expect("release"));
+    saw_wake("a release that leaves the flow ready");
+
+    assert_eq!(fx.store.next_timer_due().await.expect("next"), None);
+    let start = fx.clock.now();
+    let at = |secs: u64| start.saturating_add(Duration::from_secs(secs));
+    for (name, due) in [("later", at(30)), ("sooner", at(10))] {
+        fx.store
+            .schedule_timer(
+                flow,
+                NewTimer {
+                    name: name.into(),
+                    due,
+                },
+            )
+            .await
+            .expect("schedule");
+        saw_wake("setting a timer");
+    }
+    let mut append = follow_up(flow, 3, vec![event(fx.clock.now(), &serde_json::json!({}))]);
+    append.timers = vec![NewTimer {
+        name: "latest".into(),
+        due: at(60),
+    }];
+    fx.store.append(append).await.expect("append with a timer");
+    saw_wake("an append that sets a timer");
+    assert_eq!(fx.store.next_timer_due().await.expect("next"), Some(at(10)));
+    fx.clock.set(at(10));
+    let held = fx
+        .store
+        .claim_due_timers(&w, 10, Duration::from_secs(50))
+        .await
+        .expect("claim timers");
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        fx.store.next_timer_due().await.expect("next"),
+        Some(at(30)),
+        "a held timer counts from its lease end (60 s), after the next free one"
+    );
+    fx.store.cancel_timer(flow, "later").await.expect("cancel");
+    assert_eq!(
+        fx.store.next_timer_due().await.expect("next"),
+        Some(at(60)),
+        "a held timer may be claimed again when its lease ends"
+    );
+    assert!(fx
+        .store
+        .complete_timer(&w, &held[0])
+        .await
+        .expect("complete"));
+    assert_eq!(fx.store.next_timer_due().await.expect("next"), Some(at(60)));
 }
 
 /// Closing and opening the same location again keeps logs, index rows, flags and timers.

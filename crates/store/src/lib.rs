@@ -21,6 +21,7 @@ mod error;
 mod memory;
 mod types;
 pub mod validate;
+mod wake;
 mod writer;
 
 pub use clock::SystemClock;
@@ -30,12 +31,13 @@ pub use types::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewEvent,
     NewFlow, NewTimer, Release, WorkerId,
 };
+pub use wake::Wakeups;
 pub use writer::{AppendExtras, FlowWriter, WriteError};
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::{FlowId, RawEvent};
+use flowstate_core::{FlowId, RawEvent, Timestamp};
 
 /// Durable storage for flow logs, their index, the ready queue and timers.
 ///
@@ -109,6 +111,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> Result<Vec<DueTimer>, StoreError>;
 
+    /// The earliest time at which [`Store::claim_due_timers`] may return a timer that no
+    /// worker holds now: the earliest due time of a free timer, or the end of a lease on a
+    /// held one. `None` when there are no timers. Idle workers sleep until then.
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError>;
+
     /// Marks a claimed timer as fired (it is gone afterwards). Returns `false` if `worker` no
     /// longer held it, in which case the caller must not act on it.
     async fn complete_timer(&self, worker: &WorkerId, timer: &DueTimer)
@@ -117,6 +124,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes a flow, its log and its timers from the live store (after archiving).
     /// Returns whether it existed.
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError>;
+
+    /// Wake-ups: the counter moves whenever a flow may have become claimable (an append or
+    /// [`Store::mark_ready`] set its ready flag, a release left it ready) or a timer was set,
+    /// by this process or, for a shared store, by any other. A hint for idle workers, never
+    /// a substitute for claiming.
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Finishes pending writes and closes the store; later calls fail with
     /// [`StoreError::Closed`].

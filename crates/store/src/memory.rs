@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use flowstate_core::limits::MAX_READ_BATCH;
 use flowstate_core::{Clock, FlowId, FlowStatus, RawEvent, Timestamp};
+use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::types::{
@@ -18,7 +19,7 @@ use crate::types::{
 use crate::validate::{
     check_batch, check_lease, check_log_room, check_name, claim_window, validate_append,
 };
-use crate::Store;
+use crate::{Store, Wakeups};
 
 #[derive(Debug)]
 struct Lease {
@@ -52,7 +53,10 @@ struct Inner {
 /// The storage behind a [`MemoryStore`]. Opening a new `MemoryStore` on the same
 /// `MemoryStorage` is how tests model "close and reopen".
 #[derive(Debug, Clone, Default)]
-pub struct MemoryStorage(Arc<Mutex<Inner>>);
+pub struct MemoryStorage {
+    inner: Arc<Mutex<Inner>>,
+    wakeups: Wakeups,
+}
 
 /// A [`Store`] in memory.
 #[derive(Debug, Clone)]
@@ -69,7 +73,7 @@ impl MemoryStore {
 
     /// A store over existing storage (reopened after [`Store::close`]).
     pub fn open(storage: MemoryStorage, clock: Arc<dyn Clock>) -> Self {
-        if let Ok(mut inner) = storage.0.lock() {
+        if let Ok(mut inner) = storage.inner.lock() {
             inner.closed = false;
         }
         Self { storage, clock }
@@ -82,9 +86,13 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
-        let inner = self.storage.0.lock().map_err(|_| StoreError::Poisoned {
-            cause: "a thread panicked while holding the memory store".into(),
-        })?;
+        let inner = self
+            .storage
+            .inner
+            .lock()
+            .map_err(|_| StoreError::Poisoned {
+                cause: "a thread panicked while holding the memory store".into(),
+            })?;
         if inner.closed {
             return Err(StoreError::Closed);
         }
@@ -178,6 +186,7 @@ impl Store for MemoryStore {
             Some(false) => entry.summary.ready = false,
             None => {}
         }
+        let wake = batch.ready == Some(true) || !batch.timers.is_empty();
         for timer in batch.timers {
             inner.timers.insert(
                 (batch.flow, timer.name),
@@ -186,6 +195,10 @@ impl Store for MemoryStore {
                     lease: None,
                 },
             );
+        }
+        drop(inner);
+        if wake {
+            self.storage.wakeups.wake();
         }
         Ok(AppendOutcome {
             first_seq: actual,
@@ -249,6 +262,8 @@ impl Store for MemoryStore {
         }
         entry.summary.ready = true;
         entry.wake += 1;
+        drop(inner);
+        self.storage.wakeups.wake();
         Ok(())
     }
 
@@ -277,6 +292,7 @@ impl Store for MemoryStore {
                 });
                 claims.push(Claim {
                     flow,
+                    kind: entry.summary.kind,
                     next_seq: entry.summary.next_seq,
                     lease_until: until,
                     wake: entry.wake,
@@ -327,6 +343,11 @@ impl Store for MemoryStore {
         if release == Release::Idle && entry.wake == claim.wake {
             entry.summary.ready = false;
         }
+        let still_ready = entry.summary.ready;
+        drop(inner);
+        if still_ready {
+            self.storage.wakeups.wake();
+        }
         Ok(true)
     }
 
@@ -343,6 +364,8 @@ impl Store for MemoryStore {
                 lease: None,
             },
         );
+        drop(inner);
+        self.storage.wakeups.wake();
         Ok(())
     }
 
@@ -388,6 +411,19 @@ impl Store for MemoryStore {
         Ok(claimed)
     }
 
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self
+            .lock()?
+            .timers
+            .values()
+            .map(|t| {
+                t.lease
+                    .as_ref()
+                    .map_or(t.due, |lease| t.due.max(lease.until))
+            })
+            .min())
+    }
+
     async fn complete_timer(
         &self,
         worker: &WorkerId,
@@ -411,6 +447,10 @@ impl Store for MemoryStore {
             .timers
             .retain(|(timer_flow, _), _| *timer_flow != flow);
         Ok(inner.flows.remove(&flow).is_some())
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        self.storage.wakeups.subscribe()
     }
 
     async fn close(&self) -> Result<(), StoreError> {

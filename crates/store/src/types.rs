@@ -187,6 +187,8 @@ const _: () = assert!(MAX_NAME_BYTES >= 64);
 pub struct Claim {
     /// The flow.
     pub flow: FlowId,
+    /// Its kind, so that a worker can hand it to the right engine without a lookup.
+    pub kind: FlowKind,
     /// Its log's next sequence number when it was claimed.
     pub next_seq: u64,
     /// When the lease runs out unless renewed.

@@ -172,6 +172,12 @@ impl Store for CountingStore {
     ) -> Result<bool, StoreError> {
         self.inner.complete_timer(worker, timer).await
     }
+    async fn next_timer_due(&self) -> Result<Option<flowstate_core::Timestamp>, StoreError> {
+        self.inner.next_timer_due().await
+    }
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.wakeups()
+    }
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
         self.inner.delete_flow(flow).await
     }
