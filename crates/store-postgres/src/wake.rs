@@ -66,39 +66,36 @@ impl WakeChannel {
     /// Keeps one session listening, reconnecting after failures, until the task is aborted.
     pub(crate) async fn listen(self: std::sync::Arc<Self>, config: tokio_postgres::Config) {
         loop {
-            match config.connect(NoTls).await {
-                Ok((client, mut connection)) => {
-                    let payload = self.payload.clone();
-                    let wakeups = self.wakeups.clone();
-                    // The connection must be polled for the LISTEN to complete and for
-                    // notifications to arrive; it ends when the session fails.
-                    let driver = tokio::spawn(async move {
-                        while let Some(message) =
-                            std::future::poll_fn(|cx| connection.poll_message(cx)).await
-                        {
-                            match message {
-                                Ok(AsyncMessage::Notification(n)) if n.payload() == payload => {
-                                    wakeups.wake();
-                                }
-                                Ok(_) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    });
-                    if client
-                        .batch_execute(&format!("LISTEN {CHANNEL}"))
-                        .await
-                        .is_ok()
+            if let Ok((client, mut connection)) = config.connect(NoTls).await {
+                let payload = self.payload.clone();
+                let wakeups = self.wakeups.clone();
+                // The connection must be polled for the LISTEN to complete and for
+                // notifications to arrive; it ends when the session fails.
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
                     {
-                        // Whatever was notified before we listened is found by one look.
-                        self.wakeups.wake();
-                        let _ended = driver.await;
-                    } else {
-                        driver.abort();
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) if n.payload() == payload => {
+                                wakeups.wake();
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
                     }
-                    drop(client);
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
+                    // Whatever was notified before we listened is found by one look.
+                    self.wakeups.wake();
+                    let _ended = driver.await;
+                } else {
+                    driver.abort();
                 }
-                Err(_) => {}
+                drop(client);
             }
             self.wakeups.wake();
             tokio::time::sleep(RECONNECT_DELAY).await;
