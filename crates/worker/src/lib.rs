@@ -1,0 +1,77 @@
+//! The worker loop: how one engine process takes its share of the work in a store, so that
+//! several processes (on several machines, sharing one PostgreSQL database) split the flows
+//! between them and take over each other's flows when one dies.
+//!
+//! **What it owns:** claiming ready flows under a lease, running each with the
+//! [`FlowRunner`] of its kind, renewing the leases of flows in flight, releasing flows when
+//! their run ends, firing due timers, waking when the store says there may be work (polling
+//! only as a fallback), counting conflicts and lost leases, and a graceful shutdown.
+//!
+//! **What it must never do:** interpret events or decide anything about a flow. What a flow
+//! does when it runs is its runner's business; the worker only decides *who* runs it *when*.
+//!
+//! **Invariants.**
+//! - A flow is run only while this worker holds its lease. A lease lost (it expired while the
+//!   process stalled, and another worker took the flow) aborts the run at the next renewal;
+//!   whatever the aborted run tries to append after the other worker moved the log on is
+//!   refused by the store's sequence check, so no event is lost or written twice.
+//! - A conflict (another process appended first) is counted and resolved by running the flow
+//!   again from the re-read log, never by retrying the refused append.
+//! - A flow whose run failed, or whose definition this process lacks, stays ready: it is
+//!   *parked* (its lease shortened to [`WorkerConfig::park_for`] and forgotten), so that it is
+//!   retried later, here or by a process that has the definition, without a hot loop.
+//! - A due timer is a wake-up, not an event: the worker marks its flow ready and completes
+//!   the timer; the flow's runner decides from the log what the timer means, so a timer fired
+//!   twice (its worker died between the two steps) is harmless.
+
+mod config;
+mod stats;
+mod worker;
+
+pub use config::{ConfigError, WorkerConfig};
+pub use stats::WorkerStats;
+pub use worker::{ShutdownHandle, Worker, WorkerError};
+
+use async_trait::async_trait;
+use flowstate_core::{FlowId, FlowKind};
+
+/// Runs the flows of one kind for a [`Worker`].
+#[async_trait]
+pub trait FlowRunner: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs `flow` until it has nothing more to do now: it finished, or it waits for a timer,
+    /// a signal or a child. Called only while the worker holds the flow's lease; a flow with
+    /// nothing to do (already finished) returns `Ok` at once.
+    async fn run(&self, flow: FlowId) -> Result<(), RunError>;
+}
+
+/// Why a run did not end normally.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Another process appended to the flow first. The worker re-reads the log and runs the
+    /// flow again (if it still holds the lease).
+    #[error("flow {flow}: another process advanced the log (expected next sequence number {expected}, found {actual})")]
+    Conflict {
+        /// The flow.
+        flow: FlowId,
+        /// The sequence number the run expected to write.
+        expected: u64,
+        /// The log's actual next sequence number.
+        actual: u64,
+    },
+    /// This process has no definition for the flow. It stays ready (parked), for this process
+    /// once the definition is registered or for another one that has it; it never fails.
+    #[error("no {kind} definition named {definition:?} is registered in this process")]
+    MissingDefinition {
+        /// The flow's kind.
+        kind: FlowKind,
+        /// The definition it runs.
+        definition: String,
+    },
+    /// Anything else (a store error, a refused transition). The flow is parked and retried.
+    #[error("{message}")]
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
