@@ -53,6 +53,12 @@ pub struct Worker {
     shutdown: ShutdownHandle,
 }
 
+/// What a run task returns: its flow and how the run ended.
+type RunResult = (FlowId, Result<(), RunError>);
+
+/// A joined run task.
+type Joined = Result<(tokio::task::Id, RunResult), tokio::task::JoinError>;
+
 /// A flow this worker holds a lease on, with its run in flight.
 struct Held {
     claim: Claim,
@@ -63,7 +69,7 @@ struct Held {
 /// The loop's state: what it holds and what it should look at next.
 struct LoopState {
     held: HashMap<FlowId, Held>,
-    runs: JoinSet<(FlowId, Result<(), RunError>)>,
+    runs: JoinSet<RunResult>,
     /// Which flow each run task is for, so a panic is charged to its flow.
     tasks: HashMap<tokio::task::Id, FlowId>,
     /// Claim flows at the next chance (woken, polled, or the last claim was full).
@@ -268,7 +274,7 @@ impl Worker {
     async fn finished(
         &self,
         state: &mut LoopState,
-        joined: Result<(tokio::task::Id, (FlowId, Result<(), RunError>)), tokio::task::JoinError>,
+        joined: Joined,
     ) -> Result<(), WorkerError> {
         let (flow, result) = match joined {
             Ok((id, (flow, result))) => {
