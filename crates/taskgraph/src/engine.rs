@@ -183,6 +183,19 @@ impl Engine {
         Ok(writer.flow())
     }
 
+    /// Creates a flow and leaves it to the workers: it is recorded ready, and the first
+    /// worker (of any process on the store) with this definition claims and runs it. Nothing
+    /// is recorded if it does not compile with its inputs.
+    pub async fn submit(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
+        let mut writer = self.new_flow(name, inputs)?;
+        let ready = AppendExtras {
+            ready: Some(true),
+            ..AppendExtras::default()
+        };
+        writer.commit(self.store.as_ref(), ready).await?;
+        Ok(writer.flow())
+    }
+
     /// Creates a flow and runs it to the end (or to a suspension). The creation is durable
     /// together with the flow's first transitions, in one commit.
     pub async fn start(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, EngineError> {
@@ -210,6 +223,30 @@ impl Engine {
     pub async fn run(&self, flow: FlowId) -> Result<RunOutcome, EngineError> {
         let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
         self.run_exclusively(writer).await
+    }
+
+    /// What a worker does with a claimed flow: runs it if it is unfinished (PENDING, or
+    /// RUNNING, SUSPENDING or RESUMING because the process that ran it died), and leaves it
+    /// alone otherwise. Re-running a finished or suspended flow is a deliberate act
+    /// ([`Engine::run`]), never a side effect of a spurious wake-up or a lease that ran out
+    /// after the final append. Returns `None` when there was nothing to do.
+    pub async fn run_unfinished(&self, flow: FlowId) -> Result<Option<RunOutcome>, EngineError> {
+        let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
+        let unfinished = writer.record().is_some_and(|record| {
+            matches!(
+                record.status,
+                FlowStatus::TaskGraph(
+                    FlowState::Pending
+                        | FlowState::Running
+                        | FlowState::Suspending
+                        | FlowState::Resuming
+                )
+            )
+        });
+        if !unfinished {
+            return Ok(None);
+        }
+        self.run_exclusively(writer).await.map(Some)
     }
 
     /// Runs a flow, refusing a second concurrent run of it in this engine.
@@ -614,5 +651,32 @@ fn outcome(flow: FlowId, graph: &Graph, record: &FlowRecord, state: FlowState) -
         failures,
         revert_failures,
         results,
+    }
+}
+
+/// Workers run task-graph flows with the engine (see [`Engine::run_unfinished`]).
+#[async_trait::async_trait]
+impl flowstate_worker::FlowRunner for Engine {
+    async fn run(&self, flow: FlowId) -> Result<(), flowstate_worker::RunError> {
+        use flowstate_worker::RunError;
+        match self.run_unfinished(flow).await {
+            Ok(_) => Ok(()),
+            Err(EngineError::Write(WriteError::Store(flowstate_store::StoreError::Conflict {
+                flow,
+                expected,
+                actual,
+            }))) => Err(RunError::Conflict {
+                flow,
+                expected,
+                actual,
+            }),
+            Err(EngineError::UnknownDefinition { name }) => Err(RunError::MissingDefinition {
+                kind: FlowKind::TaskGraph,
+                definition: name,
+            }),
+            Err(error) => Err(RunError::Failed {
+                message: error.to_string(),
+            }),
+        }
     }
 }

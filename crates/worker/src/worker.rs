@@ -271,11 +271,7 @@ impl Worker {
     }
 
     /// Handles the end of a run.
-    async fn finished(
-        &self,
-        state: &mut LoopState,
-        joined: Joined,
-    ) -> Result<(), WorkerError> {
+    async fn finished(&self, state: &mut LoopState, joined: Joined) -> Result<(), WorkerError> {
         let (flow, result) = match joined {
             Ok((id, (flow, result))) => {
                 state.tasks.remove(&id);
