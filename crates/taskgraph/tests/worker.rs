@@ -66,7 +66,7 @@ async fn submitted_flows_are_run_to_success_by_a_worker() {
     let dir = tempfile::tempdir().expect("dir");
     let store: Arc<dyn Store> = Arc::new(
         flowstate_store_sqlite::SqliteStore::open(
-            &dir.path().join("w.db"),
+            dir.path().join("w.db"),
             clock.clone(),
             Default::default(),
         )

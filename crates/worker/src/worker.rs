@@ -1,8 +1,10 @@
-//! The loop itself. One task owns all the loop's state (which flows it holds, which runs are
-//! in flight), so there are no locks; runs are tokio tasks in one `JoinSet`.
+//! The loop itself. One task owns the loop's state (what to look at next, which run tasks
+//! exist); each run is a tokio task that also settles its flow (releases or parks it), so a
+//! burst of finished runs never queues store round trips in the loop; and a separate renewer
+//! task keeps the leases of flows in flight, so renewals never wait behind the loop.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowstate_core::{Clock, FlowId, FlowKind, Timestamp};
@@ -45,33 +47,54 @@ impl ShutdownHandle {
 /// One engine process's worker: claims flows of the kinds it has runners for and runs them.
 #[derive(Debug)]
 pub struct Worker {
-    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
-    config: WorkerConfig,
     runners: HashMap<FlowKind, Arc<dyn FlowRunner>>,
-    counters: Counters,
     shutdown: ShutdownHandle,
 }
 
-/// What a run task returns: its flow and how the run ended.
-type RunResult = (FlowId, Result<(), RunError>);
+/// What the loop, the run tasks and the renewer share.
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn Store>,
+    config: WorkerConfig,
+    counters: Counters,
+    /// The flows this worker holds a lease on, each with its run task. The loop adds a flow
+    /// when it starts its run and removes it when the run ends; the renewer removes (and
+    /// aborts) the runs of flows whose lease it found lost.
+    held: Mutex<HashMap<FlowId, HeldFlow>>,
+}
+
+#[derive(Debug)]
+struct HeldFlow {
+    claim: Claim,
+    run: AbortHandle,
+}
+
+/// How a run task left its flow.
+#[derive(Debug)]
+enum Settled {
+    /// Released: nothing more to do now.
+    Released,
+    /// Parked: ready, but nobody's until [`WorkerConfig::park_for`] has passed.
+    Parked,
+    /// The lease was gone when the run ended; the new holder has the flow.
+    LeaseLost,
+    /// A store call failed; the lease runs out on its own.
+    StoreFailed(StoreError),
+}
+
+/// What a run task returns.
+type RunResult = (FlowId, Settled);
 
 /// A joined run task.
 type Joined = Result<(tokio::task::Id, RunResult), tokio::task::JoinError>;
 
-/// A flow this worker holds a lease on, with its run in flight.
-struct Held {
-    claim: Claim,
-    run: AbortHandle,
-    conflict_reruns: u32,
-}
-
-/// The loop's state: what it holds and what it should look at next.
+/// The loop's state: which run tasks exist and what to look at next.
 struct LoopState {
-    held: HashMap<FlowId, Held>,
     runs: JoinSet<RunResult>,
     /// Which flow each run task is for, so a panic is charged to its flow.
-    tasks: HashMap<tokio::task::Id, FlowId>,
+    tasks: HashMap<tokio::task::Id, Claim>,
     /// Claim flows at the next chance (woken, polled, or the last claim was full).
     look_for_flows: bool,
     /// Fire due timers at the next chance.
@@ -84,7 +107,13 @@ struct LoopState {
     poll_at: Instant,
     /// When the earliest flow this worker parked becomes claimable again.
     unpark_at: Option<Instant>,
-    renew_at: Instant,
+}
+
+impl LoopState {
+    fn parked(&mut self, park_for: Duration) {
+        let at = Instant::now() + park_for;
+        self.unpark_at = Some(self.unpark_at.map_or(at, |earlier| earlier.min(at)));
+    }
 }
 
 impl Worker {
@@ -96,11 +125,14 @@ impl Worker {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            store,
+            shared: Arc::new(Shared {
+                store,
+                config,
+                counters: Counters::default(),
+                held: Mutex::new(HashMap::new()),
+            }),
             clock,
-            config,
             runners: HashMap::new(),
-            counters: Counters::default(),
             shutdown: ShutdownHandle(Arc::new(watch::Sender::new(false))),
         })
     }
@@ -116,13 +148,13 @@ impl Worker {
     /// Its settings.
     #[must_use]
     pub fn config(&self) -> &WorkerConfig {
-        &self.config
+        &self.shared.config
     }
 
     /// What it has done so far.
     #[must_use]
     pub fn stats(&self) -> WorkerStats {
-        self.counters.snapshot()
+        self.shared.counters.snapshot()
     }
 
     /// A handle that stops [`Worker::run`].
@@ -133,24 +165,30 @@ impl Worker {
 
     /// Works until shut down (see [`ShutdownHandle`]) or until the store is closed.
     pub async fn run(&self) -> Result<WorkerStats, WorkerError> {
-        let mut wakeups = self.store.wakeups();
+        let renewer = tokio::spawn(self.shared.clone().renew_forever());
+        let result = self.work().await;
+        renewer.abort();
+        result
+    }
+
+    async fn work(&self) -> Result<WorkerStats, WorkerError> {
+        let config = &self.shared.config;
+        let mut wakeups = self.shared.store.wakeups();
         let mut stop = self.shutdown.0.subscribe();
         let mut state = LoopState {
-            held: HashMap::new(),
             runs: JoinSet::new(),
             tasks: HashMap::new(),
             look_for_flows: true,
             look_for_timers: true,
             backlog: false,
             next_timer: None,
-            poll_at: Instant::now() + self.config.poll_interval,
+            poll_at: Instant::now() + config.poll_interval,
             unpark_at: None,
-            renew_at: Instant::now() + self.config.lease / 3,
         };
         let mut stopping: Option<Instant> = None;
         loop {
             if stopping.is_none() && *stop.borrow_and_update() {
-                stopping = Some(Instant::now() + self.config.shutdown_grace);
+                stopping = Some(Instant::now() + config.shutdown_grace);
             }
             match stopping {
                 Some(deadline) if state.runs.is_empty() || Instant::now() >= deadline => {
@@ -166,18 +204,22 @@ impl Worker {
                     self.claim_and_start(&mut state).await?;
                 }
             }
-            let mut wake_at = state.poll_at.min(state.renew_at);
-            for at in [state.next_timer, state.unpark_at].into_iter().flatten() {
+            let mut wake_at = state.poll_at;
+            for at in [state.next_timer, state.unpark_at, stopping]
+                .into_iter()
+                .flatten()
+            {
                 wake_at = wake_at.min(at);
-            }
-            if let Some(deadline) = stopping {
-                wake_at = wake_at.min(deadline);
             }
             tokio::select! {
                 biased;
                 _ = stop.changed(), if stopping.is_none() => {}
                 Some(joined) = state.runs.join_next_with_id() => {
                     self.finished(&mut state, joined).await?;
+                    // Take every other run that ended meanwhile before claiming again.
+                    while let Some(joined) = state.runs.try_join_next_with_id() {
+                        self.finished(&mut state, joined).await?;
+                    }
                 }
                 changed = wakeups.changed() => {
                     if changed.is_err() {
@@ -185,7 +227,7 @@ impl Worker {
                     }
                     state.look_for_flows = true;
                     state.look_for_timers = true;
-                    state.poll_at = Instant::now() + self.config.poll_interval;
+                    state.poll_at = Instant::now() + config.poll_interval;
                 }
                 () = tokio::time::sleep_until(wake_at) => {
                     let now = Instant::now();
@@ -200,217 +242,131 @@ impl Worker {
                         // The fallback: a missed wake-up, or leases of a dead process ran out.
                         state.look_for_flows = true;
                         state.look_for_timers = true;
-                        state.poll_at = now + self.config.poll_interval;
+                        state.poll_at = now + config.poll_interval;
                     }
                 }
-            }
-            if Instant::now() >= state.renew_at {
-                self.renew(&mut state).await?;
-                state.renew_at = Instant::now() + self.config.lease / 3;
             }
         }
     }
 
     /// Claims as many flows as there is room for (in batches) and starts their runs.
     async fn claim_and_start(&self, state: &mut LoopState) -> Result<(), WorkerError> {
+        let config = &self.shared.config;
         // Refill in batches, not one flow per finished run: each claim is a round trip that
         // every worker of the database pays for.
-        let refill = (self.config.claim_batch.min(self.config.max_in_flight) / 4).max(1);
+        let refill = (config.claim_batch.min(config.max_in_flight) / 4).max(1);
         while state.look_for_flows {
-            let room = self.config.max_in_flight.saturating_sub(state.held.len());
-            if room < refill && !state.held.is_empty() {
+            let running = state.runs.len();
+            let room = config.max_in_flight.saturating_sub(running);
+            if room == 0 || (room < refill && running > 0) {
                 return Ok(());
             }
-            let asked = room.min(self.config.claim_batch);
-            if asked == 0 {
-                return Ok(());
-            }
+            let asked = room.min(config.claim_batch);
             let claims = match self
+                .shared
                 .store
-                .claim(&self.config.id, asked, self.config.lease)
+                .claim(&config.id, asked, config.lease)
                 .await
             {
                 Ok(claims) => claims,
                 Err(error) => {
-                    self.store_error("claim", error)?;
+                    self.shared.store_error("claim", error)?;
                     state.look_for_flows = false;
                     return Ok(());
                 }
             };
-            bump(&self.counters.claimed, claims.len() as u64);
+            bump(&self.shared.counters.claimed, claims.len() as u64);
             state.backlog = claims.len() == asked;
             state.look_for_flows = state.backlog;
             for claim in claims {
-                self.start(state, claim, 0).await;
+                self.start(state, claim).await;
             }
         }
         Ok(())
     }
 
     /// Starts the run of a claimed flow (or parks it when no runner takes its kind).
-    async fn start(&self, state: &mut LoopState, claim: Claim, conflict_reruns: u32) {
+    async fn start(&self, state: &mut LoopState, claim: Claim) {
         let flow = claim.flow;
         let Some(runner) = self.runners.get(&claim.kind).cloned() else {
-            bump(&self.counters.missing_definitions, 1);
+            bump(&self.shared.counters.missing_definitions, 1);
             tracing::warn!(%flow, kind = %claim.kind, "no runner for this kind of flow in this process; parked");
-            self.park(state, &claim).await;
+            self.shared.park(&claim).await;
+            state.parked(self.shared.config.park_for);
             return;
         };
+        let shared = self.shared.clone();
+        let task_claim = claim.clone();
+        // Hold the lock across the spawn so that the run cannot end (and be forgotten)
+        // before it is registered.
+        let mut held = self.shared.held();
         let run = state
             .runs
-            .spawn(async move { (flow, runner.run(flow).await) });
-        state.tasks.insert(run.id(), flow);
-        state.held.insert(
-            flow,
-            Held {
-                claim,
-                run,
-                conflict_reruns,
-            },
-        );
+            .spawn(async move { (flow, shared.run_and_settle(runner, task_claim).await) });
+        state.tasks.insert(run.id(), claim.clone());
+        held.insert(flow, HeldFlow { claim, run });
     }
 
-    /// Handles the end of a run.
+    /// Books the end of a run task.
     async fn finished(&self, state: &mut LoopState, joined: Joined) -> Result<(), WorkerError> {
-        let (flow, result) = match joined {
-            Ok((id, (flow, result))) => {
-                state.tasks.remove(&id);
-                (flow, result)
-            }
+        let (id, settled) = match joined {
+            Ok((id, (_, settled))) => (id, settled),
             Err(error) => {
-                let Some(flow) = state.tasks.remove(&error.id()) else {
-                    return Ok(());
-                };
                 if error.is_cancelled() {
-                    // Aborted because its lease was lost: already forgotten.
+                    // Aborted because its lease was lost (already forgotten) or at shutdown.
+                    state.tasks.remove(&error.id());
                     return Ok(());
                 }
-                (
-                    flow,
-                    Err(RunError::Failed {
-                        message: format!("the run panicked: {error}"),
-                    }),
-                )
+                let Some(claim) = state.tasks.get(&error.id()).cloned() else {
+                    return Ok(());
+                };
+                tracing::warn!(flow = %claim.flow, %error, "run panicked; the flow is parked and will be retried");
+                self.shared.park(&claim).await;
+                (error.id(), Settled::Parked)
             }
         };
-        let Some(held) = state.held.remove(&flow) else {
+        let Some(claim) = state.tasks.remove(&id) else {
             return Ok(());
         };
+        self.shared.held().remove(&claim.flow);
         if state.backlog {
             state.look_for_flows = true;
         }
-        match result {
-            Ok(()) => match self
-                .store
-                .release(&self.config.id, &held.claim, Release::Idle)
-                .await
-            {
-                Ok(true) => bump(&self.counters.completed, 1),
-                Ok(false) => bump(&self.counters.leases_lost, 1),
-                Err(error) => self.store_error("release", error)?,
-            },
-            Err(RunError::Conflict { .. }) => {
-                bump(&self.counters.conflicts, 1);
-                tracing::info!(%flow, "another process advanced the flow; re-reading its log");
-                if held.conflict_reruns >= self.config.max_conflict_reruns {
-                    self.park(state, &held.claim).await;
-                    return Ok(());
-                }
-                // Run again from the re-read log, if the flow is still ours.
-                match self
-                    .store
-                    .renew(&self.config.id, &[flow], self.config.lease)
-                    .await
-                {
-                    Ok(renewed) if renewed.contains(&flow) => {
-                        self.start(state, held.claim, held.conflict_reruns + 1)
-                            .await;
-                    }
-                    Ok(_) => bump(&self.counters.leases_lost, 1),
-                    Err(error) => self.store_error("renew", error)?,
-                }
+        match settled {
+            Settled::Released | Settled::LeaseLost => Ok(()),
+            Settled::Parked => {
+                state.parked(self.shared.config.park_for);
+                Ok(())
             }
-            Err(error) => {
-                if matches!(error, RunError::MissingDefinition { .. }) {
-                    bump(&self.counters.missing_definitions, 1);
-                }
-                tracing::warn!(%flow, %error, "run failed; the flow is parked and will be retried");
-                self.park(state, &held.claim).await;
-            }
+            Settled::StoreFailed(error) => self.shared.store_error("settling a run", error),
         }
-        Ok(())
-    }
-
-    /// Leaves a flow ready but untouchable for [`WorkerConfig::park_for`], then anyone's.
-    async fn park(&self, state: &mut LoopState, claim: &Claim) {
-        bump(&self.counters.parked, 1);
-        let unpark = Instant::now() + self.config.park_for;
-        state.unpark_at = Some(state.unpark_at.map_or(unpark, |at| at.min(unpark)));
-        if let Err(error) = self
-            .store
-            .renew(&self.config.id, &[claim.flow], self.config.park_for)
-            .await
-        {
-            // The lease runs out on its own; the flow is only parked for longer.
-            let _ = self.store_error("park", error);
-        }
-    }
-
-    /// Extends the leases of flows in flight; aborts the runs of flows no longer held.
-    async fn renew(&self, state: &mut LoopState) -> Result<(), WorkerError> {
-        if state.held.is_empty() {
-            return Ok(());
-        }
-        let flows: Vec<FlowId> = state.held.keys().copied().collect();
-        let renewed = match self
-            .store
-            .renew(&self.config.id, &flows, self.config.lease)
-            .await
-        {
-            Ok(renewed) => renewed,
-            Err(error) => return self.store_error("renew", error),
-        };
-        if renewed.len() == flows.len() {
-            return Ok(());
-        }
-        let renewed: std::collections::HashSet<FlowId> = renewed.into_iter().collect();
-        for flow in flows {
-            if !renewed.contains(&flow) {
-                if let Some(held) = state.held.remove(&flow) {
-                    held.run.abort();
-                    bump(&self.counters.leases_lost, 1);
-                    tracing::warn!(%flow, "lease lost (another worker took the flow); run aborted");
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Fires due timers: marks their flows ready, then completes them.
     async fn fire_due_timers(&self, state: &mut LoopState) -> Result<(), WorkerError> {
+        let (store, config) = (&self.shared.store, &self.shared.config);
         loop {
-            let due = match self
-                .store
-                .claim_due_timers(&self.config.id, TIMER_BATCH, self.config.lease)
+            let due = match store
+                .claim_due_timers(&config.id, TIMER_BATCH, config.lease)
                 .await
             {
                 Ok(due) => due,
-                Err(error) => return self.store_error("claim timers", error),
+                Err(error) => return self.shared.store_error("claim timers", error),
             };
             for timer in &due {
-                match self.store.mark_ready(timer.flow).await {
+                match store.mark_ready(timer.flow).await {
                     // A flow deleted since (archived) needs no wake-up.
                     Ok(()) | Err(StoreError::UnknownFlow { .. }) => {}
                     Err(error) => {
                         // Not completed: it fires again when its lease runs out.
-                        self.store_error("fire timer", error)?;
+                        self.shared.store_error("fire timer", error)?;
                         continue;
                     }
                 }
-                match self.store.complete_timer(&self.config.id, timer).await {
-                    Ok(true) => bump(&self.counters.timers_fired, 1),
+                match store.complete_timer(&config.id, timer).await {
+                    Ok(true) => bump(&self.shared.counters.timers_fired, 1),
                     Ok(false) => {}
-                    Err(error) => self.store_error("complete timer", error)?,
+                    Err(error) => self.shared.store_error("complete timer", error)?,
                 }
                 state.look_for_flows = true;
             }
@@ -418,10 +374,10 @@ impl Worker {
                 break;
             }
         }
-        state.next_timer = match self.store.next_timer_due().await {
+        state.next_timer = match store.next_timer_due().await {
             Ok(next) => next.map(|due| self.instant_of(due)),
             Err(error) => {
-                self.store_error("next timer", error)?;
+                self.shared.store_error("next timer", error)?;
                 None
             }
         };
@@ -440,34 +396,142 @@ impl Worker {
     async fn give_back(&self, state: &mut LoopState) {
         state.runs.abort_all();
         while let Some(joined) = state.runs.join_next_with_id().await {
-            let id = match &joined {
-                Ok((id, _)) => *id,
-                Err(error) => error.id(),
-            };
-            let Some(flow) = state.tasks.remove(&id) else {
-                continue;
-            };
-            if let Ok((_, (_, Ok(())))) = joined {
-                // It finished just before the abort: an ordinary release.
-                if let Some(held) = state.held.remove(&flow) {
-                    if let Ok(true) = self
-                        .store
-                        .release(&self.config.id, &held.claim, Release::Idle)
-                        .await
-                    {
-                        bump(&self.counters.completed, 1);
+            if let Ok((id, (flow, _))) = joined {
+                // It settled its flow just before the abort.
+                state.tasks.remove(&id);
+                self.shared.held().remove(&flow);
+            }
+        }
+        let unsettled: Vec<HeldFlow> = self.shared.held().drain().map(|(_, h)| h).collect();
+        let config = &self.shared.config;
+        for held in unsettled {
+            bump(&self.shared.counters.aborted_at_shutdown, 1);
+            let released = self
+                .shared
+                .store
+                .release(&config.id, &held.claim, Release::StillReady)
+                .await;
+            if let Err(error) = released {
+                let _ = self.shared.store_error("release at shutdown", error);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn held(&self) -> MutexGuard<'_, HashMap<FlowId, HeldFlow>> {
+        // Nothing panics while holding this lock; a poisoned lock still holds valid data.
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The body of a run task: runs the flow, re-runs it after conflicts, then releases or
+    /// parks it.
+    async fn run_and_settle(&self, runner: Arc<dyn FlowRunner>, claim: Claim) -> Settled {
+        let (store, config, counters) = (&self.store, &self.config, &self.counters);
+        let flow = claim.flow;
+        let mut reruns = 0;
+        loop {
+            let ran = runner.run(flow).await;
+            if !matches!(ran, Err(RunError::Conflict { .. })) {
+                // Settling: from here on, the renewer must not count this flow's release
+                // as a lost lease.
+                self.held().remove(&flow);
+            }
+            match ran {
+                Ok(()) => {
+                    return match store.release(&config.id, &claim, Release::Idle).await {
+                        Ok(true) => {
+                            bump(&counters.completed, 1);
+                            Settled::Released
+                        }
+                        Ok(false) => {
+                            bump(&counters.leases_lost, 1);
+                            Settled::LeaseLost
+                        }
+                        Err(error) => Settled::StoreFailed(error),
+                    };
+                }
+                Err(RunError::Conflict { .. }) => {
+                    bump(&counters.conflicts, 1);
+                    tracing::info!(%flow, "another process advanced the flow; re-reading its log");
+                    if reruns >= config.max_conflict_reruns {
+                        self.held().remove(&flow);
+                        self.park(&claim).await;
+                        return Settled::Parked;
                     }
+                    reruns += 1;
+                    // Run again from the re-read log, if the flow is still ours.
+                    match store.renew(&config.id, &[flow], config.lease).await {
+                        Ok(renewed) if renewed.contains(&flow) => {}
+                        Ok(_) => {
+                            bump(&counters.leases_lost, 1);
+                            return Settled::LeaseLost;
+                        }
+                        Err(error) => return Settled::StoreFailed(error),
+                    }
+                }
+                Err(error) => {
+                    if matches!(error, RunError::MissingDefinition { .. }) {
+                        bump(&counters.missing_definitions, 1);
+                    }
+                    tracing::warn!(%flow, %error, "run failed; the flow is parked and will be retried");
+                    self.park(&claim).await;
+                    return Settled::Parked;
                 }
             }
         }
-        for (_, held) in state.held.drain() {
-            bump(&self.counters.aborted_at_shutdown, 1);
-            if let Err(error) = self
+    }
+
+    /// Leaves a flow ready but untouchable for [`WorkerConfig::park_for`], then anyone's.
+    async fn park(&self, claim: &Claim) {
+        bump(&self.counters.parked, 1);
+        let parked = self
+            .store
+            .renew(&self.config.id, &[claim.flow], self.config.park_for)
+            .await;
+        if let Err(error) = parked {
+            // The lease runs out on its own; the flow is only parked for longer.
+            let _ = self.store_error("park", error);
+        }
+    }
+
+    /// Every third of a lease, extends the leases of flows in flight and aborts the runs of
+    /// flows no longer held (another worker took them after this one stalled).
+    async fn renew_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let flows: Vec<FlowId> = self.held().keys().copied().collect();
+            if flows.is_empty() {
+                continue;
+            }
+            let renewed = match self
                 .store
-                .release(&self.config.id, &held.claim, Release::StillReady)
+                .renew(&self.config.id, &flows, self.config.lease)
                 .await
             {
-                let _ = self.store_error("release at shutdown", error);
+                Ok(renewed) => renewed,
+                Err(error) => {
+                    let _ = self.store_error("renew", error);
+                    continue;
+                }
+            };
+            if renewed.len() == flows.len() {
+                continue;
+            }
+            let renewed: HashSet<FlowId> = renewed.into_iter().collect();
+            let mut held = self.held();
+            for flow in flows.iter().filter(|f| !renewed.contains(f)) {
+                // A run that ended since the snapshot released the flow itself.
+                if let Some(lost) = held.remove(flow) {
+                    lost.run.abort();
+                    bump(&self.counters.leases_lost, 1);
+                    tracing::warn!(%flow, "lease lost (another worker took the flow); run aborted");
+                }
             }
         }
     }

@@ -1,0 +1,88 @@
+//! Child program of the multi-process test: one engine process on a shared PostgreSQL
+//! database. It registers the task graphs of [`flowstate_testkit::mix`], runs a worker until
+//! SIGTERM (then shuts down gracefully and prints `stats JSON`), and prints `ready` once it
+//! works. Tests SIGKILL it to play a machine that dies.
+//!
+//! `flowstate-engine-process URL SCHEMA` (lease and poll from `FLOWSTATE_LEASE_MS` and
+//! `FLOWSTATE_POLL_MS`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowstate_core::{Clock, FlowKind};
+use flowstate_store::{Store, SystemClock};
+use flowstate_store_postgres::PostgresStore;
+use flowstate_taskgraph::Engine;
+use flowstate_worker::{Worker, WorkerConfig};
+
+fn millis(variable: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(variable)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+async fn run(url: &str, schema: &str) -> Result<(), String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store: Arc<dyn Store> = Arc::new(
+        PostgresStore::connect(url, Some(schema), clock.clone())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let engine = Arc::new(Engine::new(store.clone(), clock.clone()));
+    for (definition, _) in flowstate_testkit::mix::definitions() {
+        engine.register(definition);
+    }
+    let config = WorkerConfig::new(WorkerConfig::process_worker_id())
+        .with_lease(millis("FLOWSTATE_LEASE_MS", 2_000))
+        .with_poll_interval(millis("FLOWSTATE_POLL_MS", 250))
+        .with_max_in_flight(256);
+    let worker = Arc::new(
+        Worker::new(store.clone(), clock, config)
+            .map_err(|e| e.to_string())?
+            .with_runner(FlowKind::TaskGraph, engine),
+    );
+    let stop = worker.shutdown_handle();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        terminate.recv().await;
+        stop.shutdown();
+    });
+    println!("ready");
+    let stats = worker.run().await.map_err(|e| e.to_string())?;
+    println!(
+        "stats {}",
+        serde_json::to_string(&stats).map_err(|e| e.to_string())?
+    );
+    store.close().await.map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(url), Some(schema)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: flowstate-engine-process URL SCHEMA");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(url, schema)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
