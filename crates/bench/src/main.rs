@@ -33,6 +33,45 @@ enum Bench {
     W1Taskgraph(W1Args),
     /// Durable appends on PostgreSQL, concurrent flows (each run in a fresh schema).
     AppendPostgres(PostgresArgs),
+    /// W1 on PostgreSQL run by 1, 2, 3... engine processes (child processes of this binary).
+    W1Postgres(W1PostgresArgs),
+    /// One engine process of `w1-postgres` (started by it): runs a worker until stdin closes.
+    #[command(hide = true)]
+    W1Worker(W1WorkerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct W1PostgresArgs {
+    /// The database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    url: String,
+    /// Engine process counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    processes: Vec<usize>,
+    /// Flows per run, all submitted at once once the engine processes are up.
+    #[arg(long, default_value_t = 4_000)]
+    flows: usize,
+    /// Tasks per flow.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Flows each engine process runs at once.
+    #[arg(long, default_value_t = 512)]
+    in_flight: usize,
+    /// Runs of each scenario; the table shows the run with the median throughput.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct W1WorkerArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    schema: String,
+    #[arg(long)]
+    steps: usize,
+    #[arg(long)]
+    in_flight: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -319,6 +358,8 @@ fn main() {
         Bench::Append(args) => runtime.block_on(append(args)),
         Bench::W1Taskgraph(args) => runtime.block_on(w1_taskgraph(args)),
         Bench::AppendPostgres(args) => runtime.block_on(append_postgres(args)),
+        Bench::W1Postgres(args) => runtime.block_on(w1_postgres(args)),
+        Bench::W1Worker(args) => runtime.block_on(w1_worker(args)),
     }
 }
 
@@ -627,5 +668,210 @@ async fn drop_schema(url: &str, schema: &str) {
         let _ = client
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .await;
+    }
+}
+
+fn fail(error: impl std::fmt::Display) -> ! {
+    eprintln!("error: {error}");
+    std::process::exit(1);
+}
+
+async fn connect_postgres(url: &str, schema: &str) -> Arc<dyn Store> {
+    match flowstate_store_postgres::PostgresStore::connect(url, Some(schema), Arc::new(SystemClock))
+        .await
+    {
+        Ok(store) => Arc::new(store),
+        Err(error) => fail(error),
+    }
+}
+
+/// An engine process of `w1-postgres`: a worker running W1 flows, until stdin closes; then
+/// it shuts down gracefully and prints its counters.
+async fn w1_worker(args: W1WorkerArgs) {
+    let store = connect_postgres(&args.url, &args.schema).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let engine = Arc::new(flowstate_taskgraph::Engine::new(
+        store.clone(),
+        clock.clone(),
+    ));
+    engine.register(w1_flow(args.steps));
+    let config =
+        flowstate_worker::WorkerConfig::new(flowstate_worker::WorkerConfig::process_worker_id())
+            .with_max_in_flight(args.in_flight)
+            .with_claim_batch(args.in_flight.min(flowstate_core::limits::MAX_CLAIM_BATCH));
+    let worker = match flowstate_worker::Worker::new(store.clone(), clock, config) {
+        Ok(worker) => Arc::new(worker.with_runner(FlowKind::TaskGraph, engine)),
+        Err(error) => fail(error),
+    };
+    let stop = worker.shutdown_handle();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while std::io::stdin()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+        stop.shutdown();
+    });
+    println!("ready");
+    match worker.run().await {
+        Ok(stats) => println!(
+            "stats {}",
+            serde_json::to_string(&stats).unwrap_or_default()
+        ),
+        Err(error) => fail(error),
+    }
+    let _ = store.close().await;
+}
+
+/// One child engine process of `w1-postgres`.
+struct EngineProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EngineProcess {
+    fn start(args: &W1PostgresArgs, schema: &str) -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().unwrap_or_else(|e| fail(e));
+        let mut child = std::process::Command::new(exe)
+            .args(["w1-worker", "--url", &args.url, "--schema", schema])
+            .args(["--steps", &args.steps.to_string()])
+            .args(["--in-flight", &args.in_flight.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| fail(e));
+        let Some(stdout) = child.stdout.take() else {
+            fail("no stdout")
+        };
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line == "ready" => {}
+            other => fail(format!("engine process did not start: {other:?}")),
+        }
+        Self { child, lines }
+    }
+
+    /// Closes its stdin (a graceful shutdown) and returns its counters line.
+    fn stop(mut self) -> String {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+        self.lines
+            .iter()
+            .find_map(|line| line.strip_prefix("stats ").map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+async fn count_status(client: &tokio_postgres::Client, schema: &str, status: &str) -> i64 {
+    client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.flows WHERE status = $1"),
+            &[&status],
+        )
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or_else(|e| fail(e))
+}
+
+/// W1 on PostgreSQL with N engine processes: the processes start and go idle; then this
+/// process submits every flow (recorded ready, which NOTIFYs the idle workers) and waits
+/// until all of them succeeded. Throughput is steps over the time from the first submission
+/// to the last success; latency is per flow, from its first event to its last.
+async fn w1_postgres(args: W1PostgresArgs) {
+    let runs = args.runs.max(1);
+    println!(
+        "W1 on PostgreSQL at {}: {} flows of {} tasks per run, submitted at once to idle engine processes, median of {runs} runs",
+        args.url, args.flows, args.steps
+    );
+    println!();
+    println!("| engine processes | flows | steps | seconds | steps/s | flow p50 ms | flow p99 ms | conflicts |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let (client, connection) = tokio_postgres::connect(&args.url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    tokio::spawn(connection);
+    for &processes in &args.processes {
+        let mut measured = Vec::new();
+        let mut conflicts = Vec::new();
+        for _ in 0..runs {
+            let schema = format!("flowstate_bench_{:016x}", rand::random::<u64>());
+            let store = connect_postgres(&args.url, &schema).await;
+            let engine = Arc::new(flowstate_taskgraph::Engine::new(
+                store.clone(),
+                Arc::new(SystemClock),
+            ));
+            engine.register(w1_flow(args.steps));
+            let children: Vec<EngineProcess> = (0..processes)
+                .map(|_| EngineProcess::start(&args, &schema))
+                .collect();
+            let start = Instant::now();
+            let mut submits = tokio::task::JoinSet::new();
+            for submitter in 0..64 {
+                let engine = engine.clone();
+                let share = args.flows / 64 + usize::from(submitter < args.flows % 64);
+                submits.spawn(async move {
+                    for _ in 0..share {
+                        if let Err(error) = engine.submit("w1", w1_inputs()).await {
+                            fail(error);
+                        }
+                    }
+                });
+            }
+            while submits.join_next().await.is_some() {}
+            while count_status(&client, &schema, "success").await < args.flows as i64 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let elapsed = start.elapsed();
+            let mut latency_us = histogram();
+            let rows = client
+                .query(
+                    &format!("SELECT updated_at - created_at FROM {schema}.flows"),
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| fail(e));
+            for row in rows {
+                let _ = latency_us.record(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+            }
+            let stats: Vec<String> = children.into_iter().map(EngineProcess::stop).collect();
+            conflicts.push(
+                stats
+                    .iter()
+                    .filter_map(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                    .filter_map(|v| v.get("conflicts").and_then(serde_json::Value::as_u64))
+                    .sum::<u64>(),
+            );
+            let _ = store.close().await;
+            drop_schema(&args.url, &schema).await;
+            measured.push(Measured {
+                scenario: processes.to_string(),
+                events: (args.flows * args.steps) as u64,
+                elapsed,
+                latency_us,
+            });
+        }
+        if let Some(m) = median(measured) {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {} |",
+                m.scenario,
+                args.flows,
+                m.events,
+                m.elapsed.as_secs_f64(),
+                m.per_sec(),
+                m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
+                m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+                conflicts.iter().max().copied().unwrap_or(0),
+            );
+        }
     }
 }

@@ -140,7 +140,7 @@ async fn commit_group(
     ids.dedup();
     let rows = tx
         .query(
-            "SELECT id, flow_no, next_seq, kind FROM flows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &tx.prepare_cached("SELECT id, flow_no, next_seq, kind FROM flows WHERE id = ANY($1) ORDER BY id FOR UPDATE").await.map_err(pg_error)?,
             &[&ids],
         )
         .await
@@ -218,12 +218,12 @@ async fn commit_group(
         }
         let created = tx
             .query(
-                "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
+                &tx.prepare_cached("INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
                                     next_seq, bytes, ready, ready_since, wake)
                  SELECT u.id, u.kind, u.definition, u.status, u.created_at, u.created_at, 1, 0, FALSE, $6, 0
                  FROM UNNEST($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[])
                       AS u(id, kind, definition, status, created_at)
-                 ON CONFLICT (id) DO NOTHING RETURNING id, flow_no",
+                 ON CONFLICT (id) DO NOTHING RETURNING id, flow_no").await.map_err(pg_error)?,
                 &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &now.as_micros()],
             )
             .await
@@ -281,8 +281,8 @@ async fn commit_group(
     }
     if !e_flow.is_empty() {
         tx.execute(
-            "INSERT INTO events (flow_no, seq, time, format, body)
-             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])",
+            &tx.prepare_cached("INSERT INTO events (flow_no, seq, time, format, body)
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])").await.map_err(pg_error)?,
             &[&e_flow, &e_seq, &e_time, &e_format, &e_body],
         )
         .await
@@ -295,7 +295,7 @@ async fn commit_group(
         let ready: Vec<Option<bool>> = updates.values().map(|u| u.ready).collect();
         let wakes: Vec<i64> = updates.values().map(|u| u.wakes).collect();
         tx.execute(
-            "UPDATE flows f SET
+            &tx.prepare_cached("UPDATE flows f SET
                 next_seq = u.next_seq, updated_at = u.updated_at, bytes = f.bytes + u.bytes,
                 status = coalesce(u.status, f.status),
                 ready_since = CASE WHEN u.ready IS TRUE AND NOT f.ready THEN $8 ELSE f.ready_since END,
@@ -303,7 +303,7 @@ async fn commit_group(
                 ready = coalesce(u.ready, f.ready)
              FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::BOOLEAN[], $7::BIGINT[])
                   AS u(flow_no, next_seq, updated_at, bytes, status, ready, wakes)
-             WHERE f.flow_no = u.flow_no",
+             WHERE f.flow_no = u.flow_no").await.map_err(pg_error)?,
             &[&flow_nos, &next, &updated, &bytes, &status, &ready, &wakes, &now.as_micros()],
         )
         .await
@@ -314,11 +314,15 @@ async fn commit_group(
         let names: Vec<String> = timers.keys().map(|(_, n)| n.clone()).collect();
         let dues: Vec<i64> = timers.values().copied().collect();
         tx.execute(
-            "INSERT INTO timers (flow_no, name, due, lease_owner, lease_until)
+            &tx.prepare_cached(
+                "INSERT INTO timers (flow_no, name, due, lease_owner, lease_until)
              SELECT u.flow_no, u.name, u.due, NULL, NULL
              FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS u(flow_no, name, due)
              ON CONFLICT (flow_no, name)
              DO UPDATE SET due = excluded.due, lease_owner = NULL, lease_until = NULL",
+            )
+            .await
+            .map_err(pg_error)?,
             &[&flow_nos, &names, &dues],
         )
         .await

@@ -292,9 +292,14 @@ impl Store for PostgresStore {
         // flow (no row) from an empty range (one row without an event).
         let rows = client
             .query(
-                "SELECT e.seq, e.time, e.format, e.body FROM flows f
+                &client
+                    .prepare_cached(
+                        "SELECT e.seq, e.time, e.format, e.body FROM flows f
                  LEFT JOIN events e ON e.flow_no = f.flow_no AND e.seq >= $2
                  WHERE f.id = $1 ORDER BY e.seq LIMIT $3",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[
                     &uuid_of(flow),
                     &signed(from_seq.max(1)),
@@ -325,7 +330,10 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &format!("SELECT {SUMMARY} FROM flows WHERE id = $1"),
+                &client
+                    .prepare_cached(&format!("SELECT {SUMMARY} FROM flows WHERE id = $1"))
+                    .await
+                    .map_err(pg_error)?,
                 &[&uuid_of(flow)],
             )
             .await
@@ -380,9 +388,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let changed = client
             .execute(
-                "UPDATE flows SET ready_since = CASE WHEN ready THEN ready_since ELSE $2 END,
+                &client.prepare_cached("UPDATE flows SET ready_since = CASE WHEN ready THEN ready_since ELSE $2 END,
                                   ready = TRUE, wake = wake + 1
-                 WHERE id = $1",
+                 WHERE id = $1").await.map_err(pg_error)?,
                 &[&uuid_of(flow), &now],
             )
             .await
@@ -403,7 +411,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "WITH picked AS (
+                &client
+                    .prepare_cached(
+                        "WITH picked AS (
                     SELECT flow_no FROM flows
                     WHERE ready AND (lease_until IS NULL OR lease_until <= $1)
                     ORDER BY ready_since, flow_no LIMIT $2
@@ -411,6 +421,9 @@ impl Store for PostgresStore {
                  UPDATE flows f SET lease_owner = $3, lease_until = $4
                  FROM picked WHERE f.flow_no = picked.flow_no
                  RETURNING f.id, f.next_seq, f.wake, f.ready_since, f.flow_no, f.kind",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[
                     &now.as_micros(),
                     &signed(limit as u64),
@@ -486,9 +499,14 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let released = client
             .query_opt(
-                "UPDATE flows SET lease_owner = NULL, lease_until = NULL,
+                &client
+                    .prepare_cached(
+                        "UPDATE flows SET lease_owner = NULL, lease_until = NULL,
                     ready = CASE WHEN $3 AND wake = $4 THEN FALSE ELSE ready END
                  WHERE id = $1 AND lease_owner = $2 RETURNING ready",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[
                     &uuid_of(claim.flow),
                     &worker.as_str(),
@@ -513,7 +531,12 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         let Some(row) = tx
-            .query_opt("SELECT flow_no FROM flows WHERE id = $1", &[&uuid_of(flow)])
+            .query_opt(
+                &tx.prepare_cached("SELECT flow_no FROM flows WHERE id = $1")
+                    .await
+                    .map_err(pg_error)?,
+                &[&uuid_of(flow)],
+            )
             .await
             .map_err(pg_error)?
         else {
@@ -530,8 +553,13 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let deleted = client
             .execute(
-                "DELETE FROM timers WHERE name = $2
+                &client
+                    .prepare_cached(
+                        "DELETE FROM timers WHERE name = $2
                  AND flow_no = (SELECT flow_no FROM flows WHERE id = $1)",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[&uuid_of(flow), &name],
             )
             .await
@@ -549,7 +577,9 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "WITH picked AS (
+                &client
+                    .prepare_cached(
+                        "WITH picked AS (
                     SELECT flow_no, name FROM timers
                     WHERE due <= $1 AND (lease_until IS NULL OR lease_until <= $1)
                     ORDER BY due, flow_no, name LIMIT $2
@@ -557,6 +587,9 @@ impl Store for PostgresStore {
                  UPDATE timers t SET lease_owner = $3, lease_until = $4
                  FROM picked WHERE t.flow_no = picked.flow_no AND t.name = picked.name
                  RETURNING (SELECT id FROM flows WHERE flows.flow_no = t.flow_no), t.name, t.due",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[
                     &now.as_micros(),
                     &signed(limit as u64),
@@ -587,10 +620,15 @@ impl Store for PostgresStore {
         // order, and the earliest lease end among held ones.
         let row = client
             .query_one(
-                "SELECT least(
+                &client
+                    .prepare_cached(
+                        "SELECT least(
                     (SELECT due FROM timers WHERE lease_until IS NULL ORDER BY due LIMIT 1),
                     (SELECT min(greatest(due, lease_until)) FROM timers
                      WHERE lease_until IS NOT NULL))",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[],
             )
             .await
@@ -606,8 +644,13 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let deleted = client
             .execute(
-                "DELETE FROM timers WHERE name = $2 AND due = $3 AND lease_owner = $4
+                &client
+                    .prepare_cached(
+                        "DELETE FROM timers WHERE name = $2 AND due = $3 AND lease_owner = $4
                  AND flow_no = (SELECT flow_no FROM flows WHERE id = $1)",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                 &[
                     &uuid_of(timer.flow),
                     &timer.name,
@@ -625,7 +668,9 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg_error)?;
         let Some(row) = tx
             .query_opt(
-                "DELETE FROM flows WHERE id = $1 RETURNING flow_no",
+                &tx.prepare_cached("DELETE FROM flows WHERE id = $1 RETURNING flow_no")
+                    .await
+                    .map_err(pg_error)?,
                 &[&uuid_of(flow)],
             )
             .await
@@ -634,12 +679,22 @@ impl Store for PostgresStore {
             return Ok(false);
         };
         let flow_no: i64 = row.get(0);
-        tx.execute("DELETE FROM events WHERE flow_no = $1", &[&flow_no])
-            .await
-            .map_err(pg_error)?;
-        tx.execute("DELETE FROM timers WHERE flow_no = $1", &[&flow_no])
-            .await
-            .map_err(pg_error)?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM events WHERE flow_no = $1")
+                .await
+                .map_err(pg_error)?,
+            &[&flow_no],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM timers WHERE flow_no = $1")
+                .await
+                .map_err(pg_error)?,
+            &[&flow_no],
+        )
+        .await
+        .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(true)
     }
@@ -672,10 +727,14 @@ async fn upsert_timer(
     timer: &NewTimer,
 ) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO timers (flow_no, name, due, lease_owner, lease_until)
+        &tx.prepare_cached(
+            "INSERT INTO timers (flow_no, name, due, lease_owner, lease_until)
          VALUES ($1, $2, $3, NULL, NULL)
          ON CONFLICT (flow_no, name)
          DO UPDATE SET due = excluded.due, lease_owner = NULL, lease_until = NULL",
+        )
+        .await
+        .map_err(pg_error)?,
         &[&flow_no, &timer.name, &timer.due.as_micros()],
     )
     .await
@@ -694,7 +753,11 @@ pub(crate) async fn append_one(
     let id = uuid_of(batch.flow);
     let existing = tx
         .query_opt(
-            "SELECT flow_no, next_seq, kind FROM flows WHERE id = $1 FOR UPDATE",
+            &tx.prepare_cached(
+                "SELECT flow_no, next_seq, kind FROM flows WHERE id = $1 FOR UPDATE",
+            )
+            .await
+            .map_err(pg_error)?,
             &[&id],
         )
         .await
@@ -726,10 +789,14 @@ pub(crate) async fn append_one(
             check_status_kind(create.kind, status)?;
             let inserted = tx
                 .query_opt(
-                    "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
+                    &tx.prepare_cached(
+                        "INSERT INTO flows (id, kind, definition, status, created_at, updated_at,
                                             next_seq, bytes, ready, ready_since, wake)
                          VALUES ($1, $2, $3, $4, $5, $5, 1, 0, FALSE, $6, 0)
                          ON CONFLICT (id) DO NOTHING RETURNING flow_no",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                     &[
                         &id,
                         &create.kind.key(),
@@ -769,8 +836,12 @@ pub(crate) async fn append_one(
         .sum();
     let bodies: Vec<Vec<u8>> = batch.events.into_iter().map(|e| e.body).collect();
     tx.execute(
-        "INSERT INTO events (flow_no, seq, time, format, body)
+        &tx.prepare_cached(
+            "INSERT INTO events (flow_no, seq, time, format, body)
              SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])",
+        )
+        .await
+        .map_err(pg_error)?,
         &[&flow_no, &seqs, &times, &formats, &bodies],
     )
     .await
@@ -778,12 +849,12 @@ pub(crate) async fn append_one(
     let next_seq = actual + count as u64;
     let status = batch.status.map(|s| s.key());
     tx.execute(
-            "UPDATE flows SET
+            &tx.prepare_cached("UPDATE flows SET
                 next_seq = $2, updated_at = $3, bytes = bytes + $4, status = coalesce($5, status),
                 ready_since = CASE WHEN $6::BOOLEAN IS TRUE AND NOT ready THEN $7 ELSE ready_since END,
                 wake = CASE WHEN $6::BOOLEAN IS TRUE THEN wake + 1 ELSE wake END,
                 ready = coalesce($6::BOOLEAN, ready)
-             WHERE flow_no = $1",
+             WHERE flow_no = $1").await.map_err(pg_error)?,
             &[&flow_no, &signed(next_seq), &last_time, &bytes, &status, &batch.ready, &now.as_micros()],
         )
         .await

@@ -18,6 +18,8 @@ use crate::pg_error;
 /// The notification channel all flowstate stores share; the payload names the schema.
 pub const CHANNEL: &str = "flowstate_wake";
 
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
 /// How long the listener waits before reconnecting after its connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -37,9 +39,10 @@ impl WakeChannel {
     /// Queues the notification in `tx`; PostgreSQL sends it only if `tx` commits.
     pub(crate) async fn notify(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::Transaction<'_>,
     ) -> Result<(), StoreError> {
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload])
+        let notify = tx.prepare_cached(NOTIFY).await.map_err(pg_error)?;
+        tx.execute(&notify, &[&CHANNEL, &self.payload])
             .await
             .map_err(pg_error)?;
         Ok(())
@@ -48,10 +51,11 @@ impl WakeChannel {
     /// Sends the notification now (outside a transaction).
     pub(crate) async fn notify_now(
         &self,
-        client: &tokio_postgres::Client,
+        client: &deadpool_postgres::Object,
     ) -> Result<(), StoreError> {
+        let notify = client.prepare_cached(NOTIFY).await.map_err(pg_error)?;
         client
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload])
+            .execute(&notify, &[&CHANNEL, &self.payload])
             .await
             .map_err(pg_error)?;
         self.wake_here();
