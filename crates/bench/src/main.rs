@@ -688,7 +688,17 @@ async fn connect_postgres(url: &str, schema: &str) -> Arc<dyn Store> {
 /// An engine process of `w1-postgres`: a worker running W1 flows, until stdin closes; then
 /// it shuts down gracefully and prints its counters.
 async fn w1_worker(args: W1WorkerArgs) {
-    let store = connect_postgres(&args.url, &args.schema).await;
+    let postgres = match flowstate_store_postgres::PostgresStore::connect(
+        &args.url,
+        Some(&args.schema),
+        Arc::new(SystemClock),
+    )
+    .await
+    {
+        Ok(store) => Arc::new(store),
+        Err(error) => fail(error),
+    };
+    let store: Arc<dyn Store> = postgres.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = Arc::new(flowstate_taskgraph::Engine::new(
         store.clone(),
@@ -715,10 +725,17 @@ async fn w1_worker(args: W1WorkerArgs) {
     });
     println!("ready");
     match worker.run().await {
-        Ok(stats) => println!(
-            "stats {}",
-            serde_json::to_string(&stats).unwrap_or_default()
-        ),
+        Ok(stats) => {
+            let commits = postgres.commit_stats();
+            eprintln!(
+                "engine process: {} appends in {} groups",
+                commits.appends, commits.groups
+            );
+            println!(
+                "stats {}",
+                serde_json::to_string(&stats).unwrap_or_default()
+            );
+        }
         Err(error) => fail(error),
     }
     let _ = store.close().await;

@@ -9,21 +9,19 @@
 //! each one's own outcome precisely.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use flowstate_core::{FlowKind, FlowStatus, Timestamp};
 use flowstate_store::validate::{check_log_room, check_status_kind};
 use flowstate_store::{AppendBatch, AppendOutcome, StoreError};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::wake::WakeChannel;
 use crate::{corrupt, pg_error, signed, unsigned, uuid_of};
 
 /// Most appends one group takes.
 pub const MAX_GROUP: usize = 1_024;
-
-/// Appends waiting for a group; senders wait when it is full.
-pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// Group committers per store (each uses one pooled connection at a time).
 pub const COMMITTERS: usize = 4;
@@ -34,36 +32,30 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
+/// How many appends the committers took, in how many groups (one transaction each, unless
+/// a group fell back to one transaction per append).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) groups: AtomicU64,
+    pub(crate) appends: AtomicU64,
+}
+
 /// Starts the committers; they stop when every sender is dropped.
 pub(crate) fn start(
     pool: deadpool_postgres::Pool,
     wake: Arc<WakeChannel>,
+    counters: Arc<Counters>,
 ) -> mpsc::Sender<Pending> {
-    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    let receiver = Arc::new(Mutex::new(receiver));
-    for _ in 0..COMMITTERS {
-        let (pool, receiver, wake) = (pool.clone(), receiver.clone(), wake.clone());
-        tokio::spawn(async move {
-            loop {
-                let mut group = Vec::new();
-                {
-                    let mut queue = receiver.lock().await;
-                    let Some(first) = queue.recv().await else {
-                        return;
-                    };
-                    group.push(first);
-                    while group.len() < MAX_GROUP {
-                        match queue.try_recv() {
-                            Ok(next) => group.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                commit(&pool, &wake, group).await;
-            }
-        });
-    }
-    sender
+    crate::batch::spawn(COMMITTERS, MAX_GROUP, move |group: Vec<Pending>| {
+        let (pool, wake, counters) = (pool.clone(), wake.clone(), counters.clone());
+        async move {
+            counters.groups.fetch_add(1, Ordering::Relaxed);
+            counters
+                .appends
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            commit(&pool, &wake, group).await;
+        }
+    })
 }
 
 async fn commit(pool: &deadpool_postgres::Pool, wake: &WakeChannel, group: Vec<Pending>) {

@@ -9,6 +9,8 @@
 //!
 //! Wake-ups cross processes with `LISTEN/NOTIFY` (see `wake.rs`).
 
+mod batch;
+mod batched;
 mod group;
 mod schema;
 mod wake;
@@ -110,6 +112,19 @@ pub struct PostgresStore {
     /// that only read never open it), and stopped when the store is closed or dropped.
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     config: tokio_postgres::Config,
+    commits: Arc<group::Counters>,
+    reads: tokio::sync::mpsc::Sender<batched::ReadCall>,
+    releases: tokio::sync::mpsc::Sender<batched::ReleaseCall>,
+}
+
+/// Group-commit counters of one store (see [`PostgresStore::commit_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Groups taken by the committers (a transaction each).
+    pub groups: u64,
+    /// Appends in them.
+    pub appends: u64,
 }
 
 impl Drop for PostgresStore {
@@ -204,7 +219,10 @@ impl PostgresStore {
             schema.unwrap_or("public").to_owned(),
             wakeups.clone(),
         ));
-        let appends = group::start(pool.clone(), wake.clone());
+        let commits = Arc::new(group::Counters::default());
+        let appends = group::start(pool.clone(), wake.clone(), commits.clone());
+        let reads = batched::start_reads(pool.clone());
+        let releases = batched::start_releases(pool.clone(), wake.clone());
         Ok(Self {
             pool,
             clock,
@@ -214,7 +232,19 @@ impl PostgresStore {
             wakeups,
             listener: Mutex::new(None),
             config,
+            commits,
+            reads,
+            releases,
         })
+    }
+
+    /// How well group commit is batching: appends committed and groups they were taken in.
+    #[must_use]
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            groups: self.commits.groups.load(Ordering::Relaxed),
+            appends: self.commits.appends.load(Ordering::Relaxed),
+        }
     }
 
     fn stop_listener(&self) {
@@ -287,43 +317,21 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<RawEvent>, StoreError> {
         check_batch("read limit", limit, MAX_READ_BATCH)?;
-        let client = self.client().await?;
-        // One statement, so one snapshot and one round trip: the flow row tells an unknown
-        // flow (no row) from an empty range (one row without an event).
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT e.seq, e.time, e.format, e.body FROM flows f
-                 LEFT JOIN events e ON e.flow_no = f.flow_no AND e.seq >= $2
-                 WHERE f.id = $1 ORDER BY e.seq LIMIT $3",
-                    )
-                    .await
-                    .map_err(pg_error)?,
-                &[
-                    &uuid_of(flow),
-                    &signed(from_seq.max(1)),
-                    &signed(limit as u64),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        if rows.is_empty() {
-            return Err(StoreError::UnknownFlow { flow });
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
         }
-        rows.iter()
-            .filter(|row| row.get::<_, Option<i64>>(0).is_some())
-            .map(|row| {
-                Ok(RawEvent {
-                    flow,
-                    seq: unsigned(row.get(0), "sequence number")?,
-                    time: Timestamp::from_micros(row.get(1)),
-                    format: u16::try_from(row.get::<_, i16>(2))
-                        .map_err(|_| corrupt("negative format".into()))?,
-                    body: row.get(3),
-                })
-            })
-            .collect()
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let call = batched::ReadCall {
+            flow,
+            from_seq,
+            limit,
+            reply,
+        };
+        self.reads
+            .send(call)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
@@ -496,34 +504,21 @@ impl Store for PostgresStore {
         claim: &Claim,
         release: Release,
     ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let released = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "UPDATE flows SET lease_owner = NULL, lease_until = NULL,
-                    ready = CASE WHEN $3 AND wake = $4 THEN FALSE ELSE ready END
-                 WHERE id = $1 AND lease_owner = $2 RETURNING ready",
-                    )
-                    .await
-                    .map_err(pg_error)?,
-                &[
-                    &uuid_of(claim.flow),
-                    &worker.as_str(),
-                    &(release == Release::Idle),
-                    &signed(claim.wake),
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        let Some(row) = released else {
-            return Ok(false);
-        };
-        if row.get::<_, bool>(0) {
-            // Still ready: a worker that tried while we held it may be asleep.
-            self.wake.notify_now(&client).await?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
         }
-        Ok(true)
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let call = batched::ReleaseCall {
+            worker: worker.clone(),
+            claim: claim.clone(),
+            release,
+            reply,
+        };
+        self.releases
+            .send(call)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
