@@ -1,17 +1,23 @@
 //! flowstate: durable flows on an append-only event log.
 //!
-//! This facade re-exports the layers (`core`, `store`, the SQLite store) and chooses a store
-//! from a URL. Engines for the three kinds of flow build on it.
+//! This facade re-exports the layers (`core`, `store`, the stores, the engines and the
+//! worker), chooses a store from a URL, and assembles an engine process ([`Engine`]).
+
+mod engine;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+pub use engine::{Engine, EngineBuilder, EngineError};
 
 pub use flowstate_core as core;
 pub use flowstate_store as store;
 pub use flowstate_store_postgres as postgres;
 pub use flowstate_store_sqlite as sqlite;
+pub use flowstate_taskgraph as taskgraph;
+pub use flowstate_worker as worker;
 
-pub use flowstate_core::{Clock, FlowId, FlowKind, FlowRecord, Timestamp};
+pub use flowstate_core::{Clock, FlowId, FlowKind, FlowRecord, FlowStatus, Timestamp};
 pub use flowstate_store::{Store, StoreError, SystemClock};
 
 /// Where the default embedded store lives when nothing else is said.
@@ -80,6 +86,17 @@ pub async fn open_store(
     clock: Arc<dyn Clock>,
     access: Access,
 ) -> Result<Arc<dyn Store>, OpenError> {
+    open_store_in(url, None, clock, access).await
+}
+
+/// Opens the store named by `url`; for PostgreSQL, inside `schema` (created if missing)
+/// rather than the connection's default schema.
+pub async fn open_store_in(
+    url: &str,
+    schema: Option<&str>,
+    clock: Arc<dyn Clock>,
+    access: Access,
+) -> Result<Arc<dyn Store>, OpenError> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => {
             let options = sqlite::SqliteOptions {
@@ -89,7 +106,7 @@ pub async fn open_store(
             Ok(Arc::new(sqlite::SqliteStore::open(path, clock, options)?))
         }
         StoreUrl::Postgres(url) => Ok(Arc::new(
-            postgres::PostgresStore::open(&url, None, clock, access == Access::CreateIfMissing)
+            postgres::PostgresStore::open(&url, schema, clock, access == Access::CreateIfMissing)
                 .await?,
         )),
     }

@@ -7,14 +7,9 @@
 //! `FLOWSTATE_POLL_MS`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use flowstate_core::{Clock, FlowKind};
-use flowstate_store::{Store, SystemClock};
-use flowstate_store_postgres::PostgresStore;
-use flowstate_taskgraph::Engine;
-use flowstate_worker::{Worker, WorkerConfig};
+use flowstate::worker::WorkerConfig;
 
 fn millis(variable: &str, default: u64) -> Duration {
     Duration::from_millis(
@@ -26,39 +21,24 @@ fn millis(variable: &str, default: u64) -> Duration {
 }
 
 async fn run(url: &str, schema: &str) -> Result<(), String> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store: Arc<dyn Store> = Arc::new(
-        PostgresStore::connect(url, Some(schema), clock.clone())
-            .await
-            .map_err(|e| e.to_string())?,
-    );
-    let engine = Arc::new(Engine::new(store.clone(), clock.clone()));
-    for (definition, _) in flowstate_testkit::mix::definitions() {
-        engine.register(definition);
-    }
     let config = WorkerConfig::new(WorkerConfig::process_worker_id())
         .with_lease(millis("FLOWSTATE_LEASE_MS", 2_000))
         .with_poll_interval(millis("FLOWSTATE_POLL_MS", 250))
         .with_max_in_flight(256);
-    let worker = Arc::new(
-        Worker::new(store.clone(), clock, config)
-            .map_err(|e| e.to_string())?
-            .with_runner(FlowKind::TaskGraph, engine),
-    );
-    let stop = worker.shutdown_handle();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        terminate.recv().await;
-        stop.shutdown();
-    });
+    let mut builder = flowstate::Engine::builder(url)
+        .postgres_schema(schema)
+        .worker(config);
+    for (definition, _) in flowstate_testkit::mix::definitions() {
+        builder = builder.task_graph(definition);
+    }
+    let engine = builder.build().await.map_err(|e| e.to_string())?;
     println!("ready");
-    let stats = worker.run().await.map_err(|e| e.to_string())?;
+    let stats = engine.run_until_signal().await.map_err(|e| e.to_string())?;
     println!(
         "stats {}",
         serde_json::to_string(&stats).map_err(|e| e.to_string())?
     );
-    store.close().await.map_err(|e| e.to_string())
+    engine.store().close().await.map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

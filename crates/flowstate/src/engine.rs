@@ -1,0 +1,195 @@
+//! [`Engine`]: one engine process, assembled from a store URL and the definitions it can run.
+//!
+//! ```no_run
+//! # async fn example(order_flow: flowstate::taskgraph::Flow) -> Result<(), Box<dyn std::error::Error>> {
+//! // The same program runs on a laptop (an SQLite file) or as one of N processes sharing a
+//! // PostgreSQL database; only the URL changes.
+//! let engine = flowstate::Engine::builder("postgres://app@db.internal/flows")
+//!     .task_graph(order_flow)
+//!     .build()
+//!     .await?;
+//! let flow = engine
+//!     .task_graphs()
+//!     .submit("order", [("order".to_owned(), serde_json::json!(1042))].into_iter().collect())
+//!     .await?;
+//! println!("submitted {flow}");
+//! engine.run_until_signal().await?; // takes its share of the work until SIGTERM or Ctrl-C
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use flowstate_core::{Clock, FlowKind};
+use flowstate_store::{Store, SystemClock};
+use flowstate_taskgraph::Flow;
+use flowstate_worker::{ShutdownHandle, Worker, WorkerConfig, WorkerError, WorkerStats};
+
+use crate::{open_store_in, Access, OpenError};
+
+/// Why an engine could not be built or stopped working.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The worker's settings are out of bounds, or its store stopped.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// Waiting for a shutdown signal failed.
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Builds an [`Engine`].
+#[derive(Debug)]
+pub struct EngineBuilder {
+    url: String,
+    schema: Option<String>,
+    clock: Arc<dyn Clock>,
+    worker: Option<WorkerConfig>,
+    task_graphs: Vec<Flow>,
+}
+
+impl EngineBuilder {
+    /// Runs flows in a PostgreSQL schema of its own (created if missing) rather than in the
+    /// connection's default one. Ignored for SQLite.
+    #[must_use]
+    pub fn postgres_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Uses `clock` instead of the system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Worker settings (lease, flows in flight, polling); the default has a worker id unique
+    /// to this process.
+    #[must_use]
+    pub fn worker(mut self, config: WorkerConfig) -> Self {
+        self.worker = Some(config);
+        self
+    }
+
+    /// A task-graph definition this process can run (flows record its name).
+    #[must_use]
+    pub fn task_graph(mut self, flow: Flow) -> Self {
+        self.task_graphs.push(flow);
+        self
+    }
+
+    /// Opens the store (creating and migrating it if needed) and assembles the engine.
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        let store = open_store_in(
+            &self.url,
+            self.schema.as_deref(),
+            self.clock.clone(),
+            Access::CreateIfMissing,
+        )
+        .await?;
+        let task_graphs = Arc::new(flowstate_taskgraph::Engine::new(
+            store.clone(),
+            self.clock.clone(),
+        ));
+        for flow in self.task_graphs {
+            task_graphs.register(flow);
+        }
+        let config = self
+            .worker
+            .unwrap_or_else(|| WorkerConfig::new(WorkerConfig::process_worker_id()));
+        let worker = Worker::new(store.clone(), self.clock, config)
+            .map_err(WorkerError::from)?
+            .with_runner(FlowKind::TaskGraph, task_graphs.clone());
+        Ok(Engine {
+            store,
+            task_graphs,
+            worker: Arc::new(worker),
+        })
+    }
+}
+
+/// One engine process: a store, the engines of each kind of flow, and the worker that claims
+/// this process's share of the store's ready flows. Start as many as you like on one
+/// PostgreSQL database; they split the work and take over each other's flows.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    task_graphs: Arc<flowstate_taskgraph::Engine>,
+    worker: Arc<Worker>,
+}
+
+impl Engine {
+    /// A builder for the store at `url`: a file path or `sqlite://PATH` (embedded), or
+    /// `postgres://...` (shared by many processes).
+    #[must_use]
+    pub fn builder(url: impl Into<String>) -> EngineBuilder {
+        EngineBuilder {
+            url: url.into(),
+            schema: None,
+            clock: Arc::new(SystemClock),
+            worker: None,
+            task_graphs: Vec::new(),
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The task-graph engine: submit, start or inspect task-graph flows.
+    #[must_use]
+    pub fn task_graphs(&self) -> &Arc<flowstate_taskgraph::Engine> {
+        &self.task_graphs
+    }
+
+    /// The worker's counters.
+    #[must_use]
+    pub fn stats(&self) -> WorkerStats {
+        self.worker.stats()
+    }
+
+    /// Stops [`Engine::run`] gracefully.
+    #[must_use]
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.worker.shutdown_handle()
+    }
+
+    /// Takes this process's share of the work until shut down.
+    pub async fn run(&self) -> Result<WorkerStats, EngineError> {
+        Ok(self.worker.run().await?)
+    }
+
+    /// Like [`Engine::run`], shutting down gracefully on SIGTERM or Ctrl-C.
+    pub async fn run_until_signal(&self) -> Result<WorkerStats, EngineError> {
+        let stop = self.shutdown_handle();
+        let signals = shutdown_signal().map_err(EngineError::Signal)?;
+        let waiter = tokio::spawn(async move {
+            signals.await;
+            stop.shutdown();
+        });
+        let ran = self.run().await;
+        waiter.abort();
+        ran
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
