@@ -57,6 +57,10 @@ struct W1PostgresArgs {
     /// Flows each engine process runs at once.
     #[arg(long, default_value_t = 512)]
     in_flight: usize,
+    /// Flows of the sequential scenario (one at a time, started and awaited in this
+    /// process, no worker), the shape of DBOS's sequential figure; 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    sequential: usize,
     /// Runs of each scenario; the table shows the run with the median throughput.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -817,6 +821,41 @@ async fn w1_postgres(args: W1PostgresArgs) {
         .await
         .unwrap_or_else(|e| fail(e));
     tokio::spawn(connection);
+    if args.sequential > 0 {
+        let mut measured = Vec::new();
+        for _ in 0..runs {
+            let schema = format!("flowstate_bench_{:016x}", rand::random::<u64>());
+            let store = connect_postgres(&args.url, &schema).await;
+            let engine = flowstate_taskgraph::Engine::serial(store.clone(), Arc::new(SystemClock));
+            engine.register(w1_flow(args.steps));
+            let mut latency_us = histogram();
+            let start = Instant::now();
+            for _ in 0..args.sequential {
+                let _ = latency_us.record(w1_run(&engine, args.steps).await);
+            }
+            let elapsed = start.elapsed();
+            let _ = store.close().await;
+            drop_schema(&args.url, &schema).await;
+            measured.push(Measured {
+                scenario: "sequential: one flow at a time, no worker".into(),
+                events: (args.sequential * args.steps) as u64,
+                elapsed,
+                latency_us,
+            });
+        }
+        if let Some(m) = median(measured) {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | 0 |",
+                m.scenario,
+                args.sequential,
+                m.events,
+                m.elapsed.as_secs_f64(),
+                m.per_sec(),
+                m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
+                m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+            );
+        }
+    }
     for &processes in &args.processes {
         let mut measured = Vec::new();
         let mut conflicts = Vec::new();
