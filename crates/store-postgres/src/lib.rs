@@ -13,6 +13,7 @@ mod batch;
 mod batched;
 mod group;
 mod schema;
+pub mod testing;
 mod wake;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,27 +41,6 @@ pub use wake::CHANNEL as WAKE_CHANNEL;
 
 /// Connections kept by one store.
 pub const POOL_SIZE: usize = 16;
-
-/// The database tests use: `FLOWSTATE_TEST_PG`, or `postgres://postgres@127.0.0.1:5432/test`.
-/// `None` (after printing that the test is skipped) when it is unreachable; with `CI=true`
-/// an unreachable database panics instead, so that CI never passes by skipping.
-pub async fn test_database() -> Option<String> {
-    let url = std::env::var("FLOWSTATE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let reachable =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&url, NoTls)).await;
-    let why = match reachable {
-        Ok(Ok(_)) => return Some(url),
-        Ok(Err(error)) => error.to_string(),
-        Err(_) => "timed out".to_owned(),
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but PostgreSQL at {url} is unreachable: {why}"
-    );
-    eprintln!("skipped: PostgreSQL at {url} is unreachable ({why})");
-    None
-}
 
 /// Maps a PostgreSQL error.
 pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {

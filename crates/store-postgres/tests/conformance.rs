@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use flowstate_core::Clock;
 use flowstate_store::conformance::StoreFactory;
 use flowstate_store::Store;
+use flowstate_store_postgres::testing::TestSchema;
 use flowstate_store_postgres::PostgresStore;
 
 fn url() -> String {
@@ -22,51 +23,26 @@ fn url() -> String {
 #[derive(Debug, Default)]
 struct Postgres;
 
-/// A schema of its own; dropped when the test ends.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, schema) = (url(), self.0.clone());
-        // Drop runs outside any runtime guarantee: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
-
 #[async_trait]
 impl StoreFactory for Postgres {
-    type Location = Schema;
+    type Location = TestSchema;
 
-    async fn create(&self) -> Schema {
-        Schema(format!("flowstate_test_{:016x}", rand::random::<u64>()))
+    async fn create(&self) -> TestSchema {
+        TestSchema::new(&url(), "flowstate_test")
     }
 
-    async fn open(&self, location: &Schema, clock: Arc<dyn Clock>) -> Arc<dyn Store> {
+    async fn open(&self, location: &TestSchema, clock: Arc<dyn Clock>) -> Arc<dyn Store> {
         Arc::new(
-            PostgresStore::connect(&url(), Some(&location.0), clock)
+            PostgresStore::connect(&url(), Some(&location.name), clock)
                 .await
                 .expect("connect"),
         )
     }
 
     async fn available(&self) -> bool {
-        flowstate_store_postgres::test_database().await.is_some()
+        flowstate_store_postgres::testing::test_database()
+            .await
+            .is_some()
     }
 }
 
@@ -80,12 +56,12 @@ async fn a_schema_from_a_newer_flowstate_or_no_store_at_all_is_refused() {
     }
     let clock: Arc<dyn Clock> = Arc::new(flowstate_store::SystemClock);
     let schema = factory.create().await;
-    let missing = PostgresStore::open(&url(), Some(&schema.0), clock.clone(), false).await;
+    let missing = PostgresStore::open(&url(), Some(&schema.name), clock.clone(), false).await;
     assert!(
         matches!(missing, Err(flowstate_store::StoreError::Missing { .. })),
         "{missing:?}"
     );
-    let store = PostgresStore::connect(&url(), Some(&schema.0), clock.clone())
+    let store = PostgresStore::connect(&url(), Some(&schema.name), clock.clone())
         .await
         .expect("create");
     store.close().await.expect("close");
@@ -96,11 +72,11 @@ async fn a_schema_from_a_newer_flowstate_or_no_store_at_all_is_refused() {
     client
         .batch_execute(&format!(
             "UPDATE {}.flowstate_schema SET version = 99",
-            schema.0
+            schema.name
         ))
         .await
         .expect("bump");
-    let newer = PostgresStore::connect(&url(), Some(&schema.0), clock).await;
+    let newer = PostgresStore::connect(&url(), Some(&schema.name), clock).await;
     assert!(
         matches!(
             newer,

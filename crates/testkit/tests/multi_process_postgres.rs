@@ -16,6 +16,7 @@ use flowstate_core::fold::Folder;
 use flowstate_core::machine::{FlowState, TaskState};
 use flowstate_core::{Clock, Event, EventBody, FlowId, FlowStatus};
 use flowstate_store::{read_all, Store, SystemClock};
+use flowstate_store_postgres::testing::{test_database, TestSchema};
 use flowstate_store_postgres::PostgresStore;
 use flowstate_taskgraph::Engine;
 use flowstate_worker::WorkerStats;
@@ -24,35 +25,6 @@ const CHILD: &str = env!("CARGO_BIN_EXE_flowstate-engine-process");
 const FLOWS: usize = 2_000;
 const PROCESSES: usize = 3;
 
-/// A schema of its own, dropped at the end.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
-
 /// One engine process; SIGKILLed by the test or stopped with SIGTERM.
 struct Process {
     child: Child,
@@ -60,7 +32,7 @@ struct Process {
 }
 
 impl Process {
-    fn start(schema: &Schema) -> Self {
+    fn start(schema: &TestSchema) -> Self {
         let mut child = Command::new(CHILD)
             .args([&schema.url, &schema.name])
             .env("FLOWSTATE_LEASE_MS", "2000")
@@ -149,13 +121,10 @@ async fn wait_until_finished(client: &tokio_postgres::Client, schema: &str, at_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_processes_share_the_work_and_survive_a_sigkill() {
-    let Some(url) = flowstate_store_postgres::test_database().await else {
+    let Some(url) = test_database().await else {
         return;
     };
-    let schema = Schema {
-        url: url.clone(),
-        name: format!("flowstate_mp_{:016x}", rand::random::<u64>()),
-    };
+    let schema = TestSchema::new(&url, "flowstate_mp");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store: Arc<dyn Store> = Arc::new(
         PostgresStore::connect(&url, Some(&schema.name), clock.clone())
