@@ -18,6 +18,11 @@ pub const MAX_BATCH: usize = 256;
 /// Tasks serving each kind of batch (each holds one pooled connection while it runs).
 pub const BATCHERS: usize = 2;
 
+/// Most events one call gets from a batched read; a call that wants more gets the rest from
+/// reads of its own, so that one long log cannot make a batch's answer enormous (a batch
+/// answers at most `MAX_BATCH * BATCHED_READ_ROWS` rows).
+pub const BATCHED_READ_ROWS: usize = 1_000;
+
 pub(crate) struct ReadCall {
     pub(crate) flow: FlowId,
     pub(crate) from_seq: u64,
@@ -60,7 +65,10 @@ async fn read_batch(
     let client = pool.get().await.map_err(pool_error)?;
     let ids: Vec<uuid::Uuid> = calls.iter().map(|c| uuid_of(c.flow)).collect();
     let froms: Vec<i64> = calls.iter().map(|c| signed(c.from_seq.max(1))).collect();
-    let limits: Vec<i64> = calls.iter().map(|c| signed(c.limit as u64)).collect();
+    let limits: Vec<i64> = calls
+        .iter()
+        .map(|c| signed(c.limit.min(BATCHED_READ_ROWS) as u64))
+        .collect();
     let statement = client
         .prepare_cached(
             // One row per event; a call whose flow exists but whose range is empty gets one
@@ -84,24 +92,41 @@ async fn read_batch(
     // `None` until a row shows the flow exists.
     let mut found: Vec<Option<Vec<RawEvent>>> = calls.iter().map(|_| None).collect();
     for row in rows {
-        let index = usize::try_from(row.get::<_, i64>(0) - 1)
-            .map_err(|_| corrupt("read batch ordinal".into()))?;
+        let ordinal: i64 = row.try_get(0).map_err(pg_error)?;
+        let index =
+            usize::try_from(ordinal - 1).map_err(|_| corrupt("read batch ordinal".into()))?;
         let (Some(call), Some(slot)) = (calls.get(index), found.get_mut(index)) else {
             return Err(corrupt("read batch ordinal out of range".into()));
         };
-        if !row.get::<_, bool>(1) {
+        if !row.try_get::<_, bool>(1).map_err(pg_error)? {
             continue;
         }
         let events = slot.get_or_insert_with(Vec::new);
-        if let Some(seq) = row.get::<_, Option<i64>>(2) {
+        if let Some(seq) = row.try_get::<_, Option<i64>>(2).map_err(pg_error)? {
             events.push(RawEvent {
                 flow: call.flow,
                 seq: unsigned(seq, "sequence number")?,
-                time: Timestamp::from_micros(row.get(3)),
-                format: u16::try_from(row.get::<_, i16>(4))
+                time: Timestamp::from_micros(row.try_get(3).map_err(pg_error)?),
+                format: u16::try_from(row.try_get::<_, i16>(4).map_err(pg_error)?)
                     .map_err(|_| corrupt("negative format".into()))?,
-                body: row.get(5),
+                body: row.try_get(5).map_err(pg_error)?,
             });
+        }
+    }
+    // Calls that want more than a batch gives them read the rest on their own.
+    for (call, events) in calls.iter().zip(found.iter_mut()) {
+        let Some(events) = events else { continue };
+        while events.len() < call.limit && events.len() % BATCHED_READ_ROWS == 0 {
+            let Some(last) = events.last().map(|e| e.seq) else {
+                break;
+            };
+            let want = (call.limit - events.len()).min(BATCHED_READ_ROWS);
+            let more = read_range(&client, call.flow, last + 1, want).await?;
+            let done = more.len() < want;
+            events.extend(more);
+            if done {
+                break;
+            }
         }
     }
     Ok(calls
@@ -109,6 +134,42 @@ async fn read_batch(
         .zip(found)
         .map(|(call, events)| events.ok_or(StoreError::UnknownFlow { flow: call.flow }))
         .collect())
+}
+
+/// One call's range, in one statement.
+async fn read_range(
+    client: &deadpool_postgres::Object,
+    flow: FlowId,
+    from_seq: u64,
+    limit: usize,
+) -> Result<Vec<RawEvent>, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT e.seq, e.time, e.format, e.body FROM flows f
+             JOIN events e ON e.flow_no = f.flow_no AND e.seq >= $2
+             WHERE f.id = $1 ORDER BY e.seq LIMIT $3",
+        )
+        .await
+        .map_err(pg_error)?;
+    let rows = client
+        .query(
+            &statement,
+            &[&uuid_of(flow), &signed(from_seq), &signed(limit as u64)],
+        )
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|row| {
+            Ok(RawEvent {
+                flow,
+                seq: unsigned(row.try_get(0).map_err(pg_error)?, "sequence number")?,
+                time: Timestamp::from_micros(row.try_get(1).map_err(pg_error)?),
+                format: u16::try_from(row.try_get::<_, i16>(2).map_err(pg_error)?)
+                    .map_err(|_| corrupt("negative format".into()))?,
+                body: row.try_get(3).map_err(pg_error)?,
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn start_releases(
@@ -182,14 +243,16 @@ async fn release_batch(
         .map(|c| (uuid_of(c.claim.flow), c.claim.flow))
         .collect();
     for row in rows {
-        if let Some(flow) = by_id.get(&row.get::<_, uuid::Uuid>(0)) {
+        let id: uuid::Uuid = row.try_get(0).map_err(pg_error)?;
+        if let Some(flow) = by_id.get(&id) {
             released.insert(*flow);
         }
-        still_ready |= row.get::<_, bool>(1);
+        still_ready |= row.try_get::<_, bool>(1).map_err(pg_error)?;
     }
     if still_ready {
         // A worker that tried to claim one of them while it was held may be asleep.
-        wake.notify_now(&client).await?;
+        wake.notify_now(&client, flowstate_store::WakeKind::Flows)
+            .await;
     }
     Ok(released)
 }

@@ -17,7 +17,7 @@ use flowstate_store::validate::{check_log_room, check_status_kind};
 use flowstate_store::{AppendBatch, AppendOutcome, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wake::WakeChannel;
+use crate::wake::{WakeChannel, Wakes};
 use crate::{corrupt, pg_error, signed, unsigned, uuid_of};
 
 /// Most appends one group takes.
@@ -237,10 +237,10 @@ async fn commit_group(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut updates: BTreeMap<i64, FlowUpdate> = BTreeMap::new();
     let mut timers: BTreeMap<(i64, String), i64> = BTreeMap::new();
-    let mut wakes_workers = false;
+    let mut wakes = Wakes::default();
     for (batch, outcome) in batches.iter().zip(&outcomes) {
         let Ok(outcome) = outcome else { continue };
-        wakes_workers |= batch.ready == Some(true) || !batch.timers.is_empty();
+        wakes.add(Wakes::of(batch));
         let flow_no = flows
             .get(&uuid_of(batch.flow))
             .and_then(|f| f.flow_no)
@@ -320,13 +320,9 @@ async fn commit_group(
         .await
         .map_err(pg_error)?;
     }
-    if wakes_workers {
-        wake.notify(&tx).await?;
-    }
+    wake.notify_all(&tx, wakes).await?;
     tx.commit().await.map_err(pg_error)?;
-    if wakes_workers {
-        wake.wake_here();
-    }
+    wake.wake_here_all(wakes);
     Ok(outcomes)
 }
 

@@ -13,6 +13,7 @@ mod batch;
 mod batched;
 mod group;
 mod schema;
+#[doc(hidden)]
 pub mod testing;
 mod wake;
 
@@ -30,14 +31,14 @@ use flowstate_store::validate::{
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, Wakeups, WorkerId,
+    Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 pub use schema::SCHEMA_VERSION;
-use wake::WakeChannel;
 pub use wake::CHANNEL as WAKE_CHANNEL;
+use wake::{WakeChannel, Wakes};
 
 /// Connections kept by one store.
 pub const POOL_SIZE: usize = 16;
@@ -49,6 +50,14 @@ pub(crate) fn pg_error(error: tokio_postgres::Error) -> StoreError {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => error.to_string(),
         },
+    }
+}
+
+/// A batch task dropped a call without answering (it panicked): an I/O-class failure of
+/// this call, not a closed store.
+fn batcher_gone(what: &str) -> StoreError {
+    StoreError::Io {
+        message: format!("the {what} batcher stopped without answering"),
     }
 }
 
@@ -287,7 +296,7 @@ impl Store for PostgresStore {
             .send(group::Pending { batch, now, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        outcome.await.map_err(|_| batcher_gone("append"))?
     }
 
     async fn read(
@@ -311,7 +320,7 @@ impl Store for PostgresStore {
             .send(call)
             .await
             .map_err(|_| StoreError::Closed)?;
-        result.await.map_err(|_| StoreError::Closed)?
+        result.await.map_err(|_| batcher_gone("read"))?
     }
 
     async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
@@ -386,12 +395,14 @@ impl Store for PostgresStore {
         if changed == 0 {
             return Err(StoreError::UnknownFlow { flow });
         }
-        self.wake.notify_now(&client).await
+        self.wake.notify_now(&client, WakeKind::Flows).await;
+        Ok(())
     }
 
     async fn claim(
         &self,
         worker: &WorkerId,
+        kinds: &[FlowKind],
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
@@ -404,6 +415,7 @@ impl Store for PostgresStore {
                         "WITH picked AS (
                     SELECT flow_no FROM flows
                     WHERE ready AND (lease_until IS NULL OR lease_until <= $1)
+                      AND kind = ANY($5)
                     ORDER BY ready_since, flow_no LIMIT $2
                     FOR UPDATE SKIP LOCKED)
                  UPDATE flows f SET lease_owner = $3, lease_until = $4
@@ -417,6 +429,7 @@ impl Store for PostgresStore {
                     &signed(limit as u64),
                     &worker.as_str(),
                     &until.as_micros(),
+                    &kinds.iter().map(|k| k.key()).collect::<Vec<&str>>(),
                 ],
             )
             .await
@@ -467,7 +480,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg_error)?;
-        let renewed: Vec<FlowId> = rows
+        let renewed: std::collections::HashSet<FlowId> = rows
             .iter()
             .map(|row| flow_id(row.get(0)))
             .collect::<Result<_, _>>()?;
@@ -498,7 +511,7 @@ impl Store for PostgresStore {
             .send(call)
             .await
             .map_err(|_| StoreError::Closed)?;
-        result.await.map_err(|_| StoreError::Closed)?
+        result.await.map_err(|_| batcher_gone("release"))?
     }
 
     async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
@@ -518,9 +531,9 @@ impl Store for PostgresStore {
             return Err(StoreError::UnknownFlow { flow });
         };
         upsert_timer(&tx, row.get(0), &timer).await?;
-        self.wake.notify(&tx).await?;
+        self.wake.notify(&tx, WakeKind::Timers).await?;
         tx.commit().await.map_err(pg_error)?;
-        self.wake.wake_here();
+        self.wake.wake_here(WakeKind::Timers);
         Ok(())
     }
 
@@ -592,15 +605,16 @@ impl Store for PostgresStore {
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
         let client = self.client().await?;
         // Both halves are served by an index (see migration 2): the first free timer in due
-        // order, and the earliest lease end among held ones.
+        // order, and the earliest lease end among held ones (a timer is claimed only once it
+        // is due, so a held timer's lease always ends after its due time).
         let row = client
             .query_one(
                 &client
                     .prepare_cached(
                         "SELECT least(
                     (SELECT due FROM timers WHERE lease_until IS NULL ORDER BY due LIMIT 1),
-                    (SELECT min(greatest(due, lease_until)) FROM timers
-                     WHERE lease_until IS NOT NULL))",
+                    (SELECT lease_until FROM timers WHERE lease_until IS NOT NULL
+                     ORDER BY lease_until LIMIT 1))",
                     )
                     .await
                     .map_err(pg_error)?,
@@ -674,7 +688,7 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
-    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts> {
         if let Ok(mut listener) = self.listener.lock() {
             let runtime = tokio::runtime::Handle::try_current();
             if let (None, Ok(runtime)) = (listener.as_ref(), runtime) {
@@ -809,6 +823,7 @@ pub(crate) async fn append_one(
         .iter()
         .map(|e| signed(e.body.len() as u64))
         .sum();
+    let wakes = Wakes::of(&batch);
     let bodies: Vec<Vec<u8>> = batch.events.into_iter().map(|e| e.body).collect();
     tx.execute(
         &tx.prepare_cached(
@@ -837,14 +852,9 @@ pub(crate) async fn append_one(
     for timer in &batch.timers {
         upsert_timer(&tx, flow_no, timer).await?;
     }
-    let wakes_workers = batch.ready == Some(true) || !batch.timers.is_empty();
-    if wakes_workers {
-        wake.notify(&tx).await?;
-    }
+    wake.notify_all(&tx, wakes).await?;
     tx.commit().await.map_err(pg_error)?;
-    if wakes_workers {
-        wake.wake_here();
-    }
+    wake.wake_here_all(wakes);
     Ok(AppendOutcome {
         first_seq: actual,
         next_seq,

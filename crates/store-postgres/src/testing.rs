@@ -1,5 +1,7 @@
 //! Helpers for tests that need a PostgreSQL server: which database, whether it is reachable
-//! (and the CI rule), and a schema of their own that is dropped when they end.
+//! (and the CI rule), and a schema of their own that is dropped when they end. Not part of
+//! the store's API (hidden from its documentation); shared by the test suites of several
+//! crates.
 
 use std::time::Duration;
 
@@ -61,7 +63,7 @@ impl Drop for TestSchema {
                 let (client, connection) = tokio_postgres::connect(&url, NoTls).await.ok()?;
                 tokio::spawn(connection);
                 client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
                     .await
                     .ok()
             })

@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowstate_core::limits::MAX_READ_BATCH;
-use flowstate_core::{Clock, FlowId, RawEvent, Timestamp};
+use flowstate_core::{Clock, FlowId, FlowKind, RawEvent, Timestamp};
 use flowstate_store::validate::{
     check_batch, check_lease, check_name, claim_window, validate_append,
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, Wakeups, WorkerId,
+    Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -306,12 +306,16 @@ impl Store for SqliteStore {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         validate_append(&batch)?;
         let now = self.clock.now();
-        let wake = batch.ready == Some(true) || !batch.timers.is_empty();
+        let wake_flows = batch.ready == Some(true);
+        let wake_timers = !batch.timers.is_empty();
         let outcome = self
             .write(|reply| Command::Append { batch, now, reply })
             .await?;
-        if wake {
-            self.wakeups.wake();
+        if wake_flows {
+            self.wakeups.wake(WakeKind::Flows);
+        }
+        if wake_timers {
+            self.wakeups.wake(WakeKind::Timers);
         }
         Ok(outcome)
     }
@@ -354,20 +358,23 @@ impl Store for SqliteStore {
         let now = self.clock.now();
         self.write(|reply| Command::MarkReady { flow, now, reply })
             .await?;
-        self.wakeups.wake();
+        self.wakeups.wake(WakeKind::Flows);
         Ok(())
     }
 
     async fn claim(
         &self,
         worker: &WorkerId,
+        kinds: &[FlowKind],
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
         let (now, until) = claim_window("claim limit", limit, lease, self.clock.as_ref())?;
         let worker = worker.clone();
+        let kinds = kinds.to_vec();
         self.write(|reply| Command::Claim {
             worker,
+            kinds,
             limit,
             now,
             until,
@@ -410,7 +417,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if still_ready == Some(true) {
-            self.wakeups.wake();
+            self.wakeups.wake(WakeKind::Flows);
         }
         Ok(still_ready.is_some())
     }
@@ -419,7 +426,7 @@ impl Store for SqliteStore {
         check_name("timer name", &timer.name)?;
         self.write(|reply| Command::ScheduleTimer { flow, timer, reply })
             .await?;
-        self.wakeups.wake();
+        self.wakeups.wake(WakeKind::Timers);
         Ok(())
     }
 
@@ -485,7 +492,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts> {
         self.wakeups.subscribe()
     }
 

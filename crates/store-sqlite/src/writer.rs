@@ -31,6 +31,7 @@ pub enum Command {
     },
     Claim {
         worker: WorkerId,
+        kinds: Vec<FlowKind>,
         limit: usize,
         now: Timestamp,
         until: Timestamp,
@@ -274,11 +275,12 @@ fn execute(
         Command::MarkReady { flow, now, reply } => hold(reply, mark_ready(conn, flow, now)),
         Command::Claim {
             worker,
+            kinds,
             limit,
             now,
             until,
             reply,
-        } => hold(reply, claim(conn, &worker, limit, now, until)),
+        } => hold(reply, claim(conn, &worker, &kinds, limit, now, until)),
         Command::Renew {
             worker,
             flows,
@@ -488,6 +490,7 @@ fn mark_ready(conn: &Connection, flow: FlowId, now: Timestamp) -> Result<(), OpE
 fn claim(
     conn: &Connection,
     worker: &WorkerId,
+    kinds: &[FlowKind],
     limit: usize,
     now: Timestamp,
     until: Timestamp,
@@ -495,11 +498,25 @@ fn claim(
     let mut select = conn.prepare_cached(
         "SELECT flow_no, id, next_seq, wake, kind FROM flows
          WHERE ready = 1 AND (lease_until IS NULL OR lease_until <= ?1)
+           AND kind IN (SELECT value FROM json_each(?3))
          ORDER BY ready_since, flow_no LIMIT ?2",
     )?;
+    // A JSON array of the kinds' keys (plain identifiers), for json_each.
+    let kinds = format!(
+        "[{}]",
+        kinds
+            .iter()
+            .map(|k| format!("\"{}\"", k.key()))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let rows = select
         .query_map(
-            (now.as_micros(), i64::try_from(limit).unwrap_or(i64::MAX)),
+            (
+                now.as_micros(),
+                i64::try_from(limit).unwrap_or(i64::MAX),
+                kinds,
+            ),
             |row| {
                 Ok((
                     row.get::<_, i64>(0)?,

@@ -25,7 +25,7 @@ use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, ManualClock, Timestamp
 
 use crate::{
     AppendBatch, Claim, FlowQuery, InvalidInput, NewEvent, NewFlow, NewTimer, Release, Store,
-    StoreError, WorkerId,
+    StoreError, WakeKind, WorkerId,
 };
 
 /// Opens stores for the suite.
@@ -364,7 +364,11 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
     let _idle = create_flow(&fx, FlowKind::TaskGraph, "idle", false).await;
     let lease = Duration::from_secs(30);
 
-    let claims = fx.store.claim(&w1, 10, lease).await.expect("claim");
+    let claims = fx
+        .store
+        .claim(&w1, &FlowKind::ALL, 10, lease)
+        .await
+        .expect("claim");
     assert_eq!(
         claims.iter().map(|c| c.flow).collect::<Vec<_>>(),
         [a, b],
@@ -376,10 +380,30 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
         FlowKind::TaskGraph,
         "a claim names the kind"
     );
+    let plan = create_flow(&fx, FlowKind::Plan, "p", true).await;
+    assert!(
+        fx.store
+            .claim(&w2, &[FlowKind::TaskGraph, FlowKind::Function], 10, lease)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "only the kinds asked for are claimed"
+    );
+    let plans = fx
+        .store
+        .claim(&w2, &[FlowKind::Plan], 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(plans.iter().map(|c| c.flow).collect::<Vec<_>>(), [plan]);
+    assert!(fx
+        .store
+        .release(&w2, &plans[0], Release::Idle)
+        .await
+        .expect("release"));
     assert_eq!(claims[0].lease_until, fx.clock.now().saturating_add(lease));
     assert!(fx
         .store
-        .claim(&w2, 10, lease)
+        .claim(&w2, &FlowKind::ALL, 10, lease)
         .await
         .expect("claim")
         .is_empty());
@@ -388,7 +412,11 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
     let renewed = fx.store.renew(&w1, &[a], lease).await.expect("renew");
     assert_eq!(renewed, [a]);
     fx.clock.advance(Duration::from_secs(25)); // b's lease ran out 5 s ago; a's has 15 s left.
-    let taken = fx.store.claim(&w2, 10, lease).await.expect("claim");
+    let taken = fx
+        .store
+        .claim(&w2, &FlowKind::ALL, 10, lease)
+        .await
+        .expect("claim");
     assert_eq!(taken.iter().map(|c| c.flow).collect::<Vec<_>>(), [b]);
     assert!(fx
         .store
@@ -412,7 +440,7 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
     assert!(!summary.ready, "an idle release clears the ready flag");
     assert!(fx
         .store
-        .claim(&w2, 10, lease)
+        .claim(&w2, &FlowKind::ALL, 10, lease)
         .await
         .expect("claim")
         .is_empty());
@@ -422,7 +450,11 @@ pub async fn leases_expire_and_flows_are_reclaimed<F: StoreFactory>(factory: &F)
         .release(&w1, &claims[0], Release::StillReady)
         .await
         .expect("release"));
-    let again = fx.store.claim(&w2, 10, lease).await.expect("claim");
+    let again = fx
+        .store
+        .claim(&w2, &FlowKind::ALL, 10, lease)
+        .await
+        .expect("claim");
     assert_eq!(again.iter().map(|c| c.flow).collect::<Vec<_>>(), [a]);
 }
 
@@ -433,14 +465,14 @@ pub async fn a_wake_during_a_claim_is_not_lost<F: StoreFactory>(factory: &F) {
     let flow = create_flow(&fx, FlowKind::Function, "f", false).await;
     assert!(fx
         .store
-        .claim(&w, 10, Duration::from_secs(5))
+        .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(5))
         .await
         .expect("claim")
         .is_empty());
     fx.store.mark_ready(flow).await.expect("mark ready");
     let claims: Vec<Claim> = fx
         .store
-        .claim(&w, 10, Duration::from_secs(5))
+        .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(5))
         .await
         .expect("claim");
     assert_eq!(claims.len(), 1);
@@ -455,7 +487,7 @@ pub async fn a_wake_during_a_claim_is_not_lost<F: StoreFactory>(factory: &F) {
         .expect("release"));
     let again = fx
         .store
-        .claim(&w, 10, Duration::from_secs(5))
+        .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(5))
         .await
         .expect("claim");
     assert_eq!(
@@ -470,7 +502,7 @@ pub async fn a_wake_during_a_claim_is_not_lost<F: StoreFactory>(factory: &F) {
         .expect("release"));
     assert!(fx
         .store
-        .claim(&w, 10, Duration::from_secs(5))
+        .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(5))
         .await
         .expect("claim")
         .is_empty());
@@ -675,25 +707,28 @@ pub async fn wakeups_and_the_next_timer_tell_idle_workers_when_to_look<F: StoreF
     let (fx, _location) = fixture(factory).await;
     let w = worker("waker");
     let mut wakeups = fx.store.wakeups();
-    let mut saw_wake = |what: &str| {
-        assert!(
-            wakeups.has_changed().expect("store alive"),
-            "{what} moves the wake-up counter"
-        );
-        wakeups.borrow_and_update();
+    let mut seen = *wakeups.borrow_and_update();
+    let mut saw_wake = |kind: WakeKind, what: &str| {
+        let now = *wakeups.borrow_and_update();
+        let moved = match kind {
+            WakeKind::Flows => now.flows != seen.flows,
+            WakeKind::Timers => now.timers != seen.timers,
+        };
+        assert!(moved, "{what} moves the {kind:?} wake-up counter");
+        seen = now;
     };
     let flow = create_flow(&fx, FlowKind::Function, "f", true).await;
-    saw_wake("creating a ready flow");
+    saw_wake(WakeKind::Flows, "creating a ready flow");
     let idle = create_flow(&fx, FlowKind::Function, "f", false).await;
     fx.store.mark_ready(idle).await.expect("mark ready");
-    saw_wake("mark_ready");
+    saw_wake(WakeKind::Flows, "mark_ready");
     let mut append = follow_up(flow, 2, vec![event(fx.clock.now(), &serde_json::json!({}))]);
     append.ready = Some(true);
     fx.store.append(append).await.expect("append");
-    saw_wake("an append that sets the ready flag");
+    saw_wake(WakeKind::Flows, "an append that sets the ready flag");
     let claims = fx
         .store
-        .claim(&w, 10, Duration::from_secs(5))
+        .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(5))
         .await
         .expect("claim");
     assert_eq!(claims.len(), 2);
@@ -703,7 +738,7 @@ pub async fn wakeups_and_the_next_timer_tell_idle_workers_when_to_look<F: StoreF
         .release(&w, &claims[0], Release::StillReady)
         .await
         .expect("release"));
-    saw_wake("a release that leaves the flow ready");
+    saw_wake(WakeKind::Flows, "a release that leaves the flow ready");
 
     assert_eq!(fx.store.next_timer_due().await.expect("next"), None);
     let start = fx.clock.now();
@@ -719,7 +754,7 @@ pub async fn wakeups_and_the_next_timer_tell_idle_workers_when_to_look<F: StoreF
             )
             .await
             .expect("schedule");
-        saw_wake("setting a timer");
+        saw_wake(WakeKind::Timers, "setting a timer");
     }
     let mut append = follow_up(flow, 3, vec![event(fx.clock.now(), &serde_json::json!({}))]);
     append.timers = vec![NewTimer {
@@ -727,7 +762,7 @@ pub async fn wakeups_and_the_next_timer_tell_idle_workers_when_to_look<F: StoreF
         due: at(60),
     }];
     fx.store.append(append).await.expect("append with a timer");
-    saw_wake("an append that sets a timer");
+    saw_wake(WakeKind::Timers, "an append that sets a timer");
     assert_eq!(fx.store.next_timer_due().await.expect("next"), Some(at(10)));
     fx.clock.set(at(10));
     let held = fx
@@ -787,7 +822,7 @@ pub async fn reopen_keeps_everything<F: StoreFactory>(factory: &F) {
     let w = worker("after-restart");
     assert_eq!(
         reopened
-            .claim(&w, 10, Duration::from_secs(1))
+            .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(1))
             .await
             .expect("claim")
             .len(),
@@ -958,14 +993,25 @@ pub async fn invalid_input_is_refused_and_nothing_written<F: StoreFactory>(facto
 
     let w = worker("w");
     let lease = Duration::from_secs(1);
-    assert_invalid(fx.store.claim(&w, 0, lease).await, "claim 0");
     assert_invalid(
-        fx.store.claim(&w, MAX_CLAIM_BATCH + 1, lease).await,
+        fx.store.claim(&w, &FlowKind::ALL, 0, lease).await,
+        "claim 0",
+    );
+    assert_invalid(
+        fx.store
+            .claim(&w, &FlowKind::ALL, MAX_CLAIM_BATCH + 1, lease)
+            .await,
         "claim too many",
     );
-    assert_invalid(fx.store.claim(&w, 1, Duration::ZERO).await, "zero lease");
+    assert_invalid(
+        fx.store.claim(&w, &FlowKind::ALL, 1, Duration::ZERO).await,
+        "zero lease",
+    );
     let too_long = Duration::from_secs(MAX_LEASE_SECS + 1);
-    assert_invalid(fx.store.claim(&w, 1, too_long).await, "lease too long");
+    assert_invalid(
+        fx.store.claim(&w, &FlowKind::ALL, 1, too_long).await,
+        "lease too long",
+    );
     assert_invalid(
         fx.store.renew(&w, &[existing], too_long).await,
         "renew too long",
@@ -1107,7 +1153,7 @@ pub async fn delete_removes_flow_log_and_timers<F: StoreFactory>(factory: &F) {
     let w = worker("w");
     assert!(fx
         .store
-        .claim(&w, 10, Duration::from_secs(1))
+        .claim(&w, &FlowKind::ALL, 10, Duration::from_secs(1))
         .await
         .expect("claim")
         .is_empty());
@@ -1155,7 +1201,9 @@ pub async fn status_and_ready_follow_appends<F: StoreFactory>(factory: &F) {
 /// Two long logs written in interleaved appends of varying size read back exactly, in every
 /// range (stores may index logs sparsely; ranges that start and end anywhere must still work).
 pub async fn long_interleaved_logs_read_back_in_any_range<F: StoreFactory>(factory: &F) {
-    const EVENTS: u64 = 700;
+    // Longer than a batched read's share (the PostgreSQL store reads 1,000 events per call
+    // in a batch, and the rest separately).
+    const EVENTS: u64 = 2_500;
     let (fx, _location) = fixture(factory).await;
     let flows = [
         create_flow(&fx, FlowKind::TaskGraph, "long-a", false).await,
@@ -1212,6 +1260,14 @@ pub async fn long_interleaved_logs_read_back_in_any_range<F: StoreFactory>(facto
             (699, 5),
             (700, 1),
             (701, 10),
+            (990, 20),
+            (1, 1_000),
+            (1, 1_001),
+            (2, 2_000),
+            (1_000, 1_500),
+            (2_499, 5),
+            (2_500, 1),
+            (2_501, 10),
             (5, 100_000),
         ] {
             let range = fx.store.read(*flow, from, limit).await.expect("range");

@@ -31,13 +31,13 @@ pub use types::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewEvent,
     NewFlow, NewTimer, Release, WorkerId,
 };
-pub use wake::Wakeups;
+pub use wake::{WakeCounts, WakeKind, Wakeups};
 pub use writer::{AppendExtras, FlowWriter, WriteError};
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::{FlowId, RawEvent, Timestamp};
+use flowstate_core::{FlowId, FlowKind, RawEvent, Timestamp};
 
 /// Durable storage for flow logs, their index, the ready queue and timers.
 ///
@@ -71,11 +71,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Marks a flow as having work (a signal arrived, a child finished, ...).
     async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError>;
 
-    /// Claims up to `limit` ready flows that nobody holds (or whose lease expired), oldest
-    /// ready first, leasing them to `worker` for `lease`.
+    /// Claims up to `limit` ready flows of `kinds` that nobody holds (or whose lease
+    /// expired), oldest ready first, leasing them to `worker` for `lease`. A worker names the
+    /// kinds it can run, so flows of other kinds are left to the processes that can.
     async fn claim(
         &self,
         worker: &WorkerId,
+        kinds: &[FlowKind],
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError>;
@@ -125,11 +127,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Returns whether it existed.
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError>;
 
-    /// Wake-ups: the counter moves whenever a flow may have become claimable (an append or
-    /// [`Store::mark_ready`] set its ready flag, a release left it ready) or a timer was set,
-    /// by this process or, for a shared store, by any other. A hint for idle workers, never
-    /// a substitute for claiming.
-    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Wake-ups: the flows counter moves whenever a flow may have become claimable (an
+    /// append or [`Store::mark_ready`] set its ready flag, a release left it ready), the
+    /// timers counter whenever a timer was set, by this process or, for a shared store, by
+    /// any other. A hint for idle workers, never a substitute for claiming.
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts>;
 
     /// Finishes pending writes and closes the store; later calls fail with
     /// [`StoreError::Closed`].

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowstate_core::limits::MAX_READ_BATCH;
-use flowstate_core::{Clock, FlowId, FlowStatus, RawEvent, Timestamp};
+use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 use tokio::sync::watch;
 
 use crate::error::StoreError;
@@ -19,7 +19,7 @@ use crate::types::{
 use crate::validate::{
     check_batch, check_lease, check_log_room, check_name, claim_window, validate_append,
 };
-use crate::{Store, Wakeups};
+use crate::{Store, WakeCounts, WakeKind, Wakeups};
 
 #[derive(Debug)]
 struct Lease {
@@ -186,7 +186,8 @@ impl Store for MemoryStore {
             Some(false) => entry.summary.ready = false,
             None => {}
         }
-        let wake = batch.ready == Some(true) || !batch.timers.is_empty();
+        let wake_flows = batch.ready == Some(true);
+        let wake_timers = !batch.timers.is_empty();
         for timer in batch.timers {
             inner.timers.insert(
                 (batch.flow, timer.name),
@@ -197,8 +198,11 @@ impl Store for MemoryStore {
             );
         }
         drop(inner);
-        if wake {
-            self.storage.wakeups.wake();
+        if wake_flows {
+            self.storage.wakeups.wake(WakeKind::Flows);
+        }
+        if wake_timers {
+            self.storage.wakeups.wake(WakeKind::Timers);
         }
         Ok(AppendOutcome {
             first_seq: actual,
@@ -263,13 +267,14 @@ impl Store for MemoryStore {
         entry.summary.ready = true;
         entry.wake += 1;
         drop(inner);
-        self.storage.wakeups.wake();
+        self.storage.wakeups.wake(WakeKind::Flows);
         Ok(())
     }
 
     async fn claim(
         &self,
         worker: &WorkerId,
+        kinds: &[FlowKind],
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
@@ -278,7 +283,11 @@ impl Store for MemoryStore {
         let mut candidates: Vec<(Timestamp, FlowId)> = inner
             .flows
             .values()
-            .filter(|e| e.summary.ready && lease_free(e.lease.as_ref(), now))
+            .filter(|e| {
+                e.summary.ready
+                    && kinds.contains(&e.summary.kind)
+                    && lease_free(e.lease.as_ref(), now)
+            })
             .map(|e| (e.ready_since, e.summary.id))
             .collect();
         candidates.sort_unstable();
@@ -346,7 +355,7 @@ impl Store for MemoryStore {
         let still_ready = entry.summary.ready;
         drop(inner);
         if still_ready {
-            self.storage.wakeups.wake();
+            self.storage.wakeups.wake(WakeKind::Flows);
         }
         Ok(true)
     }
@@ -365,7 +374,7 @@ impl Store for MemoryStore {
             },
         );
         drop(inner);
-        self.storage.wakeups.wake();
+        self.storage.wakeups.wake(WakeKind::Timers);
         Ok(())
     }
 
@@ -449,7 +458,7 @@ impl Store for MemoryStore {
         Ok(inner.flows.remove(&flow).is_some())
     }
 
-    fn wakeups(&self) -> watch::Receiver<u64> {
+    fn wakeups(&self) -> watch::Receiver<WakeCounts> {
         self.storage.wakeups.subscribe()
     }
 

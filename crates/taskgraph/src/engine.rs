@@ -254,20 +254,8 @@ impl Engine {
         let flow = writer.flow();
         // A suspension asked for while the flow was not running is void (as in TaskFlow).
         let _stale = self.take_suspend(flow);
-        {
-            let mut active = self
-                .active
-                .lock()
-                .map_err(|_| EngineError::AlreadyRunning { flow })?;
-            if !active.insert(flow) {
-                return Err(EngineError::AlreadyRunning { flow });
-            }
-        }
-        let result = self.run_claimed(writer).await;
-        if let Ok(mut active) = self.active.lock() {
-            active.remove(&flow);
-        }
-        result
+        let _running = ActiveRun::enter(&self.active, flow)?;
+        self.run_claimed(writer).await
     }
 
     async fn run_claimed(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
@@ -461,6 +449,36 @@ impl Engine {
             (atom, finished)
         });
         tasks.launched.insert(handle.id(), (atom, reverting));
+    }
+}
+
+/// Marks a flow as running in this engine for as long as it lives, so that the mark is
+/// removed however the run ends: returned, failed, or dropped (a worker aborts a run whose
+/// lease it lost, or that outlived a shutdown's grace).
+struct ActiveRun<'a> {
+    active: &'a Mutex<HashSet<FlowId>>,
+    flow: FlowId,
+}
+
+impl<'a> ActiveRun<'a> {
+    fn enter(active: &'a Mutex<HashSet<FlowId>>, flow: FlowId) -> Result<Self, EngineError> {
+        let inserted = active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(flow);
+        if !inserted {
+            return Err(EngineError::AlreadyRunning { flow });
+        }
+        Ok(Self { active, flow })
+    }
+}
+
+impl Drop for ActiveRun<'_> {
+    fn drop(&mut self) {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.flow);
     }
 }
 

@@ -130,10 +130,11 @@ impl Store for CountingStore {
     async fn claim(
         &self,
         worker: &WorkerId,
+        kinds: &[flowstate_core::FlowKind],
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        self.inner.claim(worker, limit, lease).await
+        self.inner.claim(worker, kinds, limit, lease).await
     }
     async fn renew(
         &self,
@@ -175,7 +176,7 @@ impl Store for CountingStore {
     async fn next_timer_due(&self) -> Result<Option<flowstate_core::Timestamp>, StoreError> {
         self.inner.next_timer_due().await
     }
-    fn wakeups(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<flowstate_store::WakeCounts> {
         self.inner.wakeups()
     }
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {

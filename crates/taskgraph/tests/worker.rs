@@ -186,3 +186,36 @@ async fn two_processes_advancing_one_flow_leave_one_clean_log() {
         FlowStatus::TaskGraph(FlowState::Success)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_midway_can_run_again_in_the_same_engine() {
+    // A worker drops (aborts) a run whose lease it lost; the engine must not go on believing
+    // the flow is running.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(clock.clone()));
+    let executions = Arc::new(AtomicUsize::new(0));
+    let counted = executions.clone();
+    let engine = Arc::new(Engine::new(store.clone(), clock));
+    engine.register(
+        Flow::linear("hangs-once").add(task_fn("t", move |_ctx, _inputs| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                Ok(json!(1))
+            }
+        })),
+    );
+    let flow = engine
+        .create("hangs-once", Inputs::new())
+        .await
+        .expect("create");
+    let running = engine.clone();
+    let run = tokio::spawn(async move { running.run(flow).await });
+    wait_for(async || executions.load(Ordering::SeqCst) == 1).await;
+    run.abort();
+    let _ = run.await;
+    let outcome = engine.run(flow).await.expect("runs again after the drop");
+    assert_eq!(outcome.state, FlowState::Success);
+}

@@ -1,8 +1,10 @@
 //! Several engine processes share one PostgreSQL database: 3 real processes run 2,000
-//! task-graph flows of three shapes; one is SIGKILLed mid-run and a new one started later.
-//! Every flow ends in its expected state, no step result is recorded twice, every log folds
-//! cleanly, the dead process's flows were taken over (they show RESUMING), and nothing is
-//! left leased or ready.
+//! task-graph flows of three shapes; one is SIGKILLed mid-run and a new one started later,
+//! and another is stopped gracefully (SIGTERM) mid-run. Every flow ends in its expected
+//! state, no step result is recorded twice, every log folds cleanly, the dead process's flows
+//! were taken over (they show RESUMING), a step ran twice only if its process was killed
+//! while it ran (and then with the same idempotency key), and nothing is left leased or
+//! ready.
 //!
 //! (Plans and durable functions join this test as those kinds land.)
 
@@ -32,11 +34,12 @@ struct Process {
 }
 
 impl Process {
-    fn start(schema: &TestSchema) -> Self {
+    fn start(schema: &TestSchema, executions: &std::path::Path) -> Self {
         let mut child = Command::new(CHILD)
             .args([&schema.url, &schema.name])
             .env("FLOWSTATE_LEASE_MS", "2000")
             .env("FLOWSTATE_POLL_MS", "250")
+            .env("FLOWSTATE_EXEC_LOG", executions)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start an engine process");
@@ -132,7 +135,7 @@ async fn three_processes_share_the_work_and_survive_a_sigkill() {
             .expect("connect"),
     );
     let engine = Arc::new(Engine::new(store.clone(), clock));
-    let definitions = flowstate_testkit::mix::definitions();
+    let definitions = flowstate_testkit::mix::definitions(&Default::default());
     let expected: HashMap<String, FlowState> = definitions
         .iter()
         .map(|(flow, state)| (flow.name().to_owned(), *state))
@@ -164,13 +167,20 @@ async fn three_processes_share_the_work_and_survive_a_sigkill() {
         .await
         .expect("connect");
     tokio::spawn(connection);
-    let mut processes: Vec<Process> = (0..PROCESSES).map(|_| Process::start(&schema)).collect();
-    // SIGKILL one process mid-run (it holds up to 256 flows in flight), restart it later.
+    let logs = tempfile::tempdir().expect("dir");
+    let log = |n: usize| logs.path().join(format!("process-{n}.log"));
+    let mut processes: Vec<Process> = (0..PROCESSES)
+        .map(|n| Process::start(&schema, &log(n)))
+        .collect();
+    // SIGKILL one process mid-run (it holds up to 256 flows in flight), start another later.
     wait_until_finished(&client, &schema.name, (FLOWS / 5) as i64).await;
     processes.remove(1).kill();
     let killed_at = finished(&client, &schema.name).await;
-    wait_until_finished(&client, &schema.name, (FLOWS / 2) as i64).await;
-    processes.push(Process::start(&schema));
+    wait_until_finished(&client, &schema.name, (FLOWS * 9 / 20) as i64).await;
+    processes.push(Process::start(&schema, &log(PROCESSES)));
+    // Stop one gracefully mid-run: its runs finish (or are handed back) and it exits 0.
+    wait_until_finished(&client, &schema.name, (FLOWS * 13 / 20) as i64).await;
+    let stopped = processes.remove(0).stop();
     wait_until_finished(&client, &schema.name, FLOWS as i64).await;
     // A flow the killed process finished but never released is still ready; once its lease
     // runs out a survivor claims it, finds nothing to do, and releases it.
@@ -190,15 +200,24 @@ async fn three_processes_share_the_work_and_survive_a_sigkill() {
         assert!(Instant::now() < deadline, "{ready} flows still ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stats: Vec<WorkerStats> = processes.into_iter().map(Process::stop).collect();
+    let mut stats: Vec<WorkerStats> = processes.into_iter().map(Process::stop).collect();
+    stats.insert(0, stopped);
     println!(
-        "killed at {killed_at} finished flows; survivors and the restarted process: {:?}",
+        "killed at {killed_at} finished flows; (completed, conflicts, leases lost) of the stopped, surviving and new processes: {:?}",
         stats
             .iter()
             .map(|s| (s.completed, s.conflicts, s.leases_lost))
             .collect::<Vec<_>>()
     );
 
+    // How often each step really ran, in any process.
+    let mut executions: HashMap<String, usize> = HashMap::new();
+    for n in 0..=PROCESSES {
+        for line in std::fs::read_to_string(log(n)).unwrap_or_default().lines() {
+            *executions.entry(line.to_owned()).or_default() += 1;
+        }
+    }
+    let mut resumed_flows = std::collections::HashSet::new();
     let mut resumed = 0;
     for (flow, name) in &flows {
         let summary = store.flow(*flow).await.expect("flow").expect("exists");
@@ -223,14 +242,34 @@ async fn three_processes_share_the_work_and_survive_a_sigkill() {
                 } => *successes.entry(atom).or_default() += 1,
                 EventBody::FlowStateChanged {
                     to: FlowState::Resuming,
-                } => resumed += 1,
+                } => {
+                    resumed += 1;
+                    resumed_flows.insert(flow.to_string());
+                }
                 _ => {}
             }
         }
         for (atom, count) in successes {
             assert_eq!(count, 1, "flow {flow}: {atom} recorded {count} results");
+            assert!(
+                executions.contains_key(&format!("{flow}/{atom}/1 execute")),
+                "flow {flow}: {atom} succeeded without running"
+            );
         }
     }
+    let mut twice = 0;
+    for (key, count) in &executions {
+        assert!(*count <= 2, "{key} ran {count} times");
+        if *count == 2 {
+            twice += 1;
+            let flow = key.split('/').next().unwrap_or_default();
+            assert!(
+                resumed_flows.contains(flow),
+                "{key} ran twice in a flow that was never taken over"
+            );
+        }
+    }
+    println!("{twice} steps ran twice (in flight in the killed process), each with one key");
     assert!(
         resumed > 0,
         "the killed process's flows were taken over through RESUMING"

@@ -61,7 +61,20 @@ pub enum ConfigError {
     /// `poll_interval` is zero.
     #[error("poll_interval must be longer than zero")]
     PollInterval,
+    /// A duration setting is zero or longer than its limit.
+    #[error("{setting} of {value:?} is outside (0, {limit:?}]")]
+    Duration {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: Duration,
+        /// Its limit.
+        limit: Duration,
+    },
 }
+
+/// Longest shutdown grace: a process that does not stop within it is not shutting down.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3_600);
 
 impl WorkerConfig {
     /// Defaults: a 30 s lease, 1,024 flows at once, claims of 128, a 1 s poll fallback,
@@ -80,16 +93,23 @@ impl WorkerConfig {
         }
     }
 
-    /// A worker id unique to this process: host name (if known), process id and a counter.
+    /// A worker id unique to this worker: host name (if known), process id, a counter, and
+    /// random bits. Leases are fenced by the worker id, so two workers must never share one,
+    /// not even a container restarted with the same host name and pid.
     #[must_use]
     pub fn process_worker_id() -> WorkerId {
+        use std::hash::{BuildHasher, Hasher};
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
+            .map(|h| h.trim().chars().take(64).collect::<String>())
             .unwrap_or_else(|_| "host".to_owned());
+        // RandomState is seeded from the operating system's randomness.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         let name = format!(
-            "{host}/{}/{}",
+            "{host}/{}/{}/{random:016x}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -158,6 +178,18 @@ impl WorkerConfig {
         }
         if self.poll_interval.is_zero() {
             return Err(ConfigError::PollInterval);
+        }
+        for (setting, value, limit) in [
+            ("park_for", self.park_for, crate::worker::MAX_PARK),
+            ("shutdown_grace", self.shutdown_grace, MAX_SHUTDOWN_GRACE),
+        ] {
+            if value.is_zero() || value > limit {
+                return Err(ConfigError::Duration {
+                    setting,
+                    value,
+                    limit,
+                });
+            }
         }
         Ok(())
     }

@@ -3,12 +3,15 @@
 //! burst of finished runs never queues store round trips in the loop; and a separate renewer
 //! task keeps the leases of flows in flight, so renewals never wait behind the loop.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use flowstate_core::limits::MAX_LEASE_SECS;
 use flowstate_core::{Clock, FlowId, FlowKind, Timestamp};
-use flowstate_store::{Claim, Release, Store, StoreError};
+use flowstate_store::{Claim, Release, Store, StoreError, WakeCounts};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -20,6 +23,15 @@ use crate::{FlowRunner, RunError};
 /// Most due timers fired in one pass.
 pub const TIMER_BATCH: usize = 256;
 
+/// Longest a flow is parked after failing again and again: each consecutive failure in this
+/// worker doubles [`WorkerConfig::park_for`] up to this.
+pub const MAX_PARK: Duration = Duration::from_secs(600);
+
+const _: () = assert!(MAX_PARK.as_secs() <= MAX_LEASE_SECS, "a park is a lease");
+
+/// Most flows whose consecutive failures a worker remembers (for the park backoff).
+pub const MAX_TRACKED_FAILURES: usize = 65_536;
+
 /// Why a worker stopped other than by a shutdown.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,6 +42,9 @@ pub enum WorkerError {
     /// The store was closed (or refuses every write); the worker cannot go on.
     #[error("the store stopped: {0}")]
     Store(StoreError),
+    /// [`Worker::run`] was called a second time: a worker runs once.
+    #[error("this worker already ran (or is running); build another one")]
+    AlreadyStarted,
 }
 
 /// Asks a running [`Worker`] to stop: it claims nothing more, lets runs in flight finish
@@ -50,7 +65,10 @@ pub struct Worker {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     runners: HashMap<FlowKind, Arc<dyn FlowRunner>>,
+    /// The kinds it has runners for: the only ones it claims.
+    kinds: Vec<FlowKind>,
     shutdown: ShutdownHandle,
+    started: AtomicBool,
 }
 
 /// What the loop, the run tasks and the renewer share.
@@ -60,15 +78,24 @@ struct Shared {
     config: WorkerConfig,
     counters: Counters,
     /// The flows this worker holds a lease on, each with its run task. The loop adds a flow
-    /// when it starts its run and removes it when the run ends; the renewer removes (and
-    /// aborts) the runs of flows whose lease it found lost.
+    /// when it starts its run; the run removes it when it settles the flow; the renewer
+    /// removes (and aborts) the runs of flows whose lease it lost or could not confirm.
+    /// **Invariant:** at most one run per flow, and an entry is removed only by (or on
+    /// behalf of) the run it names: every removal checks the run's task id, because the
+    /// same flow may be claimed again while an earlier run's end is still being booked.
     held: Mutex<HashMap<FlowId, HeldFlow>>,
+    /// Consecutive failed runs per flow in this worker, for the park backoff.
+    failures: Mutex<HashMap<FlowId, u32>>,
 }
 
 #[derive(Debug)]
 struct HeldFlow {
     claim: Claim,
     run: AbortHandle,
+    /// Until when the lease is known to be ours: when the last successful claim or renewal
+    /// was sent, plus the lease. A run is aborted shortly before it, whether or not the store
+    /// answers, so that it never outlives its lease (another process may hold it by then).
+    confirmed_until: Instant,
 }
 
 /// How a run task left its flow.
@@ -76,8 +103,8 @@ struct HeldFlow {
 enum Settled {
     /// Released: nothing more to do now.
     Released,
-    /// Parked: ready, but nobody's until [`WorkerConfig::park_for`] has passed.
-    Parked,
+    /// Parked: ready, but nobody's for this long.
+    Parked(Duration),
     /// The lease was gone when the run ended; the new holder has the flow.
     LeaseLost,
     /// A store call failed; the lease runs out on its own.
@@ -105,14 +132,15 @@ struct LoopState {
     next_timer: Option<Instant>,
     /// The next fallback poll: pushed back whenever a wake-up made the loop look anyway.
     poll_at: Instant,
-    /// When the earliest flow this worker parked becomes claimable again.
-    unpark_at: Option<Instant>,
+    /// When the flows this worker parked become claimable again (one entry per park).
+    unparks: BinaryHeap<Reverse<Instant>>,
+    /// The wake-up counters as last seen.
+    seen: WakeCounts,
 }
 
 impl LoopState {
-    fn parked(&mut self, park_for: Duration) {
-        let at = Instant::now() + park_for;
-        self.unpark_at = Some(self.unpark_at.map_or(at, |earlier| earlier.min(at)));
+    fn parked(&mut self, parked_for: Duration) {
+        self.unparks.push(Reverse(Instant::now() + parked_for));
     }
 }
 
@@ -130,18 +158,24 @@ impl Worker {
                 config,
                 counters: Counters::default(),
                 held: Mutex::new(HashMap::new()),
+                failures: Mutex::new(HashMap::new()),
             }),
             clock,
             runners: HashMap::new(),
+            kinds: Vec::new(),
             shutdown: ShutdownHandle(Arc::new(watch::Sender::new(false))),
+            started: AtomicBool::new(false),
         })
     }
 
-    /// Runs the flows of `kind` with `runner`. A kind without a runner is treated like a
-    /// missing definition: its flows stay ready for another process.
+    /// Runs the flows of `kind` with `runner`. The worker claims only flows of the kinds it
+    /// has runners for; the others stay ready for processes that have.
     #[must_use]
     pub fn with_runner(mut self, kind: FlowKind, runner: Arc<dyn FlowRunner>) -> Self {
         self.runners.insert(kind, runner);
+        if !self.kinds.contains(&kind) {
+            self.kinds.push(kind);
+        }
         self
     }
 
@@ -163,8 +197,12 @@ impl Worker {
         self.shutdown.clone()
     }
 
-    /// Works until shut down (see [`ShutdownHandle`]) or until the store is closed.
+    /// Works until shut down (see [`ShutdownHandle`]) or until the store is closed. A worker
+    /// runs once: a second call is refused.
     pub async fn run(&self) -> Result<WorkerStats, WorkerError> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return Err(WorkerError::AlreadyStarted);
+        }
         let renewer = tokio::spawn(self.shared.clone().renew_forever());
         let result = self.work().await;
         renewer.abort();
@@ -183,7 +221,8 @@ impl Worker {
             backlog: false,
             next_timer: None,
             poll_at: Instant::now() + config.poll_interval,
-            unpark_at: None,
+            unparks: BinaryHeap::new(),
+            seen: *wakeups.borrow_and_update(),
         };
         let mut stopping: Option<Instant> = None;
         loop {
@@ -204,13 +243,17 @@ impl Worker {
                     self.claim_and_start(&mut state).await?;
                 }
             }
-            let mut wake_at = state.poll_at;
-            for at in [state.next_timer, state.unpark_at, stopping]
+            let wake_at = match stopping {
+                // While stopping only runs matter: timers and parked flows are left to others.
+                Some(deadline) => deadline.min(state.poll_at),
+                None => [
+                    state.next_timer,
+                    state.unparks.peek().map(|Reverse(at)| *at),
+                ]
                 .into_iter()
                 .flatten()
-            {
-                wake_at = wake_at.min(at);
-            }
+                .fold(state.poll_at, Instant::min),
+            };
             tokio::select! {
                 biased;
                 _ = stop.changed(), if stopping.is_none() => {}
@@ -225,17 +268,18 @@ impl Worker {
                     if changed.is_err() {
                         return Err(WorkerError::Store(StoreError::Closed));
                     }
-                    state.look_for_flows = true;
-                    state.look_for_timers = true;
-                    state.poll_at = Instant::now() + config.poll_interval;
+                    let now = *wakeups.borrow_and_update();
+                    state.look_for_flows |= now.flows != state.seen.flows;
+                    state.look_for_timers |= now.timers != state.seen.timers;
+                    state.seen = now;
                 }
                 () = tokio::time::sleep_until(wake_at) => {
                     let now = Instant::now();
                     if state.next_timer.is_some_and(|t| t <= now) {
                         state.look_for_timers = true;
                     }
-                    if state.unpark_at.is_some_and(|t| t <= now) {
-                        state.unpark_at = None;
+                    while state.unparks.peek().is_some_and(|Reverse(at)| *at <= now) {
+                        state.unparks.pop();
                         state.look_for_flows = true;
                     }
                     if now >= state.poll_at {
@@ -262,10 +306,11 @@ impl Worker {
                 return Ok(());
             }
             let asked = room.min(config.claim_batch);
+            let sent = Instant::now();
             let claims = match self
                 .shared
                 .store
-                .claim(&config.id, asked, config.lease)
+                .claim(&config.id, &self.kinds, asked, config.lease)
                 .await
             {
                 Ok(claims) => claims,
@@ -279,32 +324,45 @@ impl Worker {
             state.backlog = claims.len() == asked;
             state.look_for_flows = state.backlog;
             for claim in claims {
-                self.start(state, claim).await;
+                self.start(state, claim, sent + config.lease).await;
             }
         }
         Ok(())
     }
 
     /// Starts the run of a claimed flow (or parks it when no runner takes its kind).
-    async fn start(&self, state: &mut LoopState, claim: Claim) {
+    async fn start(&self, state: &mut LoopState, claim: Claim, confirmed_until: Instant) {
         let flow = claim.flow;
         let Some(runner) = self.runners.get(&claim.kind).cloned() else {
             bump(&self.shared.counters.missing_definitions, 1);
             tracing::warn!(%flow, kind = %claim.kind, "no runner for this kind of flow in this process; parked");
-            self.shared.park(&claim).await;
-            state.parked(self.shared.config.park_for);
+            let parked_for = self.shared.park(&claim).await;
+            state.parked(parked_for);
             return;
         };
         let shared = self.shared.clone();
         let task_claim = claim.clone();
-        // Hold the lock across the spawn so that the run cannot end (and be forgotten)
+        // Hold the lock across the spawn so that the run cannot end (and remove itself)
         // before it is registered.
         let mut held = self.shared.held();
+        if let Some(running) = held.get_mut(&flow) {
+            // This worker's own earlier run is still going (its lease had run out and the
+            // claim went back to the same worker): the claim only refreshed the lease.
+            running.confirmed_until = running.confirmed_until.max(confirmed_until);
+            return;
+        }
         let run = state
             .runs
             .spawn(async move { (flow, shared.run_and_settle(runner, task_claim).await) });
         state.tasks.insert(run.id(), claim.clone());
-        held.insert(flow, HeldFlow { claim, run });
+        held.insert(
+            flow,
+            HeldFlow {
+                claim,
+                run,
+                confirmed_until,
+            },
+        );
     }
 
     /// Books the end of a run task.
@@ -312,30 +370,33 @@ impl Worker {
         let (id, settled) = match joined {
             Ok((id, (_, settled))) => (id, settled),
             Err(error) => {
+                let id = error.id();
                 if error.is_cancelled() {
                     // Aborted because its lease was lost (already forgotten) or at shutdown.
-                    state.tasks.remove(&error.id());
+                    state.tasks.remove(&id);
                     return Ok(());
                 }
-                let Some(claim) = state.tasks.get(&error.id()).cloned() else {
+                let Some(claim) = state.tasks.get(&id).cloned() else {
                     return Ok(());
                 };
                 tracing::warn!(flow = %claim.flow, %error, "run panicked; the flow is parked and will be retried");
-                self.shared.park(&claim).await;
-                (error.id(), Settled::Parked)
+                self.shared.forget(claim.flow, id);
+                (id, Settled::Parked(self.shared.park(&claim).await))
             }
         };
         let Some(claim) = state.tasks.remove(&id) else {
             return Ok(());
         };
-        self.shared.held().remove(&claim.flow);
+        // Normally the run removed itself when it settled; this covers a run that ended
+        // another way. Only this run's entry: the flow may already run again.
+        self.shared.forget(claim.flow, id);
         if state.backlog {
             state.look_for_flows = true;
         }
         match settled {
             Settled::Released | Settled::LeaseLost => Ok(()),
-            Settled::Parked => {
-                state.parked(self.shared.config.park_for);
+            Settled::Parked(parked_for) => {
+                state.parked(parked_for);
                 Ok(())
             }
             Settled::StoreFailed(error) => self.shared.store_error("settling a run", error),
@@ -351,7 +412,11 @@ impl Worker {
                 .await
             {
                 Ok(due) => due,
-                Err(error) => return self.shared.store_error("claim timers", error),
+                Err(error) => {
+                    // Not again at once: at the next wake-up or poll.
+                    state.next_timer = None;
+                    return self.shared.store_error("claim timers", error);
+                }
             };
             for timer in &due {
                 match store.mark_ready(timer.flow).await {
@@ -399,7 +464,7 @@ impl Worker {
             if let Ok((id, (flow, _))) = joined {
                 // It settled its flow just before the abort.
                 state.tasks.remove(&id);
-                self.shared.held().remove(&flow);
+                self.shared.forget(flow, id);
             }
         }
         let unsettled: Vec<HeldFlow> = self.shared.held().drain().map(|(_, h)| h).collect();
@@ -426,6 +491,15 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Removes `flow`'s entry if it still belongs to the run task `run`.
+    fn forget(&self, flow: FlowId, run: tokio::task::Id) -> Option<HeldFlow> {
+        let mut held = self.held();
+        if held.get(&flow).is_some_and(|h| h.run.id() == run) {
+            return held.remove(&flow);
+        }
+        None
+    }
+
     /// The body of a run task: runs the flow, re-runs it after conflicts, then releases or
     /// parks it.
     async fn run_and_settle(&self, runner: Arc<dyn FlowRunner>, claim: Claim) -> Settled {
@@ -435,12 +509,13 @@ impl Shared {
         loop {
             let ran = runner.run(flow).await;
             if !matches!(ran, Err(RunError::Conflict { .. })) {
-                // Settling: from here on, the renewer must not count this flow's release
-                // as a lost lease.
-                self.held().remove(&flow);
+                // Settling: from here on, the renewer must not count this flow's release as
+                // a lost lease (nor abort the settling).
+                self.forget(flow, tokio::task::id());
             }
             match ran {
                 Ok(()) => {
+                    self.succeeded(flow);
                     return match store.release(&config.id, &claim, Release::Idle).await {
                         Ok(true) => {
                             bump(&counters.completed, 1);
@@ -457,19 +532,22 @@ impl Shared {
                     bump(&counters.conflicts, 1);
                     tracing::info!(%flow, "another process advanced the flow; re-reading its log");
                     if reruns >= config.max_conflict_reruns {
-                        self.held().remove(&flow);
-                        self.park(&claim).await;
-                        return Settled::Parked;
+                        self.forget(flow, tokio::task::id());
+                        return Settled::Parked(self.park(&claim).await);
                     }
                     reruns += 1;
                     // Run again from the re-read log, if the flow is still ours.
                     match store.renew(&config.id, &[flow], config.lease).await {
                         Ok(renewed) if renewed.contains(&flow) => {}
                         Ok(_) => {
+                            self.forget(flow, tokio::task::id());
                             bump(&counters.leases_lost, 1);
                             return Settled::LeaseLost;
                         }
-                        Err(error) => return Settled::StoreFailed(error),
+                        Err(error) => {
+                            self.forget(flow, tokio::task::id());
+                            return Settled::StoreFailed(error);
+                        }
                     }
                 }
                 Err(error) => {
@@ -477,61 +555,141 @@ impl Shared {
                         bump(&counters.missing_definitions, 1);
                     }
                     tracing::warn!(%flow, %error, "run failed; the flow is parked and will be retried");
-                    self.park(&claim).await;
-                    return Settled::Parked;
+                    return Settled::Parked(self.park(&claim).await);
                 }
             }
         }
     }
 
-    /// Leaves a flow ready but untouchable for [`WorkerConfig::park_for`], then anyone's.
-    async fn park(&self, claim: &Claim) {
+    fn failures(&self) -> MutexGuard<'_, HashMap<FlowId, u32>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn succeeded(&self, flow: FlowId) {
+        self.failures().remove(&flow);
+    }
+
+    /// Leaves a flow ready but untouchable for a while, then anyone's: [`WorkerConfig::
+    /// park_for`] after one failure, doubling with each consecutive failure in this worker up
+    /// to [`MAX_PARK`]. Returns how long.
+    async fn park(&self, claim: &Claim) -> Duration {
         bump(&self.counters.parked, 1);
+        let parked_for = {
+            let mut failures = self.failures();
+            let tracked = failures.len() < MAX_TRACKED_FAILURES;
+            let failed = match failures.get_mut(&claim.flow) {
+                Some(count) => {
+                    *count = count.saturating_add(1);
+                    *count
+                }
+                None if tracked => *failures.entry(claim.flow).or_insert(1),
+                None => 1,
+            };
+            let factor = 1u32 << failed.saturating_sub(1).min(16);
+            self.config
+                .park_for
+                .saturating_mul(factor)
+                .min(MAX_PARK.max(self.config.park_for))
+        };
         let parked = self
             .store
-            .renew(&self.config.id, &[claim.flow], self.config.park_for)
+            .renew(&self.config.id, &[claim.flow], parked_for)
             .await;
         if let Err(error) = parked {
             // The lease runs out on its own; the flow is only parked for longer.
             let _ = self.store_error("park", error);
         }
+        parked_for
     }
 
-    /// Every third of a lease, extends the leases of flows in flight and aborts the runs of
-    /// flows no longer held (another worker took them after this one stalled).
+    /// Every third of a lease, extends the leases of flows in flight. Aborts the runs of
+    /// flows no longer held (another worker took them after this one stalled) and of flows
+    /// whose lease could not be confirmed in time (the store did not answer): a run never
+    /// outlives the last lease this worker knows it had.
     async fn renew_forever(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.config.lease / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let lease = self.config.lease;
+        let margin = lease / 10;
+        let mut renew_at = Instant::now() + lease / 3;
         loop {
-            tick.tick().await;
-            let flows: Vec<FlowId> = self.held().keys().copied().collect();
-            if flows.is_empty() {
+            // Wake for the next renewal, or sooner when a lease that could not be confirmed
+            // is about to run out.
+            let deadline = self
+                .held()
+                .values()
+                .map(|h| {
+                    h.confirmed_until
+                        .checked_sub(margin)
+                        .unwrap_or(h.confirmed_until)
+                })
+                .min()
+                .map_or(renew_at, |at| at.min(renew_at));
+            tokio::time::sleep_until(deadline).await;
+            if Instant::now() < renew_at {
+                self.abort_unconfirmed(margin);
                 continue;
             }
-            let renewed = match self
-                .store
-                .renew(&self.config.id, &flows, self.config.lease)
-                .await
-            {
-                Ok(renewed) => renewed,
-                Err(error) => {
-                    let _ = self.store_error("renew", error);
-                    continue;
+            renew_at = Instant::now() + lease / 3;
+            let snapshot: Vec<(FlowId, tokio::task::Id)> = self
+                .held()
+                .iter()
+                .map(|(flow, held)| (*flow, held.run.id()))
+                .collect();
+            if !snapshot.is_empty() {
+                let flows: Vec<FlowId> = snapshot.iter().map(|(flow, _)| *flow).collect();
+                let sent = Instant::now();
+                let renewal = tokio::time::timeout(
+                    lease / 3,
+                    self.store.renew(&self.config.id, &flows, lease),
+                )
+                .await;
+                match renewal {
+                    Ok(Ok(renewed)) => {
+                        let renewed: HashSet<FlowId> = renewed.into_iter().collect();
+                        let mut held = self.held();
+                        for (flow, run) in &snapshot {
+                            let Some(entry) = held.get_mut(flow).filter(|h| h.run.id() == *run)
+                            else {
+                                // Ended (and released) since the snapshot, or a new run.
+                                continue;
+                            };
+                            if renewed.contains(flow) {
+                                entry.confirmed_until = sent + lease;
+                            } else if let Some(lost) = held.remove(flow) {
+                                lost.run.abort();
+                                bump(&self.counters.leases_lost, 1);
+                                tracing::warn!(%flow, "lease lost (another worker took the flow); run aborted");
+                            }
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        let _ = self.store_error("renew", error);
+                    }
+                    Err(_) => {
+                        tracing::warn!("lease renewal timed out");
+                        bump(&self.counters.store_errors, 1);
+                    }
                 }
-            };
-            if renewed.len() == flows.len() {
-                continue;
             }
-            let renewed: HashSet<FlowId> = renewed.into_iter().collect();
-            let mut held = self.held();
-            for flow in flows.iter().filter(|f| !renewed.contains(f)) {
-                // A run that ended since the snapshot released the flow itself.
-                if let Some(lost) = held.remove(flow) {
-                    lost.run.abort();
-                    bump(&self.counters.leases_lost, 1);
-                    tracing::warn!(%flow, "lease lost (another worker took the flow); run aborted");
-                }
+            self.abort_unconfirmed(margin);
+        }
+    }
+
+    /// Aborts the runs whose lease may run out within `margin` without a confirmed renewal.
+    fn abort_unconfirmed(&self, margin: Duration) {
+        let now = Instant::now();
+        let mut held = self.held();
+        let expiring: Vec<FlowId> = held
+            .iter()
+            .filter(|(_, h)| h.confirmed_until <= now + margin)
+            .map(|(flow, _)| *flow)
+            .collect();
+        for flow in expiring {
+            if let Some(lost) = held.remove(&flow) {
+                lost.run.abort();
+                bump(&self.counters.leases_lost, 1);
+                tracing::warn!(%flow, "lease could not be renewed in time; run aborted");
             }
         }
     }

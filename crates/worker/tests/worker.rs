@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::{Clock, FlowId, FlowKind, Timestamp};
+use flowstate_core::{Clock, FlowId, FlowKind, RawEvent, Timestamp};
 use flowstate_store::{
-    AppendBatch, Claim, MemoryStore, NewEvent, NewFlow, NewTimer, Release, Store, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, MemoryStore,
+    NewEvent, NewFlow, NewTimer, Release, Store, StoreError, WakeCounts, WorkerId,
 };
 use flowstate_worker::{FlowRunner, RunError, Worker, WorkerConfig, WorkerStats};
 use tokio::sync::mpsc;
@@ -86,6 +87,10 @@ enum Act {
     Panic,
     /// Waits until the run is dropped (aborted); reports the drop.
     Hang,
+    /// Reports that this process lacks the flow's definition.
+    Missing,
+    /// Something marks the flow ready while it runs (a signal arrives); then it succeeds.
+    WokenWhileRunning,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +99,7 @@ struct Script {
     runs: Mutex<Vec<FlowId>>,
     started: Mutex<Option<mpsc::UnboundedSender<FlowId>>>,
     dropped: Mutex<Option<mpsc::UnboundedSender<FlowId>>>,
+    store: Mutex<Option<Arc<dyn Store>>>,
 }
 
 impl Script {
@@ -164,6 +170,16 @@ impl FlowRunner for Script {
             Act::Hang => {
                 let _guard = DropGuard(flow, self.dropped.lock().expect("lock").clone());
                 std::future::pending::<()>().await;
+                Ok(())
+            }
+            Act::Missing => Err(RunError::MissingDefinition {
+                kind: FlowKind::TaskGraph,
+                definition: "d".into(),
+            }),
+            Act::WokenWhileRunning => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let store = self.store.lock().expect("lock").clone().expect("store set");
+                store.mark_ready(flow).await.expect("mark ready");
                 Ok(())
             }
         }
@@ -355,7 +371,7 @@ async fn a_lost_lease_aborts_the_run_and_the_new_holder_keeps_the_flow() {
         .await
         .expect("release"));
     let taken = store
-        .claim(&id("thief"), 10, Duration::from_secs(60))
+        .claim(&id("thief"), &FlowKind::ALL, 10, Duration::from_secs(60))
         .await
         .expect("claim");
     assert_eq!(taken.len(), 1);
@@ -372,12 +388,14 @@ async fn a_lost_lease_aborts_the_run_and_the_new_holder_keeps_the_flow() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn flows_without_a_runner_or_whose_run_fails_stay_ready_and_parked() {
+async fn flows_whose_run_fails_or_lacks_a_definition_stay_ready_and_parked() {
     let (store, clock) = store();
     let script = Arc::new(Script::default());
     let plan = create(store.as_ref(), clock.as_ref(), FlowKind::Plan, true).await;
+    let missing = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
     let failing = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
     let panicking = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
+    script.plan(missing, [Act::Missing]);
     script.plan(failing, [Act::Fail]);
     script.plan(panicking, [Act::Panic]);
     let worker = Worker::new(store.clone(), clock.clone(), config("w"))
@@ -386,30 +404,260 @@ async fn flows_without_a_runner_or_whose_run_fails_stay_ready_and_parked() {
     let (worker, handle) = spawn(worker);
     until(Duration::from_secs(5), async || worker.stats().parked == 3).await;
     assert_eq!(worker.stats().missing_definitions, 1);
-    for flow in [plan, failing, panicking] {
+    assert_eq!(
+        worker.stats().claimed,
+        3,
+        "a kind without a runner is not claimed"
+    );
+    for flow in [plan, missing, failing, panicking] {
         assert!(ready(store.as_ref(), flow).await, "still ready");
     }
-    // Parked flows come back after `park_for`; the failing ones now succeed.
+    // Parked flows come back after `park_for`; now they succeed.
     until(Duration::from_secs(30), async || {
-        worker.stats().completed == 2
+        worker.stats().completed == 3
     })
     .await;
     assert_eq!(script.runs_of(failing), 2);
     worker.shutdown_handle().shutdown();
     handle.await.expect("joined");
-    // A process that has a runner for plans takes the parked plan once its parking ran out
-    // (a lease running out is not a wake-up: the poll finds it).
+    // A process that has a runner for plans takes the plan at once: nobody parked it.
     let plans = Arc::new(Script::default());
-    let polling = config("with-plans").with_poll_interval(Duration::from_secs(2));
-    let other = Worker::new(store.clone(), clock, polling)
+    let other = Worker::new(store.clone(), clock, config("with-plans"))
         .expect("config")
         .with_runner(FlowKind::Plan, plans.clone());
+    let began = Instant::now();
     let (other, _handle) = spawn(other);
     until(Duration::from_secs(30), async || {
         other.stats().completed == 1
     })
     .await;
+    assert!(began.elapsed() < Duration::from_secs(1));
     assert_eq!(plans.runs_of(plan), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_failing_again_and_again_is_parked_longer_each_time() {
+    let (store, clock) = store();
+    let script = Arc::new(Script::default());
+    let flow = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
+    script.plan(flow, std::iter::repeat_n(Act::Fail, 4));
+    let worker = Worker::new(store.clone(), clock, config("w"))
+        .expect("config")
+        .with_runner(FlowKind::TaskGraph, script.clone());
+    let began = Instant::now();
+    let (worker, _handle) = spawn(worker);
+    until(Duration::from_secs(600), async || {
+        worker.stats().completed == 1
+    })
+    .await;
+    // Parked 10 s, 20 s, 40 s, 80 s: the fifth run comes after 150 s, not after 40 s.
+    assert!(
+        began.elapsed() >= Duration::from_secs(150),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(160),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(script.runs_of(flow), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_of_long_runs_are_renewed_so_nobody_else_takes_them() {
+    let (store, clock) = store();
+    let script = Arc::new(Script::default());
+    let flow = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
+    script.plan(flow, [Act::Hang]);
+    let worker = Worker::new(store.clone(), clock, config("holder"))
+        .expect("config")
+        .with_runner(FlowKind::TaskGraph, script.clone());
+    let (worker, _handle) = spawn(worker);
+    until(Duration::from_secs(5), async || script.runs_of(flow) == 1).await;
+    // Five leases long, another worker keeps trying.
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let taken = store
+            .claim(&id("other"), &FlowKind::ALL, 10, Duration::from_secs(3))
+            .await
+            .expect("claim");
+        assert!(taken.is_empty(), "the lease of a running flow ran out");
+    }
+    assert_eq!(worker.stats().leases_lost, 0);
+}
+
+/// A store with faults on demand: renewals that fail (the database became unreachable for
+/// them), and a slow database (claims take 100 ms, releases 50 ms).
+#[derive(Debug)]
+struct Faulty {
+    inner: Arc<dyn Store>,
+    failing: std::sync::atomic::AtomicBool,
+    slow: bool,
+}
+
+#[async_trait]
+impl Store for Faulty {
+    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        self.inner.append(batch).await
+    }
+    async fn read(
+        &self,
+        flow: FlowId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RawEvent>, StoreError> {
+        self.inner.read(flow, from, limit).await
+    }
+    async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
+        self.inner.flow(flow).await
+    }
+    async fn list(&self, query: &FlowQuery) -> Result<FlowPage, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError> {
+        self.inner.mark_ready(flow).await
+    }
+    async fn claim(
+        &self,
+        worker: &WorkerId,
+        kinds: &[FlowKind],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if self.slow {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.inner.claim(worker, kinds, limit, lease).await
+    }
+    async fn renew(
+        &self,
+        worker: &WorkerId,
+        flows: &[FlowId],
+        lease: Duration,
+    ) -> Result<Vec<FlowId>, StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                message: "unreachable".into(),
+            });
+        }
+        self.inner.renew(worker, flows, lease).await
+    }
+    async fn release(
+        &self,
+        worker: &WorkerId,
+        claim: &Claim,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        if self.slow {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.inner.release(worker, claim, release).await
+    }
+    async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
+        self.inner.schedule_timer(flow, timer).await
+    }
+    async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
+        self.inner.cancel_timer(flow, name).await
+    }
+    async fn claim_due_timers(
+        &self,
+        worker: &WorkerId,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<DueTimer>, StoreError> {
+        self.inner.claim_due_timers(worker, limit, lease).await
+    }
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_timer_due().await
+    }
+    async fn complete_timer(
+        &self,
+        worker: &WorkerId,
+        timer: &DueTimer,
+    ) -> Result<bool, StoreError> {
+        self.inner.complete_timer(worker, timer).await
+    }
+    async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
+        self.inner.delete_flow(flow).await
+    }
+    fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts> {
+        self.inner.wakeups()
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_lease_cannot_be_renewed_is_aborted_before_the_lease_runs_out() {
+    let (inner, clock) = store();
+    let store = Arc::new(Faulty {
+        inner: inner.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+        slow: false,
+    });
+    let script = Arc::new(Script::default());
+    let mut dropped = script.on_drop();
+    let flow = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
+    script.plan(flow, [Act::Hang]);
+    let worker = Worker::new(store.clone(), clock, config("cut-off"))
+        .expect("config")
+        .with_runner(FlowKind::TaskGraph, script.clone());
+    let (worker, _handle) = spawn(worker);
+    until(Duration::from_secs(5), async || script.runs_of(flow) == 1).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        worker.stats().leases_lost,
+        0,
+        "renewed while the store answers"
+    );
+    let cut = Instant::now();
+    store
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(dropped.recv().await, Some(flow));
+    let aborted_after = cut.elapsed();
+    // The last renewal confirmed the lease for 3 s from at most 1 s before the cut.
+    assert!(aborted_after < Duration::from_secs(3), "{aborted_after:?}");
+    assert_eq!(worker.stats().leases_lost, 1);
+    // Only then may anyone else take the flow: its lease in the store has not run out yet.
+    assert!(inner
+        .claim(&id("other"), &FlowKind::ALL, 10, Duration::from_secs(3))
+        .await
+        .expect("claim")
+        .is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_claimed_again_while_its_last_run_is_booked_keeps_its_new_lease() {
+    // Run A releases the flow while a signal made it ready again, and this worker's claim
+    // (slow: the signal woke it while A was still settling) takes the flow again; booking
+    // A's end afterwards must not forget run B, whose lease must go on being renewed.
+    let (inner, clock) = store();
+    let store: Arc<dyn Store> = Arc::new(Faulty {
+        inner,
+        failing: std::sync::atomic::AtomicBool::new(false),
+        slow: true,
+    });
+    let script = Arc::new(Script::default());
+    *script.store.lock().expect("lock") = Some(store.clone());
+    let flow = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
+    script.plan(flow, [Act::WokenWhileRunning, Act::Hang]);
+    let worker = Worker::new(store.clone(), clock, config("w"))
+        .expect("config")
+        .with_runner(FlowKind::TaskGraph, script.clone());
+    let (worker, _handle) = spawn(worker);
+    until(Duration::from_secs(5), async || script.runs_of(flow) == 2).await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(store
+            .claim(&id("other"), &FlowKind::ALL, 10, Duration::from_secs(3))
+            .await
+            .expect("claim")
+            .is_empty());
+    }
+    assert_eq!(worker.stats().leases_lost, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -437,7 +685,7 @@ async fn shutdown_lets_runs_finish_within_the_grace_then_gives_the_rest_back_rea
     assert_eq!(dropped.recv().await, Some(hanging));
     assert_eq!(stats.aborted_at_shutdown, 1);
     let taken = store
-        .claim(&id("next"), 10, Duration::from_secs(5))
+        .claim(&id("next"), &FlowKind::ALL, 10, Duration::from_secs(5))
         .await
         .expect("claim");
     assert_eq!(

@@ -4,12 +4,13 @@
 //! works. Tests SIGKILL it to play a machine that dies.
 //!
 //! `flowstate-engine-process URL SCHEMA` (lease and poll from `FLOWSTATE_LEASE_MS` and
-//! `FLOWSTATE_POLL_MS`).
+//! `FLOWSTATE_POLL_MS`; tasks note their executions in `FLOWSTATE_EXEC_LOG` if set).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use flowstate::worker::WorkerConfig;
+use flowstate_testkit::mix::Executions;
 
 fn millis(variable: &str, default: u64) -> Duration {
     Duration::from_millis(
@@ -25,15 +26,27 @@ async fn run(url: &str, schema: &str) -> Result<(), String> {
         .with_lease(millis("FLOWSTATE_LEASE_MS", 2_000))
         .with_poll_interval(millis("FLOWSTATE_POLL_MS", 250))
         .with_max_in_flight(256);
+    let executions = match std::env::var_os("FLOWSTATE_EXEC_LOG") {
+        Some(path) => Executions::to_file(path.as_ref()).map_err(|e| e.to_string())?,
+        None => Executions::default(),
+    };
     let mut builder = flowstate::Engine::builder(url)
         .postgres_schema(schema)
         .worker(config);
-    for (definition, _) in flowstate_testkit::mix::definitions() {
+    for (definition, _) in flowstate_testkit::mix::definitions(&executions) {
         builder = builder.task_graph(definition);
     }
     let engine = builder.build().await.map_err(|e| e.to_string())?;
+    // SIGTERM is handled from before "ready": a test may send it at once.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let stop = engine.shutdown_handle();
+    tokio::spawn(async move {
+        terminate.recv().await;
+        stop.shutdown();
+    });
     println!("ready");
-    let stats = engine.run_until_signal().await.map_err(|e| e.to_string())?;
+    let stats = engine.run().await.map_err(|e| e.to_string())?;
     println!(
         "stats {}",
         serde_json::to_string(&stats).map_err(|e| e.to_string())?
