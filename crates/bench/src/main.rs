@@ -49,7 +49,7 @@ struct W1PostgresArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     processes: Vec<usize>,
     /// Flows per run, all submitted at once once the engine processes are up.
-    #[arg(long, default_value_t = 4_000)]
+    #[arg(long, default_value_t = 8_000)]
     flows: usize,
     /// Tasks per flow.
     #[arg(long, default_value_t = 10)]
