@@ -620,17 +620,22 @@ async fn w1_taskgraph(args: W1Args) {
 
 fn print_w1(measured: Option<Measured>, flows: usize) {
     if let Some(m) = measured {
-        println!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
-            m.scenario,
-            flows,
-            m.events,
-            m.elapsed.as_secs_f64(),
-            m.per_sec(),
-            m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
-            m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-        );
+        println!("{}", w1_row(&m, flows));
     }
+}
+
+/// `| scenario | flows | steps | seconds | steps/s | flow p50 ms | flow p99 ms |`.
+fn w1_row(m: &Measured, flows: usize) -> String {
+    format!(
+        "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} |",
+        m.scenario,
+        flows,
+        m.events,
+        m.elapsed.as_secs_f64(),
+        m.per_sec(),
+        m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
+        m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+    )
 }
 
 async fn append_postgres(args: PostgresArgs) {
@@ -844,16 +849,7 @@ async fn w1_postgres(args: W1PostgresArgs) {
             });
         }
         if let Some(m) = median(measured) {
-            println!(
-                "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | 0 |",
-                m.scenario,
-                args.sequential,
-                m.events,
-                m.elapsed.as_secs_f64(),
-                m.per_sec(),
-                m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
-                m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-            );
+            println!("{} 0 |", w1_row(&m, args.sequential));
         }
     }
     for &processes in &args.processes {
@@ -917,17 +913,8 @@ async fn w1_postgres(args: W1PostgresArgs) {
             });
         }
         if let Some(m) = median(measured) {
-            println!(
-                "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {} |",
-                m.scenario,
-                args.flows,
-                m.events,
-                m.elapsed.as_secs_f64(),
-                m.per_sec(),
-                m.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
-                m.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-                conflicts.iter().max().copied().unwrap_or(0),
-            );
+            let conflicts = conflicts.iter().max().copied().unwrap_or(0);
+            println!("{} {conflicts} |", w1_row(&m, args.flows));
         }
     }
 }

@@ -19,6 +19,7 @@ mod clock;
 pub mod conformance;
 mod error;
 mod memory;
+pub mod testing;
 mod types;
 pub mod validate;
 mod wake;

@@ -7,18 +7,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_trait::async_trait;
 use common::*;
 use flowstate_core::machine::{FlowState, RetryState, TaskState};
-use flowstate_core::{Event, EventBody, FlowId, FlowKind, Folder, Intention, RawEvent, Timestamp};
-use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, FlowWriter,
-    MemoryStore, NewTimer, Release, Store, StoreError, WorkerId,
-};
+use flowstate_core::{Event, EventBody, FlowId, FlowKind, Folder, Intention, Timestamp};
+use flowstate_store::testing::InstrumentedStore;
+use flowstate_store::{FlowWriter, MemoryStore, Store};
 use flowstate_taskgraph::compile::compile;
 use flowstate_taskgraph::runtime::{Runtime, Work};
 use flowstate_taskgraph::{Engine, Flow, RetryAtom, Times};
@@ -97,106 +92,15 @@ fn scheduling_cost_per_task_does_not_grow_with_the_flow() {
     );
 }
 
-/// Counts appends; delegates everything to a memory store.
-#[derive(Debug)]
-struct CountingStore {
-    inner: MemoryStore,
-    appends: AtomicUsize,
-}
-
-#[async_trait]
-impl Store for CountingStore {
-    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
-        self.appends.fetch_add(1, Ordering::SeqCst);
-        self.inner.append(batch).await
-    }
-    async fn read(
-        &self,
-        flow: FlowId,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<RawEvent>, StoreError> {
-        self.inner.read(flow, from_seq, limit).await
-    }
-    async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
-        self.inner.flow(flow).await
-    }
-    async fn list(&self, query: &FlowQuery) -> Result<FlowPage, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError> {
-        self.inner.mark_ready(flow).await
-    }
-    async fn claim(
-        &self,
-        worker: &WorkerId,
-        kinds: &[flowstate_core::FlowKind],
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Claim>, StoreError> {
-        self.inner.claim(worker, kinds, limit, lease).await
-    }
-    async fn renew(
-        &self,
-        worker: &WorkerId,
-        flows: &[FlowId],
-        lease: Duration,
-    ) -> Result<Vec<FlowId>, StoreError> {
-        self.inner.renew(worker, flows, lease).await
-    }
-    async fn release(
-        &self,
-        worker: &WorkerId,
-        claim: &Claim,
-        release: Release,
-    ) -> Result<bool, StoreError> {
-        self.inner.release(worker, claim, release).await
-    }
-    async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
-        self.inner.schedule_timer(flow, timer).await
-    }
-    async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
-        self.inner.cancel_timer(flow, name).await
-    }
-    async fn claim_due_timers(
-        &self,
-        worker: &WorkerId,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<DueTimer>, StoreError> {
-        self.inner.claim_due_timers(worker, limit, lease).await
-    }
-    async fn complete_timer(
-        &self,
-        worker: &WorkerId,
-        timer: &DueTimer,
-    ) -> Result<bool, StoreError> {
-        self.inner.complete_timer(worker, timer).await
-    }
-    async fn next_timer_due(&self) -> Result<Option<flowstate_core::Timestamp>, StoreError> {
-        self.inner.next_timer_due().await
-    }
-    fn wakeups(&self) -> tokio::sync::watch::Receiver<flowstate_store::WakeCounts> {
-        self.inner.wakeups()
-    }
-    async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
-        self.inner.delete_flow(flow).await
-    }
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.close().await
-    }
-}
-
 #[tokio::test]
 async fn one_atomic_append_per_step_and_no_rewrite_of_other_atoms() {
     // TaskFlow rewrites every atom row of the flow on each flow update; here a linear flow of
     // n tasks is n + 1 appends (creation shares the first, the last result the final state)
     // and each append carries only the transitions that happened.
     let clock = clock();
-    let store = Arc::new(CountingStore {
-        inner: MemoryStore::new(clock.clone()),
-        appends: AtomicUsize::new(0),
-    });
+    let store = Arc::new(InstrumentedStore::new(Arc::new(MemoryStore::new(
+        clock.clone(),
+    ))));
     let engine = Engine::serial(store.clone(), clock);
     let mut flow = Flow::linear("chain");
     for index in 0..20 {
@@ -205,7 +109,7 @@ async fn one_atomic_append_per_step_and_no_rewrite_of_other_atoms() {
     engine.register(flow);
     let outcome = engine.start("chain", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
-    assert_eq!(store.appends.load(Ordering::SeqCst), 21);
+    assert_eq!(store.appends(), 21);
     let summary = store
         .flow(outcome.flow)
         .await

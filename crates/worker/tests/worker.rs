@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::{Clock, FlowId, FlowKind, RawEvent, Timestamp};
+use flowstate_core::{Clock, FlowId, FlowKind, Timestamp};
+use flowstate_store::testing::InstrumentedStore;
 use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, MemoryStore,
-    NewEvent, NewFlow, NewTimer, Release, Store, StoreError, WakeCounts, WorkerId,
+    AppendBatch, Claim, MemoryStore, NewEvent, NewFlow, NewTimer, Release, Store, WorkerId,
 };
 use flowstate_worker::{FlowRunner, RunError, Worker, WorkerConfig, WorkerStats};
 use tokio::sync::mpsc;
@@ -487,116 +487,10 @@ async fn leases_of_long_runs_are_renewed_so_nobody_else_takes_them() {
     assert_eq!(worker.stats().leases_lost, 0);
 }
 
-/// A store with faults on demand: renewals that fail (the database became unreachable for
-/// them), and a slow database (claims take 100 ms, releases 50 ms).
-#[derive(Debug)]
-struct Faulty {
-    inner: Arc<dyn Store>,
-    failing: std::sync::atomic::AtomicBool,
-    slow: bool,
-}
-
-#[async_trait]
-impl Store for Faulty {
-    async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
-        self.inner.append(batch).await
-    }
-    async fn read(
-        &self,
-        flow: FlowId,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<RawEvent>, StoreError> {
-        self.inner.read(flow, from, limit).await
-    }
-    async fn flow(&self, flow: FlowId) -> Result<Option<FlowSummary>, StoreError> {
-        self.inner.flow(flow).await
-    }
-    async fn list(&self, query: &FlowQuery) -> Result<FlowPage, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn mark_ready(&self, flow: FlowId) -> Result<(), StoreError> {
-        self.inner.mark_ready(flow).await
-    }
-    async fn claim(
-        &self,
-        worker: &WorkerId,
-        kinds: &[FlowKind],
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Claim>, StoreError> {
-        if self.slow {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.inner.claim(worker, kinds, limit, lease).await
-    }
-    async fn renew(
-        &self,
-        worker: &WorkerId,
-        flows: &[FlowId],
-        lease: Duration,
-    ) -> Result<Vec<FlowId>, StoreError> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Io {
-                message: "unreachable".into(),
-            });
-        }
-        self.inner.renew(worker, flows, lease).await
-    }
-    async fn release(
-        &self,
-        worker: &WorkerId,
-        claim: &Claim,
-        release: Release,
-    ) -> Result<bool, StoreError> {
-        if self.slow {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.inner.release(worker, claim, release).await
-    }
-    async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
-        self.inner.schedule_timer(flow, timer).await
-    }
-    async fn cancel_timer(&self, flow: FlowId, name: &str) -> Result<bool, StoreError> {
-        self.inner.cancel_timer(flow, name).await
-    }
-    async fn claim_due_timers(
-        &self,
-        worker: &WorkerId,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<DueTimer>, StoreError> {
-        self.inner.claim_due_timers(worker, limit, lease).await
-    }
-    async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        self.inner.next_timer_due().await
-    }
-    async fn complete_timer(
-        &self,
-        worker: &WorkerId,
-        timer: &DueTimer,
-    ) -> Result<bool, StoreError> {
-        self.inner.complete_timer(worker, timer).await
-    }
-    async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError> {
-        self.inner.delete_flow(flow).await
-    }
-    fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts> {
-        self.inner.wakeups()
-    }
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.close().await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_run_whose_lease_cannot_be_renewed_is_aborted_before_the_lease_runs_out() {
     let (inner, clock) = store();
-    let store = Arc::new(Faulty {
-        inner: inner.clone(),
-        failing: std::sync::atomic::AtomicBool::new(false),
-        slow: false,
-    });
+    let store = Arc::new(InstrumentedStore::new(inner.clone()));
     let script = Arc::new(Script::default());
     let mut dropped = script.on_drop();
     let flow = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
@@ -613,9 +507,7 @@ async fn a_run_whose_lease_cannot_be_renewed_is_aborted_before_the_lease_runs_ou
         "renewed while the store answers"
     );
     let cut = Instant::now();
-    store
-        .failing
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    store.fail_renewals(true);
     assert_eq!(dropped.recv().await, Some(flow));
     let aborted_after = cut.elapsed();
     // The last renewal confirmed the lease for 3 s from at most 1 s before the cut.
@@ -635,11 +527,10 @@ async fn a_flow_claimed_again_while_its_last_run_is_booked_keeps_its_new_lease()
     // (slow: the signal woke it while A was still settling) takes the flow again; booking
     // A's end afterwards must not forget run B, whose lease must go on being renewed.
     let (inner, clock) = store();
-    let store: Arc<dyn Store> = Arc::new(Faulty {
-        inner,
-        failing: std::sync::atomic::AtomicBool::new(false),
-        slow: true,
-    });
+    let store: Arc<dyn Store> = Arc::new(
+        InstrumentedStore::new(inner)
+            .with_delays(Duration::from_millis(100), Duration::from_millis(50)),
+    );
     let script = Arc::new(Script::default());
     *script.store.lock().expect("lock") = Some(store.clone());
     let flow = create(store.as_ref(), clock.as_ref(), FlowKind::TaskGraph, true).await;
