@@ -3,78 +3,13 @@
 //! call queued so far, then lets the runtime poll what they woke), and each case asserts how
 //! many rounds a task needs, as those suites do.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use flowstate_rt::{
-    current_task, pair, spawn, ProtocolError, Runtime, SettleError, TaskFailure, TaskHandle,
-};
-
-/// Calls to make "later", flushed in counted rounds.
-#[derive(Default, Clone)]
-struct Deferred(Rc<RefCell<Vec<Box<dyn FnOnce()>>>>);
-
-impl Deferred {
-    fn later(&self, call: impl FnOnce() + 'static) {
-        self.0.borrow_mut().push(Box::new(call));
-    }
-
-    /// Runs every queued call (and what they queue meanwhile waits for the next round),
-    /// then the runtime's woken tasks.
-    fn round(&self, rt: &Runtime) {
-        let calls = std::mem::take(&mut *self.0.borrow_mut());
-        for call in calls {
-            call();
-        }
-        rt.run_until_stalled();
-    }
-
-    /// Flushes until nothing is queued; returns the number of rounds.
-    fn flush(&self, rt: &Runtime) -> usize {
-        let mut rounds = 0;
-        while !self.0.borrow().is_empty() {
-            self.round(rt);
-            rounds += 1;
-        }
-        rounds
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Oops(&'static str);
-
-/// A value resolved at once (await-rt's `okSync`).
-async fn ok_sync(value: u32) -> Result<u32, Oops> {
-    let (resolver, once) = pair::<u32, Oops>();
-    resolver.resolve(value).expect("first resolve");
-    once.await
-}
-
-/// A rejection at once (`errSync`).
-async fn err_sync(error: &'static str) -> Result<u32, Oops> {
-    let (_resolver, mut once) = pair::<u32, Oops>();
-    once.rejecter().reject(Oops(error)).expect("first reject");
-    once.await
-}
-
-/// A value resolved in the next round (`okAsync`).
-async fn ok_async(later: Deferred, value: u32) -> Result<u32, Oops> {
-    let (resolver, once) = pair::<u32, Oops>();
-    later.later(move || resolver.resolve(value).expect("resolve"));
-    once.await
-}
-
-/// A rejection in the next round (`errAsync`).
-async fn err_async(later: Deferred, error: &'static str) -> Result<u32, Oops> {
-    let (_resolver, mut once) = pair::<u32, Oops>();
-    let rejecter = once.rejecter();
-    later.later(move || rejecter.reject(Oops(error)).expect("reject"));
-    once.await
-}
-
-fn outcome<O: 'static>(task: &TaskHandle<O>) -> Result<O, TaskFailure> {
-    task.take_outcome().expect("the task has finished")
-}
+use common::*;
+use flowstate_rt::{current_task, pair, spawn, ProtocolError, Runtime, SettleError, TaskFailure};
 
 #[test]
 fn bare_task_completes_inside_run_in_zero_rounds() {
@@ -207,7 +142,7 @@ fn awaiting_a_pair_of_another_task_fails_the_awaiting_task() {
         // Never awaits: this task fails for returning with its pair outstanding.
     });
     let (_resolver, once) = stash.borrow_mut().take().expect("stashed");
-    let thief = rt.run(async move { once.await });
+    let thief = rt.run(once);
     assert!(matches!(
         outcome(&thief),
         Err(TaskFailure::Protocol(ProtocolError::ForeignPair { .. }))
