@@ -76,3 +76,65 @@ pub fn outcome<O: 'static>(task: &TaskHandle<O>) -> Result<O, TaskFailure> {
     task.take_outcome().expect("the task has finished")
 }
 
+type Sleepers = Rc<RefCell<Vec<(u32, flowstate_rt::Resolver<()>)>>>;
+
+/// await-generator's `MockClock`: tasks sleep until a tick; the test advances ticks one by
+/// one, and each tick wakes its sleepers and lets the runtime run them.
+#[derive(Default, Clone)]
+pub struct MockClock {
+    now: Rc<std::cell::Cell<u32>>,
+    sleepers: Sleepers,
+}
+
+impl MockClock {
+    /// Suspends the calling task until tick `tick`.
+    pub async fn sleep_until(&self, tick: u32) {
+        let (resolver, once) = pair::<(), std::convert::Infallible>();
+        self.sleepers.borrow_mut().push((tick, resolver));
+        let _ = once.await;
+    }
+
+    /// The current tick.
+    pub fn now(&self) -> u32 {
+        self.now.get()
+    }
+
+    /// Advances to the next tick, wakes its sleepers and runs them.
+    pub fn next_tick(&self, rt: &Runtime) {
+        let tick = self.now.get() + 1;
+        self.now.set(tick);
+        let due: Vec<_> = {
+            let mut sleepers = self.sleepers.borrow_mut();
+            let (due, rest) = sleepers.drain(..).partition(|(at, _)| *at <= tick);
+            *sleepers = rest;
+            due
+        };
+        for (_, resolver) in due {
+            let _ = resolver.resolve(());
+        }
+        rt.run_until_stalled();
+    }
+}
+
+/// Counts live guards: +1 when made, −1 when dropped (a task's cleanup).
+#[derive(Default, Clone)]
+pub struct Cleanup(pub Rc<std::cell::Cell<i32>>);
+
+pub struct Guard(Rc<std::cell::Cell<i32>>);
+
+impl Cleanup {
+    pub fn guard(&self) -> Guard {
+        self.0.set(self.0.get() + 1);
+        Guard(self.0.clone())
+    }
+
+    pub fn live(&self) -> i32 {
+        self.0.get()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
