@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
 use crate::id::FlowId;
+use crate::journal::{JournalEntry, StepOutcome};
 use crate::limits::MAX_EVENT_BODY_BYTES;
 use crate::machine::{ActivationState, FlowState, PlanState, RetryState, TaskState};
 use crate::time::Timestamp;
@@ -163,6 +164,39 @@ pub enum EventBody {
         /// The new state.
         to: PlanState,
     },
+    /// A durable function recorded an effect at the next position of its journal.
+    JournalEntryRecorded {
+        /// The position (0, 1, 2, …).
+        position: u32,
+        /// The effect and its outcome.
+        entry: JournalEntry,
+    },
+    /// The sleep at a journal position ended (its timer fired and the function went on).
+    SleepEnded {
+        /// The sleep's journal position.
+        position: u32,
+    },
+    /// A signal was sent to a durable function (it waits in the inbox until consumed).
+    SignalDelivered {
+        /// The signal's name.
+        name: String,
+        /// Its value.
+        #[serde(default)]
+        value: serde_json::Value,
+    },
+    /// A durable function returned.
+    FunctionReturned {
+        /// Its outcome.
+        outcome: StepOutcome,
+    },
+    /// A run of a durable function started (its first, a wake, or a new engine process):
+    /// the run generation that fences earlier runs, and the incarnation that runs it.
+    RunStarted {
+        /// The generation, higher than every earlier one.
+        run: u64,
+        /// The engine process (incarnation) running it.
+        incarnation: String,
+    },
 }
 
 impl EventBody {
@@ -178,6 +212,11 @@ impl EventBody {
             Self::AtomRevertRecovered { .. } => "atom_revert_recovered",
             Self::ActivationStateChanged { .. } => "activation_state_changed",
             Self::PlanStateChanged { .. } => "plan_state_changed",
+            Self::JournalEntryRecorded { .. } => "journal_entry_recorded",
+            Self::SleepEnded { .. } => "sleep_ended",
+            Self::SignalDelivered { .. } => "signal_delivered",
+            Self::FunctionReturned { .. } => "function_returned",
+            Self::RunStarted { .. } => "run_started",
         }
     }
 

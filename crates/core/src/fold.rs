@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent};
 use crate::failure::Failure;
 use crate::id::FlowId;
+use crate::journal::{FunctionRecord, JournalError};
 use crate::machine::{
     ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
 };
@@ -179,6 +180,9 @@ pub struct FlowRecord {
     pub atoms: BTreeMap<String, AtomRecord>,
     /// The last replay-failure diagnostic (durable functions).
     pub diagnostic: Option<String>,
+    /// A durable function's journal, inbox and outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionRecord>,
 }
 
 /// Where a fold stops.
@@ -281,6 +285,14 @@ pub enum FoldError {
         /// The atom.
         atom: String,
     },
+    /// A durable function's journal does not follow (see [`JournalError`]).
+    #[error("event {seq}: {source}")]
+    Journal {
+        /// The event's position.
+        seq: u64,
+        /// What is wrong.
+        source: JournalError,
+    },
     /// The tables refuse the transition.
     #[error("event {seq}: {source}")]
     Transition {
@@ -374,6 +386,7 @@ impl Folder {
                 last_seq: seq,
                 atoms: BTreeMap::new(),
                 diagnostic: None,
+                function: (*kind == FlowKind::Function).then(FunctionRecord::default),
             });
             return Ok(());
         };
@@ -393,6 +406,46 @@ impl Folder {
             (EventBody::ActivationStateChanged { to, diagnostic }, FlowStatus::Function(state)) => {
                 advance(seq, state, *to)?;
                 record.diagnostic.clone_from(diagnostic);
+            }
+            (
+                body @ (EventBody::JournalEntryRecorded { .. }
+                | EventBody::SleepEnded { .. }
+                | EventBody::SignalDelivered { .. }
+                | EventBody::FunctionReturned { .. }
+                | EventBody::RunStarted { .. }),
+                FlowStatus::Function(state),
+            ) => {
+                let state = *state;
+                let function = record.function.get_or_insert_with(FunctionRecord::default);
+                // Each `FunctionRecord` method either fails before it changes anything or
+                // applies the event completely, which keeps `apply` atomic.
+                let live = || {
+                    if state == ActivationState::ActiveCurrent {
+                        Ok(())
+                    } else {
+                        Err(JournalError::NotLive {
+                            event: body.type_name(),
+                            state: state.label(),
+                        })
+                    }
+                };
+                let applied = match body {
+                    EventBody::JournalEntryRecorded { position, entry } => {
+                        live().and_then(|()| function.record(*position, entry))
+                    }
+                    EventBody::SleepEnded { position } => {
+                        live().and_then(|()| function.end_sleep(*position))
+                    }
+                    EventBody::SignalDelivered { name, value } => function.deliver(name, value),
+                    EventBody::FunctionReturned { outcome } => {
+                        live().and_then(|()| function.returned(outcome))
+                    }
+                    EventBody::RunStarted { run, incarnation } => {
+                        function.start_run(*run, incarnation)
+                    }
+                    _ => Ok(()),
+                };
+                applied.map_err(|source| FoldError::Journal { seq, source })?;
             }
             (
                 EventBody::TaskStateChanged {

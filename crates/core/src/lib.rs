@@ -13,6 +13,7 @@ pub mod event;
 pub mod failure;
 pub mod fold;
 pub mod id;
+pub mod journal;
 pub mod limits;
 pub mod machine;
 pub mod time;
@@ -25,5 +26,8 @@ pub use fold::{
     fold, AtomRecord, AtomState, FlowRecord, FlowStatus, FoldError, Folder, RetryAttempt, StopAt,
 };
 pub use id::{FlowId, IdError};
+pub use journal::{
+    Call, Diagnostic, FunctionRecord, JournalEntry, JournalError, Replay, Replayer, StepOutcome,
+};
 pub use machine::{InvalidState, Machine, Transition};
 pub use time::{Clock, ManualClock, Timestamp};
