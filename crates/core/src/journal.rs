@@ -196,6 +196,15 @@ impl<'j> Replayer<'j> {
         Self { journal, cursor: 0 }
     }
 
+    /// A replay that has already matched the first `position` entries.
+    #[must_use]
+    pub fn starting_at(journal: &'j [JournalEntry], position: u32) -> Self {
+        Self {
+            journal,
+            cursor: (position as usize).min(journal.len()),
+        }
+    }
+
     /// Whether recorded entries remain (the function is still replaying).
     #[must_use]
     pub fn is_replaying(&self) -> bool {

@@ -12,8 +12,9 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use flowstate_core::machine::PairState;
 
@@ -47,9 +48,16 @@ struct WakeQueue {
     queued: HashSet<TaskId>,
 }
 
+/// The wake queue and the condition a driver thread waits on for it.
+#[derive(Debug, Default)]
+struct Wakes {
+    queue: Mutex<WakeQueue>,
+    woken: Condvar,
+}
+
 struct TaskWaker {
     id: TaskId,
-    queue: Arc<Mutex<WakeQueue>>,
+    wakes: Arc<Wakes>,
 }
 
 impl Wake for TaskWaker {
@@ -59,12 +67,15 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         let mut queue = self
+            .wakes
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if queue.queued.insert(self.id) {
             queue.order.push_back(self.id);
         }
+        // A driver thread may wait for this (futures of other runtimes wake from their threads).
+        self.wakes.woken.notify_all();
     }
 }
 
@@ -82,7 +93,7 @@ struct Slot {
 
 pub(crate) struct Inner {
     tasks: RefCell<HashMap<TaskId, Slot>>,
-    queue: Arc<Mutex<WakeQueue>>,
+    wakes: Arc<Wakes>,
     next: Cell<u64>,
 }
 
@@ -228,7 +239,7 @@ impl Runtime {
         Self {
             inner: Rc::new(Inner {
                 tasks: RefCell::new(HashMap::new()),
-                queue: Arc::new(Mutex::new(WakeQueue::default())),
+                wakes: Arc::new(Wakes::default()),
                 next: Cell::new(1),
             }),
         }
@@ -252,6 +263,7 @@ impl Runtime {
             let next = {
                 let mut queue = self
                     .inner
+                    .wakes
                     .queue
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -273,6 +285,25 @@ impl Runtime {
     #[must_use]
     pub fn live_tasks(&self) -> usize {
         self.inner.tasks.borrow().len()
+    }
+
+    /// Blocks this thread until a task is woken or `timeout` passed; returns whether one was.
+    /// For a driver whose tasks also await futures of another runtime (a step's I/O on
+    /// tokio), which wake them from other threads.
+    pub fn wait_for_wake(&self, timeout: Duration) -> bool {
+        let queue = self
+            .inner
+            .wakes
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (queue, _) = self
+            .inner
+            .wakes
+            .woken
+            .wait_timeout_while(queue, timeout, |q| q.order.is_empty())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !queue.order.is_empty()
     }
 }
 
@@ -354,7 +385,7 @@ impl Inner {
         };
         let waker = Waker::from(Arc::new(TaskWaker {
             id,
-            queue: self.queue.clone(),
+            wakes: self.wakes.clone(),
         }));
         let mut cx = Context::from_waker(&waker);
         CURRENT.with(|c| {

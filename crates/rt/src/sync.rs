@@ -185,6 +185,17 @@ impl<T> Mutex<T> {
         !self.locked.get()
     }
 
+    /// The lock, if nobody holds it.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        if self.locked.replace(true) {
+            return None;
+        }
+        Some(MutexGuard {
+            mutex: self,
+            value: Some(self.value.borrow_mut()),
+        })
+    }
+
     /// Waits for the lock.
     pub async fn lock(&self) -> MutexGuard<'_, T> {
         if self.locked.replace(true) {

@@ -1,0 +1,480 @@
+//! The context: the membrane between a durable function and the world. Every effect is
+//! matched against the journal first (replay: the recorded outcome, nothing runs) and only
+//! past its end does it run and get recorded.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::panic::Location;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowstate_core::machine::ActivationState;
+use flowstate_core::{
+    Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowStatus, JournalEntry, Replay,
+    Replayer, Timestamp,
+};
+use flowstate_store::{FlowWriter, NewTimer, Store, WriteError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why a run of the activation stops before the function returns.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// It waits for a timer (`Some`) or a signal (`None`): it goes to sleep.
+    Sleep { timer: Option<NewTimer> },
+    /// The code does not reproduce the journal.
+    Diverged(Diagnostic),
+    /// Recording failed (a conflict with another run, a store error).
+    Write(WriteError),
+}
+
+/// One run of an activation: its journal as loaded, where replay is, and its writer.
+pub(crate) struct Activation {
+    pub(crate) flow: FlowId,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Live effects hold it from their call until their entry is durable: one at a time, so
+    /// journal order is call order.
+    pub(crate) writer: flowstate_rt::Mutex<FlowWriter>,
+    pub(crate) journal: Vec<JournalEntry>,
+    pub(crate) sleeps_ended: BTreeSet<u32>,
+    /// Entries of `journal` matched so far.
+    pub(crate) cursor: Cell<u32>,
+    /// Whether the activation is active current (past the end of its journal, recorded).
+    pub(crate) live: Cell<bool>,
+    pub(crate) stop: RefCell<Option<Stop>>,
+    /// Live effects in flight (the others are replayed synchronously).
+    pub(crate) live_ops: Cell<usize>,
+}
+
+impl Activation {
+    pub(crate) fn replaying(&self) -> bool {
+        (self.cursor.get() as usize) < self.journal.len()
+    }
+
+    fn stop_with(&self, stop: Stop) {
+        let mut current = self.stop.borrow_mut();
+        if current.is_none() {
+            *current = Some(stop);
+        }
+    }
+
+    /// Stages the end of replay (active replay → active current) once.
+    fn ensure_live(&self, writer: &mut FlowWriter) -> Result<(), WriteError> {
+        if self.live.get() {
+            return Ok(());
+        }
+        let replaying = matches!(
+            writer.record().map(|r| r.status),
+            Some(FlowStatus::Function(ActivationState::ActiveReplay))
+        );
+        if replaying {
+            writer.stage(
+                self.clock.as_ref(),
+                vec![EventBody::ActivationStateChanged {
+                    to: ActivationState::ActiveCurrent,
+                    diagnostic: None,
+                }],
+            )?;
+        }
+        self.live.set(true);
+        Ok(())
+    }
+
+    /// Stages `bodies` (after the end of replay, if not recorded yet) and commits them.
+    async fn record(&self, writer: &mut FlowWriter, bodies: Vec<EventBody>) -> Result<(), ()> {
+        let staged = self
+            .ensure_live(writer)
+            .and_then(|()| writer.stage(self.clock.as_ref(), bodies));
+        let committed = match staged {
+            Ok(()) => writer
+                .commit(
+                    self.store.as_ref(),
+                    flowstate_store::AppendExtras::default(),
+                )
+                .await
+                .map(drop),
+            Err(error) => Err(error),
+        };
+        committed.map_err(|error| self.stop_with(Stop::Write(error)))
+    }
+
+    /// Matches `call` against the journal. `Err(())` when the run must stop (a divergence,
+    /// recorded in `stop`).
+    fn replay(&self, call: Call<'_>, location: &str) -> Result<Replayed, ()> {
+        if self.stop.borrow().is_some() {
+            return Err(());
+        }
+        let mut replayer = Replayer::starting_at(&self.journal, self.cursor.get());
+        match replayer.call(call, location) {
+            Replay::Recorded { position, entry } => {
+                self.cursor.set(position + 1);
+                Ok(Replayed::Recorded {
+                    position,
+                    entry: entry.clone(),
+                })
+            }
+            Replay::Live { .. } => Ok(Replayed::Live),
+            Replay::Unpatched => Ok(Replayed::Unpatched),
+            Replay::Diverged(diagnostic) => {
+                self.stop_with(Stop::Diverged(diagnostic));
+                Err(())
+            }
+        }
+    }
+
+    /// The position the next live entry takes.
+    fn next_position(writer: &FlowWriter) -> u32 {
+        writer
+            .record()
+            .and_then(|r| r.function.as_ref())
+            .map_or(0, |f| u32::try_from(f.journal.len()).unwrap_or(u32::MAX))
+    }
+}
+
+enum Replayed {
+    Recorded { position: u32, entry: JournalEntry },
+    Live,
+    Unpatched,
+}
+
+/// A run that must stop never resumes: the driver drops the function's task.
+async fn halted<T>() -> T {
+    std::future::pending().await
+}
+
+fn location(at: &'static Location<'static>) -> String {
+    format!("{}:{}:{}", at.file(), at.line(), at.column())
+}
+
+/// The context of a durable function: its only way to the world. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    pub(crate) act: Rc<Activation>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("flow", &self.act.flow)
+            .field("replaying", &self.act.replaying())
+            .finish()
+    }
+}
+
+impl Ctx {
+    /// The activation's flow id.
+    #[must_use]
+    pub fn flow(&self) -> FlowId {
+        self.act.flow
+    }
+
+    /// Whether the function is replaying its journal (effects return recorded outcomes).
+    #[must_use]
+    pub fn is_replaying(&self) -> bool {
+        self.act.replaying()
+    }
+
+    /// The console loophole: logs `message` when live, stays quiet during replay, and is
+    /// never journaled (so it may differ between versions).
+    pub fn log(&self, message: impl std::fmt::Display) {
+        if !self.act.replaying() {
+            tracing::info!(flow = %self.act.flow, "{message}");
+        }
+    }
+
+    /// Runs `body` (at least once: again after a crash before its result was recorded) and
+    /// journals its value or its error. Replayed, it returns the recorded outcome and runs
+    /// nothing; recorded errors keep their kind. The idempotency key for the outside world
+    /// is `FLOW/POSITION`, the same on every run of this effect.
+    #[track_caller]
+    pub fn step<T, F, Fut>(&self, name: &str, body: F) -> impl Future<Output = Result<T, Failure>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let at = location(Location::caller());
+        let (act, name) = (self.act.clone(), name.to_owned());
+        async move {
+            let replayed = match act.replay(Call::Step { name: &name }, &at) {
+                Ok(replayed) => replayed,
+                Err(()) => return halted().await,
+            };
+            if let Replayed::Recorded {
+                entry: JournalEntry::Step { outcome, .. },
+                ..
+            } = replayed
+            {
+                return outcome.and_then(|value| {
+                    serde_json::from_value(value)
+                        .map_err(|e| Failure::new("InvalidRecordedValue", e.to_string()))
+                });
+            }
+            let mut writer = act.writer.lock().await;
+            let position = Activation::next_position(&writer);
+            act.live_ops.set(act.live_ops.get() + 1);
+            let key = format!("{}/{position}", act.flow);
+            let outcome = body(key).await;
+            let recorded = outcome.as_ref().map_err(Clone::clone).and_then(|value| {
+                serde_json::to_value(value)
+                    .map_err(|e| Failure::new("InvalidOutput", e.to_string()))
+            });
+            let entry = JournalEntry::Step {
+                name: name.clone(),
+                outcome: recorded,
+            };
+            let committed = act
+                .record(
+                    &mut writer,
+                    vec![EventBody::JournalEntryRecorded { position, entry }],
+                )
+                .await;
+            act.live_ops.set(act.live_ops.get() - 1);
+            drop(writer);
+            match committed {
+                Ok(()) => outcome,
+                Err(()) => halted().await,
+            }
+        }
+    }
+
+    /// A journaled value: replayed as recorded, otherwise made by `make` and recorded.
+    async fn value(
+        act: Rc<Activation>,
+        call: Call<'static>,
+        at: String,
+        make: impl FnOnce() -> JournalEntry,
+    ) -> JournalEntry {
+        match act.replay(call, &at) {
+            Ok(Replayed::Recorded { entry, .. }) => entry,
+            Ok(_) => {
+                let mut writer = act.writer.lock().await;
+                let position = Activation::next_position(&writer);
+                let entry = make();
+                let body = EventBody::JournalEntryRecorded {
+                    position,
+                    entry: entry.clone(),
+                };
+                match act.record(&mut writer, vec![body]).await {
+                    Ok(()) => entry,
+                    Err(()) => halted().await,
+                }
+            }
+            Err(()) => halted().await,
+        }
+    }
+
+    /// The time, journaled (the same on every replay).
+    #[track_caller]
+    pub fn now(&self) -> impl Future<Output = Timestamp> {
+        let at = location(Location::caller());
+        let act = self.act.clone();
+        let clock = act.clock.clone();
+        async move {
+            match Self::value(act, Call::Now, at, move || JournalEntry::Now {
+                time: clock.now(),
+            })
+            .await
+            {
+                JournalEntry::Now { time } => time,
+                _ => halted().await,
+            }
+        }
+    }
+
+    /// A random number, journaled.
+    #[track_caller]
+    pub fn random(&self) -> impl Future<Output = u64> {
+        let at = location(Location::caller());
+        let act = self.act.clone();
+        async move {
+            let make = || JournalEntry::Random {
+                value: rand::random(),
+            };
+            match Self::value(act, Call::Random, at, make).await {
+                JournalEntry::Random { value } => value,
+                _ => halted().await,
+            }
+        }
+    }
+
+    /// A new uuid (v4), journaled.
+    #[track_caller]
+    pub fn uuid(&self) -> impl Future<Output = uuid::Uuid> {
+        let at = location(Location::caller());
+        let act = self.act.clone();
+        async move {
+            let make = || JournalEntry::Uuid {
+                value: uuid::Uuid::from_bytes(rand::random()).to_string(),
+            };
+            match Self::value(act, Call::Uuid, at, make).await {
+                JournalEntry::Uuid { value } => value.parse().unwrap_or_default(),
+                _ => halted().await,
+            }
+        }
+    }
+
+    /// Whether the code of change `change` applies: `true` for new activations and for old
+    /// ones that reach this point after the change was deployed; `false` when replaying a
+    /// journal written before it (take the old path then).
+    #[track_caller]
+    pub fn patched(&self, change: &str) -> impl Future<Output = bool> {
+        let at = location(Location::caller());
+        let (act, change) = (self.act.clone(), change.to_owned());
+        async move {
+            match act.replay(Call::Patched { change: &change }, &at) {
+                Ok(Replayed::Recorded { .. }) => true,
+                Ok(Replayed::Unpatched) => false,
+                Ok(Replayed::Live) => {
+                    let mut writer = act.writer.lock().await;
+                    let position = Activation::next_position(&writer);
+                    let entry = JournalEntry::Patched { change };
+                    let body = EventBody::JournalEntryRecorded { position, entry };
+                    match act.record(&mut writer, vec![body]).await {
+                        Ok(()) => true,
+                        Err(()) => halted().await,
+                    }
+                }
+                Err(()) => halted().await,
+            }
+        }
+    }
+
+    /// A durable timer: the activation sleeps (unloaded) until `duration` from when the
+    /// sleep was first reached (recorded, so a replay sleeps until the same time).
+    #[track_caller]
+    pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+        let until = self.act.clock.now().saturating_add(duration);
+        self.sleep_at(until, Location::caller())
+    }
+
+    /// A durable timer until `time`.
+    #[track_caller]
+    pub fn sleep_until(&self, time: Timestamp) -> impl Future<Output = ()> {
+        self.sleep_at(time, Location::caller())
+    }
+
+    fn sleep_at(
+        &self,
+        until: Timestamp,
+        at: &'static Location<'static>,
+    ) -> impl Future<Output = ()> {
+        let at = location(at);
+        let act = self.act.clone();
+        async move {
+            let (position, until) = match act.replay(Call::Sleep, &at) {
+                Ok(Replayed::Recorded {
+                    position,
+                    entry: JournalEntry::Sleep { until },
+                }) => {
+                    if act.sleeps_ended.contains(&position) {
+                        return;
+                    }
+                    (Some(position), until)
+                }
+                Ok(_) => (None, until),
+                Err(()) => return halted().await,
+            };
+            let mut writer = act.writer.lock().await;
+            let position = match position {
+                Some(position) => position,
+                None => {
+                    // A new sleep: its entry goes with what follows (its end, or the sleep).
+                    let position = Activation::next_position(&writer);
+                    let entry = JournalEntry::Sleep { until };
+                    let staged = act.ensure_live(&mut writer).and_then(|()| {
+                        writer.stage(
+                            act.clock.as_ref(),
+                            vec![EventBody::JournalEntryRecorded { position, entry }],
+                        )
+                    });
+                    if let Err(error) = staged {
+                        act.stop_with(Stop::Write(error));
+                        return halted().await;
+                    }
+                    position
+                }
+            };
+            if act.replaying() {
+                // The journal goes on past a sleep it does not record as ended.
+                act.stop_with(Stop::Diverged(Diagnostic {
+                    position,
+                    logged: "a sleep that never ended, followed by more entries".into(),
+                    attempted: "waited for the sleep".into(),
+                    location: at,
+                }));
+                return halted().await;
+            }
+            if act.clock.now() >= until {
+                let ended = vec![EventBody::SleepEnded { position }];
+                if act.record(&mut writer, ended).await.is_err() {
+                    halted::<()>().await;
+                }
+                return;
+            }
+            if let Err(error) = act.ensure_live(&mut writer) {
+                act.stop_with(Stop::Write(error));
+                return halted().await;
+            }
+            act.stop_with(Stop::Sleep {
+                timer: Some(NewTimer {
+                    name: format!("sleep-{position}"),
+                    due: until,
+                }),
+            });
+            halted().await
+        }
+    }
+
+    /// Waits for the oldest signal named `name` that anyone sent to this flow (by flow id),
+    /// consuming it. The activation sleeps (unloaded) until one arrives.
+    #[track_caller]
+    pub fn signal<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<T, Failure>> {
+        let at = location(Location::caller());
+        let (act, name) = (self.act.clone(), name.to_owned());
+        async move {
+            let decode = |value: serde_json::Value| {
+                serde_json::from_value::<T>(value)
+                    .map_err(|e| Failure::new("InvalidSignal", e.to_string()))
+            };
+            match act.replay(Call::Signal { name: &name }, &at) {
+                Ok(Replayed::Recorded {
+                    entry: JournalEntry::Signal { value, .. },
+                    ..
+                }) => return decode(value),
+                Ok(_) => {}
+                Err(()) => return halted().await,
+            }
+            let mut writer = act.writer.lock().await;
+            let delivered = writer
+                .record()
+                .and_then(|r| r.function.as_ref())
+                .and_then(|f| f.pending_signal(&name))
+                .cloned();
+            let Some(value) = delivered else {
+                if let Err(error) = act.ensure_live(&mut writer) {
+                    act.stop_with(Stop::Write(error));
+                } else {
+                    act.stop_with(Stop::Sleep { timer: None });
+                }
+                return halted().await;
+            };
+            let position = Activation::next_position(&writer);
+            let entry = JournalEntry::Signal {
+                name: name.clone(),
+                value: value.clone(),
+            };
+            let body = EventBody::JournalEntryRecorded { position, entry };
+            match act.record(&mut writer, vec![body]).await {
+                Ok(()) => decode(value),
+                Err(()) => halted().await,
+            }
+        }
+    }
+}

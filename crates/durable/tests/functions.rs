@@ -1,0 +1,418 @@
+//! Durable functions end to end on the memory store, run by a worker: steps journaled and
+//! never run again on replay, durable sleeps that unload the activation, signals, journaled
+//! clock and randomness, errors recorded by kind, the closed-function rule, and the upgrade
+//! story (a divergent version fails to replay with a diagnostic; a fixed one repairs it;
+//! `patched` guards a deliberate change).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowstate_core::machine::ActivationState;
+use flowstate_core::{Clock, Failure, FlowId, FlowKind, ManualClock, Timestamp};
+use flowstate_durable::{Ctx, FunctionError, Functions, RegisterError};
+use flowstate_store::{MemoryStore, Store, WorkerId};
+use flowstate_worker::{ShutdownHandle, Worker, WorkerConfig};
+use serde_json::json;
+
+struct Process {
+    functions: Functions,
+    stop: ShutdownHandle,
+    worker: Arc<Worker>,
+}
+
+impl Process {
+    fn start(
+        store: &Arc<dyn Store>,
+        clock: &Arc<ManualClock>,
+        name: &str,
+        register: impl FnOnce(&Functions),
+    ) -> Self {
+        let clock: Arc<dyn Clock> = clock.clone();
+        let functions = Functions::new(store.clone(), clock.clone(), name);
+        register(&functions);
+        let config = WorkerConfig::new(WorkerId::new(name).expect("id"))
+            .with_poll_interval(Duration::from_millis(20));
+        let worker = Arc::new(
+            Worker::new(store.clone(), clock, config)
+                .expect("config")
+                .with_runner(FlowKind::Function, Arc::new(functions.clone())),
+        );
+        let running = worker.clone();
+        tokio::spawn(async move { running.run().await });
+        Self {
+            stop: worker.shutdown_handle(),
+            functions,
+            worker,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.shutdown();
+    }
+}
+
+fn setup() -> (Arc<dyn Store>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
+        1_767_225_600_000_000,
+    )));
+    (Arc::new(MemoryStore::new(clock.clone())), clock)
+}
+
+async fn wait_for_state(
+    functions: &Functions,
+    flow: FlowId,
+    state: ActivationState,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (now, diagnostic) = functions.state(flow).await.expect("state");
+        if now == state {
+            return diagnostic;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flow {flow} is {now}, not {state} ({diagnostic:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+static CHARGES: AtomicUsize = AtomicUsize::new(0);
+static SHIPMENTS: AtomicUsize = AtomicUsize::new(0);
+
+async fn order(ctx: Ctx, amount: u32) -> Result<String, Failure> {
+    let reserved: String = ctx
+        .step(
+            "reserve",
+            |_key| async move { Ok(format!("reserved {amount}")) },
+        )
+        .await?;
+    let charge: u32 = ctx
+        .step("charge", |key| async move {
+            CHARGES.fetch_add(1, Ordering::SeqCst);
+            assert!(
+                key.ends_with("/1"),
+                "the idempotency key names the position: {key}"
+            );
+            Ok(amount * 100)
+        })
+        .await?;
+    ctx.sleep(Duration::from_secs(3_600)).await;
+    let shipped: String = ctx
+        .step("ship", |_key| async move {
+            SHIPMENTS.fetch_add(1, Ordering::SeqCst);
+            Ok("shipped".to_owned())
+        })
+        .await?;
+    Ok(format!("{reserved}, charged {charge}, {shipped}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_function_is_unloaded_woken_by_its_timer_and_replayed_without_rerunning_steps() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("order", order).expect("register")
+    });
+    let flow = process.functions.start("order", 7).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
+    assert_eq!(CHARGES.load(Ordering::SeqCst), 1);
+    assert_eq!(SHIPMENTS.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        process
+            .functions
+            .outcome::<String>(flow)
+            .await
+            .expect("outcome"),
+        None
+    );
+    // The timer is due in an hour; nothing happens before.
+    clock.advance(Duration::from_secs(1_800));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        process.functions.state(flow).await.expect("state").0,
+        ActivationState::Sleeping
+    );
+    clock.advance(Duration::from_secs(1_801));
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        CHARGES.load(Ordering::SeqCst),
+        1,
+        "replay did not charge again"
+    );
+    assert_eq!(SHIPMENTS.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        process
+            .functions
+            .outcome::<String>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok("reserved 7, charged 700, shipped".to_owned()))
+    );
+    assert!(process.worker.stats().timers_fired >= 1);
+    process.stop();
+}
+
+async fn approval(ctx: Ctx, _input: ()) -> Result<bool, Failure> {
+    let first: bool = ctx.signal("approve").await?;
+    let second: bool = ctx.signal("approve").await?;
+    Ok(first && !second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_sent_by_flow_id_wake_the_function_in_order() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("approval", approval).expect("register")
+    });
+    let flow = process
+        .functions
+        .start("approval", ())
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
+    // Another process (any holder of the flow id) sends the signals.
+    let sender = Functions::new(store.clone(), clock.clone(), "sender");
+    sender.signal(flow, "approve", true).await.expect("signal");
+    sender.signal(flow, "approve", false).await.expect("signal");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        process
+            .functions
+            .outcome::<bool>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok(true))
+    );
+    process.stop();
+}
+
+static FLAKY: AtomicUsize = AtomicUsize::new(0);
+
+async fn effects(ctx: Ctx, _input: ()) -> Result<serde_json::Value, Failure> {
+    let now = ctx.now().await;
+    let random = ctx.random().await;
+    let id = ctx.uuid().await;
+    let failed: Result<u32, Failure> = ctx
+        .step("flaky", |_key| async move {
+            FLAKY.fetch_add(1, Ordering::SeqCst);
+            Err(Failure::new("CardDeclined", "insufficient funds"))
+        })
+        .await;
+    ctx.sleep(Duration::from_secs(1)).await;
+    // After the replay these must be what was recorded before the sleep.
+    Ok(json!({
+        "now": now.as_micros(),
+        "random": random,
+        "uuid": id.to_string(),
+        "error": failed.err().map(|f| f.kind),
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_randomness_ids_and_step_errors_are_journaled_and_replayed() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("effects", effects).expect("register")
+    });
+    let flow = process.functions.start("effects", ()).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
+    let started_at = clock.now();
+    clock.advance(Duration::from_secs(5));
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    let outcome = process
+        .functions
+        .outcome::<serde_json::Value>(flow)
+        .await
+        .expect("outcome")
+        .expect("done")
+        .expect("ok");
+    assert_eq!(
+        outcome["now"],
+        json!(started_at.as_micros()),
+        "the recorded time"
+    );
+    assert_eq!(
+        outcome["error"],
+        json!("CardDeclined"),
+        "the recorded error, by kind"
+    );
+    assert_eq!(FLAKY.load(Ordering::SeqCst), 1, "the failing step ran once");
+    let events = flowstate_store::read_all(store.as_ref(), flow)
+        .await
+        .expect("read");
+    let record = flowstate_core::fold(&events, flowstate_core::StopAt::End).expect("folds");
+    let journal = record.function.expect("function").journal;
+    assert!(
+        matches!(journal[1], flowstate_core::JournalEntry::Random { value } if json!(value) == outcome["random"])
+    );
+    process.stop();
+}
+
+#[tokio::test]
+async fn a_function_that_captures_anything_is_refused() {
+    let (store, clock) = setup();
+    let functions = Functions::new(store, clock, "p");
+    let captured = String::from("state that would not survive a restart");
+    let refused = functions.register("capturing", move |_ctx: Ctx, _input: ()| {
+        let captured = captured.clone();
+        async move { Ok(captured) }
+    });
+    match refused {
+        Err(RegisterError::Captures { name, bytes }) => {
+            assert_eq!(name, "capturing");
+            assert!(bytes > 0);
+        }
+        other => panic!("expected Captures, got {other:?}"),
+    }
+    assert!(
+        functions.register("closed", order).is_ok(),
+        "fn items are closed"
+    );
+    assert!(matches!(
+        functions.register("closed", order),
+        Err(RegisterError::Duplicate { .. })
+    ));
+}
+
+// The upgrade story. Version 1 sleeps between two steps; version 2 is a compatible change
+// guarded by `patched`; version 3 diverges (it charges before it reserves); version 4 fixes
+// version 3.
+static V_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+async fn v1(ctx: Ctx, _input: ()) -> Result<Vec<String>, Failure> {
+    let a: String = ctx
+        .step("reserve", |_k| async { Ok("reserved".to_owned()) })
+        .await?;
+    ctx.sleep(Duration::from_secs(60)).await;
+    let b: String = ctx
+        .step("ship", |_k| async { Ok("shipped".to_owned()) })
+        .await?;
+    Ok(vec![a, b])
+}
+
+async fn v2(ctx: Ctx, _input: ()) -> Result<Vec<String>, Failure> {
+    let a: String = ctx
+        .step("reserve", |_k| async { Ok("reserved".to_owned()) })
+        .await?;
+    // The change: a fraud check, only where the journal was not written before it.
+    let checked = if ctx.patched("fraud-check").await {
+        let _: bool = ctx.step("fraud-check", |_k| async { Ok(true) }).await?;
+        "checked"
+    } else {
+        "not checked"
+    };
+    ctx.sleep(Duration::from_secs(60)).await;
+    let b: String = ctx
+        .step("ship", |_k| async { Ok("shipped".to_owned()) })
+        .await?;
+    V_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(vec![a, checked.to_owned(), b])
+}
+
+async fn v3(ctx: Ctx, _input: ()) -> Result<Vec<String>, Failure> {
+    let charged: String = ctx
+        .step("charge", |_k| async { Ok("charged".to_owned()) })
+        .await?;
+    Ok(vec![charged])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergent_version_fails_to_replay_with_a_diagnostic_and_a_fixed_one_repairs_it() {
+    let (store, clock) = setup();
+    // Version 1 runs two activations to their sleep.
+    let p1 = Process::start(&store, &clock, "v1", |f| {
+        f.register("order", v1).expect("register")
+    });
+    let old = p1.functions.start("order", ()).await.expect("start");
+    wait_for_state(&p1.functions, old, ActivationState::Sleeping).await;
+    let diverging = p1.functions.start("order", ()).await.expect("start");
+    wait_for_state(&p1.functions, diverging, ActivationState::Sleeping).await;
+    p1.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Version 3 (divergent) wakes when the timers fire: replay failure, with a diagnostic.
+    let p3 = Process::start(&store, &clock, "v3", |f| {
+        f.register("order", v3).expect("register")
+    });
+    clock.advance(Duration::from_secs(61));
+    let diagnostic = wait_for_state(&p3.functions, diverging, ActivationState::ReplayFailure)
+        .await
+        .expect("a diagnostic");
+    assert!(diagnostic.contains("journal position 0"), "{diagnostic}");
+    assert!(diagnostic.contains("step \"reserve\""), "{diagnostic}");
+    assert!(diagnostic.contains("step \"charge\""), "{diagnostic}");
+    assert!(
+        diagnostic.contains("functions.rs"),
+        "the source location: {diagnostic}"
+    );
+    wait_for_state(&p3.functions, old, ActivationState::ReplayFailure).await;
+    p3.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Version 2 (compatible, the change behind `patched`) repairs both on its explicit start.
+    let p2 = Process::start(&store, &clock, "v2", |f| {
+        f.register("order", v2).expect("register")
+    });
+    assert_eq!(p2.functions.wake_all().await.expect("wake"), 2);
+    wait_for_state(&p2.functions, old, ActivationState::Done).await;
+    wait_for_state(&p2.functions, diverging, ActivationState::Done).await;
+    assert_eq!(
+        p2.functions
+            .outcome::<Vec<String>>(old)
+            .await
+            .expect("outcome"),
+        Some(Ok(vec![
+            "reserved".into(),
+            "not checked".into(),
+            "shipped".into()
+        ])),
+        "a journal written before the change takes the old path"
+    );
+    // A new activation takes the new path.
+    let new = p2.functions.start("order", ()).await.expect("start");
+    wait_for_state(&p2.functions, new, ActivationState::Sleeping).await;
+    clock.advance(Duration::from_secs(61));
+    wait_for_state(&p2.functions, new, ActivationState::Done).await;
+    assert_eq!(
+        p2.functions
+            .outcome::<Vec<String>>(new)
+            .await
+            .expect("outcome"),
+        Some(Ok(vec![
+            "reserved".into(),
+            "checked".into(),
+            "shipped".into()
+        ]))
+    );
+    p2.stop();
+}
+
+async fn fails(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let _: u32 = ctx
+        .step("only", |_k| async {
+            Err(Failure::new("OutOfStock", "none left"))
+        })
+        .await?;
+    Ok(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_returns_an_error_is_done_with_that_error() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("fails", fails).expect("register")
+    });
+    let flow = process.functions.start("fails", ()).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    match process
+        .functions
+        .outcome::<u32>(flow)
+        .await
+        .expect("outcome")
+    {
+        Some(Err(FunctionError::Failed(failure))) => assert_eq!(failure.kind, "OutOfStock"),
+        other => panic!("{other:?}"),
+    }
+    process.stop();
+}
