@@ -35,6 +35,8 @@ enum Bench {
     AppendPostgres(PostgresArgs),
     /// W1 on PostgreSQL run by 1, 2, 3... engine processes (child processes of this binary).
     W1Postgres(W1PostgresArgs),
+    /// W1 as durable functions (10 `ctx.step` calls) on SQLite, and the replay of a long journal.
+    W1Function(W1FunctionArgs),
     /// One engine process of `w1-postgres` (started by it): runs a worker until stdin closes.
     #[command(hide = true)]
     W1Worker(W1WorkerArgs),
@@ -61,6 +63,25 @@ struct W1PostgresArgs {
     /// process, no worker), the shape of DBOS's sequential figure; 0 skips it.
     #[arg(long, default_value_t = 200)]
     sequential: usize,
+    /// Runs of each scenario; the table shows the run with the median throughput.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct W1FunctionArgs {
+    /// Directory for the database files (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Flows run one after another in the sequential scenario.
+    #[arg(long, default_value_t = 200)]
+    sequential: usize,
+    /// Activations run at once in the concurrent scenario.
+    #[arg(long, default_value_t = 1_000)]
+    concurrent: usize,
+    /// Entries in the journal of the replay scenario.
+    #[arg(long, default_value_t = 100_000)]
+    replay_entries: usize,
     /// Runs of each scenario; the table shows the run with the median throughput.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -364,6 +385,7 @@ fn main() {
         Bench::AppendPostgres(args) => runtime.block_on(append_postgres(args)),
         Bench::W1Postgres(args) => runtime.block_on(w1_postgres(args)),
         Bench::W1Worker(args) => runtime.block_on(w1_worker(args)),
+        Bench::W1Function(args) => runtime.block_on(w1_function(args)),
     }
 }
 
@@ -917,4 +939,198 @@ async fn w1_postgres(args: W1PostgresArgs) {
             println!("{} {conflicts} |", w1_row(&m, args.flows));
         }
     }
+}
+
+/// W1 as a durable function: ten journaled steps, `x -> x + 1`.
+async fn w1_durable(ctx: flowstate_durable::Ctx, x: u64) -> Result<u64, flowstate_core::Failure> {
+    let mut x = x;
+    for step in 0..10 {
+        x = ctx
+            .step(&format!("step{step}"), |_key| async move { Ok(x + 1) })
+            .await?;
+    }
+    Ok(x)
+}
+
+/// A function that replays a long journal of random draws, then waits for a signal.
+async fn long_journal(
+    ctx: flowstate_durable::Ctx,
+    entries: u64,
+) -> Result<u64, flowstate_core::Failure> {
+    let mut sum = 0u64;
+    for _ in 0..entries {
+        sum = sum.wrapping_add(ctx.random().await);
+    }
+    let _: bool = ctx.signal("go").await?;
+    Ok(sum)
+}
+
+fn functions_on(store: &Arc<dyn Store>) -> flowstate_durable::Functions {
+    let functions =
+        flowstate_durable::Functions::new(store.clone(), Arc::new(SystemClock), "bench");
+    if let Err(error) = functions.register("w1", w1_durable) {
+        fail(error);
+    }
+    if let Err(error) = functions.register("long", long_journal) {
+        fail(error);
+    }
+    functions
+}
+
+/// Starts and runs one W1 activation to its end (the worker's runner, called directly).
+async fn w1_function_once(functions: &flowstate_durable::Functions) -> u64 {
+    use flowstate_worker::FlowRunner;
+    let began = Instant::now();
+    let flow = functions
+        .start("w1", 0u64)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    if let Err(error) = functions.run(flow).await {
+        fail(error);
+    }
+    match functions.outcome::<u64>(flow).await {
+        Ok(Some(Ok(10))) => {}
+        other => fail(format!("wrong outcome {other:?}")),
+    }
+    began.elapsed().as_micros() as u64
+}
+
+async fn w1_function(args: W1FunctionArgs) {
+    let temp = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))
+        .unwrap_or_else(|e| fail(e));
+    let runs = args.runs.max(1);
+    println!("W1 durable functions: 10 ctx.step calls each, SQLite synchronous=FULL, median of {runs} runs");
+    println!();
+    println!("| scenario | flows | steps | seconds | steps/s | flow p50 ms | flow p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut sequential = Vec::new();
+    for run in 0..runs {
+        let store = open(temp.path(), &format!("fn-seq-{run}.db"), Synchronous::Full);
+        let functions = functions_on(&store);
+        let mut latency_us = histogram();
+        let start = Instant::now();
+        for _ in 0..args.sequential {
+            let _ = latency_us.record(w1_function_once(&functions).await);
+        }
+        let elapsed = start.elapsed();
+        let _ = store.close().await;
+        sequential.push(Measured {
+            scenario: format!("sequential, {} activations one at a time", args.sequential),
+            events: (args.sequential * 10) as u64,
+            elapsed,
+            latency_us,
+        });
+    }
+    print_w1(median(sequential), args.sequential);
+    let mut concurrent = Vec::new();
+    for run in 0..runs {
+        let store = open(temp.path(), &format!("fn-conc-{run}.db"), Synchronous::Full);
+        let functions = functions_on(&store);
+        let mut latency_us = histogram();
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..args.concurrent {
+            let functions = functions.clone();
+            tasks.spawn(async move { w1_function_once(&functions).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(micros) = joined {
+                let _ = latency_us.record(micros);
+            }
+        }
+        let elapsed = start.elapsed();
+        let _ = store.close().await;
+        concurrent.push(Measured {
+            scenario: format!("{} activations at once", args.concurrent),
+            events: (args.concurrent * 10) as u64,
+            elapsed,
+            latency_us,
+        });
+    }
+    print_w1(median(concurrent), args.concurrent);
+
+    // Replay: a journal of N entries written directly (batches of 1,000), then one run of the
+    // activation replays all of it and goes to sleep on its signal.
+    println!();
+    println!("| replay scenario | entries | seconds | entries/s |");
+    println!("|---|---|---|---|");
+    let store = open(temp.path(), "replay.db", Synchronous::Full);
+    let functions = functions_on(&store);
+    let flow = functions
+        .start("long", args.replay_entries as u64)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let clock = SystemClock;
+    let mut writer = flowstate_store::FlowWriter::load(store.as_ref(), flow)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let mut written = 0;
+    writer
+        .stage(
+            &clock,
+            vec![flowstate_core::EventBody::RunStarted {
+                run: 1,
+                incarnation: "bench".into(),
+            }],
+        )
+        .unwrap_or_else(|e| fail(e));
+    while written < args.replay_entries {
+        let batch = (args.replay_entries - written).min(999);
+        let bodies = (0..batch)
+            .map(|i| flowstate_core::EventBody::JournalEntryRecorded {
+                position: (written + i) as u32,
+                entry: flowstate_core::JournalEntry::Random { value: i as u64 },
+            })
+            .collect();
+        writer.stage(&clock, bodies).unwrap_or_else(|e| fail(e));
+        writer
+            .commit(store.as_ref(), flowstate_store::AppendExtras::default())
+            .await
+            .unwrap_or_else(|e| fail(e));
+        written += batch;
+    }
+    let events = flowstate_store::read_all(store.as_ref(), flow)
+        .await
+        .unwrap_or_else(|e| fail(e));
+    let folded = Instant::now();
+    let record =
+        flowstate_core::fold(&events, flowstate_core::StopAt::End).unwrap_or_else(|e| fail(e));
+    let fold_seconds = folded.elapsed().as_secs_f64();
+    let journal = record.function.map(|f| f.journal).unwrap_or_default();
+    let matched = Instant::now();
+    let mut replayer = flowstate_core::Replayer::new(&journal);
+    for _ in 0..journal.len() {
+        let _ = replayer.call(flowstate_core::Call::Random, "");
+    }
+    let match_seconds = matched.elapsed().as_secs_f64();
+    let replayed = Instant::now();
+    {
+        use flowstate_worker::FlowRunner;
+        if let Err(error) = functions.run(flow).await {
+            fail(error);
+        }
+    }
+    let run_seconds = replayed.elapsed().as_secs_f64();
+    match functions.state(flow).await {
+        Ok((flowstate_core::machine::ActivationState::Sleeping, _)) => {}
+        other => fail(format!(
+            "the replayed activation is {other:?}, not sleeping"
+        )),
+    }
+    let n = journal.len() as f64;
+    for (scenario, seconds) in [
+        ("fold the log (decode + check every event)", fold_seconds),
+        ("match the journal (sans-I/O replayer)", match_seconds),
+        (
+            "whole activation run: load, fold, replay through ctx, sleep",
+            run_seconds,
+        ),
+    ] {
+        println!(
+            "| {scenario} | {} | {seconds:.3} | {:.0} |",
+            journal.len(),
+            n / seconds
+        );
+    }
+    let _ = store.close().await;
 }

@@ -184,6 +184,12 @@ pub enum EventBody {
         #[serde(default)]
         value: serde_json::Value,
     },
+    /// A durable function goes to sleep until a signal of this name arrives (recorded with
+    /// its sleeping transition, so that other signals and stale timers do not wake it).
+    SignalAwaited {
+        /// The signal's name.
+        name: String,
+    },
     /// A durable function returned.
     FunctionReturned {
         /// Its outcome.
@@ -215,6 +221,7 @@ impl EventBody {
             Self::JournalEntryRecorded { .. } => "journal_entry_recorded",
             Self::SleepEnded { .. } => "sleep_ended",
             Self::SignalDelivered { .. } => "signal_delivered",
+            Self::SignalAwaited { .. } => "signal_awaited",
             Self::FunctionReturned { .. } => "function_returned",
             Self::RunStarted { .. } => "run_started",
         }

@@ -411,6 +411,7 @@ impl Folder {
                 body @ (EventBody::JournalEntryRecorded { .. }
                 | EventBody::SleepEnded { .. }
                 | EventBody::SignalDelivered { .. }
+                | EventBody::SignalAwaited { .. }
                 | EventBody::FunctionReturned { .. }
                 | EventBody::RunStarted { .. }),
                 FlowStatus::Function(state),
@@ -437,6 +438,9 @@ impl Folder {
                         live().and_then(|()| function.end_sleep(*position))
                     }
                     EventBody::SignalDelivered { name, value } => function.deliver(name, value),
+                    EventBody::SignalAwaited { name } => live().map(|()| {
+                        function.awaiting = Some(name.clone());
+                    }),
                     EventBody::FunctionReturned { outcome } => {
                         live().and_then(|()| function.returned(outcome))
                     }

@@ -338,6 +338,9 @@ pub struct FunctionRecord {
     pub run: u64,
     /// The incarnation (engine process) of each run, as `(run, incarnation)`.
     pub incarnations: Vec<(u64, String)>,
+    /// The signal the function sleeps for, until it consumes one of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<String>,
 }
 
 impl FunctionRecord {
@@ -354,6 +357,9 @@ impl FunctionRecord {
             let next = self.inbox.get(name).and_then(VecDeque::front);
             if next != Some(value) {
                 return Err(JournalError::SignalNotDelivered { name: name.clone() });
+            }
+            if self.awaiting.as_deref() == Some(name.as_str()) {
+                self.awaiting = None;
             }
             if let Some(queue) = self.inbox.get_mut(name) {
                 queue.pop_front();
@@ -412,6 +418,25 @@ impl FunctionRecord {
         self.run = run;
         self.incarnations.push((run, incarnation.to_owned()));
         Ok(())
+    }
+
+    /// Whether what a sleeping function waits for has happened at `now`: its last sleep is
+    /// due, or a signal it waits for arrived. A wake for anything else (another signal, a
+    /// stale timer) need not replay it.
+    #[must_use]
+    pub fn wake_is_due(&self, now: Timestamp) -> bool {
+        if let Some((position, JournalEntry::Sleep { until })) =
+            self.journal.iter().enumerate().next_back()
+        {
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            if !self.sleeps_ended.contains(&position) {
+                return now >= *until;
+            }
+        }
+        match &self.awaiting {
+            Some(name) => self.pending_signal(name).is_some(),
+            None => true,
+        }
     }
 
     /// The oldest delivered, unconsumed signal of `name`.

@@ -28,6 +28,8 @@ pub(crate) enum Stop {
     Diverged(Diagnostic),
     /// Recording failed (a conflict with another run, a store error).
     Write(WriteError),
+    /// The function used the context in a way that cannot be journaled.
+    Misuse(String),
 }
 
 /// One run of an activation: its journal as loaded, where replay is, and its writer.
@@ -42,6 +44,8 @@ pub(crate) struct Activation {
     pub(crate) sleeps_ended: BTreeSet<u32>,
     /// Entries of `journal` matched so far.
     pub(crate) cursor: Cell<u32>,
+    /// The function's own task: effects come from it alone (see `replay`).
+    pub(crate) task: Cell<Option<flowstate_rt::TaskId>>,
     /// Whether the activation is active current (past the end of its journal, recorded).
     pub(crate) live: Cell<bool>,
     pub(crate) stop: RefCell<Option<Stop>>,
@@ -107,6 +111,16 @@ impl Activation {
         if self.stop.borrow().is_some() {
             return Err(());
         }
+        // One cursor cannot reproduce how concurrent branches interleaved: a replayed effect
+        // returns at once, a live one later. Until effects of concurrent branches are
+        // journaled per branch, they are refused rather than replayed wrongly.
+        let here = flowstate_rt::current_task();
+        if self.task.get().is_some() && here != self.task.get() {
+            self.stop_with(Stop::Misuse(format!(
+                "{call} at {location} was called from a task other than the function's own; effects of concurrent branches (flowstate_rt::all, race, spawn) are not supported yet"
+            )));
+            return Err(());
+        }
         let mut replayer = Replayer::starting_at(&self.journal, self.cursor.get());
         match replayer.call(call, location) {
             Replay::Recorded { position, entry } => {
@@ -138,6 +152,31 @@ enum Replayed {
     Recorded { position: u32, entry: JournalEntry },
     Live,
     Unpatched,
+}
+
+/// A step body that panics fails its step (recorded as `Panicked`) rather than the run.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<T, F: Future<Output = Result<T, Failure>>> Future for CatchUnwind<F> {
+    type Output = Result<T, Failure>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(polled) => polled,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".to_owned());
+                std::task::Poll::Ready(Err(Failure::new("Panicked", message)))
+            }
+        }
+    }
 }
 
 /// A run that must stop never resumes: the driver drops the function's task.
@@ -217,14 +256,26 @@ impl Ctx {
             let position = Activation::next_position(&writer);
             act.live_ops.set(act.live_ops.get() + 1);
             let key = format!("{}/{position}", act.flow);
-            let outcome = body(key).await;
-            let recorded = outcome.as_ref().map_err(Clone::clone).and_then(|value| {
+            let outcome = CatchUnwind(Box::pin(body(key))).await;
+            let mut recorded = outcome.and_then(|value| {
                 serde_json::to_value(value)
                     .map_err(|e| Failure::new("InvalidOutput", e.to_string()))
             });
+            if let Ok(value) = &recorded {
+                let bytes = serde_json::to_vec(value).map_or(0, |v| v.len());
+                if bytes > flowstate_core::limits::MAX_EVENT_BODY_BYTES / 2 {
+                    recorded = Err(Failure::new(
+                        "ResultTooLarge",
+                        format!(
+                            "the step's result is {bytes} bytes; results are journaled, and must stay under {} bytes (put large data in object storage and return a reference)",
+                            flowstate_core::limits::MAX_EVENT_BODY_BYTES / 2
+                        ),
+                    ));
+                }
+            }
             let entry = JournalEntry::Step {
                 name: name.clone(),
-                outcome: recorded,
+                outcome: recorded.clone(),
             };
             let committed = act
                 .record(
@@ -235,7 +286,11 @@ impl Ctx {
             act.live_ops.set(act.live_ops.get() - 1);
             drop(writer);
             match committed {
-                Ok(()) => outcome,
+                // What was recorded, exactly as a replay will return it.
+                Ok(()) => recorded.and_then(|value| {
+                    serde_json::from_value(value)
+                        .map_err(|e| Failure::new("InvalidRecordedValue", e.to_string()))
+                }),
                 Err(()) => halted().await,
             }
         }
@@ -308,7 +363,9 @@ impl Ctx {
         let act = self.act.clone();
         async move {
             let make = || JournalEntry::Uuid {
-                value: uuid::Uuid::from_bytes(rand::random()).to_string(),
+                value: uuid::Builder::from_random_bytes(rand::random())
+                    .into_uuid()
+                    .to_string(),
             };
             match Self::value(act, Call::Uuid, at, make).await {
                 JournalEntry::Uuid { value } => value.parse().unwrap_or_default(),
@@ -458,10 +515,15 @@ impl Ctx {
                 .and_then(|f| f.pending_signal(&name))
                 .cloned();
             let Some(value) = delivered else {
-                if let Err(error) = act.ensure_live(&mut writer) {
-                    act.stop_with(Stop::Write(error));
-                } else {
-                    act.stop_with(Stop::Sleep { timer: None });
+                let awaited = act.ensure_live(&mut writer).and_then(|()| {
+                    writer.stage(
+                        act.clock.as_ref(),
+                        vec![EventBody::SignalAwaited { name: name.clone() }],
+                    )
+                });
+                match awaited {
+                    Ok(()) => act.stop_with(Stop::Sleep { timer: None }),
+                    Err(error) => act.stop_with(Stop::Write(error)),
                 }
                 return halted().await;
             };

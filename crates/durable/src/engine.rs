@@ -4,6 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -59,6 +60,11 @@ pub enum FunctionError {
 /// Most attempts to deliver a signal when the activation keeps appending meanwhile.
 const SIGNAL_ATTEMPTS: usize = 16;
 
+/// Most activations one process runs at once. Each holds a blocking thread while it runs,
+/// and the stores need blocking threads of their own (SQLite's reads): tokio's pool has
+/// 512, so activations must leave room.
+pub const MAX_ACTIVE_ACTIVATIONS: usize = 256;
+
 /// Durable functions on a store: register, start, signal, look up; and, as the worker's
 /// runner for [`FlowKind::Function`], run activations.
 #[derive(Clone)]
@@ -70,6 +76,7 @@ struct Shared {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     registry: RwLock<Registry>,
+    drivers: tokio::sync::Semaphore,
     /// The engine process running activations (recorded with each run).
     incarnation: String,
 }
@@ -95,6 +102,7 @@ impl Functions {
                 store,
                 clock,
                 registry: RwLock::new(Registry::default()),
+                drivers: tokio::sync::Semaphore::new(MAX_ACTIVE_ACTIVATIONS),
                 incarnation: incarnation.into(),
             }),
         }
@@ -255,7 +263,12 @@ impl Functions {
 
 impl Shared {
     /// Runs one activation until it returns, sleeps, or fails to replay (on this thread).
-    fn drive(&self, flow: FlowId, handle: &tokio::runtime::Handle) -> Result<(), RunError> {
+    fn drive(
+        &self,
+        flow: FlowId,
+        handle: &tokio::runtime::Handle,
+        cancelled: &AtomicBool,
+    ) -> Result<(), RunError> {
         let _runtime = handle.enter();
         let mut writer = handle
             .block_on(FlowWriter::load(self.store.as_ref(), flow))
@@ -278,7 +291,19 @@ impl Shared {
                 record.function.clone().unwrap_or_default(),
             )
         };
-        if state == ActivationState::Done {
+        let nothing_to_do = match state {
+            ActivationState::Done => true,
+            // Woken by something it does not wait for (another signal, a stale timer).
+            ActivationState::Sleeping => !function.wake_is_due(self.clock.now()),
+            // A replay failure gets another try from the next incarnation, not from a wake
+            // in the one whose code failed.
+            ActivationState::ReplayFailure => function
+                .incarnations
+                .last()
+                .is_some_and(|(_, incarnation)| *incarnation == self.incarnation),
+            _ => false,
+        };
+        if nothing_to_do {
             return Ok(());
         }
         let Some(code) = self
@@ -331,6 +356,7 @@ impl Shared {
             journal: function.journal,
             sleeps_ended: function.sleeps_ended,
             cursor: Cell::new(0),
+            task: Cell::new(None),
             live: Cell::new(first),
             stop: RefCell::new(None),
             live_ops: Cell::new(0),
@@ -338,8 +364,23 @@ impl Shared {
         let ctx = Ctx {
             act: activation.clone(),
         };
-        let task = rt.run(code.call(ctx, input));
+        let task = rt.run({
+            let activation = activation.clone();
+            let function = code.call(ctx, input);
+            async move {
+                activation.task.set(flowstate_rt::current_task());
+                function.await
+            }
+        });
         loop {
+            if cancelled.load(Ordering::Acquire) {
+                // The worker gave the flow up (its lease was lost, or a shutdown's grace ran
+                // out): stop here and record nothing.
+                task.abort();
+                return Err(RunError::Failed {
+                    message: "the run was cancelled".into(),
+                });
+            }
             rt.run_until_stalled();
             if task.is_finished() || activation.stop.borrow().is_some() {
                 break;
@@ -348,9 +389,10 @@ impl Shared {
                 // Nothing live is in flight, the journal is not exhausted, and the function
                 // waits: it stopped at an await the journal records as already settled.
                 let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
-                if let Err(diagnostic) =
-                    replayer.check_wait("something the journal does not record", "")
-                {
+                if let Err(diagnostic) = replayer.check_wait(
+                    "something the journal does not record",
+                    "the function's own await",
+                ) {
                     *activation.stop.borrow_mut() = Some(Stop::Diverged(diagnostic));
                     break;
                 }
@@ -370,6 +412,7 @@ impl Shared {
         let mut extras = AppendExtras::default();
         let bodies = match (stop, outcome) {
             (Some(Stop::Write(error)), _) => return Err(run_error(error)),
+            (Some(Stop::Misuse(message)), _) => return Err(RunError::Failed { message }),
             (Some(Stop::Diverged(diagnostic)), _) => {
                 tracing::warn!(%flow, %diagnostic, "replay failure");
                 vec![EventBody::ActivationStateChanged {
@@ -383,7 +426,7 @@ impl Shared {
             }
             (None, Some(Ok(returned))) => {
                 let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
-                match replayer.check_return("") {
+                match replayer.check_return("the function's return") {
                     Err(diagnostic) => vec![EventBody::ActivationStateChanged {
                         to: ActivationState::ReplayFailure,
                         diagnostic: Some(diagnostic.to_string()),
@@ -442,12 +485,32 @@ fn run_error(error: WriteError) -> RunError {
 #[async_trait::async_trait]
 impl FlowRunner for Functions {
     async fn run(&self, flow: FlowId) -> Result<(), RunError> {
+        let _permit = self
+            .shared
+            .drivers
+            .acquire()
+            .await
+            .map_err(|e| RunError::Failed {
+                message: e.to_string(),
+            })?;
         let functions = self.shared.clone();
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || functions.drive(flow, &handle))
+        // If the worker drops this run (lost lease, shutdown), the blocking thread sees it.
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let cancelled = cancel.0.clone();
+        tokio::task::spawn_blocking(move || functions.drive(flow, &handle, &cancelled))
             .await
             .map_err(|e| RunError::Failed {
                 message: format!("the activation's thread failed: {e}"),
             })?
+    }
+}
+
+/// Sets its flag when dropped: tells a driver thread that its run was given up.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }

@@ -19,6 +19,7 @@ struct Process {
     functions: Functions,
     stop: ShutdownHandle,
     worker: Arc<Worker>,
+    running: tokio::task::JoinHandle<()>,
 }
 
 impl Process {
@@ -38,17 +39,22 @@ impl Process {
                 .expect("config")
                 .with_runner(FlowKind::Function, Arc::new(functions.clone())),
         );
-        let running = worker.clone();
-        tokio::spawn(async move { running.run().await });
+        let looping = worker.clone();
+        let running = tokio::spawn(async move {
+            let _ = looping.run().await;
+        });
         Self {
             stop: worker.shutdown_handle(),
             functions,
             worker,
+            running,
         }
     }
 
-    fn stop(self) {
+    /// Stops the process's worker and waits until it has stopped.
+    async fn stop(self) {
         self.stop.shutdown();
+        let _ = self.running.await;
     }
 }
 
@@ -150,7 +156,7 @@ async fn a_sleeping_function_is_unloaded_woken_by_its_timer_and_replayed_without
         Some(Ok("reserved 7, charged 700, shipped".to_owned()))
     );
     assert!(process.worker.stats().timers_fired >= 1);
-    process.stop();
+    process.stop().await;
 }
 
 async fn approval(ctx: Ctx, _input: ()) -> Result<bool, Failure> {
@@ -184,7 +190,7 @@ async fn signals_sent_by_flow_id_wake_the_function_in_order() {
             .expect("outcome"),
         Some(Ok(true))
     );
-    process.stop();
+    process.stop().await;
 }
 
 static FLAKY: AtomicUsize = AtomicUsize::new(0);
@@ -246,7 +252,7 @@ async fn clock_randomness_ids_and_step_errors_are_journaled_and_replayed() {
     assert!(
         matches!(journal[1], flowstate_core::JournalEntry::Random { value } if json!(value) == outcome["random"])
     );
-    process.stop();
+    process.stop().await;
 }
 
 #[tokio::test]
@@ -275,10 +281,9 @@ async fn a_function_that_captures_anything_is_refused() {
     ));
 }
 
-// The upgrade story. Version 1 sleeps between two steps; version 2 is a compatible change
-// guarded by `patched`; version 3 diverges (it charges before it reserves); version 4 fixes
-// version 3.
-static V_RUNS: AtomicUsize = AtomicUsize::new(0);
+// The upgrade story. Version 1 sleeps between two steps. Version 3 diverges (it charges
+// before it reserves) and leaves the activations in replay failure. Version 2, a compatible
+// change guarded by `patched`, repairs them on its explicit start.
 
 async fn v1(ctx: Ctx, _input: ()) -> Result<Vec<String>, Failure> {
     let a: String = ctx
@@ -306,7 +311,6 @@ async fn v2(ctx: Ctx, _input: ()) -> Result<Vec<String>, Failure> {
     let b: String = ctx
         .step("ship", |_k| async { Ok("shipped".to_owned()) })
         .await?;
-    V_RUNS.fetch_add(1, Ordering::SeqCst);
     Ok(vec![a, checked.to_owned(), b])
 }
 
@@ -328,8 +332,7 @@ async fn a_divergent_version_fails_to_replay_with_a_diagnostic_and_a_fixed_one_r
     wait_for_state(&p1.functions, old, ActivationState::Sleeping).await;
     let diverging = p1.functions.start("order", ()).await.expect("start");
     wait_for_state(&p1.functions, diverging, ActivationState::Sleeping).await;
-    p1.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    p1.stop().await;
 
     // Version 3 (divergent) wakes when the timers fire: replay failure, with a diagnostic.
     let p3 = Process::start(&store, &clock, "v3", |f| {
@@ -347,8 +350,7 @@ async fn a_divergent_version_fails_to_replay_with_a_diagnostic_and_a_fixed_one_r
         "the source location: {diagnostic}"
     );
     wait_for_state(&p3.functions, old, ActivationState::ReplayFailure).await;
-    p3.stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    p3.stop().await;
 
     // Version 2 (compatible, the change behind `patched`) repairs both on its explicit start.
     let p2 = Process::start(&store, &clock, "v2", |f| {
@@ -385,7 +387,7 @@ async fn a_divergent_version_fails_to_replay_with_a_diagnostic_and_a_fixed_one_r
             "shipped".into()
         ]))
     );
-    p2.stop();
+    p2.stop().await;
 }
 
 async fn fails(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
@@ -414,5 +416,128 @@ async fn a_function_that_returns_an_error_is_done_with_that_error() {
         Some(Err(FunctionError::Failed(failure))) => assert_eq!(failure.kind, "OutOfStock"),
         other => panic!("{other:?}"),
     }
-    process.stop();
+    process.stop().await;
+}
+
+async fn waits_for_go(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let _: bool = ctx.signal("go").await?;
+    Ok(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_function_is_not_replayed_for_what_it_does_not_wait_for() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("waits", waits_for_go).expect("register")
+    });
+    let flow = process.functions.start("waits", ()).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
+    let before = store
+        .flow(flow)
+        .await
+        .expect("flow")
+        .expect("exists")
+        .events();
+    for _ in 0..3 {
+        process
+            .functions
+            .signal(flow, "other", 1)
+            .await
+            .expect("signal");
+    }
+    // Each unrelated signal marks the flow ready; the worker runs it, which does nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.flow(flow).await.expect("flow").expect("exists").ready {
+        assert!(tokio::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = store
+        .flow(flow)
+        .await
+        .expect("flow")
+        .expect("exists")
+        .events();
+    assert_eq!(after, before + 3, "only the three deliveries were recorded");
+    process
+        .functions
+        .signal(flow, "go", true)
+        .await
+        .expect("signal");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    process.stop().await;
+}
+
+async fn panicking_step(ctx: Ctx, _input: ()) -> Result<String, Failure> {
+    let failed: Result<u32, Failure> = ctx
+        .step("explodes", |_k| async { panic!("the step blew up") })
+        .await;
+    Ok(failed.err().map(|f| f.kind).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_is_a_failed_step_not_a_failed_run() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("panics", panicking_step).expect("register")
+    });
+    let flow = process.functions.start("panics", ()).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        process
+            .functions
+            .outcome::<String>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok("Panicked".to_owned()))
+    );
+    process.stop().await;
+}
+
+type Branch = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u32, Failure>>>>;
+
+async fn concurrent_effects(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let (a, b) = (ctx.clone(), ctx.clone());
+    let inputs: Vec<(u8, Branch)> = vec![
+        (
+            0,
+            Box::pin(async move { a.step("a", |_k| async { Ok(1u32) }).await }),
+        ),
+        (
+            1,
+            Box::pin(async move { b.step("b", |_k| async { Ok(2u32) }).await }),
+        ),
+    ];
+    let both = flowstate_rt::all(inputs).await?;
+    Ok(both.iter().map(|(_, v)| v).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_from_concurrent_branches_are_refused_not_journaled_wrongly() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("concurrent", concurrent_effects)
+            .expect("register")
+    });
+    let flow = process
+        .functions
+        .start("concurrent", ())
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while process.worker.stats().parked == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let events = flowstate_store::read_all(store.as_ref(), flow)
+        .await
+        .expect("read");
+    let record = flowstate_core::fold(&events, flowstate_core::StopAt::End).expect("folds");
+    assert!(
+        record.function.expect("function").journal.is_empty(),
+        "nothing journaled"
+    );
+    process.stop().await;
 }

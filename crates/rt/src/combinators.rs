@@ -42,6 +42,18 @@ fn watch<O: 'static>(index: usize, handle: &TaskHandle<O>, finishes: &Rc<RefCell
     });
 }
 
+/// The inputs' tasks, aborted when the combinator ends in any way (returns, fails, or is
+/// itself aborted: a race it lost), so that no input outlives it and every cleanup runs.
+struct Inputs<O: 'static>(Vec<TaskHandle<O>>);
+
+impl<O: 'static> Drop for Inputs<O> {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 /// Waits until another input finished.
 async fn next_finish(finishes: &Rc<RefCell<Finishes>>, seen: usize) {
     if finishes.borrow().order.len() > seen {
@@ -56,6 +68,7 @@ async fn next_finish(finishes: &Rc<RefCell<Finishes>>, seen: usize) {
 fn raise(failure: TaskFailure) -> ! {
     match failure {
         TaskFailure::Protocol(error) => violate(error),
+        TaskFailure::Panicked { message } => std::panic::resume_unwind(Box::new(message)),
         other => std::panic::resume_unwind(Box::new(other.to_string())),
     }
 }
@@ -72,33 +85,32 @@ where
 {
     let finishes = Rc::new(RefCell::new(Finishes::default()));
     let mut keys = Vec::with_capacity(inputs.len());
-    let mut handles = Vec::with_capacity(inputs.len());
+    let mut handles = Inputs(Vec::with_capacity(inputs.len()));
     for (index, (key, input)) in inputs.into_iter().enumerate() {
         keys.push(key);
         let handle = spawn(input);
         watch(index, &handle, &finishes);
-        handles.push(handle);
+        handles.0.push(handle);
     }
-    let mut values: Vec<Option<T>> = (0..handles.len()).map(|_| None).collect();
+    let handles = handles;
+    let mut values: Vec<Option<T>> = (0..handles.0.len()).map(|_| None).collect();
     let mut seen = 0;
     loop {
         let order = finishes.borrow().order.clone();
         for &index in &order[seen..] {
-            match handles[index].take_outcome() {
+            match handles.0[index].take_outcome() {
                 Some(Ok(Ok(value))) => values[index] = Some(value),
-                Some(Ok(Err(error))) => {
-                    abort_all(&handles);
-                    return Err(error);
-                }
+                // Returning drops `handles`, which aborts the inputs still running.
+                Some(Ok(Err(error))) => return Err(error),
                 Some(Err(failure)) => {
-                    abort_all(&handles);
+                    drop(handles);
                     raise(failure);
                 }
                 None => {}
             }
         }
         seen = order.len();
-        if seen == handles.len() {
+        if seen == handles.0.len() {
             return Ok(keys.into_iter().zip(values.into_iter().flatten()).collect());
         }
         next_finish(&finishes, seen).await;
@@ -119,34 +131,25 @@ where
     }
     let finishes = Rc::new(RefCell::new(Finishes::default()));
     let mut keys = Vec::with_capacity(inputs.len());
-    let mut handles = Vec::with_capacity(inputs.len());
+    let mut handles = Inputs(Vec::with_capacity(inputs.len()));
     for (index, (key, input)) in inputs.into_iter().enumerate() {
         keys.push(Some(key));
         let handle = spawn(input);
         watch(index, &handle, &finishes);
-        handles.push(handle);
+        handles.0.push(handle);
         if !finishes.borrow().order.is_empty() {
             break;
         }
     }
     next_finish(&finishes, 0).await;
     let winner = finishes.borrow().order[0];
-    for (index, handle) in handles.iter().enumerate() {
-        if index != winner {
-            handle.abort();
-        }
-    }
-    let outcome = handles[winner].take_outcome();
+    let outcome = handles.0[winner].take_outcome();
+    // The losers are aborted (and cleaned up) before the winner's outcome is used.
+    drop(handles);
     let key = keys[winner].take();
     match (key, outcome) {
         (Some(key), Some(Ok(value))) => Ok((key, value)),
         (_, Some(Err(failure))) => raise(failure),
         _ => raise(TaskFailure::Aborted),
-    }
-}
-
-fn abort_all<O: 'static>(handles: &[TaskHandle<O>]) {
-    for handle in handles {
-        handle.abort();
     }
 }

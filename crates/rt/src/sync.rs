@@ -157,7 +157,8 @@ impl<T: 'static> Channel<T> {
 /// holds it waits forever. A double release cannot happen (the guard is the release).
 pub struct Mutex<T> {
     locked: Cell<bool>,
-    waiters: RefCell<VecDeque<Resolver<()>>>,
+    /// Waiters, with a flag set when the lock is handed to them.
+    waiters: RefCell<VecDeque<Waiter>>,
     value: RefCell<T>,
 }
 
@@ -200,9 +201,20 @@ impl<T> Mutex<T> {
     pub async fn lock(&self) -> MutexGuard<'_, T> {
         if self.locked.replace(true) {
             let (resolver, once) = pair::<(), Infallible>();
-            self.waiters.borrow_mut().push_back(resolver);
+            let handed = Rc::new(Cell::new(false));
+            self.waiters
+                .borrow_mut()
+                .push_back((resolver, handed.clone()));
+            // If this waiter is aborted after the lock was handed to it but before it took
+            // it, the lock passes on instead of staying locked forever.
+            let mut waiting = Waiting {
+                mutex: self,
+                handed,
+                armed: true,
+            };
             // Ownership is handed over by the guard that releases it.
             let _ = once.await;
+            waiting.armed = false;
         }
         // Only the lock's holder borrows the value, so this borrow never conflicts.
         MutexGuard {
@@ -215,13 +227,36 @@ impl<T> Mutex<T> {
         loop {
             let next = self.waiters.borrow_mut().pop_front();
             match next {
-                Some(waiter) if waiter.resolve(()).is_ok() => return,
+                Some((waiter, handed)) if waiter.resolve(()).is_ok() => {
+                    handed.set(true);
+                    return;
+                }
                 Some(_) => continue,
                 None => {
                     self.locked.set(false);
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A queued waiter: its resolver, and the flag set when the lock is handed to it.
+type Waiter = (Resolver<()>, Rc<Cell<bool>>);
+
+/// A waiter of [`Mutex::lock`], dropped only if the wait is abandoned.
+struct Waiting<'a, T> {
+    mutex: &'a Mutex<T>,
+    handed: Rc<Cell<bool>>,
+    /// Cleared once the waiter took the lock.
+    armed: bool,
+}
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        if self.armed && self.handed.get() {
+            // Handed the lock, never took it: pass it on.
+            self.mutex.release();
         }
     }
 }

@@ -59,8 +59,11 @@ impl Wakeups {
     /// Tells every subscriber to look at everything (for instance after a listener
     /// reconnected and may have missed notifications).
     pub fn wake_all(&self) {
-        self.wake(WakeKind::Flows);
-        self.wake(WakeKind::Timers);
+        // One change, so a subscriber never sees one counter moved and not the other.
+        self.0.send_modify(|counts| {
+            counts.flows = counts.flows.wrapping_add(1);
+            counts.timers = counts.timers.wrapping_add(1);
+        });
     }
 
     /// A receiver whose `changed()` completes after the next wake-up of either kind.

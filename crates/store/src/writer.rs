@@ -184,16 +184,18 @@ impl FlowWriter {
             ready: extras.ready,
             timers: extras.timers,
         };
+        // Stale until the append is known to have succeeded: if this future is dropped
+        // mid-append (its task aborted), the staged events are gone from the writer but may
+        // or may not be in the log, so the writer must be loaded again.
+        self.stale = true;
         match store.append(batch).await {
             Ok(outcome) => {
+                self.stale = false;
                 self.durable_next_seq = outcome.next_seq;
                 self.durable_status = Some(record.status);
                 Ok(Some(outcome))
             }
-            Err(error) => {
-                self.stale = true;
-                Err(error.into())
-            }
+            Err(error) => Err(error.into()),
         }
     }
 
