@@ -19,8 +19,19 @@ use crate::{Cli, CliError, Command, FlowArgs, FlowsCommand, LsArgs};
 #[derive(Debug)]
 enum Request {
     List(FlowQuery),
-    Show { id: FlowId, at: Option<StopAt> },
-    Events { id: FlowId, at: Option<StopAt> },
+    Show {
+        id: FlowId,
+        at: Option<StopAt>,
+    },
+    Events {
+        id: FlowId,
+        at: Option<StopAt>,
+    },
+    Signal {
+        id: FlowId,
+        name: String,
+        value: serde_json::Value,
+    },
 }
 
 /// Runs one command and closes the store, whatever the command's outcome.
@@ -35,6 +46,15 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
             let (id, at) = flow_args(&args)?;
             Request::Events { id, at }
         }
+        Command::Flows(FlowsCommand::Signal(args)) => Request::Signal {
+            id: parse_id(&args.id)?,
+            value: match &args.value {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| CliError::new(format!("--value {text:?} is not JSON: {e}")))?,
+                None => serde_json::Value::Null,
+            },
+            name: args.name,
+        },
     };
     let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist).await?;
     let result = execute(store.as_ref(), request, cli.json).await;
@@ -65,6 +85,12 @@ async fn execute(store: &dyn Store, request: Request, json: bool) -> Result<Outp
                 .map(|raw| Event::decode(raw).map_err(|e| CliError::new(format!("flow {id}: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
             render::events(&decoded, json)
+        }
+        Request::Signal { id, name, value } => {
+            flowstate::durable::send_signal(store, &SystemClock, id, &name, value)
+                .await
+                .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
+            Ok(render::sent(id, &name))
         }
     }
 }

@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use flowstate::core::limits::MAX_PAGE_SIZE;
 
-/// Inspect durable flows: list them, show their state at any point, read their logs.
+/// Inspect durable flows: list them, show their state at any point, read their logs; send
+/// signals to durable functions.
 #[derive(Debug, Parser)]
 #[command(name = "flowstate", version)]
 pub(crate) struct Cli {
@@ -51,6 +52,20 @@ pub(crate) enum FlowsCommand {
     Show(FlowArgs),
     /// Print a flow's events, all of them or up to a point.
     Events(FlowArgs),
+    /// Send a signal to a durable function (it waits in the function's inbox and wakes it).
+    Signal(SignalArgs),
+}
+
+/// `flows signal ID NAME [--value JSON]`.
+#[derive(Debug, Args)]
+pub(crate) struct SignalArgs {
+    /// The durable function's flow id.
+    pub(crate) id: String,
+    /// The signal's name.
+    pub(crate) name: String,
+    /// Its value, as JSON (default `null`).
+    #[arg(long, value_name = "JSON")]
+    pub(crate) value: Option<String>,
 }
 
 /// Filters and paging for `flows ls`.

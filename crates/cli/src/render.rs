@@ -4,7 +4,7 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{CellAlignment, Table};
-use flowstate::core::{Event, FlowRecord};
+use flowstate::core::{Event, FlowRecord, JournalEntry};
 use flowstate::store::{FlowPage, FlowSummary};
 use flowstate::FlowId;
 use serde::Serialize;
@@ -102,6 +102,24 @@ pub(crate) fn record(
     if let Some(diagnostic) = &record.diagnostic {
         field("diagnostic", diagnostic.clone());
     }
+    if let Some(function) = &record.function {
+        if let Some(outcome) = &function.outcome {
+            field(
+                "outcome",
+                match outcome {
+                    Ok(value) => value.to_string(),
+                    Err(failure) => format!("error {}: {}", failure.kind, failure.message),
+                },
+            );
+        }
+        if let Some(name) = &function.awaiting {
+            field("awaiting", format!("signal {name:?}"));
+        }
+        for (name, values) in &function.inbox {
+            field("inbox", format!("{name}: {} waiting", values.len()));
+        }
+        field("run", function.run.to_string());
+    }
     let mut out = finish(&fields);
     if !record.atoms.is_empty() {
         let mut atoms = table(&["ATOM", "STATE", "INTENTION", "LAST SEQ"]);
@@ -117,7 +135,46 @@ pub(crate) fn record(
         out.push('\n');
         out.push_str(&finish(&atoms));
     }
+    if let Some(function) = record.function.as_ref().filter(|f| !f.journal.is_empty()) {
+        let mut journal = table(&["POS", "EFFECT", "OUTCOME"]);
+        align_right(&mut journal, 0);
+        for (position, entry) in function.journal.iter().enumerate() {
+            let outcome = match entry {
+                JournalEntry::Step {
+                    outcome: Ok(value), ..
+                } => value.to_string(),
+                JournalEntry::Step {
+                    outcome: Err(failure),
+                    ..
+                } => format!("error {}", failure.kind),
+                JournalEntry::Now { time } => time.to_string(),
+                JournalEntry::Random { value } => value.to_string(),
+                JournalEntry::Uuid { value } => value.clone(),
+                JournalEntry::Sleep { until } => {
+                    let ended = function
+                        .sleeps_ended
+                        .contains(&u32::try_from(position).unwrap_or(u32::MAX));
+                    format!("until {until}{}", if ended { " (ended)" } else { "" })
+                }
+                JournalEntry::Signal { value, .. } => value.to_string(),
+                JournalEntry::Patched { .. } => String::new(),
+                _ => String::new(),
+            };
+            journal.add_row(vec![
+                position.to_string(),
+                entry.call().to_string(),
+                outcome,
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&finish(&journal));
+    }
     Ok(Output::text(out))
+}
+
+/// `flows signal`.
+pub(crate) fn sent(flow: FlowId, name: &str) -> Output {
+    Output::text(format!("signal {name:?} sent to flow {flow}\n"))
 }
 
 /// `flows events`.

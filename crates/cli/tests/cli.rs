@@ -399,3 +399,99 @@ fn the_store_can_come_from_the_environment() {
         .expect("run flowstate");
     assert_eq!(json(&output)["flows"].as_array().map(Vec::len), Some(2));
 }
+
+/// A durable function asleep, waiting for signal "approve", with one journaled step.
+async fn write_sleeping_function(path: &Path) -> FlowId {
+    use flowstate::core::machine::ActivationState;
+    use flowstate::core::JournalEntry;
+    let clock = Arc::new(ManualClock::new(START));
+    let store = SqliteStore::open(path, clock.clone(), SqliteOptions::default()).expect("open");
+    let flow = FlowId::from_parts(clock.now(), [3; 10]);
+    let mut writer = FlowWriter::new(flow);
+    writer
+        .append(
+            &store,
+            clock.as_ref(),
+            vec![
+                EventBody::FlowCreated {
+                    kind: FlowKind::Function,
+                    definition: "approval".into(),
+                    input: serde_json::json!({}),
+                },
+                EventBody::RunStarted {
+                    run: 1,
+                    incarnation: "test".into(),
+                },
+                EventBody::JournalEntryRecorded {
+                    position: 0,
+                    entry: JournalEntry::Step {
+                        name: "reserve".into(),
+                        outcome: Ok(serde_json::json!(42)),
+                    },
+                },
+                EventBody::SignalAwaited {
+                    name: "approve".into(),
+                },
+                EventBody::ActivationStateChanged {
+                    to: ActivationState::Sleeping,
+                    diagnostic: None,
+                },
+            ],
+        )
+        .await
+        .expect("append");
+    store.close().await.expect("close");
+    flow
+}
+
+#[test]
+fn signal_reaches_a_sleeping_function_and_show_prints_its_journal() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("functions.db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let flow = runtime.block_on(write_sleeping_function(&path));
+    let id = flow.to_string();
+    let shown = succeeds(&flowstate(&path, &["flows", "show", &id]));
+    assert_eq!(field(&shown, "state").as_deref(), Some("sleeping"));
+    assert_eq!(
+        field(&shown, "awaiting").as_deref(),
+        Some("signal \"approve\"")
+    );
+    assert!(shown.contains("step \"reserve\""), "{shown}");
+    assert!(shown.contains("42"), "{shown}");
+
+    let sent = succeeds(&flowstate(
+        &path,
+        &["flows", "signal", &id, "approve", "--value", "true"],
+    ));
+    assert!(sent.contains("sent"), "{sent}");
+    let shown = succeeds(&flowstate(&path, &["flows", "show", &id]));
+    assert_eq!(
+        field(&shown, "inbox").as_deref(),
+        Some("approve: 1 waiting")
+    );
+    let summary = json(&flowstate(&path, &["flows", "ls", "--json"]));
+    assert_eq!(
+        summary["flows"][0]["ready"],
+        serde_json::json!(true),
+        "woken"
+    );
+
+    let bad = fails(&flowstate(
+        &path,
+        &["flows", "signal", &id, "approve", "--value", "{nope"],
+    ));
+    assert!(bad.contains("is not JSON"), "{bad}");
+    let fixture = fixture();
+    let not_a_function = fails(&flowstate(
+        &fixture.path,
+        &["flows", "signal", &fixture.order.to_string(), "approve"],
+    ));
+    assert!(
+        not_a_function.contains("not a durable function"),
+        "{not_a_function}"
+    );
+}

@@ -166,32 +166,14 @@ impl Functions {
         value: impl Serialize,
     ) -> Result<(), StartError> {
         let value = serde_json::to_value(value).map_err(|e| StartError::Input(e.to_string()))?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut writer = FlowWriter::load(self.shared.store.as_ref(), flow).await?;
-            if writer.record().map(|r| r.kind) != Some(FlowKind::Function) {
-                return Err(StartError::NotAFunction { flow });
-            }
-            writer.stage(
-                self.shared.clock.as_ref(),
-                vec![EventBody::SignalDelivered {
-                    name: name.to_owned(),
-                    value: value.clone(),
-                }],
-            )?;
-            let ready = AppendExtras {
-                ready: Some(true),
-                ..AppendExtras::default()
-            };
-            match writer.commit(self.shared.store.as_ref(), ready).await {
-                Ok(_) => return Ok(()),
-                // The activation appended meanwhile: read again and retry.
-                Err(WriteError::Store(StoreError::Conflict { .. }))
-                    if attempt < SIGNAL_ATTEMPTS => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
+        send_signal(
+            self.shared.store.as_ref(),
+            self.shared.clock.as_ref(),
+            flow,
+            name,
+            value,
+        )
+        .await
     }
 
     /// The outcome of `flow`, once it is done: `None` while it is not.
@@ -460,6 +442,43 @@ impl Shared {
             .block_on(writer.commit(self.store.as_ref(), extras))
             .map_err(run_error)?;
         Ok(())
+    }
+}
+
+/// Sends signal `name` with `value` to the durable function `flow`, through its store alone
+/// (no registry needed: the CLI and other processes use this). The value waits in the
+/// activation's inbox, and the activation is marked ready.
+pub async fn send_signal(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    flow: FlowId,
+    name: &str,
+    value: serde_json::Value,
+) -> Result<(), StartError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut writer = FlowWriter::load(store, flow).await?;
+        if writer.record().map(|r| r.kind) != Some(FlowKind::Function) {
+            return Err(StartError::NotAFunction { flow });
+        }
+        writer.stage(
+            clock,
+            vec![EventBody::SignalDelivered {
+                name: name.to_owned(),
+                value: value.clone(),
+            }],
+        )?;
+        let ready = AppendExtras {
+            ready: Some(true),
+            ..AppendExtras::default()
+        };
+        match writer.commit(store, ready).await {
+            Ok(_) => return Ok(()),
+            // The activation appended meanwhile: read again and retry.
+            Err(WriteError::Store(StoreError::Conflict { .. })) if attempt < SIGNAL_ATTEMPTS => {}
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

@@ -33,5 +33,5 @@ mod engine;
 mod registry;
 
 pub use ctx::Ctx;
-pub use engine::{FunctionError, Functions, StartError};
+pub use engine::{send_signal, FunctionError, Functions, StartError, MAX_ACTIVE_ACTIVATIONS};
 pub use registry::RegisterError;
