@@ -11,8 +11,7 @@
 //! are known by their kind (name) only, so a message that changed does not matter.
 //!
 //! [`FunctionRecord`] is what the fold keeps of a function's log: the journal, which sleeps
-//! ended, the signals delivered and not yet consumed, the outcome, and the run generation
-//! (fencing: an append from an earlier run of the same activation is refused).
+//! ended, the signals delivered and not yet consumed, the outcome, and the run generation.
 //!
 //! **Invariant:** a journal is dense and append-only; an entry is recorded only while the
 //! activation is live (active current), at the position after the last one.
@@ -333,8 +332,10 @@ pub struct FunctionRecord {
     pub inbox: BTreeMap<String, VecDeque<serde_json::Value>>,
     /// The outcome, once the function returned.
     pub outcome: Option<StepOutcome>,
-    /// The current run generation (raised by each run that starts: each process start, each
-    /// wake); appends of an older run are refused by the writer.
+    /// The current run generation, raised by each run that starts (each wake, each new
+    /// process). Runs are fenced by the log's sequence check: a run that another run
+    /// overtook has its next append refused and re-reads; the generation says which run
+    /// (and which incarnation) wrote what.
     pub run: u64,
     /// The incarnation (engine process) of each run, as `(run, incarnation)`.
     pub incarnations: Vec<(u64, String)>,

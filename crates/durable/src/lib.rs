@@ -20,9 +20,11 @@
 //! is *replay failure*, retried by [`Functions::wake_all`] with the code of the next process;
 //! a return is *done*.
 //!
-//! **Effects run one at a time.** Journal order is call order: a live effect holds the
-//! activation's writer from its call until its entry is durable, so two effects started
-//! concurrently (through `flowstate_rt::all`) are recorded one after the other.
+//! **Effects run one at a time, from the function's own task.** A live effect holds the
+//! activation's writer from its call until its entry is durable, so journal order is call
+//! order. Effects from concurrent branches (`flowstate_rt::all`, `race`, `spawn`) are refused
+//! with an error: one journal cursor cannot reproduce how such branches interleaved, and a
+//! wrong replay is worse than none. Journaling per branch is the next step.
 //!
 //! **What a function must be:** closed (it captures nothing: [`Functions::register`] checks
 //! that the function value is zero-sized, which async-flow cannot), and deterministic apart
