@@ -88,21 +88,75 @@ impl Activation {
     }
 
     /// Stages `bodies` (after the end of replay, if not recorded yet) and commits them.
+    ///
+    /// A signal delivered meanwhile (the only thing anyone else appends to a live activation's
+    /// log) makes the commit conflict; then the log is read again and the same events are
+    /// staged on top of the delivery, so that a step's result is not thrown away (and the
+    /// step run again) because a signal arrived while it ran.
     async fn record(&self, writer: &mut FlowWriter, bodies: Vec<EventBody>) -> Result<(), ()> {
-        let staged = self
-            .ensure_live(writer)
-            .and_then(|()| writer.stage(self.clock.as_ref(), bodies));
-        let committed = match staged {
-            Ok(()) => writer
-                .commit(
-                    self.store.as_ref(),
-                    flowstate_store::AppendExtras::default(),
-                )
-                .await
-                .map(drop),
-            Err(error) => Err(error),
-        };
-        committed.map_err(|error| self.stop_with(Stop::Write(error)))
+        // Only a commit of just these events can be replayed on top of a delivery.
+        let rebasable = !writer.has_staged();
+        let mut rebases = 0;
+        loop {
+            let was_live = self.live.get();
+            let from = writer.durable_next_seq();
+            let staged = self
+                .ensure_live(writer)
+                .and_then(|()| writer.stage(self.clock.as_ref(), bodies.clone()));
+            let committed = match staged {
+                Ok(()) => writer
+                    .commit(
+                        self.store.as_ref(),
+                        flowstate_store::AppendExtras::default(),
+                    )
+                    .await
+                    .map(drop),
+                Err(error) => Err(error),
+            };
+            let error = match committed {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            let conflict = matches!(
+                error,
+                WriteError::Store(flowstate_store::StoreError::Conflict { .. })
+            );
+            if !(conflict && rebasable && rebases < MAX_REBASES) {
+                self.stop_with(Stop::Write(error));
+                return Err(());
+            }
+            rebases += 1;
+            match self.only_deliveries_since(from).await {
+                Some(fresh) => {
+                    *writer = fresh;
+                    self.live.set(was_live);
+                }
+                None => {
+                    self.stop_with(Stop::Write(error));
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    /// The log read again, if everything appended from `from` on is a delivered signal.
+    async fn only_deliveries_since(&self, from: u64) -> Option<FlowWriter> {
+        let fresh = FlowWriter::load(self.store.as_ref(), self.flow)
+            .await
+            .ok()?;
+        let added = self
+            .store
+            .read(self.flow, from, flowstate_core::limits::MAX_READ_BATCH)
+            .await
+            .ok()?
+            .into_iter()
+            .map(|raw| flowstate_core::Event::decode(&raw).map(|e| e.body))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        added
+            .iter()
+            .all(|body| matches!(body, EventBody::SignalDelivered { .. }))
+            .then_some(fresh)
     }
 
     /// Matches `call` against the journal. `Err(())` when the run must stop (a divergence,
@@ -153,6 +207,9 @@ enum Replayed {
     Live,
     Unpatched,
 }
+
+/// Most times one effect's commit is staged again on top of signals delivered meanwhile.
+const MAX_REBASES: usize = 16;
 
 /// A step body that panics fails its step (recorded as `Panicked`) rather than the run.
 struct CatchUnwind<F>(std::pin::Pin<Box<F>>);

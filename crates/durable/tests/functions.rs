@@ -541,3 +541,60 @@ async fn effects_from_concurrent_branches_are_refused_not_journaled_wrongly() {
     );
     process.stop().await;
 }
+
+static SIGNALLING_RUNS: AtomicUsize = AtomicUsize::new(0);
+static SIGNAL_STORE: std::sync::OnceLock<Arc<dyn Store>> = std::sync::OnceLock::new();
+
+async fn signalled_while_stepping(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let flow = ctx.flow();
+    let value: u32 = ctx
+        .step("slow", move |_k| async move {
+            SIGNALLING_RUNS.fetch_add(1, Ordering::SeqCst);
+            // Someone signals the activation while this step runs.
+            let store = SIGNAL_STORE.get().expect("store set").clone();
+            flowstate_durable::send_signal(
+                store.as_ref(),
+                &flowstate_store::SystemClock,
+                flow,
+                "ping",
+                json!(5),
+            )
+            .await
+            .map_err(|e| Failure::new("Signal", e.to_string()))?;
+            Ok(1u32)
+        })
+        .await?;
+    let ping: u32 = ctx.signal("ping").await?;
+    Ok(value + ping)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_delivered_while_a_step_runs_does_not_make_the_step_run_again() {
+    let (store, clock) = setup();
+    let _ = SIGNAL_STORE.set(store.clone());
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("signalled", signalled_while_stepping)
+            .expect("register")
+    });
+    let flow = process
+        .functions
+        .start("signalled", ())
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        process
+            .functions
+            .outcome::<u32>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok(6))
+    );
+    assert_eq!(
+        SIGNALLING_RUNS.load(Ordering::SeqCst),
+        1,
+        "the step's result was recorded on top of the delivery, not thrown away"
+    );
+    assert_eq!(process.worker.stats().conflicts, 0);
+    process.stop().await;
+}

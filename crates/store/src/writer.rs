@@ -107,6 +107,13 @@ impl FlowWriter {
         self.folder.record()
     }
 
+    /// The log's next sequence number as this writer last saw it durable (staged events not
+    /// counted): where its next commit goes.
+    #[must_use]
+    pub fn durable_next_seq(&self) -> u64 {
+        self.durable_next_seq
+    }
+
     /// Whether events are staged and not yet committed.
     #[must_use]
     pub fn has_staged(&self) -> bool {
