@@ -49,8 +49,25 @@ pub(crate) struct Activation {
     /// Whether the activation is active current (past the end of its journal, recorded).
     pub(crate) live: Cell<bool>,
     pub(crate) stop: RefCell<Option<Stop>>,
-    /// Live effects in flight (the others are replayed synchronously).
+    /// Live effects in flight, awaiting the outside world (a step's body, a commit): while
+    /// there are none, nothing outside the runtime can wake the function.
     pub(crate) live_ops: Cell<usize>,
+}
+
+/// Counts one live effect in flight for as long as it lives (also when its task is aborted).
+struct LiveOp<'a>(&'a Cell<usize>);
+
+impl<'a> LiveOp<'a> {
+    fn start(count: &'a Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        Self(count)
+    }
+}
+
+impl Drop for LiveOp<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl Activation {
@@ -94,6 +111,7 @@ impl Activation {
     /// staged on top of the delivery, so that a step's result is not thrown away (and the
     /// step run again) because a signal arrived while it ran.
     async fn record(&self, writer: &mut FlowWriter, bodies: Vec<EventBody>) -> Result<(), ()> {
+        let _in_flight = LiveOp::start(&self.live_ops);
         // Only a commit of just these events can be replayed on top of a delivery.
         let rebasable = !writer.has_staged();
         let mut rebases = 0;
@@ -311,7 +329,7 @@ impl Ctx {
             }
             let mut writer = act.writer.lock().await;
             let position = Activation::next_position(&writer);
-            act.live_ops.set(act.live_ops.get() + 1);
+            let in_flight = LiveOp::start(&act.live_ops);
             let key = format!("{}/{position}", act.flow);
             let outcome = CatchUnwind(Box::pin(body(key))).await;
             let mut recorded = outcome.and_then(|value| {
@@ -340,7 +358,7 @@ impl Ctx {
                     vec![EventBody::JournalEntryRecorded { position, entry }],
                 )
                 .await;
-            act.live_ops.set(act.live_ops.get() - 1);
+            drop(in_flight);
             drop(writer);
             match committed {
                 // What was recorded, exactly as a replay will return it.

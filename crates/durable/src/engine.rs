@@ -65,6 +65,11 @@ const SIGNAL_ATTEMPTS: usize = 16;
 /// 512, so activations must leave room.
 pub const MAX_ACTIVE_ACTIVATIONS: usize = 256;
 
+/// How long a live function may wait with no effect in flight before the run is stopped as
+/// deadlocked: it awaits something no effect will ever settle (a future outside the
+/// context, or a pair nobody resolves).
+pub const DEADLOCK_GRACE: Duration = Duration::from_secs(1);
+
 /// Durable functions on a store: register, start, signal, look up; and, as the worker's
 /// runner for [`FlowKind::Function`], run activations.
 #[derive(Clone)]
@@ -378,6 +383,18 @@ impl Shared {
                     *activation.stop.borrow_mut() = Some(Stop::Diverged(diagnostic));
                     break;
                 }
+            }
+            if !activation.replaying()
+                && activation.live_ops.get() == 0
+                && !rt.wait_for_wake(DEADLOCK_GRACE)
+                && activation.live_ops.get() == 0
+            {
+                task.abort();
+                return Err(RunError::Failed {
+                    message: format!(
+                        "flow {flow}: the function waits with no effect in flight, for something no effect will settle (a durable function may only await its context's effects)"
+                    ),
+                });
             }
             rt.wait_for_wake(Duration::from_millis(100));
         }

@@ -598,3 +598,27 @@ async fn a_signal_delivered_while_a_step_runs_does_not_make_the_step_run_again()
     assert_eq!(process.worker.stats().conflicts, 0);
     process.stop().await;
 }
+
+async fn awaits_nothing_durable(_ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    // A wait that no effect will ever settle (here: a pair nobody resolves).
+    let (resolver, once) = flowstate_rt::pair::<u32, Failure>();
+    let value = once.await;
+    drop(resolver);
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_function_that_waits_for_nothing_durable_is_stopped_not_left_hanging() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("hangs", awaits_nothing_durable)
+            .expect("register")
+    });
+    let _flow = process.functions.start("hangs", ()).await.expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while process.worker.stats().parked == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the run hangs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    process.stop().await;
+}
