@@ -1,7 +1,9 @@
 //! The PostgreSQL store: several engine processes, on several machines, share one database.
 //!
-//! Every operation is one short transaction on a pooled connection; appends are
-//! group-committed (see `group.rs`). Appends lock the flows' rows (`FOR UPDATE`) and check the
+//! Every operation is one short statement or transaction on a pooled connection, prepared
+//! once per connection; appends are group-committed (`group.rs`), and reads of logs and
+//! releases of leases are batched the same way (`batched.rs`), so that many flows a second
+//! cost few statements. Appends lock the flows' rows (`FOR UPDATE`) and check the
 //! expected sequence number, so two processes advancing one flow never both succeed: the
 //! loser gets [`StoreError::Conflict`]. Claims of ready flows and
 //! due timers use `FOR UPDATE SKIP LOCKED`, so claimers never wait on each other and never
