@@ -32,8 +32,8 @@ use flowstate_store::validate::{
     validate_append,
 };
 use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
+    NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -602,6 +602,83 @@ impl Store for PostgresStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         timers.sort_by(|a, b| (a.due, a.flow, &a.name).cmp(&(b.due, b.flow, &b.name)));
         Ok(timers)
+    }
+
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<FiredTimer>, StoreError> {
+        check_batch(
+            "timer fire limit",
+            limit,
+            flowstate_core::limits::MAX_CLAIM_BATCH,
+        )?;
+        let now = self.clock.now().as_micros();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // The due timers nobody holds, skipping those another process is firing right now.
+        let due = tx
+            .query(
+                &tx.prepare_cached(
+                    "SELECT t.flow_no, t.name, t.due FROM timers t
+                     WHERE t.due <= $1 AND (t.lease_until IS NULL OR t.lease_until <= $1)
+                     ORDER BY t.due, t.flow_no, t.name LIMIT $2
+                     FOR UPDATE SKIP LOCKED",
+                )
+                .await
+                .map_err(pg_error)?,
+                &[&now, &signed(limit as u64)],
+            )
+            .await
+            .map_err(pg_error)?;
+        if due.is_empty() {
+            tx.rollback().await.map_err(pg_error)?;
+            return Ok(Vec::new());
+        }
+        let flow_nos: Vec<i64> = due.iter().map(|row| row.get(0)).collect();
+        let names: Vec<String> = due.iter().map(|row| row.get(1)).collect();
+        // Their flows, locked in id order like every multi-row lock (no deadlock with group
+        // commits), then marked ready.
+        let flows = tx
+            .query(
+                &tx.prepare_cached(
+                    "WITH locked AS (
+                         SELECT flow_no FROM flows WHERE flow_no = ANY($1) ORDER BY id FOR UPDATE)
+                     UPDATE flows f SET
+                         ready_since = CASE WHEN f.ready THEN f.ready_since ELSE $2 END,
+                         ready = TRUE, wake = f.wake + 1
+                     FROM locked WHERE f.flow_no = locked.flow_no
+                     RETURNING f.flow_no, f.id",
+                )
+                .await
+                .map_err(pg_error)?,
+                &[&flow_nos, &now],
+            )
+            .await
+            .map_err(pg_error)?;
+        let ids: std::collections::HashMap<i64, uuid::Uuid> =
+            flows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        tx.execute(
+            &tx.prepare_cached(
+                "DELETE FROM timers t USING UNNEST($1::BIGINT[], $2::TEXT[]) AS d(flow_no, name)
+                 WHERE t.flow_no = d.flow_no AND t.name = d.name",
+            )
+            .await
+            .map_err(pg_error)?,
+            &[&flow_nos, &names],
+        )
+        .await
+        .map_err(pg_error)?;
+        self.wake.notify(&tx, WakeKind::Flows).await?;
+        tx.commit().await.map_err(pg_error)?;
+        self.wake.wake_here(WakeKind::Flows);
+        due.iter()
+            .filter_map(|row| {
+                let id = ids.get(&row.get::<_, i64>(0))?;
+                Some(flow_id(*id).map(|flow| FiredTimer {
+                    flow,
+                    name: row.get(1),
+                    due: Timestamp::from_micros(row.get(2)),
+                }))
+            })
+            .collect()
     }
 
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {

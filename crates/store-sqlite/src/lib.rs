@@ -31,8 +31,8 @@ use flowstate_store::validate::{
     check_batch, check_lease, check_name, claim_window, validate_append,
 };
 use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
+    NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -452,6 +452,22 @@ impl Store for SqliteStore {
             reply,
         })
         .await
+    }
+
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<FiredTimer>, StoreError> {
+        check_batch(
+            "timer fire limit",
+            limit,
+            flowstate_core::limits::MAX_CLAIM_BATCH,
+        )?;
+        let now = self.clock.now();
+        let fired = self
+            .write(|reply| Command::FireTimers { limit, now, reply })
+            .await?;
+        if !fired.is_empty() {
+            self.wakeups.wake(WakeKind::Flows);
+        }
+        Ok(fired)
     }
 
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {

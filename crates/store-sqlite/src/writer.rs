@@ -4,7 +4,8 @@
 use flowstate_core::{FlowId, FlowKind, Timestamp};
 use flowstate_store::validate::{check_log_room, check_status_kind};
 use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, NewTimer, Release, StoreError, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, NewTimer, Release, StoreError,
+    WorkerId,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +72,11 @@ pub enum Command {
         worker: WorkerId,
         timer: DueTimer,
         reply: Reply<bool>,
+    },
+    FireTimers {
+        limit: usize,
+        now: Timestamp,
+        reply: Reply<Vec<FiredTimer>>,
     },
     DeleteFlow {
         flow: FlowId,
@@ -258,6 +264,7 @@ fn refuse(command: Command, error: StoreError) -> bool {
         | Command::CompleteTimer { reply, .. }
         | Command::DeleteFlow { reply, .. } => answer!(reply),
         Command::ClaimTimers { reply, .. } => answer!(reply),
+        Command::FireTimers { reply, .. } => answer!(reply),
         Command::Close { reply } => {
             let _ignored = reply.send(Err(error));
             true
@@ -309,6 +316,7 @@ fn execute(
             timer,
             reply,
         } => hold(reply, complete_timer(conn, &worker, &timer)),
+        Command::FireTimers { limit, now, reply } => hold(reply, fire_timers(conn, limit, now)),
         Command::DeleteFlow { flow, reply } => hold(reply, delete_flow(conn, flow)),
         Command::Close { reply } => {
             *closing = true;
@@ -644,6 +652,49 @@ fn claim_timers(
         });
     }
     Ok(timers)
+}
+
+fn fire_timers(
+    conn: &Connection,
+    limit: usize,
+    now: Timestamp,
+) -> Result<Vec<FiredTimer>, OpError> {
+    let mut select = conn.prepare_cached(
+        "SELECT t.flow_no, f.id, t.name, t.due FROM timers t JOIN flows f ON f.flow_no = t.flow_no
+         WHERE t.due <= ?1 AND (t.lease_until IS NULL OR t.lease_until <= ?1)
+         ORDER BY t.due, f.id, t.name LIMIT ?2",
+    )?;
+    let rows = select
+        .query_map(
+            (now.as_micros(), i64::try_from(limit).unwrap_or(i64::MAX)),
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut remove = conn.prepare_cached("DELETE FROM timers WHERE flow_no = ?1 AND name = ?2")?;
+    let mut ready = conn.prepare_cached(
+        "UPDATE flows SET
+            ready_since = CASE WHEN ready = 0 THEN ?2 ELSE ready_since END,
+            ready = 1, wake = wake + 1
+         WHERE flow_no = ?1",
+    )?;
+    let mut fired = Vec::with_capacity(rows.len());
+    for (flow_no, id, name, due) in rows {
+        remove.execute((flow_no, &name))?;
+        ready.execute((flow_no, now.as_micros()))?;
+        fired.push(FiredTimer {
+            flow: flow_id(&id)?,
+            name,
+            due: Timestamp::from_micros(due),
+        });
+    }
+    Ok(fired)
 }
 
 fn complete_timer(conn: &Connection, worker: &WorkerId, timer: &DueTimer) -> Result<bool, OpError> {

@@ -60,6 +60,7 @@ macro_rules! conformance_suite {
             a_wake_during_a_claim_is_not_lost,
             timers_fire_in_due_order_and_once,
             wakeups_and_the_next_timer_tell_idle_workers_when_to_look,
+            due_timers_fire_once_and_wake_their_flows,
             reopen_keeps_everything,
             invalid_input_is_refused_and_nothing_written,
             list_filters_and_pages,
@@ -788,6 +789,91 @@ pub async fn wakeups_and_the_next_timer_tell_idle_workers_when_to_look<F: StoreF
         .await
         .expect("complete"));
     assert_eq!(fx.store.next_timer_due().await.expect("next"), Some(at(60)));
+}
+
+/// `fire_due_timers` removes due timers nobody holds, earliest first, and marks their flows
+/// ready in the same transaction: each timer fires once, and a held timer only after its
+/// holder's lease ran out.
+pub async fn due_timers_fire_once_and_wake_their_flows<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let start = fx.clock.now();
+    let at = |secs: u64| start.saturating_add(Duration::from_secs(secs));
+    let (one, two) = (
+        create_flow(&fx, FlowKind::Function, "sleeper", false).await,
+        create_flow(&fx, FlowKind::Function, "sleeper", false).await,
+    );
+    for (flow, name, due) in [
+        (one, "a", at(1)),
+        (two, "b", at(2)),
+        (one, "c", at(10)),
+        (two, "held", at(1)),
+    ] {
+        fx.store
+            .schedule_timer(
+                flow,
+                NewTimer {
+                    name: name.into(),
+                    due,
+                },
+            )
+            .await
+            .expect("schedule");
+    }
+    fx.clock.set(at(1));
+    let held = fx
+        .store
+        .claim_due_timers(&worker("old-style"), 10, Duration::from_secs(5))
+        .await
+        .expect("claim");
+    let held: Vec<_> = held.into_iter().filter(|t| t.name == "held").collect();
+    assert_eq!(held.len(), 1);
+    // Release the others the old way so that only "held" stays leased.
+    fx.store
+        .schedule_timer(
+            one,
+            NewTimer {
+                name: "a".into(),
+                due: at(1),
+            },
+        )
+        .await
+        .expect("re-set a (free again)");
+    fx.clock.set(at(3));
+    let mut wakeups = fx.store.wakeups();
+    let before = *wakeups.borrow_and_update();
+    let fired = fx.store.fire_due_timers(10).await.expect("fire");
+    let names: Vec<&str> = fired.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "due and free timers, earliest first");
+    assert_eq!((fired[0].flow, fired[0].due), (one, at(1)));
+    for flow in [one, two] {
+        assert!(
+            fx.store
+                .flow(flow)
+                .await
+                .expect("flow")
+                .expect("exists")
+                .ready,
+            "a fired timer's flow is ready"
+        );
+    }
+    assert_ne!(
+        wakeups.borrow_and_update().flows,
+        before.flows,
+        "workers are woken"
+    );
+    assert!(
+        fx.store.fire_due_timers(10).await.expect("fire").is_empty(),
+        "each timer fires once"
+    );
+    fx.clock.set(at(7));
+    let fired = fx.store.fire_due_timers(10).await.expect("fire");
+    assert_eq!(
+        fired.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["held"],
+        "a held timer fires once its holder's lease ran out; c is not due"
+    );
+    let _ = assert_invalid(fx.store.fire_due_timers(0).await, "fire 0 timers");
+    assert_eq!(fx.store.next_timer_due().await.expect("next"), Some(at(10)));
 }
 
 /// Closing and opening the same location again keeps logs, index rows, flags and timers.

@@ -29,8 +29,8 @@ pub use clock::SystemClock;
 pub use error::{InvalidInput, StoreError};
 pub use memory::{MemoryStorage, MemoryStore};
 pub use types::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewEvent,
-    NewFlow, NewTimer, Release, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
+    NewEvent, NewFlow, NewTimer, Release, WorkerId,
 };
 pub use wake::{WakeCounts, WakeKind, Wakeups};
 pub use writer::{AppendExtras, FlowWriter, WriteError};
@@ -113,6 +113,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<DueTimer>, StoreError>;
+
+    /// Fires up to `limit` due timers that no worker holds, earliest first: each is removed
+    /// and its flow marked ready in one transaction, so a timer fires exactly once and its
+    /// wake-up is never lost (nothing happens between the two). Costs one transaction for
+    /// the whole batch, which is what a storm of 100,000 sleepers waking at once needs.
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<FiredTimer>, StoreError>;
 
     /// The earliest time at which [`Store::claim_due_timers`] may return a timer that no
     /// worker holds now: the earliest due time of a free timer, or the end of a lease on a

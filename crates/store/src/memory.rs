@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::limits::MAX_READ_BATCH;
+use flowstate_core::limits::{MAX_CLAIM_BATCH, MAX_READ_BATCH};
 use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::types::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
+    NewTimer, Release, WorkerId,
 };
 use crate::validate::{
     check_batch, check_lease, check_log_room, check_name, claim_window, validate_append,
@@ -418,6 +418,37 @@ impl Store for MemoryStore {
             }
         }
         Ok(claimed)
+    }
+
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<FiredTimer>, StoreError> {
+        check_batch("timer fire limit", limit, MAX_CLAIM_BATCH)?;
+        let now = self.clock.now();
+        let mut inner = self.lock()?;
+        let mut due: Vec<(Timestamp, FlowId, String)> = inner
+            .timers
+            .iter()
+            .filter(|(_, t)| t.due <= now && lease_free(t.lease.as_ref(), now))
+            .map(|((flow, name), t)| (t.due, *flow, name.clone()))
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        let mut fired = Vec::with_capacity(due.len());
+        for (due, flow, name) in due {
+            inner.timers.remove(&(flow, name.clone()));
+            if let Some(entry) = inner.flows.get_mut(&flow) {
+                if !entry.summary.ready {
+                    entry.ready_since = now;
+                }
+                entry.summary.ready = true;
+                entry.wake += 1;
+            }
+            fired.push(FiredTimer { flow, name, due });
+        }
+        drop(inner);
+        if !fired.is_empty() {
+            self.storage.wakeups.wake(WakeKind::Flows);
+        }
+        Ok(fired)
     }
 
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {

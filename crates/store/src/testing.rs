@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use flowstate_core::{FlowId, FlowKind, RawEvent, Timestamp};
 
 use crate::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FlowPage, FlowQuery, FlowSummary, NewTimer,
-    Release, Store, StoreError, WakeCounts, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
+    NewTimer, Release, Store, StoreError, WakeCounts, WorkerId,
 };
 
 /// Wraps a store: counts appends, and on demand fails renewals or delays claims and
@@ -132,6 +132,9 @@ impl Store for InstrumentedStore {
         lease: Duration,
     ) -> Result<Vec<DueTimer>, StoreError> {
         self.inner.claim_due_timers(worker, limit, lease).await
+    }
+    async fn fire_due_timers(&self, limit: usize) -> Result<Vec<FiredTimer>, StoreError> {
+        self.inner.fire_due_timers(limit).await
     }
     async fn next_timer_due(&self) -> Result<Option<Timestamp>, StoreError> {
         self.inner.next_timer_due().await

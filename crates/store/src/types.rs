@@ -208,6 +208,17 @@ pub enum Release {
     StillReady,
 }
 
+/// A timer that fired: removed, and its flow marked ready, in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiredTimer {
+    /// The flow it belonged to (now ready).
+    pub flow: FlowId,
+    /// Its name.
+    pub name: String,
+    /// When it was due.
+    pub due: Timestamp,
+}
+
 /// A timer that is due, leased to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueTimer {

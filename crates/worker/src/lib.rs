@@ -29,9 +29,9 @@
 //!   [`WorkerConfig::park_for`], doubling with each consecutive failure up to [`MAX_PARK`],
 //!   and forgotten), so that it is retried later, here or by a process that has the
 //!   definition, without a hot loop and without recording a failure the flow did not have.
-//! - A due timer is a wake-up, not an event: the worker marks its flow ready and completes
-//!   the timer; the flow's runner decides from the log what the timer means, so a timer fired
-//!   twice (its worker died between the two steps) is harmless.
+//! - A due timer is a wake-up, not an event: the store removes it and marks its flow ready in
+//!   one transaction ([`flowstate_store::Store::fire_due_timers`], a batch at a time), and
+//!   the flow's runner decides from the log what the timer means.
 
 mod config;
 mod stats;

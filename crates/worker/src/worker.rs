@@ -20,7 +20,7 @@ use crate::config::{ConfigError, WorkerConfig};
 use crate::stats::{bump, Counters, WorkerStats};
 use crate::{FlowRunner, RunError};
 
-/// Most due timers fired in one pass.
+/// Most due timers fired in one transaction.
 pub const TIMER_BATCH: usize = 256;
 
 /// Longest a flow is parked after failing again and again: each consecutive failure in this
@@ -405,37 +405,23 @@ impl Worker {
 
     /// Fires due timers: marks their flows ready, then completes them.
     async fn fire_due_timers(&self, state: &mut LoopState) -> Result<(), WorkerError> {
-        let (store, config) = (&self.shared.store, &self.shared.config);
+        let store = &self.shared.store;
         loop {
-            let due = match store
-                .claim_due_timers(&config.id, TIMER_BATCH, config.lease)
-                .await
-            {
-                Ok(due) => due,
+            // One transaction per batch: the timers go and their flows become ready
+            // together, so a timer fires once and its wake-up cannot be lost.
+            let fired = match store.fire_due_timers(TIMER_BATCH).await {
+                Ok(fired) => fired,
                 Err(error) => {
                     // Not again at once: at the next wake-up or poll.
                     state.next_timer = None;
-                    return self.shared.store_error("claim timers", error);
+                    return self.shared.store_error("fire timers", error);
                 }
             };
-            for timer in &due {
-                match store.mark_ready(timer.flow).await {
-                    // A flow deleted since (archived) needs no wake-up.
-                    Ok(()) | Err(StoreError::UnknownFlow { .. }) => {}
-                    Err(error) => {
-                        // Not completed: it fires again when its lease runs out.
-                        self.shared.store_error("fire timer", error)?;
-                        continue;
-                    }
-                }
-                match store.complete_timer(&config.id, timer).await {
-                    Ok(true) => bump(&self.shared.counters.timers_fired, 1),
-                    Ok(false) => {}
-                    Err(error) => self.shared.store_error("complete timer", error)?,
-                }
+            bump(&self.shared.counters.timers_fired, fired.len() as u64);
+            if !fired.is_empty() {
                 state.look_for_flows = true;
             }
-            if due.len() < TIMER_BATCH {
+            if fired.len() < TIMER_BATCH {
                 break;
             }
         }
