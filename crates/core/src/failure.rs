@@ -33,6 +33,20 @@ impl Failure {
         }
     }
 
+    /// `value` if a log can hold it as a result, else the `ResultTooLarge` failure that is
+    /// recorded instead (see [`crate::limits::MAX_RESULT_BYTES`]).
+    pub fn within_result_limit(value: serde_json::Value) -> Result<serde_json::Value, Self> {
+        let limit = crate::limits::MAX_RESULT_BYTES;
+        let size = serde_json::to_vec(&value).map_or(usize::MAX, |bytes| bytes.len());
+        if size > limit {
+            return Err(Self::new(
+                "ResultTooLarge",
+                format!("the result is {size} bytes; the limit is {limit} (MAX_RESULT_BYTES): keep large data elsewhere and return a reference"),
+            ));
+        }
+        Ok(value)
+    }
+
     /// Captures an error, its type name as the kind and its `source()` chain as causes.
     pub fn from_error<E: std::error::Error + 'static>(error: &E) -> Self {
         let kind = short_type_name(std::any::type_name::<E>());

@@ -5,6 +5,12 @@
 /// from the event.
 pub const MAX_EVENT_BODY_BYTES: usize = 1024 * 1024;
 
+/// Largest result (of a task or a durable function's step) recorded, in bytes: the event
+/// body limit less room for the envelope. A larger result is recorded as the step's failure
+/// ([`crate::Failure::within_result_limit`]), never as an engine error that would wedge the
+/// flow.
+pub const MAX_RESULT_BYTES: usize = MAX_EVENT_BODY_BYTES - 4 * 1024;
+
 /// Most events one append may carry. One append is one transition of one flow; a thousand is
 /// far beyond any legitimate transition and keeps one group commit bounded.
 pub const MAX_EVENTS_PER_APPEND: usize = 1_000;

@@ -332,22 +332,12 @@ impl Ctx {
             let in_flight = LiveOp::start(&act.live_ops);
             let key = format!("{}/{position}", act.flow);
             let outcome = CatchUnwind(Box::pin(body(key))).await;
-            let mut recorded = outcome.and_then(|value| {
-                serde_json::to_value(value)
-                    .map_err(|e| Failure::new("InvalidOutput", e.to_string()))
-            });
-            if let Ok(value) = &recorded {
-                let bytes = serde_json::to_vec(value).map_or(0, |v| v.len());
-                if bytes > flowstate_core::limits::MAX_EVENT_BODY_BYTES / 2 {
-                    recorded = Err(Failure::new(
-                        "ResultTooLarge",
-                        format!(
-                            "the step's result is {bytes} bytes; results are journaled, and must stay under {} bytes (put large data in object storage and return a reference)",
-                            flowstate_core::limits::MAX_EVENT_BODY_BYTES / 2
-                        ),
-                    ));
-                }
-            }
+            let recorded = outcome
+                .and_then(|value| {
+                    serde_json::to_value(value)
+                        .map_err(|e| Failure::new("InvalidOutput", e.to_string()))
+                })
+                .and_then(Failure::within_result_limit);
             let entry = JournalEntry::Step {
                 name: name.clone(),
                 outcome: recorded.clone(),

@@ -84,6 +84,15 @@ async fn wait_for_state(
     }
 }
 
+/// Waits until the worker of `process` has parked a flow (a refused run), at most 15 s.
+async fn wait_until_parked(process: &Process, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while process.worker.stats().parked == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 static CHARGES: AtomicUsize = AtomicUsize::new(0);
 static SHIPMENTS: AtomicUsize = AtomicUsize::new(0);
 
@@ -523,14 +532,7 @@ async fn effects_from_concurrent_branches_are_refused_not_journaled_wrongly() {
         .start("concurrent", ())
         .await
         .expect("start");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while process.worker.stats().parked == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run was not refused"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_parked(&process, "the run was not refused").await;
     let events = flowstate_store::read_all(store.as_ref(), flow)
         .await
         .expect("read");
@@ -615,10 +617,6 @@ async fn a_live_function_that_waits_for_nothing_durable_is_stopped_not_left_hang
             .expect("register")
     });
     let _flow = process.functions.start("hangs", ()).await.expect("start");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while process.worker.stats().parked == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the run hangs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_parked(&process, "the run hangs").await;
     process.stop().await;
 }

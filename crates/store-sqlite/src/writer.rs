@@ -613,13 +613,11 @@ fn cancel_timer(conn: &Connection, flow: FlowId, name: &str) -> Result<bool, OpE
     Ok(deleted == 1)
 }
 
-fn claim_timers(
-    conn: &Connection,
-    worker: &WorkerId,
-    limit: usize,
-    now: Timestamp,
-    until: Timestamp,
-) -> Result<Vec<DueTimer>, OpError> {
+/// A due timer's row: `(flow_no, flow id, name, due)`.
+type DueRow = (i64, Vec<u8>, String, i64);
+
+/// Up to `limit` timers due at `now` that nobody holds, earliest first.
+fn due_timers(conn: &Connection, limit: usize, now: Timestamp) -> Result<Vec<DueRow>, OpError> {
     let mut select = conn.prepare_cached(
         "SELECT t.flow_no, f.id, t.name, t.due FROM timers t JOIN flows f ON f.flow_no = t.flow_no
          WHERE t.due <= ?1 AND (t.lease_until IS NULL OR t.lease_until <= ?1)
@@ -628,16 +626,20 @@ fn claim_timers(
     let rows = select
         .query_map(
             (now.as_micros(), i64::try_from(limit).unwrap_or(i64::MAX)),
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            },
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
         )?
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn claim_timers(
+    conn: &Connection,
+    worker: &WorkerId,
+    limit: usize,
+    now: Timestamp,
+    until: Timestamp,
+) -> Result<Vec<DueTimer>, OpError> {
+    let rows = due_timers(conn, limit, now)?;
     let mut lease = conn.prepare_cached(
         "UPDATE timers SET lease_owner = ?3, lease_until = ?4 WHERE flow_no = ?1 AND name = ?2",
     )?;
@@ -659,24 +661,7 @@ fn fire_timers(
     limit: usize,
     now: Timestamp,
 ) -> Result<Vec<FiredTimer>, OpError> {
-    let mut select = conn.prepare_cached(
-        "SELECT t.flow_no, f.id, t.name, t.due FROM timers t JOIN flows f ON f.flow_no = t.flow_no
-         WHERE t.due <= ?1 AND (t.lease_until IS NULL OR t.lease_until <= ?1)
-         ORDER BY t.due, f.id, t.name LIMIT ?2",
-    )?;
-    let rows = select
-        .query_map(
-            (now.as_micros(), i64::try_from(limit).unwrap_or(i64::MAX)),
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Vec<u8>>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            },
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = due_timers(conn, limit, now)?;
     let mut remove = conn.prepare_cached("DELETE FROM timers WHERE flow_no = ?1 AND name = ?2")?;
     let mut ready = conn.prepare_cached(
         "UPDATE flows SET

@@ -43,11 +43,37 @@ struct TimerEntry {
     lease: Option<Lease>,
 }
 
+impl FlowEntry {
+    /// Sets the ready flag (keeping its age if it was set) and counts the wake-up.
+    fn mark_ready(&mut self, now: Timestamp) {
+        if !self.summary.ready {
+            self.ready_since = now;
+        }
+        self.summary.ready = true;
+        self.wake += 1;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     flows: BTreeMap<FlowId, FlowEntry>,
     timers: HashMap<(FlowId, String), TimerEntry>,
     closed: bool,
+}
+
+impl Inner {
+    /// Up to `limit` timers due at `now` that nobody holds, earliest first.
+    fn due_timers(&self, now: Timestamp, limit: usize) -> Vec<(Timestamp, FlowId, String)> {
+        let mut due: Vec<(Timestamp, FlowId, String)> = self
+            .timers
+            .iter()
+            .filter(|(_, t)| t.due <= now && lease_free(t.lease.as_ref(), now))
+            .map(|((flow, name), t)| (t.due, *flow, name.clone()))
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        due
+    }
 }
 
 /// The storage behind a [`MemoryStore`]. Opening a new `MemoryStore` on the same
@@ -176,13 +202,7 @@ impl Store for MemoryStore {
             entry.summary.status = status;
         }
         match batch.ready {
-            Some(true) => {
-                if !entry.summary.ready {
-                    entry.ready_since = now;
-                }
-                entry.summary.ready = true;
-                entry.wake += 1;
-            }
+            Some(true) => entry.mark_ready(now),
             Some(false) => entry.summary.ready = false,
             None => {}
         }
@@ -261,11 +281,7 @@ impl Store for MemoryStore {
             .flows
             .get_mut(&flow)
             .ok_or(StoreError::UnknownFlow { flow })?;
-        if !entry.summary.ready {
-            entry.ready_since = now;
-        }
-        entry.summary.ready = true;
-        entry.wake += 1;
+        entry.mark_ready(now);
         drop(inner);
         self.storage.wakeups.wake(WakeKind::Flows);
         Ok(())
@@ -394,14 +410,7 @@ impl Store for MemoryStore {
     ) -> Result<Vec<DueTimer>, StoreError> {
         let (now, until) = claim_window("timer claim limit", limit, lease, self.clock.as_ref())?;
         let mut inner = self.lock()?;
-        let mut due: Vec<(Timestamp, FlowId, String)> = inner
-            .timers
-            .iter()
-            .filter(|(_, t)| t.due <= now && lease_free(t.lease.as_ref(), now))
-            .map(|((flow, name), t)| (t.due, *flow, name.clone()))
-            .collect();
-        due.sort_unstable();
-        due.truncate(limit);
+        let due = inner.due_timers(now, limit);
         let mut claimed = Vec::with_capacity(due.len());
         for (due, flow, name) in due {
             if let Some(timer) = inner.timers.get_mut(&(flow, name.clone())) {
@@ -424,23 +433,12 @@ impl Store for MemoryStore {
         check_batch("timer fire limit", limit, MAX_CLAIM_BATCH)?;
         let now = self.clock.now();
         let mut inner = self.lock()?;
-        let mut due: Vec<(Timestamp, FlowId, String)> = inner
-            .timers
-            .iter()
-            .filter(|(_, t)| t.due <= now && lease_free(t.lease.as_ref(), now))
-            .map(|((flow, name), t)| (t.due, *flow, name.clone()))
-            .collect();
-        due.sort_unstable();
-        due.truncate(limit);
+        let due = inner.due_timers(now, limit);
         let mut fired = Vec::with_capacity(due.len());
         for (due, flow, name) in due {
             inner.timers.remove(&(flow, name.clone()));
             if let Some(entry) = inner.flows.get_mut(&flow) {
-                if !entry.summary.ready {
-                    entry.ready_since = now;
-                }
-                entry.summary.ready = true;
-                entry.wake += 1;
+                entry.mark_ready(now);
             }
             fired.push(FiredTimer { flow, name, due });
         }

@@ -19,8 +19,7 @@ use crate::compile::{AtomKind, Graph, Source};
 use crate::retry::{Decision, History};
 use crate::task::Inputs;
 
-/// Largest task result recorded, in bytes: the event body limit less room for the envelope.
-pub const MAX_RESULT_BYTES: usize = flowstate_core::limits::MAX_EVENT_BODY_BYTES - 4 * 1024;
+pub use flowstate_core::limits::MAX_RESULT_BYTES;
 
 /// An atom's state, the same for tasks and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -734,16 +733,7 @@ impl Runtime {
     ) -> Vec<EventBody> {
         // A result the log cannot hold is the task's failure, not the engine's: recorded,
         // resolved like any failure, so the flow never wedges on it.
-        let outcome = outcome.and_then(|value| {
-            let size = serde_json::to_vec(&value).map_or(usize::MAX, |bytes| bytes.len());
-            if size > MAX_RESULT_BYTES {
-                return Err(Failure::new(
-                    "ResultTooLarge",
-                    format!("the result is {size} bytes; the limit is {MAX_RESULT_BYTES} (MAX_RESULT_BYTES)"),
-                ));
-            }
-            Ok(value)
-        });
+        let outcome = outcome.and_then(Failure::within_result_limit);
         self.running.remove(&atom);
         self.touch(atom);
         let mut step = Step::default();

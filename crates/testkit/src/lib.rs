@@ -28,3 +28,35 @@ where
         }
     }
 }
+
+/// The `KIND KEY` lines child programs append to their call logs (`start KEY`, `done KEY`).
+#[must_use]
+pub fn log_lines(log: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .collect()
+}
+
+/// Waits until the call log holds `count` `done` lines (progress measured in finished
+/// steps, not in time, so a slow machine changes nothing).
+///
+/// # Panics
+///
+/// After two minutes without reaching it: the child made no progress.
+pub async fn wait_for_done(log: &std::path::Path, count: usize) {
+    let waited = std::time::Instant::now();
+    while log_lines(log)
+        .iter()
+        .filter(|(kind, _)| kind == "done")
+        .count()
+        < count
+    {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(120),
+            "the child made no progress: fewer than {count} steps done"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}

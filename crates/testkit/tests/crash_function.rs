@@ -8,24 +8,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use flowstate_core::{fold, FlowKind, JournalEntry, StopAt};
 use flowstate_store::{read_all, FlowQuery, Store, SystemClock};
 use flowstate_store_sqlite::{SqliteOptions, SqliteStore};
+use flowstate_testkit::{log_lines, wait_for_done};
 use rand::{Rng, SeedableRng};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_flowstate-crash-function");
 const KILLS: usize = 20;
 const STEPS: u64 = 60;
-
-fn lines(log: &std::path::Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
-        .collect()
-}
 
 /// The keys of the steps whose results are in the journal.
 async fn journaled(db: &std::path::Path) -> BTreeSet<String> {
@@ -91,23 +83,11 @@ async fn a_function_killed_20_times_never_reruns_a_journaled_step() {
     for kill in 0..KILLS {
         target += rng.random_range(1..=2);
         let mut running = child().spawn().expect("start the child");
-        let waited = std::time::Instant::now();
-        while lines(&log)
-            .iter()
-            .filter(|(kind, _)| kind == "done")
-            .count()
-            < target
-        {
-            assert!(
-                waited.elapsed() < Duration::from_secs(60),
-                "kill {kill}: the child made no progress"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_for_done(&log, target).await;
         running.kill().expect("SIGKILL");
         running.wait().expect("reap");
         let journal = journaled(&db).await;
-        let calls = lines(&log);
+        let calls = log_lines(&log);
         let started: BTreeSet<&String> = calls
             .iter()
             .filter(|(kind, _)| kind == "start")
@@ -135,7 +115,7 @@ async fn a_function_killed_20_times_never_reruns_a_journaled_step() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    let calls = lines(&log);
+    let calls = log_lines(&log);
     // A step journaled before a kill never starts after it.
     for (kill, (seen, journal)) in journaled_at_kill.iter().enumerate() {
         for (kind, key) in &calls[*seen..] {

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use flowstate_core::machine::FlowState;
 use flowstate_core::{fold, FlowId, FlowStatus, StopAt};
 use flowstate_store::{read_all, Store, SystemClock};
 use flowstate_store_sqlite::{SqliteOptions, SqliteStore};
+use flowstate_testkit::{log_lines, wait_for_done};
 use rand::{Rng, SeedableRng};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_flowstate-crash-taskgraph");
@@ -40,14 +40,6 @@ async fn atom_states(db: &std::path::Path, flow: FlowId) -> BTreeMap<String, Str
         .atoms
         .iter()
         .map(|(name, a)| (name.clone(), a.state.key().to_owned()))
-        .collect()
-}
-
-fn log_lines(log: &std::path::Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
         .collect()
 }
 
@@ -81,19 +73,7 @@ async fn a_killed_flow_resumes_in_a_new_process_without_rerunning_completed_atom
         // Let it run a random part of the way (measured in finished tasks, not in time, so a
         // slow machine changes nothing), then kill it.
         let target = rng.random_range(1..25);
-        let waited = std::time::Instant::now();
-        while log_lines(&log)
-            .iter()
-            .filter(|(kind, _)| kind == "done")
-            .count()
-            < target
-        {
-            assert!(
-                waited.elapsed() < Duration::from_secs(120),
-                "round {round}: the child made no progress"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_for_done(&log, target).await;
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
 
