@@ -32,6 +32,10 @@ enum Request {
         name: String,
         value: serde_json::Value,
     },
+    Cancel {
+        id: FlowId,
+        reason: String,
+    },
 }
 
 /// Runs one command and closes the store, whatever the command's outcome.
@@ -54,6 +58,10 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
                 None => serde_json::Value::Null,
             },
             name: args.name,
+        },
+        Command::Flows(FlowsCommand::Cancel(args)) => Request::Cancel {
+            id: parse_id(&args.id)?,
+            reason: args.reason,
         },
     };
     let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist).await?;
@@ -91,6 +99,12 @@ async fn execute(store: &dyn Store, request: Request, json: bool) -> Result<Outp
                 .await
                 .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
             Ok(render::sent(id, &name))
+        }
+        Request::Cancel { id, reason } => {
+            flowstate::durable::request_cancel(store, &SystemClock, id, &reason)
+                .await
+                .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
+            Ok(render::cancel_requested(id))
         }
     }
 }

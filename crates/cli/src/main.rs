@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use flowstate::core::limits::MAX_PAGE_SIZE;
 
 /// Inspect durable flows: list them, show their state at any point, read their logs; send
-/// signals to durable functions.
+/// signals to durable functions, and cancels them.
 #[derive(Debug, Parser)]
 #[command(name = "flowstate", version)]
 pub(crate) struct Cli {
@@ -54,6 +54,19 @@ pub(crate) enum FlowsCommand {
     Events(FlowArgs),
     /// Send a signal to a durable function (it waits in the function's inbox and wakes it).
     Signal(SignalArgs),
+    /// Cancel a durable function: it stops at its next effect and is done with a
+    /// `Cancelled` failure.
+    Cancel(CancelArgs),
+}
+
+/// `flows cancel ID [--reason TEXT]`.
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The durable function's flow id.
+    pub(crate) id: String,
+    /// Why (kept in the function's outcome).
+    #[arg(long, default_value = "cancelled by the operator")]
+    pub(crate) reason: String,
 }
 
 /// `flows signal ID NAME [--value JSON]`.

@@ -115,6 +115,9 @@ pub(crate) fn record(
         if let Some(name) = &function.awaiting {
             field("awaiting", format!("signal {name:?}"));
         }
+        if let Some(reason) = &function.cancel_requested {
+            field("cancel requested", format!("{reason:?}"));
+        }
         for (name, values) in &function.inbox {
             field("inbox", format!("{name}: {} waiting", values.len()));
         }
@@ -175,6 +178,13 @@ pub(crate) fn record(
 /// `flows signal`.
 pub(crate) fn sent(flow: FlowId, name: &str) -> Output {
     Output::text(format!("signal {name:?} sent to flow {flow}\n"))
+}
+
+/// `flows cancel`.
+pub(crate) fn cancel_requested(flow: FlowId) -> Output {
+    Output::text(format!(
+        "cancellation requested: flow {flow} stops at its next effect\n"
+    ))
 }
 
 /// `flows events`.

@@ -494,4 +494,15 @@ fn signal_reaches_a_sleeping_function_and_show_prints_its_journal() {
         not_a_function.contains("not a durable function"),
         "{not_a_function}"
     );
+
+    let cancelled = succeeds(&flowstate(
+        &path,
+        &["flows", "cancel", &id, "--reason", "no longer needed"],
+    ));
+    assert!(cancelled.contains("cancellation requested"), "{cancelled}");
+    let shown = succeeds(&flowstate(&path, &["flows", "show", &id]));
+    assert_eq!(
+        field(&shown, "cancel requested").as_deref(),
+        Some("\"no longer needed\"")
+    );
 }

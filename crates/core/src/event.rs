@@ -195,6 +195,13 @@ pub enum EventBody {
         /// Its outcome.
         outcome: StepOutcome,
     },
+    /// Someone asked a durable function to stop: it stops at its next effect (a step in
+    /// flight finishes first) and is done with a `Cancelled` failure.
+    CancelRequested {
+        /// Why, as the one who cancelled said.
+        #[serde(default)]
+        reason: String,
+    },
     /// A run of a durable function started (its first, a wake, or a new engine process):
     /// the run generation that fences earlier runs, and the incarnation that runs it.
     RunStarted {
@@ -224,6 +231,7 @@ impl EventBody {
             Self::SignalAwaited { .. } => "signal_awaited",
             Self::FunctionReturned { .. } => "function_returned",
             Self::RunStarted { .. } => "run_started",
+            Self::CancelRequested { .. } => "cancel_requested",
         }
     }
 

@@ -413,6 +413,7 @@ impl Folder {
                 | EventBody::SignalDelivered { .. }
                 | EventBody::SignalAwaited { .. }
                 | EventBody::FunctionReturned { .. }
+                | EventBody::CancelRequested { .. }
                 | EventBody::RunStarted { .. }),
                 FlowStatus::Function(state),
             ) => {
@@ -444,6 +445,7 @@ impl Folder {
                     EventBody::FunctionReturned { outcome } => {
                         live().and_then(|()| function.returned(outcome))
                     }
+                    EventBody::CancelRequested { reason } => function.request_cancel(reason),
                     EventBody::RunStarted { run, incarnation } => {
                         function.start_run(*run, incarnation)
                     }

@@ -11,7 +11,8 @@
 //! are known by their kind (name) only, so a message that changed does not matter.
 //!
 //! [`FunctionRecord`] is what the fold keeps of a function's log: the journal, which sleeps
-//! ended, the signals delivered and not yet consumed, the outcome, and the run generation.
+//! ended, the signals delivered and not yet consumed, a cancellation asked for, the outcome,
+//! and the run generation.
 //!
 //! **Invariant:** a journal is dense and append-only; an entry is recorded only while the
 //! activation is live (active current), at the position after the last one.
@@ -308,6 +309,9 @@ pub enum JournalError {
         /// The signal.
         name: String,
     },
+    /// A cancellation requested of a function that is done.
+    #[error("cancellation requested of a function that is done")]
+    CancelledWhenDone,
     /// A second outcome.
     #[error("the function returned twice")]
     ReturnedTwice,
@@ -342,6 +346,9 @@ pub struct FunctionRecord {
     /// The signal the function sleeps for, until it consumes one of that name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub awaiting: Option<String>,
+    /// Why it was asked to stop, once someone cancelled it (the first request's reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested: Option<String>,
 }
 
 impl FunctionRecord {
@@ -399,6 +406,16 @@ impl FunctionRecord {
         Ok(())
     }
 
+    /// Records a request to cancel (the first reason stays).
+    pub fn request_cancel(&mut self, reason: &str) -> Result<(), JournalError> {
+        if self.outcome.is_some() {
+            return Err(JournalError::CancelledWhenDone);
+        }
+        self.cancel_requested
+            .get_or_insert_with(|| reason.to_owned());
+        Ok(())
+    }
+
     /// Records the outcome.
     pub fn returned(&mut self, outcome: &StepOutcome) -> Result<(), JournalError> {
         if self.outcome.is_some() {
@@ -426,6 +443,9 @@ impl FunctionRecord {
     /// stale timer) need not replay it.
     #[must_use]
     pub fn wake_is_due(&self, now: Timestamp) -> bool {
+        if self.cancel_requested.is_some() {
+            return true;
+        }
         if let Some((position, JournalEntry::Sleep { until })) =
             self.journal.iter().enumerate().next_back()
         {

@@ -26,6 +26,10 @@ pub(crate) enum Stop {
     Sleep { timer: Option<NewTimer> },
     /// The code does not reproduce the journal.
     Diverged(Diagnostic),
+    /// The live function waits for something no effect will settle.
+    Deadlocked,
+    /// Someone cancelled the activation: it is done with a `Cancelled` failure.
+    Cancelled(String),
     /// Recording failed (a conflict with another run, a store error).
     Write(WriteError),
     /// The function used the context in a way that cannot be journaled.
@@ -52,6 +56,12 @@ pub(crate) struct Activation {
     /// Live effects in flight, awaiting the outside world (a step's body, a commit): while
     /// there are none, nothing outside the runtime can wake the function.
     pub(crate) live_ops: Cell<usize>,
+    /// Why the activation was cancelled, if it was (it stops at its next live effect).
+    pub(crate) cancelled: RefCell<Option<String>>,
+    /// Polls of the function so far (progress, for the deadlock check).
+    pub(crate) polls: Cell<u64>,
+    /// The run's control task, waiting for the function to return or the run to stop.
+    pub(crate) control: RefCell<Option<std::task::Waker>>,
 }
 
 /// Counts one live effect in flight for as long as it lives (also when its task is aborted).
@@ -75,11 +85,25 @@ impl Activation {
         (self.cursor.get() as usize) < self.journal.len()
     }
 
-    fn stop_with(&self, stop: Stop) {
-        let mut current = self.stop.borrow_mut();
-        if current.is_none() {
-            *current = Some(stop);
+    /// Stops the run (the first reason stays) and wakes its control task.
+    pub(crate) fn stop_with(&self, stop: Stop) {
+        {
+            let mut current = self.stop.borrow_mut();
+            if current.is_none() {
+                *current = Some(stop);
+            }
         }
+        self.wake_control();
+    }
+
+    /// Goes to sleep until `timer` (or a signal), unless the activation was cancelled: then
+    /// it stops for good instead.
+    fn sleep_unless_cancelled(&self, timer: Option<NewTimer>) {
+        let cancelled = self.cancelled.borrow().clone();
+        self.stop_with(match cancelled {
+            Some(reason) => Stop::Cancelled(reason),
+            None => Stop::Sleep { timer },
+        });
     }
 
     /// Stages the end of replay (active replay → active current) once.
@@ -146,6 +170,11 @@ impl Activation {
             rebases += 1;
             match self.only_deliveries_since(from).await {
                 Some(fresh) => {
+                    let cancel = fresh
+                        .record()
+                        .and_then(|r| r.function.as_ref())
+                        .and_then(|f| f.cancel_requested.clone());
+                    *self.cancelled.borrow_mut() = cancel;
                     *writer = fresh;
                     self.live.set(was_live);
                 }
@@ -157,7 +186,8 @@ impl Activation {
         }
     }
 
-    /// The log read again, if everything appended from `from` on is a delivered signal.
+    /// The log read again, if everything appended from `from` on is a delivered signal or a
+    /// request to cancel.
     async fn only_deliveries_since(&self, from: u64) -> Option<FlowWriter> {
         let fresh = FlowWriter::load(self.store.as_ref(), self.flow)
             .await
@@ -173,7 +203,12 @@ impl Activation {
             .ok()?;
         added
             .iter()
-            .all(|body| matches!(body, EventBody::SignalDelivered { .. }))
+            .all(|body| {
+                matches!(
+                    body,
+                    EventBody::SignalDelivered { .. } | EventBody::CancelRequested { .. }
+                )
+            })
             .then_some(fresh)
     }
 
@@ -202,7 +237,15 @@ impl Activation {
                     entry: entry.clone(),
                 })
             }
-            Replay::Live { .. } => Ok(Replayed::Live),
+            Replay::Live { .. } => {
+                // A cancelled activation stops at its first effect past its journal.
+                let cancelled = self.cancelled.borrow().clone();
+                if let Some(reason) = cancelled {
+                    self.stop_with(Stop::Cancelled(reason));
+                    return Err(());
+                }
+                Ok(Replayed::Live)
+            }
             Replay::Unpatched => Ok(Replayed::Unpatched),
             Replay::Diverged(diagnostic) => {
                 self.stop_with(Stop::Diverged(diagnostic));
@@ -541,12 +584,10 @@ impl Ctx {
                 act.stop_with(Stop::Write(error));
                 return halted().await;
             }
-            act.stop_with(Stop::Sleep {
-                timer: Some(NewTimer {
-                    name: format!("sleep-{position}"),
-                    due: until,
-                }),
-            });
+            act.sleep_unless_cancelled(Some(NewTimer {
+                name: format!("sleep-{position}"),
+                due: until,
+            }));
             halted().await
         }
     }
@@ -587,7 +628,7 @@ impl Ctx {
                     )
                 });
                 match awaited {
-                    Ok(()) => act.stop_with(Stop::Sleep { timer: None }),
+                    Ok(()) => act.sleep_unless_cancelled(None),
                     Err(error) => act.stop_with(Stop::Write(error)),
                 }
                 return halted().await;

@@ -1,22 +1,19 @@
-//! [`Functions`]: registration, starting, signals, outcomes, waking, and the driver that
-//! runs one activation (the worker's runner for durable functions).
+//! [`Functions`]: registration, starting, signals, outcomes, waking; and the worker's
+//! runner for durable functions, which hands runs to the driver threads (`driver`).
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use flowstate_core::machine::ActivationState;
-use flowstate_core::{Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, Replayer};
+use flowstate_core::{Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord};
 use flowstate_store::{AppendExtras, FlowQuery, FlowWriter, Store, StoreError, WriteError};
 use flowstate_worker::{FlowRunner, RunError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::ctx::{Activation, Ctx, Stop};
-use crate::registry::{RegisterError, Registry};
+use crate::ctx::Ctx;
+use crate::driver::Pool;
+use crate::registry::{Erased, RegisterError, Registry};
 
 /// Why a function could not be started, signalled or looked up.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +28,12 @@ pub enum StartError {
     /// The input does not serialize.
     #[error("the input does not serialize: {0}")]
     Input(String),
+    /// The activation is done: there is nothing left to cancel or signal.
+    #[error("flow {flow} is done")]
+    Done {
+        /// The flow.
+        flow: FlowId,
+    },
     /// The flow is not a durable function.
     #[error("flow {flow} is not a durable function")]
     NotAFunction {
@@ -57,18 +60,12 @@ pub enum FunctionError {
     Output(String),
 }
 
-/// Most attempts to deliver a signal when the activation keeps appending meanwhile.
-const SIGNAL_ATTEMPTS: usize = 16;
+/// Most attempts to deliver a signal or a cancellation when the activation keeps appending meanwhile.
+const DELIVERY_ATTEMPTS: usize = 16;
 
-/// Most activations one process runs at once. Each holds a blocking thread while it runs,
-/// and the stores need blocking threads of their own (SQLite's reads): tokio's pool has
-/// 512, so activations must leave room.
-pub const MAX_ACTIVE_ACTIVATIONS: usize = 256;
-
-/// How long a live function may wait with no effect in flight before the run is stopped as
-/// deadlocked: it awaits something no effect will ever settle (a future outside the
-/// context, or a pair nobody resolves).
-pub const DEADLOCK_GRACE: Duration = Duration::from_secs(1);
+/// Most activations one process runs at once (loaded in memory, with their journals); more
+/// wait for a place.
+pub const MAX_ACTIVE_ACTIVATIONS: usize = 10_000;
 
 /// Durable functions on a store: register, start, signal, look up; and, as the worker's
 /// runner for [`FlowKind::Function`], run activations.
@@ -77,13 +74,16 @@ pub struct Functions {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
     registry: RwLock<Registry>,
-    drivers: tokio::sync::Semaphore,
+    /// Bounds the activations running at once ([`MAX_ACTIVE_ACTIVATIONS`]).
+    active: tokio::sync::Semaphore,
+    /// The driver threads, started by the first run (in the tokio runtime that runs it).
+    pool: std::sync::Mutex<Option<Arc<Pool>>>,
     /// The engine process running activations (recorded with each run).
-    incarnation: String,
+    pub(crate) incarnation: String,
 }
 
 impl std::fmt::Debug for Functions {
@@ -107,7 +107,8 @@ impl Functions {
                 store,
                 clock,
                 registry: RwLock::new(Registry::default()),
-                drivers: tokio::sync::Semaphore::new(MAX_ACTIVE_ACTIVATIONS),
+                active: tokio::sync::Semaphore::new(MAX_ACTIVE_ACTIVATIONS),
+                pool: std::sync::Mutex::new(None),
                 incarnation: incarnation.into(),
             }),
         }
@@ -181,6 +182,21 @@ impl Functions {
         .await
     }
 
+    /// Cancels the activation `flow` (from any process): it stops at its next effect (a step
+    /// in flight finishes first; a sleeping one is woken for it), its code is dropped (so its
+    /// cleanup runs), and it is done with a `Cancelled` failure carrying `reason`. An
+    /// activation in replay failure stays there until a version that replays it is
+    /// deployed, then stops. Cancelling twice keeps the first reason.
+    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<(), StartError> {
+        request_cancel(
+            self.shared.store.as_ref(),
+            self.shared.clock.as_ref(),
+            flow,
+            reason,
+        )
+        .await
+    }
+
     /// The outcome of `flow`, once it is done: `None` while it is not.
     pub async fn outcome<O: DeserializeOwned>(
         &self,
@@ -249,216 +265,29 @@ impl Functions {
 }
 
 impl Shared {
-    /// Runs one activation until it returns, sleeps, or fails to replay (on this thread).
-    fn drive(
-        &self,
-        flow: FlowId,
-        handle: &tokio::runtime::Handle,
-        cancelled: &AtomicBool,
-    ) -> Result<(), RunError> {
-        let _runtime = handle.enter();
-        let mut writer = handle
-            .block_on(FlowWriter::load(self.store.as_ref(), flow))
-            .map_err(run_error)?;
-        let (state, definition, input, function) = {
-            let Some(record) = writer.record() else {
-                return Err(RunError::Failed {
-                    message: format!("flow {flow} has no events"),
-                });
-            };
-            let FlowStatus::Function(state) = record.status else {
-                return Err(RunError::Failed {
-                    message: format!("flow {flow} is not a durable function"),
-                });
-            };
-            (
-                state,
-                record.definition.clone(),
-                record.input.clone(),
-                record.function.clone().unwrap_or_default(),
-            )
-        };
-        let nothing_to_do = match state {
-            ActivationState::Done => true,
-            // Woken by something it does not wait for (another signal, a stale timer).
-            ActivationState::Sleeping => !function.wake_is_due(self.clock.now()),
-            // A replay failure gets another try from the next incarnation, not from a wake
-            // in the one whose code failed.
-            ActivationState::ReplayFailure => function
-                .incarnations
-                .last()
-                .is_some_and(|(_, incarnation)| *incarnation == self.incarnation),
-            _ => false,
-        };
-        if nothing_to_do {
-            return Ok(());
-        }
-        let Some(code) = self
-            .registry
+    /// The code of the function `name`, if this process registered it.
+    pub(crate) fn definition(&self, name: &str) -> Option<Arc<dyn Erased>> {
+        self.registry
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&definition)
-        else {
-            // It stays as it is (asleep, or awaiting replay) until a process has the code.
-            return Err(RunError::MissingDefinition {
-                kind: FlowKind::Function,
-                definition,
-            });
-        };
-        // Open a new run: a first run is live at once; any other replays its journal.
-        let first = state == ActivationState::ActiveCurrent && function.run == 0;
-        let mut opening = Vec::new();
-        let to = |to| EventBody::ActivationStateChanged {
-            to,
-            diagnostic: None,
-        };
-        match state {
-            ActivationState::ActiveCurrent if !first => {
-                // Its process died while it ran: load it the way the table allows.
-                opening.push(to(ActivationState::Sleeping));
-                opening.push(to(ActivationState::ActiveReplay));
-            }
-            ActivationState::Sleeping | ActivationState::ReplayFailure => {
-                opening.push(to(ActivationState::ActiveReplay));
-            }
-            _ => {}
-        }
-        opening.push(EventBody::RunStarted {
-            run: function.run + 1,
-            incarnation: self.incarnation.clone(),
-        });
-        writer
-            .stage(self.clock.as_ref(), opening)
-            .map_err(run_error)?;
-        handle
-            .block_on(writer.commit(self.store.as_ref(), AppendExtras::default()))
-            .map_err(run_error)?;
+            .get(name)
+    }
 
-        let rt = flowstate_rt::Runtime::new();
-        let activation = Rc::new(Activation {
-            flow,
-            store: self.store.clone(),
-            clock: self.clock.clone(),
-            writer: flowstate_rt::Mutex::new(writer),
-            journal: function.journal,
-            sleeps_ended: function.sleeps_ended,
-            cursor: Cell::new(0),
-            task: Cell::new(None),
-            live: Cell::new(first),
-            stop: RefCell::new(None),
-            live_ops: Cell::new(0),
-        });
-        let ctx = Ctx {
-            act: activation.clone(),
-        };
-        let task = rt.run({
-            let activation = activation.clone();
-            let function = code.call(ctx, input);
-            async move {
-                activation.task.set(flowstate_rt::current_task());
-                function.await
-            }
-        });
-        loop {
-            if cancelled.load(Ordering::Acquire) {
-                // The worker gave the flow up (its lease was lost, or a shutdown's grace ran
-                // out): stop here and record nothing.
-                task.abort();
-                return Err(RunError::Failed {
-                    message: "the run was cancelled".into(),
-                });
-            }
-            rt.run_until_stalled();
-            if task.is_finished() || activation.stop.borrow().is_some() {
-                break;
-            }
-            if activation.replaying() && activation.live_ops.get() == 0 {
-                // Nothing live is in flight, the journal is not exhausted, and the function
-                // waits: it stopped at an await the journal records as already settled.
-                let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
-                if let Err(diagnostic) = replayer.check_wait(
-                    "something the journal does not record",
-                    "the function's own await",
-                ) {
-                    *activation.stop.borrow_mut() = Some(Stop::Diverged(diagnostic));
-                    break;
-                }
-            }
-            if !activation.replaying()
-                && activation.live_ops.get() == 0
-                && !rt.wait_for_wake(DEADLOCK_GRACE)
-                && activation.live_ops.get() == 0
-            {
-                task.abort();
-                return Err(RunError::Failed {
-                    message: format!(
-                        "flow {flow}: the function waits with no effect in flight, for something no effect will settle (a durable function may only await its context's effects)"
-                    ),
-                });
-            }
-            rt.wait_for_wake(Duration::from_millis(100));
+    fn pool(&self) -> Result<Arc<Pool>, RunError> {
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(pool) = pool.as_ref() {
+            return Ok(pool.clone());
         }
-        let outcome = task.take_outcome();
-        // Unload the function (its task and everything it holds) before recording the end.
-        task.abort();
-        let stop = activation.stop.borrow_mut().take();
-        let mut writer = activation
-            .writer
-            .try_lock()
-            .ok_or_else(|| RunError::Failed {
-                message: "the activation's writer is still held after its task ended".into(),
-            })?;
-        let mut extras = AppendExtras::default();
-        let bodies = match (stop, outcome) {
-            (Some(Stop::Write(error)), _) => return Err(run_error(error)),
-            (Some(Stop::Misuse(message)), _) => return Err(RunError::Failed { message }),
-            (Some(Stop::Diverged(diagnostic)), _) => {
-                tracing::warn!(%flow, %diagnostic, "replay failure");
-                vec![EventBody::ActivationStateChanged {
-                    to: ActivationState::ReplayFailure,
-                    diagnostic: Some(diagnostic.to_string()),
-                }]
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let started = Pool::start(threads, &tokio::runtime::Handle::current()).map_err(|e| {
+            RunError::Failed {
+                message: format!("the driver threads did not start: {e}"),
             }
-            (Some(Stop::Sleep { timer }), _) => {
-                extras.timers.extend(timer);
-                vec![to(ActivationState::Sleeping)]
-            }
-            (None, Some(Ok(returned))) => {
-                let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
-                match replayer.check_return("the function's return") {
-                    Err(diagnostic) => vec![EventBody::ActivationStateChanged {
-                        to: ActivationState::ReplayFailure,
-                        diagnostic: Some(diagnostic.to_string()),
-                    }],
-                    Ok(()) => {
-                        let mut bodies = Vec::new();
-                        if !activation.live.get() {
-                            bodies.push(to(ActivationState::ActiveCurrent));
-                        }
-                        bodies.push(EventBody::FunctionReturned { outcome: returned });
-                        bodies.push(to(ActivationState::Done));
-                        bodies
-                    }
-                }
-            }
-            (None, Some(Err(failure))) => {
-                return Err(RunError::Failed {
-                    message: format!("the function's task failed: {failure}"),
-                })
-            }
-            (None, None) => {
-                return Err(RunError::Failed {
-                    message: "the function's run ended without an outcome".into(),
-                })
-            }
-        };
-        writer
-            .stage(self.clock.as_ref(), bodies)
-            .map_err(run_error)?;
-        handle
-            .block_on(writer.commit(self.store.as_ref(), extras))
-            .map_err(run_error)?;
-        Ok(())
+        })?;
+        Ok(pool.insert(Arc::new(started)).clone())
     }
 }
 
@@ -472,20 +301,56 @@ pub async fn send_signal(
     name: &str,
     value: serde_json::Value,
 ) -> Result<(), StartError> {
+    let signal = EventBody::SignalDelivered {
+        name: name.to_owned(),
+        value,
+    };
+    deliver(store, clock, flow, |_| Some(signal.clone())).await
+}
+
+/// Asks the durable function `flow` to stop, through its store alone (the CLI and other
+/// processes use this); see [`Functions::cancel`].
+pub async fn request_cancel(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    flow: FlowId,
+    reason: &str,
+) -> Result<(), StartError> {
+    deliver(store, clock, flow, |function| {
+        // Asked already: the first request stands.
+        function
+            .cancel_requested
+            .is_none()
+            .then(|| EventBody::CancelRequested {
+                reason: reason.to_owned(),
+            })
+    })
+    .await
+}
+
+/// Appends what `make` says (nothing if `None`) to a function that is not done, and marks
+/// it ready; read again and retried when the activation appended meanwhile.
+async fn deliver(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    flow: FlowId,
+    make: impl Fn(&FunctionRecord) -> Option<EventBody>,
+) -> Result<(), StartError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let mut writer = FlowWriter::load(store, flow).await?;
-        if writer.record().map(|r| r.kind) != Some(FlowKind::Function) {
-            return Err(StartError::NotAFunction { flow });
+        let function = writer
+            .record()
+            .and_then(|r| r.function.as_ref())
+            .ok_or(StartError::NotAFunction { flow })?;
+        if function.outcome.is_some() {
+            return Err(StartError::Done { flow });
         }
-        writer.stage(
-            clock,
-            vec![EventBody::SignalDelivered {
-                name: name.to_owned(),
-                value: value.clone(),
-            }],
-        )?;
+        let Some(body) = make(function) else {
+            return Ok(());
+        };
+        writer.stage(clock, vec![body])?;
         let ready = AppendExtras {
             ready: Some(true),
             ..AppendExtras::default()
@@ -493,60 +358,26 @@ pub async fn send_signal(
         match writer.commit(store, ready).await {
             Ok(_) => return Ok(()),
             // The activation appended meanwhile: read again and retry.
-            Err(WriteError::Store(StoreError::Conflict { .. })) if attempt < SIGNAL_ATTEMPTS => {}
+            Err(WriteError::Store(StoreError::Conflict { .. })) if attempt < DELIVERY_ATTEMPTS => {}
             Err(error) => return Err(error.into()),
         }
     }
 }
 
-fn run_error(error: WriteError) -> RunError {
-    match error {
-        WriteError::Store(StoreError::Conflict {
-            flow,
-            expected,
-            actual,
-        }) => RunError::Conflict {
-            flow,
-            expected,
-            actual,
-        },
-        other => RunError::Failed {
-            message: other.to_string(),
-        },
-    }
-}
-
-/// Workers run durable functions: each activation on a blocking thread of its own, with an
-/// await runtime that polls the function and the futures its steps await.
+/// Workers run durable functions: many activations on each of a few driver threads, each
+/// thread an await runtime that polls the functions and the futures their effects await.
 #[async_trait::async_trait]
 impl FlowRunner for Functions {
     async fn run(&self, flow: FlowId) -> Result<(), RunError> {
         let _permit = self
             .shared
-            .drivers
+            .active
             .acquire()
             .await
             .map_err(|e| RunError::Failed {
                 message: e.to_string(),
             })?;
-        let functions = self.shared.clone();
-        let handle = tokio::runtime::Handle::current();
-        // If the worker drops this run (lost lease, shutdown), the blocking thread sees it.
-        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-        let cancelled = cancel.0.clone();
-        tokio::task::spawn_blocking(move || functions.drive(flow, &handle, &cancelled))
-            .await
-            .map_err(|e| RunError::Failed {
-                message: format!("the activation's thread failed: {e}"),
-            })?
-    }
-}
-
-/// Sets its flag when dropped: tells a driver thread that its run was given up.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+        let pool = self.shared.pool()?;
+        pool.run(self.shared.clone(), flow).await
     }
 }

@@ -12,6 +12,9 @@
 //! against its journal and records what it does. The journal format, replay matching and
 //! the activation machine are the sans-I/O core's (`flowstate_core::journal`).
 //!
+//! **Where activations run:** on a few driver threads (one per core), each an await runtime
+//! that multiplexes many activations; a thread must never block, so step bodies are async.
+//!
 //! **Lifecycle** (the spec's activation machine, every transition an event): a new
 //! activation is *active current*; one that waits on a timer or a signal that has not
 //! settled is *sleeping* (unloaded: its task is dropped, only its log remains) and is woken
@@ -31,9 +34,13 @@
 //! from its effects: everything it learns from outside comes through the context.
 
 mod ctx;
+mod driver;
 mod engine;
 mod registry;
 
 pub use ctx::Ctx;
-pub use engine::{send_signal, FunctionError, Functions, StartError, MAX_ACTIVE_ACTIVATIONS};
+pub use driver::{CANCELLED, DEADLOCK_GRACE, MAX_DRIVER_THREADS};
+pub use engine::{
+    request_cancel, send_signal, FunctionError, Functions, StartError, MAX_ACTIVE_ACTIVATIONS,
+};
 pub use registry::RegisterError;

@@ -620,3 +620,117 @@ async fn a_live_function_that_waits_for_nothing_durable_is_stopped_not_left_hang
     wait_until_parked(&process, "the run hangs").await;
     process.stop().await;
 }
+
+/// Counts how many `cancellable` functions dropped their code (their cleanup ran).
+static CLEANUPS: AtomicUsize = AtomicUsize::new(0);
+static AFTER_CANCEL: AtomicUsize = AtomicUsize::new(0);
+
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        CLEANUPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn cancellable(ctx: Ctx, wait: String) -> Result<u32, Failure> {
+    let _cleanup = Cleanup;
+    let first: u32 = ctx.step("first", |_| async { Ok(1) }).await?;
+    if wait == "sleep" {
+        ctx.sleep(Duration::from_secs(3_600)).await;
+    } else {
+        let _: u32 = ctx
+            .step("slow", |_| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(2)
+            })
+            .await?;
+    }
+    ctx.step("after", |_| async {
+        AFTER_CANCEL.fetch_add(1, Ordering::SeqCst);
+        Ok(3)
+    })
+    .await
+    .map(|third: u32| first + third)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancelled_failure() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("cancellable", cancellable).expect("register")
+    });
+
+    // Asleep: woken for the cancellation, replayed, and done without running anything else.
+    let asleep = process
+        .functions
+        .start("cancellable", "sleep")
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, asleep, ActivationState::Sleeping).await;
+    process
+        .functions
+        .cancel(asleep, "the customer changed their mind")
+        .await
+        .expect("cancel");
+    wait_for_state(&process.functions, asleep, ActivationState::Done).await;
+    let outcome = process
+        .functions
+        .outcome::<u32>(asleep)
+        .await
+        .expect("read");
+    let Some(Err(FunctionError::Failed(failure))) = outcome else {
+        panic!("a cancelled function fails: {outcome:?}");
+    };
+    assert_eq!(failure.kind, flowstate_durable::CANCELLED);
+    assert_eq!(failure.message, "the customer changed their mind");
+
+    // Running a step: the step finishes (and is journaled), nothing after it runs.
+    let busy = process
+        .functions
+        .start("cancellable", "step")
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    process
+        .functions
+        .cancel(busy, "first")
+        .await
+        .expect("cancel");
+    process
+        .functions
+        .cancel(busy, "second")
+        .await
+        .expect("again");
+    wait_for_state(&process.functions, busy, ActivationState::Done).await;
+    let outcome = process.functions.outcome::<u32>(busy).await.expect("read");
+    let Some(Err(FunctionError::Failed(failure))) = outcome else {
+        panic!("a cancelled function fails: {outcome:?}");
+    };
+    assert_eq!(failure.message, "first", "the first request's reason stays");
+    assert_eq!(AFTER_CANCEL.load(Ordering::SeqCst), 0);
+    let journal = flowstate_store::FlowWriter::load(store.as_ref(), busy)
+        .await
+        .expect("load")
+        .record()
+        .and_then(|r| r.function.clone())
+        .expect("function")
+        .journal;
+    assert_eq!(
+        journal.len(),
+        2,
+        "the step in flight finished and was journaled"
+    );
+    assert!(
+        CLEANUPS.load(Ordering::SeqCst) >= 2,
+        "the function's code was dropped"
+    );
+
+    // Done: nothing left to cancel.
+    let again = process.functions.cancel(busy, "late").await;
+    assert!(
+        matches!(again, Err(flowstate_durable::StartError::Done { .. })),
+        "{again:?}"
+    );
+    process.stop().await;
+}

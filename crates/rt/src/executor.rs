@@ -46,6 +46,8 @@ pub(crate) struct TaskCell {
 struct WakeQueue {
     order: VecDeque<TaskId>,
     queued: HashSet<TaskId>,
+    /// A [`RemoteWake`] asked the driver thread to look at something outside the runtime.
+    poked: bool,
 }
 
 /// The wake queue and the condition a driver thread waits on for it.
@@ -147,7 +149,8 @@ impl<O> Shared<O> {
     }
 }
 
-/// The handle of a task: its outcome once it finished, completion hooks, abort.
+/// The handle of a task: its outcome once it finished, completion hooks, abort. Clones
+/// refer to the same task; dropping a handle does not stop the task.
 pub struct TaskHandle<O> {
     id: TaskId,
     rt: Weak<Inner>,
@@ -160,6 +163,16 @@ impl<O> fmt::Debug for TaskHandle<O> {
             .field("id", &self.id)
             .field("finished", &self.shared.finished.get())
             .finish()
+    }
+}
+
+impl<O> Clone for TaskHandle<O> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            rt: self.rt.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -287,7 +300,8 @@ impl Runtime {
         self.inner.tasks.borrow().len()
     }
 
-    /// Blocks this thread until a task is woken or `timeout` passed; returns whether one was.
+    /// Blocks this thread until a task is woken, a [`RemoteWake`] is used, or `timeout`
+    /// passed; returns whether either happened.
     /// For a driver whose tasks also await futures of another runtime (a step's I/O on
     /// tokio), which wake them from other threads.
     pub fn wait_for_wake(&self, timeout: Duration) -> bool {
@@ -297,13 +311,48 @@ impl Runtime {
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (queue, _) = self
+        let (mut queue, _) = self
             .inner
             .wakes
             .woken
-            .wait_timeout_while(queue, timeout, |q| q.order.is_empty())
+            .wait_timeout_while(queue, timeout, |q| q.order.is_empty() && !q.poked)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        !queue.order.is_empty()
+        let poked = std::mem::take(&mut queue.poked);
+        poked || !queue.order.is_empty()
+    }
+
+    /// A handle that other threads use to end this runtime's [`Runtime::wait_for_wake`]
+    /// (new work for its driver thread, a cancellation).
+    #[must_use]
+    pub fn remote(&self) -> RemoteWake {
+        RemoteWake {
+            wakes: self.inner.wakes.clone(),
+        }
+    }
+}
+
+/// Wakes a runtime's driver thread from any thread, without waking any task.
+#[derive(Clone)]
+pub struct RemoteWake {
+    wakes: Arc<Wakes>,
+}
+
+impl fmt::Debug for RemoteWake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteWake").finish_non_exhaustive()
+    }
+}
+
+impl RemoteWake {
+    /// Ends the driver thread's current (or next) [`Runtime::wait_for_wake`].
+    pub fn wake(&self) {
+        let mut queue = self
+            .wakes
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        queue.poked = true;
+        self.wakes.woken.notify_all();
     }
 }
 

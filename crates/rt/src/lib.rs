@@ -38,6 +38,6 @@ mod sync;
 
 pub use combinators::{all, race, RaceError};
 pub use error::{ProtocolError, SettleError, TaskFailure};
-pub use executor::{current_task, spawn, Runtime, TaskHandle, TaskId};
+pub use executor::{current_task, spawn, RemoteWake, Runtime, TaskHandle, TaskId};
 pub use pair::{pair, Once, Rejecter, Resolver};
 pub use sync::{Channel, Mutex, MutexGuard};

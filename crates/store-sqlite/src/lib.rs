@@ -46,7 +46,9 @@ pub const MAX_GROUP_COMMIT: usize = 4_096;
 /// Most commands waiting for the writer; senders wait (backpressure) when it is full.
 pub const WRITE_QUEUE_CAPACITY: usize = 16_384;
 
-/// Most read connections kept open.
+/// Most read connections kept open, and most reads at once: more wait their turn (on the
+/// async side) rather than each taking a blocking thread and a connection of its own, which
+/// under load costs more in thread and connection churn than the reads themselves.
 pub const MAX_READ_CONNECTIONS: usize = 8;
 
 /// SQLite's `synchronous` setting: how hard a commit pushes to the disk.
@@ -99,6 +101,8 @@ pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<ReaderPool>,
+    /// One permit per read in progress ([`MAX_READ_CONNECTIONS`]).
+    read_slots: tokio::sync::Semaphore,
     closed: AtomicBool,
     wakeups: Wakeups,
 }
@@ -219,6 +223,7 @@ impl SqliteStore {
                 path: path.clone(),
                 idle: Mutex::new(Vec::new()),
             }),
+            read_slots: tokio::sync::Semaphore::new(MAX_READ_CONNECTIONS),
             path,
             clock,
             commands,
@@ -260,6 +265,11 @@ impl SqliteStore {
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.check_open()?;
+        let _slot = self
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.with(op))
             .await

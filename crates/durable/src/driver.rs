@@ -1,0 +1,550 @@
+//! The drivers: a few threads, each with one await runtime that runs many activations at
+//! once.
+//!
+//! **What it owns:** the driver threads, handing each run of an activation to the least
+//! busy one, the run itself (load the log, open a run, run the function against its
+//! journal, record how the run ended), and the checks that only the thread can make because
+//! they need its runtime to be stalled: a replay that stopped at an await its journal
+//! records as settled (a stall), and a live function that waits for something no effect
+//! will ever settle (a deadlock).
+//!
+//! **What it must never do:** block its thread. Everything an activation waits for (its
+//! store's commits, its steps' bodies) is a future polled by the thread's runtime, and a
+//! blocked thread stalls every activation on it. Step bodies must therefore be async too
+//! (CPU-heavy work belongs on `tokio::task::spawn_blocking`), as on any async runtime.
+//!
+//! Runtimes are single-threaded (`!Send`: the await-rt protocol is about one task at a time),
+//! so an activation stays on the thread that started it until its run ends. Futures of other
+//! runtimes (tokio's I/O) wake its tasks from their own threads, through the wake queue.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use flowstate_core::machine::ActivationState;
+use flowstate_core::{EventBody, Failure, FlowId, FlowKind, FlowStatus, Replayer, StepOutcome};
+use flowstate_rt::{RemoteWake, Runtime, TaskHandle};
+use flowstate_store::{AppendExtras, FlowWriter, StoreError, WriteError};
+use flowstate_worker::RunError;
+
+use crate::ctx::{Activation, Ctx, Stop};
+use crate::engine::Shared;
+
+/// Most driver threads (the default is one per core).
+pub const MAX_DRIVER_THREADS: usize = 64;
+
+/// How long a live function may wait with no effect in flight before the run is stopped as
+/// deadlocked: it awaits something no effect will ever settle (a future outside the
+/// context, or a pair nobody resolves).
+pub const DEADLOCK_GRACE: Duration = Duration::from_secs(1);
+
+/// The failure kind of a cancelled function's outcome.
+pub const CANCELLED: &str = "Cancelled";
+
+/// How often a driver thread looks for stalled replays and deadlocked functions (right
+/// after its runtime stalled, so that what it sees is settled).
+const SCAN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long an idle driver thread sleeps when nothing wakes it (new work does).
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
+/// One run of an activation, handed to a driver thread.
+struct Job {
+    shared: Arc<Shared>,
+    flow: FlowId,
+    cancelled: Arc<AtomicBool>,
+    reply: tokio::sync::oneshot::Sender<Result<(), RunError>>,
+}
+
+/// One driver thread, as the rest of the process sees it.
+struct Driver {
+    jobs: mpsc::Sender<Job>,
+    wake: RemoteWake,
+    /// Runs on it now.
+    running: Arc<AtomicUsize>,
+}
+
+/// The driver threads of one [`crate::Functions`].
+pub(crate) struct Pool {
+    drivers: Vec<Driver>,
+}
+
+impl Pool {
+    /// Starts `threads` driver threads that run their futures in `handle`'s context (the
+    /// stores' I/O is tokio's).
+    pub(crate) fn start(threads: usize, handle: &tokio::runtime::Handle) -> std::io::Result<Self> {
+        let mut drivers = Vec::new();
+        for index in 0..threads.clamp(1, MAX_DRIVER_THREADS) {
+            let (jobs, inbox) = mpsc::channel();
+            let (wake_tx, wake_rx) = mpsc::sync_channel(1);
+            let running = Arc::new(AtomicUsize::new(0));
+            let (handle, count) = (handle.clone(), running.clone());
+            std::thread::Builder::new()
+                .name(format!("flowstate-fn-{index}"))
+                .spawn(move || drive_thread(&inbox, &handle, &count, &wake_tx))?;
+            let wake = wake_rx
+                .recv()
+                .map_err(|_| std::io::Error::other("a driver thread died as it started"))?;
+            drivers.push(Driver {
+                jobs,
+                wake,
+                running,
+            });
+        }
+        Ok(Self { drivers })
+    }
+
+    /// Runs one activation of `flow` on the least busy thread; cancelled when dropped (the
+    /// worker gave the flow up).
+    pub(crate) async fn run(&self, shared: Arc<Shared>, flow: FlowId) -> Result<(), RunError> {
+        let driver = self
+            .drivers
+            .iter()
+            .min_by_key(|d| d.running.load(Ordering::Relaxed))
+            .ok_or_else(|| failed("no driver thread"))?;
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let cancel = CancelOnDrop {
+            cancelled: Arc::new(AtomicBool::new(false)),
+            wake: driver.wake.clone(),
+        };
+        driver.running.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            shared,
+            flow,
+            cancelled: cancel.cancelled.clone(),
+            reply,
+        };
+        if driver.jobs.send(job).is_err() {
+            driver.running.fetch_sub(1, Ordering::Relaxed);
+            return Err(failed("the driver thread is gone"));
+        }
+        driver.wake.wake();
+        let result = outcome
+            .await
+            .unwrap_or_else(|_| Err(failed("the driver thread dropped the run")));
+        drop(cancel);
+        result
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The job senders go with the pool; idle threads see that once woken, and end.
+        for driver in &self.drivers {
+            driver.wake.wake();
+        }
+    }
+}
+
+/// Tells a driver thread that its run was given up (lost lease, shutdown), when dropped
+/// before the run ended.
+struct CancelOnDrop {
+    cancelled: Arc<AtomicBool>,
+    wake: RemoteWake,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.cancelled.swap(true, Ordering::AcqRel) {
+            self.wake.wake();
+        }
+    }
+}
+
+/// The task that runs the function: its outcome is the function's.
+type FunctionTask = TaskHandle<Result<serde_json::Value, Failure>>;
+
+/// What a run publishes for its thread once the function runs.
+#[derive(Default)]
+struct Published {
+    function: RefCell<Option<(Rc<Activation>, FunctionTask)>>,
+}
+
+/// A run on a driver thread.
+struct Running {
+    control: TaskHandle<Result<(), RunError>>,
+    published: Rc<Published>,
+    cancelled: Arc<AtomicBool>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<(), RunError>>>,
+    /// Since when, and at how many polls of the function, it was last seen live and waiting
+    /// with no effect in flight.
+    idle: Option<(Instant, u64)>,
+}
+
+impl Running {
+    fn abort(&self) {
+        if let Some((_, function)) = self.published.function.borrow().as_ref() {
+            function.abort();
+        }
+        self.control.abort();
+    }
+}
+
+fn drive_thread(
+    inbox: &mpsc::Receiver<Job>,
+    handle: &tokio::runtime::Handle,
+    count: &AtomicUsize,
+    wake_tx: &mpsc::SyncSender<RemoteWake>,
+) {
+    let _tokio = handle.enter();
+    let rt = Runtime::new();
+    if wake_tx.send(rt.remote()).is_err() {
+        return;
+    }
+    let mut running: Vec<Running> = Vec::new();
+    let mut open = true;
+    let mut last_scan = Instant::now();
+    loop {
+        loop {
+            match inbox.try_recv() {
+                Ok(job) => {
+                    let published = Rc::new(Published::default());
+                    let control = rt.run(run_activation(job.shared, job.flow, published.clone()));
+                    running.push(Running {
+                        control,
+                        published,
+                        cancelled: job.cancelled,
+                        reply: Some(job.reply),
+                        idle: None,
+                    });
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        rt.run_until_stalled();
+        running.retain_mut(|run| {
+            let outcome = if run.cancelled.load(Ordering::Acquire) {
+                // Given up by the worker: stop here and record nothing.
+                run.abort();
+                Err(failed("the run was cancelled"))
+            } else if run.control.is_finished() {
+                match run.control.take_outcome() {
+                    Some(Ok(outcome)) => outcome,
+                    Some(Err(failure)) => Err(failed(format!("the run's task failed: {failure}"))),
+                    None => Err(failed("the run ended without an outcome")),
+                }
+            } else {
+                return true;
+            };
+            if let Some(reply) = run.reply.take() {
+                let _ = reply.send(outcome);
+            }
+            count.fetch_sub(1, Ordering::Relaxed);
+            false
+        });
+        if last_scan.elapsed() >= SCAN_INTERVAL {
+            last_scan = Instant::now();
+            for run in &mut running {
+                check_waiting(run);
+            }
+        }
+        if running.is_empty() && !open {
+            return;
+        }
+        rt.wait_for_wake(if running.is_empty() {
+            IDLE_WAIT
+        } else {
+            SCAN_INTERVAL
+        });
+    }
+}
+
+/// Looks at a run while its thread's runtime is stalled (none of its tasks can go on until
+/// something outside wakes it): a replay waiting with nothing live in flight stalled; a
+/// live function waiting with nothing in flight for longer than [`DEADLOCK_GRACE`] is
+/// deadlocked.
+fn check_waiting(run: &mut Running) {
+    let published = run.published.function.borrow();
+    let Some((activation, function)) = published.as_ref() else {
+        return;
+    };
+    let waiting = !function.is_finished()
+        && activation.stop.borrow().is_none()
+        && activation.live_ops.get() == 0;
+    if !waiting {
+        run.idle = None;
+        return;
+    }
+    if activation.replaying() {
+        // It stopped at an await the journal records as already settled.
+        let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
+        if let Err(diagnostic) = replayer.check_wait(
+            "something the journal does not record",
+            "the function's own await",
+        ) {
+            activation.stop_with(Stop::Diverged(diagnostic));
+        }
+        return;
+    }
+    let polls = activation.polls.get();
+    match run.idle {
+        Some((since, seen)) if seen == polls => {
+            if since.elapsed() >= DEADLOCK_GRACE {
+                activation.stop_with(Stop::Deadlocked);
+            }
+        }
+        _ => run.idle = Some((Instant::now(), polls)),
+    }
+}
+
+/// Counts the polls of the function (progress, for the deadlock check).
+struct Counted<F> {
+    inner: Pin<Box<F>>,
+    activation: Rc<Activation>,
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polls = &self.activation.polls;
+        polls.set(polls.get() + 1);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+/// Ready once the function returned or its run must stop.
+struct Ended<'a> {
+    activation: &'a Activation,
+    function: &'a FunctionTask,
+}
+
+impl Future for Ended<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.function.is_finished() || self.activation.stop.borrow().is_some() {
+            return Poll::Ready(());
+        }
+        *self.activation.control.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// One run of the activation `flow`: until it returns, sleeps, or fails to replay.
+async fn run_activation(
+    shared: Arc<Shared>,
+    flow: FlowId,
+    published: Rc<Published>,
+) -> Result<(), RunError> {
+    let mut writer = FlowWriter::load(shared.store.as_ref(), flow)
+        .await
+        .map_err(run_error)?;
+    let (state, definition, input, function) = {
+        let Some(record) = writer.record() else {
+            return Err(failed(format!("flow {flow} has no events")));
+        };
+        let FlowStatus::Function(state) = record.status else {
+            return Err(failed(format!("flow {flow} is not a durable function")));
+        };
+        (
+            state,
+            record.definition.clone(),
+            record.input.clone(),
+            record.function.clone().unwrap_or_default(),
+        )
+    };
+    let nothing_to_do = match state {
+        ActivationState::Done => true,
+        // Woken by something it does not wait for (another signal, a stale timer).
+        ActivationState::Sleeping => !function.wake_is_due(shared.clock.now()),
+        // A replay failure gets another try from the next incarnation, not from a wake in
+        // the one whose code failed.
+        ActivationState::ReplayFailure => function
+            .incarnations
+            .last()
+            .is_some_and(|(_, incarnation)| *incarnation == shared.incarnation),
+        _ => false,
+    };
+    if nothing_to_do {
+        return Ok(());
+    }
+    let Some(code) = shared.definition(&definition) else {
+        // It stays as it is (asleep, or awaiting replay) until a process has the code.
+        return Err(RunError::MissingDefinition {
+            kind: FlowKind::Function,
+            definition,
+        });
+    };
+    // Open a new run: a first run is live at once; any other replays its journal.
+    let first = state == ActivationState::ActiveCurrent && function.run == 0;
+    let mut opening = Vec::new();
+    match state {
+        ActivationState::ActiveCurrent if !first => {
+            // Its process died while it ran: load it the way the table allows.
+            opening.push(moved_to(ActivationState::Sleeping));
+            opening.push(moved_to(ActivationState::ActiveReplay));
+        }
+        ActivationState::Sleeping | ActivationState::ReplayFailure => {
+            opening.push(moved_to(ActivationState::ActiveReplay));
+        }
+        _ => {}
+    }
+    opening.push(EventBody::RunStarted {
+        run: function.run + 1,
+        incarnation: shared.incarnation.clone(),
+    });
+    writer
+        .stage(shared.clock.as_ref(), opening)
+        .map_err(run_error)?;
+    writer
+        .commit(shared.store.as_ref(), AppendExtras::default())
+        .await
+        .map_err(run_error)?;
+
+    let activation = Rc::new(Activation {
+        flow,
+        store: shared.store.clone(),
+        clock: shared.clock.clone(),
+        writer: flowstate_rt::Mutex::new(writer),
+        journal: function.journal,
+        sleeps_ended: function.sleeps_ended,
+        cursor: Cell::new(0),
+        task: Cell::new(None),
+        live: Cell::new(first),
+        stop: RefCell::new(None),
+        live_ops: Cell::new(0),
+        cancelled: RefCell::new(function.cancel_requested),
+        polls: Cell::new(0),
+        control: RefCell::new(None),
+    });
+    let running = code.call(
+        Ctx {
+            act: activation.clone(),
+        },
+        input,
+    );
+    let counted = Counted {
+        inner: Box::pin(running),
+        activation: activation.clone(),
+    };
+    let task = flowstate_rt::spawn({
+        let activation = activation.clone();
+        async move {
+            activation.task.set(flowstate_rt::current_task());
+            counted.await
+        }
+    });
+    {
+        let activation = activation.clone();
+        task.on_complete(move || activation.wake_control());
+    }
+    *published.function.borrow_mut() = Some((activation.clone(), task.clone()));
+    Ended {
+        activation: &activation,
+        function: &task,
+    }
+    .await;
+    let outcome = task.take_outcome();
+    // Unload the function (its task and everything it holds) before recording the end.
+    task.abort();
+    let stop = activation.stop.borrow_mut().take();
+    let mut writer = activation
+        .writer
+        .try_lock()
+        .ok_or_else(|| failed("the activation's writer is still held after its task ended"))?;
+    let mut extras = AppendExtras::default();
+    let bodies = match (stop, outcome) {
+        (Some(Stop::Write(error)), _) => return Err(run_error(error)),
+        (Some(Stop::Misuse(message)), _) => return Err(RunError::Failed { message }),
+        (Some(Stop::Deadlocked), _) => {
+            return Err(failed(format!(
+                "flow {flow}: the function waits with no effect in flight, for something no effect will settle (a durable function may only await its context's effects)"
+            )))
+        }
+        (Some(Stop::Diverged(diagnostic)), _) => {
+            tracing::warn!(%flow, %diagnostic, "replay failure");
+            vec![EventBody::ActivationStateChanged {
+                to: ActivationState::ReplayFailure,
+                diagnostic: Some(diagnostic.to_string()),
+            }]
+        }
+        (Some(Stop::Cancelled(reason)), _) => {
+            returned(&activation, Err(Failure::new(CANCELLED, reason)))
+        }
+        (Some(Stop::Sleep { timer }), _) => {
+            extras.timers.extend(timer);
+            vec![moved_to(ActivationState::Sleeping)]
+        }
+        (None, Some(Ok(outcome_returned))) => {
+            let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
+            match replayer.check_return("the function's return") {
+                Err(diagnostic) => vec![EventBody::ActivationStateChanged {
+                    to: ActivationState::ReplayFailure,
+                    diagnostic: Some(diagnostic.to_string()),
+                }],
+                Ok(()) => returned(&activation, outcome_returned),
+            }
+        }
+        (None, Some(Err(failure))) => {
+            return Err(failed(format!("the function's task failed: {failure}")))
+        }
+        (None, None) => return Err(failed("the function's run ended without an outcome")),
+    };
+    writer
+        .stage(shared.clock.as_ref(), bodies)
+        .map_err(run_error)?;
+    writer
+        .commit(shared.store.as_ref(), extras)
+        .await
+        .map_err(run_error)?;
+    Ok(())
+}
+
+/// The end of a function whose outcome settled: caught up with its journal (if it was not
+/// yet), its outcome, done.
+fn returned(activation: &Activation, outcome: StepOutcome) -> Vec<EventBody> {
+    let mut bodies = Vec::new();
+    if !activation.live.get() {
+        bodies.push(moved_to(ActivationState::ActiveCurrent));
+    }
+    bodies.push(EventBody::FunctionReturned { outcome });
+    bodies.push(moved_to(ActivationState::Done));
+    bodies
+}
+
+fn moved_to(to: ActivationState) -> EventBody {
+    EventBody::ActivationStateChanged {
+        to,
+        diagnostic: None,
+    }
+}
+
+fn failed(message: impl Into<String>) -> RunError {
+    RunError::Failed {
+        message: message.into(),
+    }
+}
+
+pub(crate) fn run_error(error: WriteError) -> RunError {
+    match error {
+        WriteError::Store(StoreError::Conflict {
+            flow,
+            expected,
+            actual,
+        }) => RunError::Conflict {
+            flow,
+            expected,
+            actual,
+        },
+        other => failed(other.to_string()),
+    }
+}
+
+impl Activation {
+    /// Wakes the run's control task (the function returned, or the run must stop).
+    pub(crate) fn wake_control(&self) {
+        if let Some(waker) = self.control.borrow_mut().take() {
+            Waker::wake(waker);
+        }
+    }
+}
