@@ -112,8 +112,11 @@ pub(crate) fn record(
                 },
             );
         }
-        if let Some(name) = &function.awaiting {
+        for name in &function.awaiting {
             field("awaiting", format!("signal {name:?}"));
+        }
+        for position in &function.awaiting_timers {
+            field("awaiting", format!("the sleep at position {position}"));
         }
         if let Some(reason) = &function.cancel_requested {
             field("cancel requested", format!("{reason:?}"));

@@ -171,6 +171,24 @@ pub enum EventBody {
         /// The effect and its outcome.
         entry: JournalEntry,
     },
+    /// A concurrent branch of a durable function (`ctx.all`, `ctx.race`) recorded an effect
+    /// at the next position of the journal. Replay matches a branch's entries in their own
+    /// order, whatever the interleaving with other branches was.
+    BranchEntryRecorded {
+        /// The branch's path (`"0.1"`: branch 1 of the function's first combinator;
+        /// `"0.1/2.0"`: branch 0 of that branch's third).
+        branch: String,
+        /// The position (0, 1, 2, …), shared with the rest of the journal.
+        position: u32,
+        /// The effect and its outcome.
+        entry: JournalEntry,
+    },
+    /// A sleeping durable function waits for the sleep at this journal position to end
+    /// (recorded with its sleeping transition, like [`EventBody::SignalAwaited`]).
+    TimerAwaited {
+        /// The sleep's journal position.
+        position: u32,
+    },
     /// The sleep at a journal position ended (its timer fired and the function went on).
     SleepEnded {
         /// The sleep's journal position.
@@ -226,6 +244,8 @@ impl EventBody {
             Self::ActivationStateChanged { .. } => "activation_state_changed",
             Self::PlanStateChanged { .. } => "plan_state_changed",
             Self::JournalEntryRecorded { .. } => "journal_entry_recorded",
+            Self::BranchEntryRecorded { .. } => "branch_entry_recorded",
+            Self::TimerAwaited { .. } => "timer_awaited",
             Self::SleepEnded { .. } => "sleep_ended",
             Self::SignalDelivered { .. } => "signal_delivered",
             Self::SignalAwaited { .. } => "signal_awaited",

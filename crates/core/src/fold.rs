@@ -409,6 +409,8 @@ impl Folder {
             }
             (
                 body @ (EventBody::JournalEntryRecorded { .. }
+                | EventBody::BranchEntryRecorded { .. }
+                | EventBody::TimerAwaited { .. }
                 | EventBody::SleepEnded { .. }
                 | EventBody::SignalDelivered { .. }
                 | EventBody::SignalAwaited { .. }
@@ -433,14 +435,22 @@ impl Folder {
                 };
                 let applied = match body {
                     EventBody::JournalEntryRecorded { position, entry } => {
-                        live().and_then(|()| function.record(*position, entry))
+                        live().and_then(|()| function.record(*position, entry, ""))
+                    }
+                    EventBody::BranchEntryRecorded {
+                        branch,
+                        position,
+                        entry,
+                    } => live().and_then(|()| function.record(*position, entry, branch)),
+                    EventBody::TimerAwaited { position } => {
+                        live().and_then(|()| function.await_timer(*position))
                     }
                     EventBody::SleepEnded { position } => {
                         live().and_then(|()| function.end_sleep(*position))
                     }
                     EventBody::SignalDelivered { name, value } => function.deliver(name, value),
                     EventBody::SignalAwaited { name } => live().map(|()| {
-                        function.awaiting = Some(name.clone());
+                        function.awaiting.insert(name.clone());
                     }),
                     EventBody::FunctionReturned { outcome } => {
                         live().and_then(|()| function.returned(outcome))

@@ -72,6 +72,15 @@ pub enum JournalEntry {
         /// The change's id.
         change: String,
     },
+    /// A combinator over concurrent branches (`ctx.all`, `ctx.race`) settled: which branch
+    /// decided it. Replay follows the decision instead of racing again.
+    Settled {
+        /// `all` or `race`.
+        combinator: String,
+        /// `race`: the winner. `all`: the branch whose error ended it, or `None` when every
+        /// branch succeeded.
+        branch: Option<u32>,
+    },
 }
 
 /// An effect the function's code asks for, to match against the journal.
@@ -101,6 +110,11 @@ pub enum Call<'a> {
         /// The change's id.
         change: &'a str,
     },
+    /// `ctx.all(…)` or `ctx.race(…)`, settling.
+    Settled {
+        /// `all` or `race`.
+        combinator: &'a str,
+    },
 }
 
 impl fmt::Display for Call<'_> {
@@ -113,6 +127,7 @@ impl fmt::Display for Call<'_> {
             Self::Sleep => f.write_str("sleep"),
             Self::Signal { name } => write!(f, "signal {name:?}"),
             Self::Patched { change } => write!(f, "patched {change:?}"),
+            Self::Settled { combinator } => write!(f, "{combinator} over branches"),
         }
     }
 }
@@ -129,6 +144,7 @@ impl JournalEntry {
             Self::Sleep { .. } => Call::Sleep,
             Self::Signal { name, .. } => Call::Signal { name },
             Self::Patched { change } => Call::Patched { change },
+            Self::Settled { combinator, .. } => Call::Settled { combinator },
         }
     }
 }
@@ -220,54 +236,82 @@ impl<'j> Replayer<'j> {
     /// Matches the code's next call against the journal.
     pub fn call(&mut self, call: Call<'_>, location: &str) -> Replay<'j> {
         let position = self.position();
-        let Some(entry) = self.journal.get(self.cursor) else {
-            return Replay::Live { position };
-        };
-        if let Call::Patched { .. } = call {
-            if entry.call() != call {
-                // Recorded before the change: the old path, and the entry is not this call's.
-                return Replay::Unpatched;
-            }
-        }
-        if entry.call() == call {
+        let replay = match_call(position, self.journal.get(self.cursor), call, location);
+        if let Replay::Recorded { .. } = replay {
             self.cursor += 1;
-            return Replay::Recorded { position, entry };
         }
-        Replay::Diverged(Diagnostic {
-            position,
-            logged: entry.to_string(),
-            attempted: format!("asked for {call}"),
-            location: location.to_owned(),
-        })
+        replay
     }
 
     /// Checks that the function may return now: a return while recorded entries remain means
     /// the code took another path than the one recorded.
     pub fn check_return(&self, location: &str) -> Result<(), Diagnostic> {
-        match self.journal.get(self.cursor) {
-            None => Ok(()),
-            Some(entry) => Err(Diagnostic {
-                position: self.position(),
-                logged: entry.to_string(),
-                attempted: "returned".to_owned(),
-                location: location.to_owned(),
-            }),
-        }
+        expect_end(
+            self.position(),
+            self.journal.get(self.cursor),
+            "returned",
+            location,
+        )
     }
 
     /// Checks that the function may wait now: waiting (for something the journal does not
     /// record as settled) while recorded entries remain is a stall, the silent divergence
     /// async-flow cannot see.
     pub fn check_wait(&self, waiting_for: &str, location: &str) -> Result<(), Diagnostic> {
-        match self.journal.get(self.cursor) {
-            None => Ok(()),
-            Some(entry) => Err(Diagnostic {
-                position: self.position(),
-                logged: entry.to_string(),
-                attempted: format!("stopped to wait for {waiting_for}"),
-                location: location.to_owned(),
-            }),
+        expect_end(
+            self.position(),
+            self.journal.get(self.cursor),
+            &format!("stopped to wait for {waiting_for}"),
+            location,
+        )
+    }
+}
+
+/// Matches `call` against `next`, the entry recorded at `position` (`None` past the end of
+/// the journal, or of a branch's part of it). The same rules as [`Replayer::call`], for a
+/// caller that keeps its own cursor (one per concurrent branch).
+pub fn match_call<'j>(
+    position: u32,
+    next: Option<&'j JournalEntry>,
+    call: Call<'_>,
+    location: &str,
+) -> Replay<'j> {
+    let Some(entry) = next else {
+        return Replay::Live { position };
+    };
+    if let Call::Patched { .. } = call {
+        if entry.call() != call {
+            // Recorded before the change: the old path, and the entry is not this call's.
+            return Replay::Unpatched;
         }
+    }
+    if entry.call() == call {
+        return Replay::Recorded { position, entry };
+    }
+    Replay::Diverged(Diagnostic {
+        position,
+        logged: entry.to_string(),
+        attempted: format!("asked for {call}"),
+        location: location.to_owned(),
+    })
+}
+
+/// Checks that nothing is recorded at `position` (`next` is `None`): the code `attempted`
+/// something (returned, waited) where the journal goes on.
+pub fn expect_end(
+    position: u32,
+    next: Option<&JournalEntry>,
+    attempted: &str,
+    location: &str,
+) -> Result<(), Diagnostic> {
+    match next {
+        None => Ok(()),
+        Some(entry) => Err(Diagnostic {
+            position,
+            logged: entry.to_string(),
+            attempted: attempted.to_owned(),
+            location: location.to_owned(),
+        }),
     }
 }
 
@@ -343,17 +387,31 @@ pub struct FunctionRecord {
     pub run: u64,
     /// The incarnation (engine process) of each run, as `(run, incarnation)`.
     pub incarnations: Vec<(u64, String)>,
-    /// The signal the function sleeps for, until it consumes one of that name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub awaiting: Option<String>,
+    /// The branch of each entry recorded by a concurrent branch, by position (entries of
+    /// the function itself are not listed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub branches: BTreeMap<u32, String>,
+    /// The signals the sleeping function waits for (until it consumes one of the name, or
+    /// runs again).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub awaiting: BTreeSet<String>,
+    /// The sleeps (journal positions) the sleeping function waits for (until it runs again).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub awaiting_timers: BTreeSet<u32>,
     /// Why it was asked to stop, once someone cancelled it (the first request's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested: Option<String>,
 }
 
 impl FunctionRecord {
-    /// Records `entry` at `position` (the activation is live).
-    pub fn record(&mut self, position: u32, entry: &JournalEntry) -> Result<(), JournalError> {
+    /// Records `entry` at `position`, made by `branch` (`""`: the function itself; the
+    /// activation is live).
+    pub fn record(
+        &mut self,
+        position: u32,
+        entry: &JournalEntry,
+        branch: &str,
+    ) -> Result<(), JournalError> {
         let expected = u32::try_from(self.journal.len()).unwrap_or(u32::MAX);
         if position != expected {
             return Err(JournalError::OutOfOrder {
@@ -366,9 +424,7 @@ impl FunctionRecord {
             if next != Some(value) {
                 return Err(JournalError::SignalNotDelivered { name: name.clone() });
             }
-            if self.awaiting.as_deref() == Some(name.as_str()) {
-                self.awaiting = None;
-            }
+            self.awaiting.remove(name);
             if let Some(queue) = self.inbox.get_mut(name) {
                 queue.pop_front();
                 if queue.is_empty() {
@@ -376,19 +432,42 @@ impl FunctionRecord {
                 }
             }
         }
+        if !branch.is_empty() {
+            self.branches.insert(position, branch.to_owned());
+        }
         self.journal.push(entry.clone());
         Ok(())
     }
 
-    /// Records that the sleep at `position` ended.
-    pub fn end_sleep(&mut self, position: u32) -> Result<(), JournalError> {
-        let is_sleep = matches!(
-            self.journal.get(position as usize),
-            Some(JournalEntry::Sleep { .. })
-        );
-        if !is_sleep || !self.sleeps_ended.insert(position) {
+    /// Records that the sleeping function waits for the sleep at `position`.
+    pub fn await_timer(&mut self, position: u32) -> Result<(), JournalError> {
+        if !self.is_unfinished_sleep(position) {
             return Err(JournalError::NoSuchSleep { position });
         }
+        self.awaiting_timers.insert(position);
+        Ok(())
+    }
+
+    fn is_unfinished_sleep(&self, position: u32) -> bool {
+        matches!(
+            self.journal.get(position as usize),
+            Some(JournalEntry::Sleep { .. })
+        ) && !self.sleeps_ended.contains(&position)
+    }
+
+    /// The branch that recorded the entry at `position` (`""`: the function itself).
+    #[must_use]
+    pub fn branch_of(&self, position: u32) -> &str {
+        self.branches.get(&position).map_or("", String::as_str)
+    }
+
+    /// Records that the sleep at `position` ended.
+    pub fn end_sleep(&mut self, position: u32) -> Result<(), JournalError> {
+        if !self.is_unfinished_sleep(position) {
+            return Err(JournalError::NoSuchSleep { position });
+        }
+        self.sleeps_ended.insert(position);
+        self.awaiting_timers.remove(&position);
         Ok(())
     }
 
@@ -435,6 +514,10 @@ impl FunctionRecord {
         }
         self.run = run;
         self.incarnations.push((run, incarnation.to_owned()));
+        // What a sleep waited for is what the run that went to sleep waited for; this run
+        // records its own when it sleeps.
+        self.awaiting.clear();
+        self.awaiting_timers.clear();
         Ok(())
     }
 
@@ -446,18 +529,30 @@ impl FunctionRecord {
         if self.cancel_requested.is_some() {
             return true;
         }
-        if let Some((position, JournalEntry::Sleep { until })) =
-            self.journal.iter().enumerate().next_back()
-        {
-            let position = u32::try_from(position).unwrap_or(u32::MAX);
-            if !self.sleeps_ended.contains(&position) {
-                return now >= *until;
-            }
+        if self.awaiting.is_empty() && self.awaiting_timers.is_empty() {
+            // Logs written before waits were recorded: the last entry may be the sleep.
+            return match self.journal.iter().enumerate().next_back() {
+                Some((position, JournalEntry::Sleep { until }))
+                    if !self
+                        .sleeps_ended
+                        .contains(&u32::try_from(position).unwrap_or(u32::MAX)) =>
+                {
+                    now >= *until
+                }
+                _ => true,
+            };
         }
-        match &self.awaiting {
-            Some(name) => self.pending_signal(name).is_some(),
-            None => true,
-        }
+        let timer_due = self.awaiting_timers.iter().any(|position| {
+            matches!(
+                self.journal.get(*position as usize),
+                Some(JournalEntry::Sleep { until }) if now >= *until
+            ) && !self.sleeps_ended.contains(position)
+        });
+        timer_due
+            || self
+                .awaiting
+                .iter()
+                .any(|name| self.pending_signal(name).is_some())
     }
 
     /// The oldest delivered, unconsumed signal of `name`.

@@ -27,7 +27,8 @@ pub use fold::{
 };
 pub use id::{FlowId, IdError};
 pub use journal::{
-    Call, Diagnostic, FunctionRecord, JournalEntry, JournalError, Replay, Replayer, StepOutcome,
+    expect_end, match_call, Call, Diagnostic, FunctionRecord, JournalEntry, JournalError, Replay,
+    Replayer, StepOutcome,
 };
 pub use machine::{InvalidState, Machine, Transition};
 pub use time::{Clock, ManualClock, Timestamp};

@@ -1,29 +1,48 @@
 //! The context: the membrane between a durable function and the world. Every effect is
 //! matched against the journal first (replay: the recorded outcome, nothing runs) and only
 //! past its end does it run and get recorded.
+//!
+//! **Branches.** The function is one branch (path `""`); `ctx.all` and `ctx.race` start
+//! concurrent branches, each with a context of its own and a path that names it by where it
+//! was started (`"0.1"`: branch 1 of the function's first combinator). Each branch's effects
+//! are journaled with its path and replayed in the branch's own order, so how the branches
+//! interleaved does not matter; a combinator records which branch decided it (`Settled`),
+//! and a replay follows that decision instead of racing again. An effect from any other task
+//! (`flowstate_rt::spawn`, or a context moved into one) is refused: no journal could say
+//! where it belongs.
+//!
+//! **Waits.** A durable wait (a sleep not yet due, a signal not yet delivered) registers
+//! itself and suspends its branch. The run goes to sleep (unloaded) when every branch waits
+//! and no effect is in flight; the driver records what it waits for, so that only those
+//! wake it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::Location;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{
-    Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowStatus, JournalEntry, Replay,
-    Replayer, Timestamp,
+    expect_end, match_call, Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowStatus,
+    JournalEntry, Replay, Timestamp,
 };
-use flowstate_store::{FlowWriter, NewTimer, Store, WriteError};
+use flowstate_store::{FlowWriter, Store, WriteError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Why a run of the activation stops before the function returns.
 #[derive(Debug)]
 pub(crate) enum Stop {
-    /// It waits for a timer (`Some`) or a signal (`None`): it goes to sleep.
-    Sleep { timer: Option<NewTimer> },
+    /// Every branch waits for a sleep (journal position, end) or a signal: it goes to sleep.
+    Sleep {
+        timers: Vec<(u32, Timestamp)>,
+        signals: Vec<String>,
+    },
     /// The code does not reproduce the journal.
     Diverged(Diagnostic),
     /// The live function waits for something no effect will settle.
@@ -36,32 +55,194 @@ pub(crate) enum Stop {
     Misuse(String),
 }
 
-/// One run of an activation: its journal as loaded, where replay is, and its writer.
+/// A branch of the function: the function itself, or one started by `all` or `race`.
+pub(crate) struct Branch {
+    /// `""` for the function itself.
+    pub(crate) path: String,
+    /// Journal positions of the entries this branch recorded in earlier runs, in order.
+    pub(crate) lane: Vec<u32>,
+    /// This branch's entries matched or recorded so far in this run (its next index).
+    pub(crate) cursor: Cell<u32>,
+    /// The branch's own task: its effects come from it alone.
+    pub(crate) task: Cell<Option<flowstate_rt::TaskId>>,
+    /// Combinators it started so far (they name their branches).
+    combinators: Cell<u32>,
+    /// Whether it waits for a combinator's branches (then it is not stalled, whatever its
+    /// lane still holds).
+    pub(crate) in_combinator: Cell<bool>,
+}
+
+impl Branch {
+    pub(crate) fn new(path: String, lane: Vec<u32>) -> Self {
+        Self {
+            path,
+            lane,
+            cursor: Cell::new(0),
+            task: Cell::new(None),
+            combinators: Cell::new(0),
+            in_combinator: Cell::new(false),
+        }
+    }
+
+    /// Whether recorded entries of this branch remain to be matched.
+    pub(crate) fn replaying(&self) -> bool {
+        (self.cursor.get() as usize) < self.lane.len()
+    }
+
+    /// The next recorded entry of this branch, with its journal position.
+    fn next<'j>(&self, journal: &'j [JournalEntry]) -> Option<(u32, &'j JournalEntry)> {
+        let position = *self.lane.get(self.cursor.get() as usize)?;
+        journal
+            .get(position as usize)
+            .map(|entry| (position, entry))
+    }
+
+    /// Checks that the branch may stop here (return, or wait for something unrecorded):
+    /// nothing of it remains recorded.
+    pub(crate) fn check_end(
+        &self,
+        journal: &[JournalEntry],
+        attempted: &str,
+        location: &str,
+    ) -> Result<(), Diagnostic> {
+        let next = self.next(journal);
+        let position = next.map_or(u32::MAX, |(position, _)| position);
+        expect_end(position, next.map(|(_, entry)| entry), attempted, location)
+    }
+
+    /// The idempotency key of its next effect: the same on every run.
+    fn key(&self, flow: FlowId) -> String {
+        if self.path.is_empty() {
+            format!("{flow}/{}", self.cursor.get())
+        } else {
+            format!("{flow}/{}/{}", self.path, self.cursor.get())
+        }
+    }
+
+    /// The event that records `entry` at `position` for this branch.
+    fn recorded(&self, position: u32, entry: JournalEntry) -> EventBody {
+        if self.path.is_empty() {
+            EventBody::JournalEntryRecorded { position, entry }
+        } else {
+            EventBody::BranchEntryRecorded {
+                branch: self.path.clone(),
+                position,
+                entry,
+            }
+        }
+    }
+}
+
+/// What the branches of a run wait for durably (each wait counted while it lasts).
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    pub(crate) timers: BTreeMap<u32, Timestamp>,
+    pub(crate) signals: BTreeMap<String, usize>,
+}
+
+impl Waits {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.timers.is_empty() && self.signals.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Wait {
+    Timer(u32, Timestamp),
+    Signal(String),
+}
+
+thread_local! {
+    /// Set when a branch on this thread starts a durable wait: the driver thread then looks
+    /// at once whether a run can go to sleep.
+    static WAITS_CHANGED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a branch on this thread started a durable wait since the last call (and clears
+/// it).
+pub(crate) fn take_waits_changed() -> bool {
+    WAITS_CHANGED.with(|changed| changed.replace(false))
+}
+
+/// One durable wait, counted for as long as it lasts (also when its branch is aborted).
+struct WaitGuard {
+    act: Rc<Activation>,
+    wait: Wait,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let mut waits = self.act.waits.borrow_mut();
+        match &self.wait {
+            Wait::Timer(position, _) => {
+                waits.timers.remove(position);
+            }
+            Wait::Signal(name) => {
+                if let Some(count) = waits.signals.get_mut(name) {
+                    *count -= 1;
+                    if *count == 0 {
+                        waits.signals.remove(name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a branch listed among the running ones for as long as it lives.
+struct Entered {
+    act: Rc<Activation>,
+    branch: Rc<Branch>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.act
+            .branches
+            .borrow_mut()
+            .retain(|running| !Rc::ptr_eq(running, &self.branch));
+    }
+}
+
+/// One run of an activation: its journal as loaded, its branches, and its writer.
 pub(crate) struct Activation {
     pub(crate) flow: FlowId,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Live effects hold it from their call until their entry is durable: one at a time, so
-    /// journal order is call order.
+    /// Live effects hold it while they record: one commit at a time.
     pub(crate) writer: flowstate_rt::Mutex<FlowWriter>,
     pub(crate) journal: Vec<JournalEntry>,
     pub(crate) sleeps_ended: BTreeSet<u32>,
-    /// Entries of `journal` matched so far.
-    pub(crate) cursor: Cell<u32>,
-    /// The function's own task: effects come from it alone (see `replay`).
-    pub(crate) task: Cell<Option<flowstate_rt::TaskId>>,
+    /// Lanes (journal positions by branch path) of branches not started yet in this run.
+    pub(crate) lanes: RefCell<HashMap<String, Vec<u32>>>,
+    /// The branches running now, the function's own first.
+    pub(crate) branches: RefCell<Vec<Rc<Branch>>>,
     /// Whether the activation is active current (past the end of its journal, recorded).
     pub(crate) live: Cell<bool>,
     pub(crate) stop: RefCell<Option<Stop>>,
     /// Live effects in flight, awaiting the outside world (a step's body, a commit): while
     /// there are none, nothing outside the runtime can wake the function.
     pub(crate) live_ops: Cell<usize>,
+    /// What the branches wait for durably.
+    pub(crate) waits: RefCell<Waits>,
     /// Why the activation was cancelled, if it was (it stops at its next live effect).
     pub(crate) cancelled: RefCell<Option<String>>,
-    /// Polls of the function so far (progress, for the deadlock check).
+    /// Polls of the function and its branches so far (progress, for the deadlock check).
     pub(crate) polls: Cell<u64>,
     /// The run's control task, waiting for the function to return or the run to stop.
     pub(crate) control: RefCell<Option<std::task::Waker>>,
+}
+
+/// The lanes of a journal: the positions of each branch's entries, by branch path.
+pub(crate) fn lanes(function: &flowstate_core::FunctionRecord) -> HashMap<String, Vec<u32>> {
+    let mut lanes: HashMap<String, Vec<u32>> = HashMap::new();
+    for position in 0..u32::try_from(function.journal.len()).unwrap_or(u32::MAX) {
+        lanes
+            .entry(function.branch_of(position).to_owned())
+            .or_default()
+            .push(position);
+    }
+    lanes
 }
 
 /// Counts one live effect in flight for as long as it lives (also when its task is aborted).
@@ -80,11 +261,23 @@ impl Drop for LiveOp<'_> {
     }
 }
 
-impl Activation {
-    pub(crate) fn replaying(&self) -> bool {
-        (self.cursor.get() as usize) < self.journal.len()
-    }
+/// Counts the polls of a branch (progress, for the deadlock check).
+pub(crate) struct Counted<F: ?Sized> {
+    pub(crate) inner: Pin<Box<F>>,
+    pub(crate) act: Rc<Activation>,
+}
 
+impl<F: Future + ?Sized> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polls = &self.act.polls;
+        polls.set(polls.get() + 1);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl Activation {
     /// Stops the run (the first reason stays) and wakes its control task.
     pub(crate) fn stop_with(&self, stop: Stop) {
         {
@@ -96,14 +289,36 @@ impl Activation {
         self.wake_control();
     }
 
-    /// Goes to sleep until `timer` (or a signal), unless the activation was cancelled: then
-    /// it stops for good instead.
-    fn sleep_unless_cancelled(&self, timer: Option<NewTimer>) {
+    /// Starts a durable wait, unless the activation was cancelled (then it stops for good).
+    fn wait(self: &Rc<Self>, wait: Wait) -> Option<WaitGuard> {
         let cancelled = self.cancelled.borrow().clone();
-        self.stop_with(match cancelled {
-            Some(reason) => Stop::Cancelled(reason),
-            None => Stop::Sleep { timer },
-        });
+        if let Some(reason) = cancelled {
+            self.stop_with(Stop::Cancelled(reason));
+            return None;
+        }
+        {
+            let mut waits = self.waits.borrow_mut();
+            match &wait {
+                Wait::Timer(position, until) => {
+                    waits.timers.insert(*position, *until);
+                }
+                Wait::Signal(name) => *waits.signals.entry(name.clone()).or_default() += 1,
+            }
+        }
+        WAITS_CHANGED.with(|changed| changed.set(true));
+        Some(WaitGuard {
+            act: self.clone(),
+            wait,
+        })
+    }
+
+    /// The branch `path`, listed among the running ones while the returned guard lives.
+    fn enter(self: &Rc<Self>, branch: &Rc<Branch>) -> Entered {
+        self.branches.borrow_mut().push(branch.clone());
+        Entered {
+            act: self.clone(),
+            branch: branch.clone(),
+        }
     }
 
     /// Stages the end of replay (active replay → active current) once.
@@ -212,26 +427,23 @@ impl Activation {
             .then_some(fresh)
     }
 
-    /// Matches `call` against the journal. `Err(())` when the run must stop (a divergence,
-    /// recorded in `stop`).
-    fn replay(&self, call: Call<'_>, location: &str) -> Result<Replayed, ()> {
+    /// Matches `call` by `branch` against the branch's part of the journal. `Err(())` when
+    /// the run must stop (recorded in `stop`).
+    fn replay(&self, branch: &Branch, call: Call<'_>, location: &str) -> Result<Replayed, ()> {
         if self.stop.borrow().is_some() {
             return Err(());
         }
-        // One cursor cannot reproduce how concurrent branches interleaved: a replayed effect
-        // returns at once, a live one later. Until effects of concurrent branches are
-        // journaled per branch, they are refused rather than replayed wrongly.
-        let here = flowstate_rt::current_task();
-        if self.task.get().is_some() && here != self.task.get() {
+        if flowstate_rt::current_task() != branch.task.get() {
             self.stop_with(Stop::Misuse(format!(
-                "{call} at {location} was called from a task other than the function's own; effects of concurrent branches (flowstate_rt::all, race, spawn) are not supported yet"
+                "{call} at {location} was called from a task other than its branch's own; run concurrent effects with ctx.all or ctx.race, each branch through the context it is given (flowstate_rt::spawn, all and race cannot be journaled)"
             )));
             return Err(());
         }
-        let mut replayer = Replayer::starting_at(&self.journal, self.cursor.get());
-        match replayer.call(call, location) {
+        let next = branch.next(&self.journal);
+        let position = next.map_or(u32::MAX, |(position, _)| position);
+        match match_call(position, next.map(|(_, entry)| entry), call, location) {
             Replay::Recorded { position, entry } => {
-                self.cursor.set(position + 1);
+                branch.cursor.set(branch.cursor.get() + 1);
                 Ok(Replayed::Recorded {
                     position,
                     entry: entry.clone(),
@@ -252,6 +464,16 @@ impl Activation {
                 Err(())
             }
         }
+    }
+
+    /// Records `entry` as `branch`'s next, at the journal's next position.
+    async fn record_entry(&self, branch: &Branch, entry: JournalEntry) -> Result<(), ()> {
+        let mut writer = self.writer.lock().await;
+        let position = Self::next_position(&writer);
+        self.record(&mut writer, vec![branch.recorded(position, entry)])
+            .await?;
+        branch.cursor.set(branch.cursor.get() + 1);
+        Ok(())
     }
 
     /// The position the next live entry takes.
@@ -306,17 +528,31 @@ fn location(at: &'static Location<'static>) -> String {
     format!("{}:{}:{}", at.file(), at.line(), at.column())
 }
 
-/// The context of a durable function: its only way to the world. Cheap to clone.
+fn decode<T: DeserializeOwned>(outcome: Result<serde_json::Value, Failure>) -> Result<T, Failure> {
+    outcome.and_then(|value| {
+        serde_json::from_value(value)
+            .map_err(|e| Failure::new("InvalidRecordedValue", e.to_string()))
+    })
+}
+
+/// A branch for [`Ctx::all`] or [`Ctx::race`] whose branches differ in type: box each with
+/// [`Ctx::branch`].
+pub type BranchFn<T> = Box<dyn FnOnce(Ctx) -> Pin<Box<dyn Future<Output = Result<T, Failure>>>>>;
+
+/// The context of a durable function (or of one of its concurrent branches): its only way
+/// to the world. Cheap to clone, but only usable from the task it was given to.
 #[derive(Clone)]
 pub struct Ctx {
     pub(crate) act: Rc<Activation>,
+    pub(crate) branch: Rc<Branch>,
 }
 
 impl std::fmt::Debug for Ctx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx")
             .field("flow", &self.act.flow)
-            .field("replaying", &self.act.replaying())
+            .field("branch", &self.branch.path)
+            .field("replaying", &self.branch.replaying())
             .finish()
     }
 }
@@ -328,24 +564,25 @@ impl Ctx {
         self.act.flow
     }
 
-    /// Whether the function is replaying its journal (effects return recorded outcomes).
+    /// Whether this branch is replaying its journal (effects return recorded outcomes).
     #[must_use]
     pub fn is_replaying(&self) -> bool {
-        self.act.replaying()
+        self.branch.replaying()
     }
 
     /// The console loophole: logs `message` when live, stays quiet during replay, and is
     /// never journaled (so it may differ between versions).
     pub fn log(&self, message: impl std::fmt::Display) {
-        if !self.act.replaying() {
-            tracing::info!(flow = %self.act.flow, "{message}");
+        if !self.branch.replaying() {
+            tracing::info!(flow = %self.act.flow, branch = %self.branch.path, "{message}");
         }
     }
 
     /// Runs `body` (at least once: again after a crash before its result was recorded) and
     /// journals its value or its error. Replayed, it returns the recorded outcome and runs
     /// nothing; recorded errors keep their kind. The idempotency key for the outside world
-    /// is `FLOW/POSITION`, the same on every run of this effect.
+    /// is `FLOW/INDEX` (`FLOW/BRANCH/INDEX` in a concurrent branch), the same on every run
+    /// of this effect. Steps of concurrent branches run at the same time.
     #[track_caller]
     pub fn step<T, F, Fut>(&self, name: &str, body: F) -> impl Future<Output = Result<T, Failure>>
     where
@@ -354,27 +591,18 @@ impl Ctx {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let at = location(Location::caller());
-        let (act, name) = (self.act.clone(), name.to_owned());
+        let (act, branch, name) = (self.act.clone(), self.branch.clone(), name.to_owned());
         async move {
-            let replayed = match act.replay(Call::Step { name: &name }, &at) {
-                Ok(replayed) => replayed,
+            match act.replay(&branch, Call::Step { name: &name }, &at) {
+                Ok(Replayed::Recorded {
+                    entry: JournalEntry::Step { outcome, .. },
+                    ..
+                }) => return decode(outcome),
+                Ok(_) => {}
                 Err(()) => return halted().await,
-            };
-            if let Replayed::Recorded {
-                entry: JournalEntry::Step { outcome, .. },
-                ..
-            } = replayed
-            {
-                return outcome.and_then(|value| {
-                    serde_json::from_value(value)
-                        .map_err(|e| Failure::new("InvalidRecordedValue", e.to_string()))
-                });
             }
-            let mut writer = act.writer.lock().await;
-            let position = Activation::next_position(&writer);
             let in_flight = LiveOp::start(&act.live_ops);
-            let key = format!("{}/{position}", act.flow);
-            let outcome = CatchUnwind(Box::pin(body(key))).await;
+            let outcome = CatchUnwind(Box::pin(body(branch.key(act.flow)))).await;
             let recorded = outcome
                 .and_then(|value| {
                     serde_json::to_value(value)
@@ -385,20 +613,11 @@ impl Ctx {
                 name: name.clone(),
                 outcome: recorded.clone(),
             };
-            let committed = act
-                .record(
-                    &mut writer,
-                    vec![EventBody::JournalEntryRecorded { position, entry }],
-                )
-                .await;
+            let committed = act.record_entry(&branch, entry).await;
             drop(in_flight);
-            drop(writer);
             match committed {
                 // What was recorded, exactly as a replay will return it.
-                Ok(()) => recorded.and_then(|value| {
-                    serde_json::from_value(value)
-                        .map_err(|e| Failure::new("InvalidRecordedValue", e.to_string()))
-                }),
+                Ok(()) => decode(recorded),
                 Err(()) => halted().await,
             }
         }
@@ -407,21 +626,16 @@ impl Ctx {
     /// A journaled value: replayed as recorded, otherwise made by `make` and recorded.
     async fn value(
         act: Rc<Activation>,
+        branch: Rc<Branch>,
         call: Call<'static>,
         at: String,
         make: impl FnOnce() -> JournalEntry,
     ) -> JournalEntry {
-        match act.replay(call, &at) {
+        match act.replay(&branch, call, &at) {
             Ok(Replayed::Recorded { entry, .. }) => entry,
             Ok(_) => {
-                let mut writer = act.writer.lock().await;
-                let position = Activation::next_position(&writer);
                 let entry = make();
-                let body = EventBody::JournalEntryRecorded {
-                    position,
-                    entry: entry.clone(),
-                };
-                match act.record(&mut writer, vec![body]).await {
+                match act.record_entry(&branch, entry.clone()).await {
                     Ok(()) => entry,
                     Err(()) => halted().await,
                 }
@@ -434,14 +648,11 @@ impl Ctx {
     #[track_caller]
     pub fn now(&self) -> impl Future<Output = Timestamp> {
         let at = location(Location::caller());
-        let act = self.act.clone();
+        let (act, branch) = (self.act.clone(), self.branch.clone());
         let clock = act.clock.clone();
         async move {
-            match Self::value(act, Call::Now, at, move || JournalEntry::Now {
-                time: clock.now(),
-            })
-            .await
-            {
+            let make = move || JournalEntry::Now { time: clock.now() };
+            match Self::value(act, branch, Call::Now, at, make).await {
                 JournalEntry::Now { time } => time,
                 _ => halted().await,
             }
@@ -452,12 +663,12 @@ impl Ctx {
     #[track_caller]
     pub fn random(&self) -> impl Future<Output = u64> {
         let at = location(Location::caller());
-        let act = self.act.clone();
+        let (act, branch) = (self.act.clone(), self.branch.clone());
         async move {
             let make = || JournalEntry::Random {
                 value: rand::random(),
             };
-            match Self::value(act, Call::Random, at, make).await {
+            match Self::value(act, branch, Call::Random, at, make).await {
                 JournalEntry::Random { value } => value,
                 _ => halted().await,
             }
@@ -468,14 +679,14 @@ impl Ctx {
     #[track_caller]
     pub fn uuid(&self) -> impl Future<Output = uuid::Uuid> {
         let at = location(Location::caller());
-        let act = self.act.clone();
+        let (act, branch) = (self.act.clone(), self.branch.clone());
         async move {
             let make = || JournalEntry::Uuid {
                 value: uuid::Builder::from_random_bytes(rand::random())
                     .into_uuid()
                     .to_string(),
             };
-            match Self::value(act, Call::Uuid, at, make).await {
+            match Self::value(act, branch, Call::Uuid, at, make).await {
                 JournalEntry::Uuid { value } => value.parse().unwrap_or_default(),
                 _ => halted().await,
             }
@@ -488,17 +699,14 @@ impl Ctx {
     #[track_caller]
     pub fn patched(&self, change: &str) -> impl Future<Output = bool> {
         let at = location(Location::caller());
-        let (act, change) = (self.act.clone(), change.to_owned());
+        let (act, branch, change) = (self.act.clone(), self.branch.clone(), change.to_owned());
         async move {
-            match act.replay(Call::Patched { change: &change }, &at) {
+            match act.replay(&branch, Call::Patched { change: &change }, &at) {
                 Ok(Replayed::Recorded { .. }) => true,
                 Ok(Replayed::Unpatched) => false,
                 Ok(Replayed::Live) => {
-                    let mut writer = act.writer.lock().await;
-                    let position = Activation::next_position(&writer);
                     let entry = JournalEntry::Patched { change };
-                    let body = EventBody::JournalEntryRecorded { position, entry };
-                    match act.record(&mut writer, vec![body]).await {
+                    match act.record_entry(&branch, entry).await {
                         Ok(()) => true,
                         Err(()) => halted().await,
                     }
@@ -508,8 +716,9 @@ impl Ctx {
         }
     }
 
-    /// A durable timer: the activation sleeps (unloaded) until `duration` from when the
-    /// sleep was first reached (recorded, so a replay sleeps until the same time).
+    /// A durable timer: the activation sleeps (unloaded, once nothing else runs) until
+    /// `duration` from when the sleep was first reached (recorded, so a replay sleeps until
+    /// the same time).
     #[track_caller]
     pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
         let until = self.act.clock.now().saturating_add(duration);
@@ -528,9 +737,9 @@ impl Ctx {
         at: &'static Location<'static>,
     ) -> impl Future<Output = ()> {
         let at = location(at);
-        let act = self.act.clone();
+        let (act, branch) = (self.act.clone(), self.branch.clone());
         async move {
-            let (position, until) = match act.replay(Call::Sleep, &at) {
+            let (position, until) = match act.replay(&branch, Call::Sleep, &at) {
                 Ok(Replayed::Recorded {
                     position,
                     entry: JournalEntry::Sleep { until },
@@ -538,75 +747,64 @@ impl Ctx {
                     if act.sleeps_ended.contains(&position) {
                         return;
                     }
-                    (Some(position), until)
+                    if branch.replaying() {
+                        // The journal goes on past a sleep it does not record as ended.
+                        act.stop_with(Stop::Diverged(Diagnostic {
+                            position,
+                            logged: "a sleep that never ended, followed by more entries".into(),
+                            attempted: "waited for the sleep".into(),
+                            location: at,
+                        }));
+                        return halted().await;
+                    }
+                    (position, until)
                 }
-                Ok(_) => (None, until),
-                Err(()) => return halted().await,
-            };
-            let mut writer = act.writer.lock().await;
-            let position = match position {
-                Some(position) => position,
-                None => {
+                Ok(_) => {
                     // A new sleep: its entry goes with what follows (its end, or the sleep).
+                    let mut writer = act.writer.lock().await;
                     let position = Activation::next_position(&writer);
                     let entry = JournalEntry::Sleep { until };
                     let staged = act.ensure_live(&mut writer).and_then(|()| {
-                        writer.stage(
-                            act.clock.as_ref(),
-                            vec![EventBody::JournalEntryRecorded { position, entry }],
-                        )
+                        writer.stage(act.clock.as_ref(), vec![branch.recorded(position, entry)])
                     });
                     if let Err(error) = staged {
                         act.stop_with(Stop::Write(error));
                         return halted().await;
                     }
-                    position
+                    branch.cursor.set(branch.cursor.get() + 1);
+                    (position, until)
                 }
+                Err(()) => return halted().await,
             };
-            if act.replaying() {
-                // The journal goes on past a sleep it does not record as ended.
-                act.stop_with(Stop::Diverged(Diagnostic {
-                    position,
-                    logged: "a sleep that never ended, followed by more entries".into(),
-                    attempted: "waited for the sleep".into(),
-                    location: at,
-                }));
-                return halted().await;
-            }
             if act.clock.now() >= until {
+                let mut writer = act.writer.lock().await;
                 let ended = vec![EventBody::SleepEnded { position }];
                 if act.record(&mut writer, ended).await.is_err() {
                     halted::<()>().await;
                 }
                 return;
             }
-            if let Err(error) = act.ensure_live(&mut writer) {
-                act.stop_with(Stop::Write(error));
-                return halted().await;
-            }
-            act.sleep_unless_cancelled(Some(NewTimer {
-                name: format!("sleep-{position}"),
-                due: until,
-            }));
+            let _waiting = act.wait(Wait::Timer(position, until));
             halted().await
         }
     }
 
     /// Waits for the oldest signal named `name` that anyone sent to this flow (by flow id),
-    /// consuming it. The activation sleeps (unloaded) until one arrives.
+    /// consuming it. The activation sleeps (unloaded, once nothing else runs) until one
+    /// arrives.
     #[track_caller]
     pub fn signal<T: DeserializeOwned>(
         &self,
         name: &str,
     ) -> impl Future<Output = Result<T, Failure>> {
         let at = location(Location::caller());
-        let (act, name) = (self.act.clone(), name.to_owned());
+        let (act, branch, name) = (self.act.clone(), self.branch.clone(), name.to_owned());
         async move {
             let decode = |value: serde_json::Value| {
                 serde_json::from_value::<T>(value)
                     .map_err(|e| Failure::new("InvalidSignal", e.to_string()))
             };
-            match act.replay(Call::Signal { name: &name }, &at) {
+            match act.replay(&branch, Call::Signal { name: &name }, &at) {
                 Ok(Replayed::Recorded {
                     entry: JournalEntry::Signal { value, .. },
                     ..
@@ -621,16 +819,8 @@ impl Ctx {
                 .and_then(|f| f.pending_signal(&name))
                 .cloned();
             let Some(value) = delivered else {
-                let awaited = act.ensure_live(&mut writer).and_then(|()| {
-                    writer.stage(
-                        act.clock.as_ref(),
-                        vec![EventBody::SignalAwaited { name: name.clone() }],
-                    )
-                });
-                match awaited {
-                    Ok(()) => act.sleep_unless_cancelled(None),
-                    Err(error) => act.stop_with(Stop::Write(error)),
-                }
+                drop(writer);
+                let _waiting = act.wait(Wait::Signal(name));
                 return halted().await;
             };
             let position = Activation::next_position(&writer);
@@ -638,11 +828,313 @@ impl Ctx {
                 name: name.clone(),
                 value: value.clone(),
             };
-            let body = EventBody::JournalEntryRecorded { position, entry };
-            match act.record(&mut writer, vec![body]).await {
-                Ok(()) => decode(value),
+            match act
+                .record(&mut writer, vec![branch.recorded(position, entry)])
+                .await
+            {
+                Ok(()) => {
+                    branch.cursor.set(branch.cursor.get() + 1);
+                    decode(value)
+                }
                 Err(()) => halted().await,
             }
         }
     }
+
+    /// Boxes `branch` for [`Ctx::all`] or [`Ctx::race`] over branches of different types.
+    pub fn branch<T, F, Fut>(branch: F) -> BranchFn<T>
+    where
+        F: FnOnce(Ctx) -> Fut + 'static,
+        Fut: Future<Output = Result<T, Failure>> + 'static,
+    {
+        Box::new(move |ctx| Box::pin(branch(ctx)))
+    }
+
+    /// Runs `branches` concurrently, each with a context of its own, and returns their
+    /// values in order; the first error (in time) ends it, and the branches still running
+    /// are aborted (their cleanup runs, their steps in flight are not recorded). Journaled:
+    /// a replay reproduces the outcome whatever the timing.
+    #[track_caller]
+    pub fn all<T, F, Fut>(
+        &self,
+        branches: impl IntoIterator<Item = F>,
+    ) -> impl Future<Output = Result<Vec<T>, Failure>>
+    where
+        F: FnOnce(Ctx) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + 'static,
+        T: 'static,
+    {
+        let at = location(Location::caller());
+        let started = self.start_branches(branches);
+        let ctx = self.clone();
+        async move {
+            let Some((index, branches)) = started else {
+                return Ok(Vec::new());
+            };
+            let decided =
+                match ctx
+                    .act
+                    .replay(&ctx.branch, Call::Settled { combinator: "all" }, &at)
+                {
+                    Ok(Replayed::Recorded {
+                        position,
+                        entry: JournalEntry::Settled { branch, .. },
+                    }) => Some((position, branch)),
+                    Ok(_) => None,
+                    Err(()) => return halted().await,
+                };
+            ctx.branch.in_combinator.set(true);
+            let settled = ctx.settle_all(index, branches, decided, &at).await;
+            ctx.branch.in_combinator.set(false);
+            match settled {
+                Some(outcome) => outcome,
+                None => halted().await,
+            }
+        }
+    }
+
+    /// Runs `branches` concurrently until the first finishes (in time); returns its index and
+    /// its outcome, and aborts the others (their cleanup runs, their steps in flight are not
+    /// recorded). Journaled: a replay runs the recorded winner again, and only it.
+    #[track_caller]
+    pub fn race<T, F, Fut>(
+        &self,
+        branches: impl IntoIterator<Item = F>,
+    ) -> impl Future<Output = (usize, Result<T, Failure>)>
+    where
+        F: FnOnce(Ctx) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + 'static,
+        T: 'static,
+    {
+        let at = location(Location::caller());
+        let started = self.start_branches(branches);
+        let ctx = self.clone();
+        async move {
+            let Some((index, branches)) = started else {
+                ctx.act.stop_with(Stop::Misuse(format!(
+                    "ctx.race at {at} over no branches never settles"
+                )));
+                return halted().await;
+            };
+            let decided =
+                match ctx
+                    .act
+                    .replay(&ctx.branch, Call::Settled { combinator: "race" }, &at)
+                {
+                    Ok(Replayed::Recorded {
+                        position,
+                        entry: JournalEntry::Settled { branch, .. },
+                    }) => Some((position, branch)),
+                    Ok(_) => None,
+                    Err(()) => return halted().await,
+                };
+            ctx.branch.in_combinator.set(true);
+            let settled = ctx.settle_race(index, branches, decided, &at).await;
+            ctx.branch.in_combinator.set(false);
+            match settled {
+                Some(outcome) => outcome,
+                None => halted().await,
+            }
+        }
+    }
+
+    /// Names the next combinator of this branch and prepares its branches (their code is
+    /// called, nothing runs yet). `None` for no branches.
+    fn start_branches<T, F, Fut>(
+        &self,
+        branches: impl IntoIterator<Item = F>,
+    ) -> Option<(u32, Vec<Pending<T>>)>
+    where
+        F: FnOnce(Ctx) -> Fut,
+        Fut: Future<Output = Result<T, Failure>> + 'static,
+        T: 'static,
+    {
+        let index = self.branch.combinators.get();
+        self.branch.combinators.set(index + 1);
+        let pending: Vec<Pending<T>> = branches
+            .into_iter()
+            .enumerate()
+            .map(|(number, code)| {
+                let path = if self.branch.path.is_empty() {
+                    format!("{index}.{number}")
+                } else {
+                    format!("{}/{index}.{number}", self.branch.path)
+                };
+                let lane = self
+                    .act
+                    .lanes
+                    .borrow_mut()
+                    .remove(&path)
+                    .unwrap_or_default();
+                let branch = Rc::new(Branch::new(path, lane));
+                let ctx = Ctx {
+                    act: self.act.clone(),
+                    branch: branch.clone(),
+                };
+                let future: Pin<Box<dyn Future<Output = Result<T, Failure>>>> = Box::pin(code(ctx));
+                Pending { branch, future }
+            })
+            .collect();
+        (!pending.is_empty()).then_some((index, pending))
+    }
+
+    /// Runs one prepared branch as a task of its own (a future for `flowstate_rt`'s
+    /// combinators), checking when it returns that it replayed all it had recorded.
+    fn run_branch<T: 'static>(
+        &self,
+        pending: Pending<T>,
+    ) -> impl Future<Output = Result<T, Failure>> + 'static {
+        let act = self.act.clone();
+        let Pending { branch, future } = pending;
+        let counted = Counted {
+            inner: future,
+            act: act.clone(),
+        };
+        async move {
+            let _entered = act.enter(&branch);
+            branch.task.set(flowstate_rt::current_task());
+            let outcome = counted.await;
+            if let Err(diagnostic) = branch.check_end(
+                &act.journal,
+                "returned",
+                &format!("the end of branch {}", branch.path),
+            ) {
+                act.stop_with(Stop::Diverged(diagnostic));
+                return halted().await;
+            }
+            outcome
+        }
+    }
+
+    async fn settle_all<T: 'static>(
+        &self,
+        index: u32,
+        branches: Vec<Pending<T>>,
+        decided: Option<(u32, Option<u32>)>,
+        at: &str,
+    ) -> Option<Result<Vec<T>, Failure>> {
+        let count = branches.len();
+        // Replaying a failure: only the branch that failed runs again (the others' values
+        // were never used).
+        let failed = match decided {
+            Some((position, Some(failed))) => {
+                let Some(pending) = branches.into_iter().nth(failed as usize) else {
+                    return self.diverged(
+                        position,
+                        &format!("all over branches decided by branch {failed}'s error"),
+                        &format!("ran ctx.all #{index} over {count} branches"),
+                        at,
+                    );
+                };
+                let run = self.run_branch(pending);
+                return match flowstate_rt::race(vec![(failed, run)]).await {
+                    Ok((_, Err(failure))) => Some(Err(failure)),
+                    _ => self.diverged(
+                        position,
+                        &format!("all over branches ended by branch {failed}'s error"),
+                        &format!("branch {failed} of ctx.all #{index} succeeded"),
+                        at,
+                    ),
+                };
+            }
+            other => other,
+        };
+        let inputs: Vec<_> = branches
+            .into_iter()
+            .enumerate()
+            .map(|(number, pending)| {
+                let run = self.run_branch(pending);
+                let number = u32::try_from(number).unwrap_or(u32::MAX);
+                (number, async move { run.await.map_err(|e| (number, e)) })
+            })
+            .collect();
+        let outcome = flowstate_rt::all(inputs).await;
+        if let Some((position, _)) = failed {
+            // Recorded as all succeeding.
+            return match outcome {
+                Ok(values) => Some(Ok(values.into_iter().map(|(_, v)| v).collect())),
+                Err((number, _)) => self.diverged(
+                    position,
+                    "all over branches, every branch succeeding",
+                    &format!("branch {number} of ctx.all #{index} failed"),
+                    at,
+                ),
+            };
+        }
+        let decision = match &outcome {
+            Ok(_) => None,
+            Err((number, _)) => Some(*number),
+        };
+        self.record_settled("all", decision).await.ok()?;
+        Some(
+            outcome
+                .map(|values| values.into_iter().map(|(_, v)| v).collect())
+                .map_err(|(_, failure)| failure),
+        )
+    }
+
+    async fn settle_race<T: 'static>(
+        &self,
+        index: u32,
+        branches: Vec<Pending<T>>,
+        decided: Option<(u32, Option<u32>)>,
+        at: &str,
+    ) -> Option<(usize, Result<T, Failure>)> {
+        let count = branches.len();
+        let inputs: Vec<_> = match decided {
+            // Replaying: the recorded winner alone runs again.
+            Some((position, winner)) => {
+                let pending = winner.and_then(|w| branches.into_iter().nth(w as usize));
+                let (Some(winner), Some(pending)) = (winner, pending) else {
+                    return self.diverged(
+                        position,
+                        &format!("race over branches won by branch {winner:?}"),
+                        &format!("raced {count} branches in ctx.race #{index}"),
+                        at,
+                    );
+                };
+                vec![(winner, self.run_branch(pending))]
+            }
+            None => branches
+                .into_iter()
+                .enumerate()
+                .map(|(number, pending)| {
+                    (
+                        u32::try_from(number).unwrap_or(u32::MAX),
+                        self.run_branch(pending),
+                    )
+                })
+                .collect(),
+        };
+        let (winner, outcome) = flowstate_rt::race(inputs).await.ok()?;
+        if decided.is_none() {
+            self.record_settled("race", Some(winner)).await.ok()?;
+        }
+        Some((winner as usize, outcome))
+    }
+
+    /// Records how a combinator of this branch settled.
+    async fn record_settled(&self, combinator: &str, branch: Option<u32>) -> Result<(), ()> {
+        let entry = JournalEntry::Settled {
+            combinator: combinator.to_owned(),
+            branch,
+        };
+        self.act.record_entry(&self.branch, entry).await
+    }
+
+    fn diverged<T>(&self, position: u32, logged: &str, attempted: &str, at: &str) -> Option<T> {
+        self.act.stop_with(Stop::Diverged(Diagnostic {
+            position,
+            logged: logged.to_owned(),
+            attempted: attempted.to_owned(),
+            location: at.to_owned(),
+        }));
+        None
+    }
+}
+
+/// A branch whose code was called, not run yet.
+struct Pending<T> {
+    branch: Rc<Branch>,
+    future: Pin<Box<dyn Future<Output = Result<T, Failure>>>>,
 }

@@ -27,12 +27,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use flowstate_core::machine::ActivationState;
-use flowstate_core::{EventBody, Failure, FlowId, FlowKind, FlowStatus, Replayer, StepOutcome};
+use flowstate_core::{EventBody, Failure, FlowId, FlowKind, FlowStatus, StepOutcome};
 use flowstate_rt::{RemoteWake, Runtime, TaskHandle};
-use flowstate_store::{AppendExtras, FlowWriter, StoreError, WriteError};
+use flowstate_store::{AppendExtras, FlowWriter, NewTimer, StoreError, WriteError};
 use flowstate_worker::RunError;
 
-use crate::ctx::{Activation, Ctx, Stop};
+use crate::ctx::{lanes, take_waits_changed, Activation, Branch, Counted, Ctx, Stop};
 use crate::engine::Shared;
 
 /// Most driver threads (the default is one per core).
@@ -241,7 +241,7 @@ fn drive_thread(
             count.fetch_sub(1, Ordering::Relaxed);
             false
         });
-        if last_scan.elapsed() >= SCAN_INTERVAL {
+        if take_waits_changed() || last_scan.elapsed() >= SCAN_INTERVAL {
             last_scan = Instant::now();
             for run in &mut running {
                 check_waiting(run);
@@ -259,9 +259,10 @@ fn drive_thread(
 }
 
 /// Looks at a run while its thread's runtime is stalled (none of its tasks can go on until
-/// something outside wakes it): a replay waiting with nothing live in flight stalled; a
-/// live function waiting with nothing in flight for longer than [`DEADLOCK_GRACE`] is
-/// deadlocked.
+/// something outside wakes it), with no effect in flight: a branch that still has recorded
+/// entries to replay stalled (it waits at an await its journal records as settled); if
+/// every branch waits durably, the run goes to sleep; a live function waiting for anything
+/// else for longer than [`DEADLOCK_GRACE`] is deadlocked.
 fn check_waiting(run: &mut Running) {
     let published = run.published.function.borrow();
     let Some((activation, function)) = published.as_ref() else {
@@ -274,15 +275,33 @@ fn check_waiting(run: &mut Running) {
         run.idle = None;
         return;
     }
-    if activation.replaying() {
-        // It stopped at an await the journal records as already settled.
-        let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
-        if let Err(diagnostic) = replayer.check_wait(
-            "something the journal does not record",
-            "the function's own await",
-        ) {
-            activation.stop_with(Stop::Diverged(diagnostic));
-        }
+    let stalled = activation
+        .branches
+        .borrow()
+        .iter()
+        .filter(|branch| !branch.in_combinator.get())
+        .find_map(|branch| {
+            branch
+                .check_end(
+                    &activation.journal,
+                    "stopped to wait for something the journal does not record",
+                    &format!("an await of branch {:?}", branch.path),
+                )
+                .err()
+        });
+    if let Some(diagnostic) = stalled {
+        activation.stop_with(Stop::Diverged(diagnostic));
+        return;
+    }
+    let sleep = {
+        let waits = activation.waits.borrow();
+        (!waits.is_empty()).then(|| Stop::Sleep {
+            timers: waits.timers.iter().map(|(p, until)| (*p, *until)).collect(),
+            signals: waits.signals.keys().cloned().collect(),
+        })
+    };
+    if let Some(sleep) = sleep {
+        activation.stop_with(sleep);
         return;
     }
     let polls = activation.polls.get();
@@ -293,22 +312,6 @@ fn check_waiting(run: &mut Running) {
             }
         }
         _ => run.idle = Some((Instant::now(), polls)),
-    }
-}
-
-/// Counts the polls of the function (progress, for the deadlock check).
-struct Counted<F> {
-    inner: Pin<Box<F>>,
-    activation: Rc<Activation>,
-}
-
-impl<F: Future> Future for Counted<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let polls = &self.activation.polls;
-        polls.set(polls.get() + 1);
-        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -401,6 +404,11 @@ async fn run_activation(
         .await
         .map_err(run_error)?;
 
+    let mut lanes = lanes(&function);
+    let root = Rc::new(Branch::new(
+        String::new(),
+        lanes.remove("").unwrap_or_default(),
+    ));
     let activation = Rc::new(Activation {
         flow,
         store: shared.store.clone(),
@@ -408,11 +416,12 @@ async fn run_activation(
         writer: flowstate_rt::Mutex::new(writer),
         journal: function.journal,
         sleeps_ended: function.sleeps_ended,
-        cursor: Cell::new(0),
-        task: Cell::new(None),
+        lanes: RefCell::new(lanes),
+        branches: RefCell::new(vec![root.clone()]),
         live: Cell::new(first),
         stop: RefCell::new(None),
         live_ops: Cell::new(0),
+        waits: RefCell::new(crate::ctx::Waits::default()),
         cancelled: RefCell::new(function.cancel_requested),
         polls: Cell::new(0),
         control: RefCell::new(None),
@@ -420,17 +429,18 @@ async fn run_activation(
     let running = code.call(
         Ctx {
             act: activation.clone(),
+            branch: root.clone(),
         },
         input,
     );
     let counted = Counted {
         inner: Box::pin(running),
-        activation: activation.clone(),
+        act: activation.clone(),
     };
     let task = flowstate_rt::spawn({
-        let activation = activation.clone();
+        let root = root.clone();
         async move {
-            activation.task.set(flowstate_rt::current_task());
+            root.task.set(flowstate_rt::current_task());
             counted.await
         }
     });
@@ -471,13 +481,28 @@ async fn run_activation(
         (Some(Stop::Cancelled(reason)), _) => {
             returned(&activation, Err(Failure::new(CANCELLED, reason)))
         }
-        (Some(Stop::Sleep { timer }), _) => {
-            extras.timers.extend(timer);
-            vec![moved_to(ActivationState::Sleeping)]
+        (Some(Stop::Sleep { timers, signals }), _) => {
+            let mut bodies = Vec::new();
+            if !activation.live.get() {
+                bodies.push(moved_to(ActivationState::ActiveCurrent));
+            }
+            for (position, due) in timers {
+                bodies.push(EventBody::TimerAwaited { position });
+                extras.timers.push(NewTimer {
+                    name: format!("sleep-{position}"),
+                    due,
+                });
+            }
+            bodies.extend(
+                signals
+                    .into_iter()
+                    .map(|name| EventBody::SignalAwaited { name }),
+            );
+            bodies.push(moved_to(ActivationState::Sleeping));
+            bodies
         }
         (None, Some(Ok(outcome_returned))) => {
-            let replayer = Replayer::starting_at(&activation.journal, activation.cursor.get());
-            match replayer.check_return("the function's return") {
+            match root.check_end(&activation.journal, "returned", "the function's return") {
                 Err(diagnostic) => vec![EventBody::ActivationStateChanged {
                     to: ActivationState::ReplayFailure,
                     diagnostic: Some(diagnostic.to_string()),

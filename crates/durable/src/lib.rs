@@ -23,11 +23,26 @@
 //! is *replay failure*, retried by [`Functions::wake_all`] with the code of the next process;
 //! a return is *done*.
 //!
-//! **Effects run one at a time, from the function's own task.** A live effect holds the
-//! activation's writer from its call until its entry is durable, so journal order is call
-//! order. Effects from concurrent branches (`flowstate_rt::all`, `race`, `spawn`) are refused
-//! with an error: one journal cursor cannot reproduce how such branches interleaved, and a
-//! wrong replay is worse than none. Journaling per branch is the next step.
+//! **Concurrency.** `ctx.all` and `ctx.race` run branches at once, each with a context of
+//! its own; each branch's effects are journaled with the branch's path and replayed in the
+//! branch's own order, and the combinator records which branch decided it, so a replay
+//! reproduces the outcome whatever the timing (a race replays its recorded winner, and only
+//! it). Effects from any other task (`flowstate_rt::spawn`, or `flowstate_rt::all` over
+//! effects of one context) are refused with an error: no journal could say where they
+//! belong. Commits are serialized on the activation's writer; step bodies are not.
+//!
+//! **Sleeping.** A durable wait (a sleep, a signal) suspends its branch; the activation
+//! sleeps once every branch waits and nothing is in flight, and records what it waits for
+//! (timers, signal names), so that only those wake it.
+//!
+//! **Cancellation** ([`Functions::cancel`]): the activation stops at its next live effect
+//! (a step in flight finishes and is recorded first; a sleeping one is woken for it), its code
+//! is dropped so its cleanup runs, and it is done with a [`CANCELLED`] failure.
+//!
+//! **Pending work when a function returns:** a function returns only when its own task
+//! does; combinators return only once settled (losers and the rest of a failed `all` are
+//! aborted before); so no step of a returned function is still in flight, and nothing it
+//! started outlives it.
 //!
 //! **What a function must be:** closed (it captures nothing: [`Functions::register`] checks
 //! that the function value is zero-sized, which async-flow cannot), and deterministic apart

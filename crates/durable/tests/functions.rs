@@ -734,3 +734,300 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
     );
     process.stop().await;
 }
+
+/// The journal of `flow` as folded, with the branch of each entry.
+async fn journal_of(store: &Arc<dyn Store>, flow: FlowId) -> flowstate_core::FunctionRecord {
+    flowstate_store::FlowWriter::load(store.as_ref(), flow)
+        .await
+        .expect("load")
+        .record()
+        .and_then(|r| r.function.clone())
+        .expect("a function")
+}
+
+static FETCHES: AtomicUsize = AtomicUsize::new(0);
+static FETCHING: AtomicUsize = AtomicUsize::new(0);
+static MOST_FETCHING: AtomicUsize = AtomicUsize::new(0);
+static FETCH_KEYS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+async fn fan_out(ctx: Ctx, branches: u32) -> Result<Vec<u32>, Failure> {
+    let values = ctx
+        .all((0..branches).map(|i| {
+            move |ctx: Ctx| async move {
+                let fetched: u32 = ctx
+                    .step("fetch", move |key| async move {
+                        FETCHES.fetch_add(1, Ordering::SeqCst);
+                        FETCH_KEYS.lock().expect("keys").push(key);
+                        let now = FETCHING.fetch_add(1, Ordering::SeqCst) + 1;
+                        MOST_FETCHING.fetch_max(now, Ordering::SeqCst);
+                        // Later branches finish first: the journal's order is not call order.
+                        let wait = 40 + 30 * u64::from(branches - i);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        FETCHING.fetch_sub(1, Ordering::SeqCst);
+                        Ok(i * 10)
+                    })
+                    .await?;
+                ctx.step("double", move |_| async move { Ok(fetched * 2) })
+                    .await
+            }
+        }))
+        .await?;
+    // Unloaded here: the run that finishes replays the branches from the journal.
+    ctx.sleep(Duration::from_secs(3_600)).await;
+    Ok(values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_runs_branches_at_once_and_a_replay_reproduces_them_whatever_their_interleaving() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("fan_out", fan_out).expect("register")
+    });
+    let flow = process.functions.start("fan_out", 3).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
+    assert_eq!(FETCHES.load(Ordering::SeqCst), 3);
+    assert!(
+        MOST_FETCHING.load(Ordering::SeqCst) >= 2,
+        "the branches' steps ran at the same time"
+    );
+    let mut keys = FETCH_KEYS.lock().expect("keys").clone();
+    keys.sort();
+    let expected: Vec<String> = (0..3).map(|i| format!("{flow}/0.{i}/0")).collect();
+    assert_eq!(keys, expected, "each branch has keys of its own");
+
+    let function = journal_of(&store, flow).await;
+    // Six branch entries, the settlement, the sleep.
+    assert_eq!(function.journal.len(), 8, "{:?}", function.journal);
+    assert_eq!(function.branches.len(), 6);
+    let first_fetch = function.branches.values().next().cloned();
+    assert_eq!(
+        first_fetch.as_deref(),
+        Some("0.2"),
+        "the last branch finished first"
+    );
+
+    clock.advance(Duration::from_secs(3_601));
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        FETCHES.load(Ordering::SeqCst),
+        3,
+        "replay ran no step again"
+    );
+    assert_eq!(
+        process
+            .functions
+            .outcome::<Vec<u32>>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok(vec![0, 20, 40]))
+    );
+    process.stop().await;
+}
+
+static NOTIFIED: AtomicUsize = AtomicUsize::new(0);
+
+/// The timeout pattern: an approval races a deadline.
+async fn approval_with_deadline(ctx: Ctx, _input: ()) -> Result<String, Failure> {
+    let (winner, decision) = ctx
+        .race(vec![
+            Ctx::branch(|ctx: Ctx| async move {
+                let approved: bool = ctx.signal("approve").await?;
+                Ok(if approved { "approved" } else { "rejected" }.to_owned())
+            }),
+            Ctx::branch(|ctx: Ctx| async move {
+                ctx.sleep(Duration::from_secs(3_600)).await;
+                Ok("timed out".to_owned())
+            }),
+        ])
+        .await;
+    let decision = decision?;
+    // Unloaded again: the last run replays the race from its recorded winner.
+    ctx.sleep(Duration::from_secs(60)).await;
+    ctx.step("notify", |_| async {
+        NOTIFIED.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    })
+    .await?;
+    Ok(format!("{winner}: {decision}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn race_between_a_signal_and_a_sleep_sleeps_for_both_and_replays_its_recorded_winner() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("approval", approval_with_deadline)
+            .expect("register")
+    });
+
+    // The signal comes first.
+    let approved = process
+        .functions
+        .start("approval", ())
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, approved, ActivationState::Sleeping).await;
+    let waiting = journal_of(&store, approved).await;
+    assert!(waiting.awaiting.contains("approve"), "{waiting:?}");
+    assert_eq!(waiting.awaiting_timers.len(), 1, "{waiting:?}");
+    process
+        .functions
+        .signal(approved, "approve", true)
+        .await
+        .expect("signal");
+    // It wakes for the signal, takes it, and sleeps for its minute.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let function = journal_of(&store, approved).await;
+        if function.journal.iter().any(|entry| {
+            matches!(
+                entry,
+                flowstate_core::JournalEntry::Settled {
+                    branch: Some(0),
+                    ..
+                }
+            )
+        }) && function.awaiting_timers.len() == 1
+            && process.functions.state(approved).await.expect("state").0
+                == ActivationState::Sleeping
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{function:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Nobody answers the other: the deadline wins.
+    let timed_out = process
+        .functions
+        .start("approval", ())
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, timed_out, ActivationState::Sleeping).await;
+    clock.advance(Duration::from_secs(3_601));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !journal_of(&store, timed_out)
+        .await
+        .journal
+        .iter()
+        .any(|entry| {
+            matches!(
+                entry,
+                flowstate_core::JournalEntry::Settled {
+                    branch: Some(1),
+                    ..
+                }
+            )
+        })
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the deadline won");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_for_state(&process.functions, timed_out, ActivationState::Sleeping).await;
+
+    // Both minutes pass: each replays its race from the recorded winner and finishes.
+    clock.advance(Duration::from_secs(61));
+    wait_for_state(&process.functions, approved, ActivationState::Done).await;
+    wait_for_state(&process.functions, timed_out, ActivationState::Done).await;
+    assert_eq!(
+        process
+            .functions
+            .outcome::<String>(approved)
+            .await
+            .expect("outcome"),
+        Some(Ok("0: approved".to_owned()))
+    );
+    assert_eq!(
+        process
+            .functions
+            .outcome::<String>(timed_out)
+            .await
+            .expect("outcome"),
+        Some(Ok("1: timed out".to_owned()))
+    );
+    assert_eq!(NOTIFIED.load(Ordering::SeqCst), 2);
+    let late = process.functions.signal(timed_out, "approve", true).await;
+    assert!(
+        matches!(late, Err(flowstate_durable::StartError::Done { .. })),
+        "{late:?}"
+    );
+    process.stop().await;
+}
+
+static SLOW_STARTED: AtomicUsize = AtomicUsize::new(0);
+static SLOW_FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+async fn fail_fast(ctx: Ctx, _input: ()) -> Result<String, Failure> {
+    let outcome = ctx
+        .all(vec![
+            Ctx::branch(|ctx: Ctx| async move {
+                ctx.step("slow", |_| async {
+                    SLOW_STARTED.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    SLOW_FINISHED.fetch_add(1, Ordering::SeqCst);
+                    Ok(1u32)
+                })
+                .await
+            }),
+            Ctx::branch(|ctx: Ctx| async move {
+                ctx.step("charge", |_| async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err::<u32, _>(Failure::new("Declined", "card declined"))
+                })
+                .await
+            }),
+        ])
+        .await;
+    let kind = outcome
+        .err()
+        .map(|failure| failure.kind)
+        .unwrap_or_default();
+    ctx.sleep(Duration::from_secs(60)).await;
+    Ok(kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_fails_fast_aborts_the_other_branches_and_a_replay_returns_the_same_error() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("fail_fast", fail_fast).expect("register")
+    });
+    let flow = process
+        .functions
+        .start("fail_fast", ())
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
+    assert_eq!(SLOW_STARTED.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        SLOW_FINISHED.load(Ordering::SeqCst),
+        0,
+        "the slow branch was aborted"
+    );
+    let function = journal_of(&store, flow).await;
+    let steps: Vec<String> = function
+        .journal
+        .iter()
+        .filter_map(|entry| match entry {
+            flowstate_core::JournalEntry::Step { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["charge"], "the aborted step was not recorded");
+
+    clock.advance(Duration::from_secs(61));
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        SLOW_STARTED.load(Ordering::SeqCst),
+        1,
+        "the replay ran only the branch that decided the outcome"
+    );
+    assert_eq!(
+        process
+            .functions
+            .outcome::<String>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok("Declined".to_owned()))
+    );
+    process.stop().await;
+}
