@@ -213,6 +213,25 @@ pub enum EventBody {
         /// Its outcome.
         outcome: StepOutcome,
     },
+    /// The flow was started by a durable function (its parent), which it tells when it ends.
+    ChildOf {
+        /// The parent flow.
+        parent: FlowId,
+    },
+    /// A child flow of this durable function ended (delivered by the child, like a signal;
+    /// it waits here until the function joins the child).
+    ChildEnded {
+        /// The child flow.
+        child: FlowId,
+        /// How it ended: a function's outcome, or a task graph's results or failure.
+        outcome: StepOutcome,
+    },
+    /// A sleeping durable function waits for this child to end (recorded with its sleeping
+    /// transition, like [`EventBody::SignalAwaited`]).
+    ChildAwaited {
+        /// The child flow.
+        child: FlowId,
+    },
     /// Someone asked a durable function to stop: it stops at its next effect (a step in
     /// flight finishes first) and is done with a `Cancelled` failure.
     CancelRequested {
@@ -252,6 +271,9 @@ impl EventBody {
             Self::FunctionReturned { .. } => "function_returned",
             Self::RunStarted { .. } => "run_started",
             Self::CancelRequested { .. } => "cancel_requested",
+            Self::ChildOf { .. } => "child_of",
+            Self::ChildEnded { .. } => "child_ended",
+            Self::ChildAwaited { .. } => "child_awaited",
         }
     }
 

@@ -183,6 +183,9 @@ pub struct FlowRecord {
     /// A durable function's journal, inbox and outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function: Option<FunctionRecord>,
+    /// The durable function that started this flow as its child, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<FlowId>,
 }
 
 /// Where a fold stops.
@@ -387,6 +390,7 @@ impl Folder {
                 atoms: BTreeMap::new(),
                 diagnostic: None,
                 function: (*kind == FlowKind::Function).then(FunctionRecord::default),
+                parent: None,
             });
             return Ok(());
         };
@@ -397,6 +401,7 @@ impl Folder {
         };
         match (&event.body, &mut record.status) {
             (EventBody::FlowCreated { .. }, _) => return Err(FoldError::CreatedTwice { seq }),
+            (EventBody::ChildOf { parent }, _) => record.parent = Some(*parent),
             (EventBody::FlowStateChanged { to }, FlowStatus::TaskGraph(state)) => {
                 advance(seq, state, *to)?;
             }
@@ -416,6 +421,8 @@ impl Folder {
                 | EventBody::SignalAwaited { .. }
                 | EventBody::FunctionReturned { .. }
                 | EventBody::CancelRequested { .. }
+                | EventBody::ChildEnded { .. }
+                | EventBody::ChildAwaited { .. }
                 | EventBody::RunStarted { .. }),
                 FlowStatus::Function(state),
             ) => {
@@ -456,6 +463,12 @@ impl Folder {
                         live().and_then(|()| function.returned(outcome))
                     }
                     EventBody::CancelRequested { reason } => function.request_cancel(reason),
+                    EventBody::ChildEnded { child, outcome } => {
+                        function.child_ended(*child, outcome)
+                    }
+                    EventBody::ChildAwaited { child } => live().map(|()| {
+                        function.awaiting_children.insert(*child);
+                    }),
                     EventBody::RunStarted { run, incarnation } => {
                         function.start_run(*run, incarnation)
                     }

@@ -22,7 +22,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::FlowKind;
 use crate::failure::Failure;
+use crate::id::FlowId;
 use crate::time::Timestamp;
 
 /// What a step produced: its value, or its error (kind and message).
@@ -72,6 +74,22 @@ pub enum JournalEntry {
         /// The change's id.
         change: String,
     },
+    /// `ctx.start_function(…)` or `ctx.start_task_graph(…)` started a child flow.
+    ChildStarted {
+        /// The child's kind.
+        kind: FlowKind,
+        /// Its definition.
+        definition: String,
+        /// The child flow.
+        child: FlowId,
+    },
+    /// `ctx.join(child)` took the child's outcome.
+    ChildJoined {
+        /// The child flow.
+        child: FlowId,
+        /// How it ended.
+        outcome: StepOutcome,
+    },
     /// A combinator over concurrent branches (`ctx.all`, `ctx.race`) settled: which branch
     /// decided it. Replay follows the decision instead of racing again.
     Settled {
@@ -110,6 +128,13 @@ pub enum Call<'a> {
         /// The change's id.
         change: &'a str,
     },
+    /// `ctx.start_function(name, …)` or `ctx.start_task_graph(name, …)`.
+    ChildStarted {
+        /// The child's definition.
+        definition: &'a str,
+    },
+    /// `ctx.join(child)`.
+    ChildJoined,
     /// `ctx.all(…)` or `ctx.race(…)`, settling.
     Settled {
         /// `all` or `race`.
@@ -128,6 +153,8 @@ impl fmt::Display for Call<'_> {
             Self::Signal { name } => write!(f, "signal {name:?}"),
             Self::Patched { change } => write!(f, "patched {change:?}"),
             Self::Settled { combinator } => write!(f, "{combinator} over branches"),
+            Self::ChildStarted { definition } => write!(f, "start child {definition:?}"),
+            Self::ChildJoined => f.write_str("join a child"),
         }
     }
 }
@@ -145,6 +172,8 @@ impl JournalEntry {
             Self::Signal { name, .. } => Call::Signal { name },
             Self::Patched { change } => Call::Patched { change },
             Self::Settled { combinator, .. } => Call::Settled { combinator },
+            Self::ChildStarted { definition, .. } => Call::ChildStarted { definition },
+            Self::ChildJoined { .. } => Call::ChildJoined,
         }
     }
 }
@@ -356,6 +385,12 @@ pub enum JournalError {
     /// A cancellation requested of a function that is done.
     #[error("cancellation requested of a function that is done")]
     CancelledWhenDone,
+    /// A child's end delivered twice.
+    #[error("the end of child {child} delivered twice")]
+    ChildEndedTwice {
+        /// The child.
+        child: FlowId,
+    },
     /// A second outcome.
     #[error("the function returned twice")]
     ReturnedTwice,
@@ -398,6 +433,12 @@ pub struct FunctionRecord {
     /// The sleeps (journal positions) the sleeping function waits for (until it runs again).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub awaiting_timers: BTreeSet<u32>,
+    /// The children the sleeping function waits for (until it runs again).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub awaiting_children: BTreeSet<FlowId>,
+    /// Children that ended, with their outcomes (delivered by them; joined or not).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub children_ended: BTreeMap<FlowId, StepOutcome>,
     /// Why it was asked to stop, once someone cancelled it (the first request's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested: Option<String>,
@@ -495,6 +536,19 @@ impl FunctionRecord {
         Ok(())
     }
 
+    /// Records that `child` ended with `outcome` (once per child).
+    pub fn child_ended(
+        &mut self,
+        child: FlowId,
+        outcome: &StepOutcome,
+    ) -> Result<(), JournalError> {
+        if self.children_ended.contains_key(&child) {
+            return Err(JournalError::ChildEndedTwice { child });
+        }
+        self.children_ended.insert(child, outcome.clone());
+        Ok(())
+    }
+
     /// Records the outcome.
     pub fn returned(&mut self, outcome: &StepOutcome) -> Result<(), JournalError> {
         if self.outcome.is_some() {
@@ -518,6 +572,7 @@ impl FunctionRecord {
         // records its own when it sleeps.
         self.awaiting.clear();
         self.awaiting_timers.clear();
+        self.awaiting_children.clear();
         Ok(())
     }
 
@@ -529,7 +584,17 @@ impl FunctionRecord {
         if self.cancel_requested.is_some() {
             return true;
         }
-        if self.awaiting.is_empty() && self.awaiting_timers.is_empty() {
+        if self
+            .awaiting_children
+            .iter()
+            .any(|child| self.children_ended.contains_key(child))
+        {
+            return true;
+        }
+        if self.awaiting.is_empty()
+            && self.awaiting_timers.is_empty()
+            && self.awaiting_children.is_empty()
+        {
             // Logs written before waits were recorded: the last entry may be the sleep.
             return match self.journal.iter().enumerate().next_back() {
                 Some((position, JournalEntry::Sleep { until }))

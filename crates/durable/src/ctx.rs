@@ -28,20 +28,22 @@ use std::time::Duration;
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{
-    expect_end, match_call, Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowStatus,
-    JournalEntry, Replay, Timestamp,
+    expect_end, match_call, Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowKind,
+    FlowStatus, JournalEntry, Replay, Timestamp,
 };
-use flowstate_store::{FlowWriter, Store, WriteError};
+use flowstate_store::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Why a run of the activation stops before the function returns.
 #[derive(Debug)]
 pub(crate) enum Stop {
-    /// Every branch waits for a sleep (journal position, end) or a signal: it goes to sleep.
+    /// Every branch waits for a sleep (journal position, end), a signal or a child: it goes
+    /// to sleep.
     Sleep {
         timers: Vec<(u32, Timestamp)>,
         signals: Vec<String>,
+        children: Vec<FlowId>,
     },
     /// The code does not reproduce the journal.
     Diverged(Diagnostic),
@@ -138,11 +140,22 @@ impl Branch {
 pub(crate) struct Waits {
     pub(crate) timers: BTreeMap<u32, Timestamp>,
     pub(crate) signals: BTreeMap<String, usize>,
+    pub(crate) children: BTreeMap<FlowId, usize>,
 }
 
 impl Waits {
     pub(crate) fn is_empty(&self) -> bool {
-        self.timers.is_empty() && self.signals.is_empty()
+        self.timers.is_empty() && self.signals.is_empty() && self.children.is_empty()
+    }
+}
+
+/// Takes one count of `key` off `counts`.
+fn uncount<K: Ord>(counts: &mut BTreeMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -150,6 +163,7 @@ impl Waits {
 enum Wait {
     Timer(u32, Timestamp),
     Signal(String),
+    Child(FlowId),
 }
 
 thread_local! {
@@ -177,14 +191,8 @@ impl Drop for WaitGuard {
             Wait::Timer(position, _) => {
                 waits.timers.remove(position);
             }
-            Wait::Signal(name) => {
-                if let Some(count) = waits.signals.get_mut(name) {
-                    *count -= 1;
-                    if *count == 0 {
-                        waits.signals.remove(name);
-                    }
-                }
-            }
+            Wait::Signal(name) => uncount(&mut waits.signals, name),
+            Wait::Child(child) => uncount(&mut waits.children, child),
         }
     }
 }
@@ -303,6 +311,7 @@ impl Activation {
                     waits.timers.insert(*position, *until);
                 }
                 Wait::Signal(name) => *waits.signals.entry(name.clone()).or_default() += 1,
+                Wait::Child(child) => *waits.children.entry(*child).or_default() += 1,
             }
         }
         WAITS_CHANGED.with(|changed| changed.set(true));
@@ -841,6 +850,167 @@ impl Ctx {
         }
     }
 
+    /// Starts the durable function `name` with `input` as a child flow (run by any worker,
+    /// like any flow) and returns its id, journaled: a replay returns the same child and
+    /// starts nothing. The child's id is derived from this effect's idempotency key, so a
+    /// run that died between starting the child and journaling it finds the same child
+    /// again. Children outlive their parent: one still running when the parent returns
+    /// runs on, and its end is not delivered. Wait for it with [`Ctx::join`].
+    #[track_caller]
+    pub fn start_function(
+        &self,
+        name: &str,
+        input: impl Serialize,
+    ) -> impl Future<Output = Result<FlowId, Failure>> {
+        let input = serde_json::to_value(input);
+        self.start_child(FlowKind::Function, name, input, Location::caller())
+    }
+
+    /// Starts the task graph `name` with `inputs` (a map of input names to values) as a
+    /// child flow; as [`Ctx::start_function`]. Joined, it gives its results (every value its
+    /// atoms provided), or a `TaskGraphFailed` failure.
+    #[track_caller]
+    pub fn start_task_graph(
+        &self,
+        name: &str,
+        inputs: impl Serialize,
+    ) -> impl Future<Output = Result<FlowId, Failure>> {
+        let inputs = serde_json::to_value(inputs);
+        self.start_child(FlowKind::TaskGraph, name, inputs, Location::caller())
+    }
+
+    /// Starts the durable function `name` as a child and waits for its outcome.
+    #[track_caller]
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        input: impl Serialize,
+    ) -> impl Future<Output = Result<T, Failure>> {
+        let at = Location::caller();
+        let started = self.start_child(FlowKind::Function, name, serde_json::to_value(input), at);
+        let ctx = self.clone();
+        async move {
+            let child = started.await?;
+            ctx.join_at(child, at).await
+        }
+    }
+
+    fn start_child(
+        &self,
+        kind: FlowKind,
+        name: &str,
+        input: Result<serde_json::Value, serde_json::Error>,
+        at: &'static Location<'static>,
+    ) -> impl Future<Output = Result<FlowId, Failure>> {
+        let at = location(at);
+        let (act, branch, name) = (self.act.clone(), self.branch.clone(), name.to_owned());
+        async move {
+            match act.replay(&branch, Call::ChildStarted { definition: &name }, &at) {
+                Ok(Replayed::Recorded {
+                    entry: JournalEntry::ChildStarted { child, .. },
+                    ..
+                }) => return Ok(child),
+                Ok(_) => {}
+                Err(()) => return halted().await,
+            }
+            let input = input.map_err(|e| Failure::new("InvalidInput", e.to_string()))?;
+            if kind == FlowKind::TaskGraph && !input.is_object() {
+                return Err(Failure::new(
+                    "InvalidInput",
+                    "a task graph's inputs are a map of input names to values",
+                ));
+            }
+            let in_flight = LiveOp::start(&act.live_ops);
+            let child = child_id(act.flow, &branch.key(act.flow));
+            if let Err(stop) = create_child(&act, child, kind, &name, input).await {
+                act.stop_with(stop);
+                return halted().await;
+            }
+            let entry = JournalEntry::ChildStarted {
+                kind,
+                definition: name,
+                child,
+            };
+            let recorded = act.record_entry(&branch, entry).await;
+            drop(in_flight);
+            match recorded {
+                Ok(()) => Ok(child),
+                Err(()) => halted().await,
+            }
+        }
+    }
+
+    /// Waits for the child flow `child` (started by this function) to end, and returns its
+    /// outcome: journaled, so a replay returns it without waiting. The activation sleeps
+    /// (unloaded, once nothing else runs) until the child ends.
+    #[track_caller]
+    pub fn join<T: DeserializeOwned>(
+        &self,
+        child: FlowId,
+    ) -> impl Future<Output = Result<T, Failure>> {
+        self.join_at(child, Location::caller())
+    }
+
+    fn join_at<T: DeserializeOwned>(
+        &self,
+        child: FlowId,
+        at: &'static Location<'static>,
+    ) -> impl Future<Output = Result<T, Failure>> {
+        let at = location(at);
+        let (act, branch) = (self.act.clone(), self.branch.clone());
+        async move {
+            match act.replay(&branch, Call::ChildJoined, &at) {
+                Ok(Replayed::Recorded {
+                    position,
+                    entry:
+                        JournalEntry::ChildJoined {
+                            child: joined,
+                            outcome,
+                        },
+                }) => {
+                    if joined != child {
+                        act.stop_with(Stop::Diverged(Diagnostic {
+                            position,
+                            logged: format!("joined child {joined}"),
+                            attempted: format!("joined child {child}"),
+                            location: at,
+                        }));
+                        return halted().await;
+                    }
+                    return decode(outcome);
+                }
+                Ok(_) => {}
+                Err(()) => return halted().await,
+            }
+            let mut writer = act.writer.lock().await;
+            let ended = writer
+                .record()
+                .and_then(|r| r.function.as_ref())
+                .and_then(|f| f.children_ended.get(&child))
+                .cloned();
+            let Some(outcome) = ended else {
+                drop(writer);
+                let _waiting = act.wait(Wait::Child(child));
+                return halted().await;
+            };
+            let position = Activation::next_position(&writer);
+            let entry = JournalEntry::ChildJoined {
+                child,
+                outcome: outcome.clone(),
+            };
+            match act
+                .record(&mut writer, vec![branch.recorded(position, entry)])
+                .await
+            {
+                Ok(()) => {
+                    branch.cursor.set(branch.cursor.get() + 1);
+                    decode(outcome)
+                }
+                Err(()) => halted().await,
+            }
+        }
+    }
+
     /// Boxes `branch` for [`Ctx::all`] or [`Ctx::race`] over branches of different types.
     pub fn branch<T, F, Fut>(branch: F) -> BranchFn<T>
     where
@@ -1130,6 +1300,67 @@ impl Ctx {
             location: at.to_owned(),
         }));
         None
+    }
+}
+
+/// The id of the child started by the effect with idempotency key `key`: the parent's
+/// creation time (children sort with their parent) and a stable hash of the key (FNV-1a,
+/// which no toolchain upgrade changes), so every run of that effect names the same child.
+fn child_id(parent: FlowId, key: &str) -> FlowId {
+    let fnv = |seed: u64| {
+        key.bytes().fold(seed, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let (high, low) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4));
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&high.to_be_bytes());
+    random[8..].copy_from_slice(&low.to_be_bytes()[..2]);
+    FlowId::from_parts(parent.created_at(), random)
+}
+
+/// Creates the child flow `child`, ready for workers; if it exists already (an earlier run
+/// created it and died before journaling it), it must be this activation's child.
+async fn create_child(
+    act: &Activation,
+    child: FlowId,
+    kind: FlowKind,
+    definition: &str,
+    input: serde_json::Value,
+) -> Result<(), Stop> {
+    let mut writer = FlowWriter::new(child);
+    writer
+        .stage(
+            act.clock.as_ref(),
+            vec![
+                EventBody::FlowCreated {
+                    kind,
+                    definition: definition.to_owned(),
+                    input,
+                },
+                EventBody::ChildOf { parent: act.flow },
+            ],
+        )
+        .map_err(Stop::Write)?;
+    let ready = AppendExtras {
+        ready: Some(true),
+        ..AppendExtras::default()
+    };
+    match writer.commit(act.store.as_ref(), ready).await {
+        Ok(_) => Ok(()),
+        Err(WriteError::Store(StoreError::Conflict { .. })) => {
+            let existing = FlowWriter::load(act.store.as_ref(), child)
+                .await
+                .map_err(Stop::Write)?;
+            match existing.record() {
+                Some(record) if record.parent == Some(act.flow) => Ok(()),
+                _ => Err(Stop::Misuse(format!(
+                    "flow {child} exists and is not a child of {}",
+                    act.flow
+                ))),
+            }
+        }
+        Err(error) => Err(Stop::Write(error)),
     }
 }
 

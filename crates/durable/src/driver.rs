@@ -298,6 +298,7 @@ fn check_waiting(run: &mut Running) {
         (!waits.is_empty()).then(|| Stop::Sleep {
             timers: waits.timers.iter().map(|(p, until)| (*p, *until)).collect(),
             signals: waits.signals.keys().cloned().collect(),
+            children: waits.children.keys().copied().collect(),
         })
     };
     if let Some(sleep) = sleep {
@@ -369,7 +370,7 @@ async fn run_activation(
         _ => false,
     };
     if nothing_to_do {
-        return Ok(());
+        return tell_parent(&shared, &writer).await;
     }
     let Some(code) = shared.definition(&definition) else {
         // It stays as it is (asleep, or awaiting replay) until a process has the code.
@@ -481,7 +482,14 @@ async fn run_activation(
         (Some(Stop::Cancelled(reason)), _) => {
             returned(&activation, Err(Failure::new(CANCELLED, reason)))
         }
-        (Some(Stop::Sleep { timers, signals }), _) => {
+        (
+            Some(Stop::Sleep {
+                timers,
+                signals,
+                children,
+            }),
+            _,
+        ) => {
             let mut bodies = Vec::new();
             if !activation.live.get() {
                 bodies.push(moved_to(ActivationState::ActiveCurrent));
@@ -497,6 +505,11 @@ async fn run_activation(
                 signals
                     .into_iter()
                     .map(|name| EventBody::SignalAwaited { name }),
+            );
+            bodies.extend(
+                children
+                    .into_iter()
+                    .map(|child| EventBody::ChildAwaited { child }),
             );
             bodies.push(moved_to(ActivationState::Sleeping));
             bodies
@@ -522,7 +535,26 @@ async fn run_activation(
         .commit(shared.store.as_ref(), extras)
         .await
         .map_err(run_error)?;
-    Ok(())
+    tell_parent(&shared, &writer).await
+}
+
+/// Tells the parent of a function that is done (if it has one) how it ended. Repeated by
+/// the next run if this one dies first: the flow is only released once this is done.
+async fn tell_parent(shared: &Shared, writer: &FlowWriter) -> Result<(), RunError> {
+    let Some(record) = writer.record().filter(|r| r.parent.is_some()) else {
+        return Ok(());
+    };
+    let Some(outcome) = record.function.as_ref().and_then(|f| f.outcome.as_ref()) else {
+        return Ok(());
+    };
+    flowstate_store::notify_parent(
+        shared.store.as_ref(),
+        shared.clock.as_ref(),
+        record,
+        outcome,
+    )
+    .await
+    .map_err(run_error)
 }
 
 /// The end of a function whose outcome settled: caught up with its journal (if it was not

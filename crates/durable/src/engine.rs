@@ -60,9 +60,6 @@ pub enum FunctionError {
     Output(String),
 }
 
-/// Most attempts to deliver a signal or a cancellation when the activation keeps appending meanwhile.
-const DELIVERY_ATTEMPTS: usize = 16;
-
 /// Most activations one process runs at once (loaded in memory, with their journals); more
 /// wait for a place.
 pub const MAX_ACTIVE_ACTIVATIONS: usize = 10_000;
@@ -329,39 +326,24 @@ pub async fn request_cancel(
 }
 
 /// Appends what `make` says (nothing if `None`) to a function that is not done, and marks
-/// it ready; read again and retried when the activation appended meanwhile.
+/// it ready.
 async fn deliver(
     store: &dyn Store,
     clock: &dyn Clock,
     flow: FlowId,
     make: impl Fn(&FunctionRecord) -> Option<EventBody>,
 ) -> Result<(), StartError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut writer = FlowWriter::load(store, flow).await?;
-        let function = writer
-            .record()
-            .and_then(|r| r.function.as_ref())
+    flowstate_store::deliver(store, clock, flow, |record| {
+        let function = record
+            .function
+            .as_ref()
             .ok_or(StartError::NotAFunction { flow })?;
         if function.outcome.is_some() {
             return Err(StartError::Done { flow });
         }
-        let Some(body) = make(function) else {
-            return Ok(());
-        };
-        writer.stage(clock, vec![body])?;
-        let ready = AppendExtras {
-            ready: Some(true),
-            ..AppendExtras::default()
-        };
-        match writer.commit(store, ready).await {
-            Ok(_) => return Ok(()),
-            // The activation appended meanwhile: read again and retry.
-            Err(WriteError::Store(StoreError::Conflict { .. })) if attempt < DELIVERY_ATTEMPTS => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
+        Ok(make(function))
+    })
+    .await
 }
 
 /// Workers run durable functions: many activations on each of a few driver threads, each

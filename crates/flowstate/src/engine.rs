@@ -36,6 +36,9 @@ pub enum EngineError {
     /// The worker's settings are out of bounds, or its store stopped.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// Waking the durable functions at the start of the incarnation failed.
+    #[error(transparent)]
+    Functions(#[from] flowstate_durable::StartError),
     /// Waiting for a shutdown signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(std::io::Error),
@@ -101,12 +104,20 @@ impl EngineBuilder {
         let config = self
             .worker
             .unwrap_or_else(|| WorkerConfig::new(WorkerConfig::process_worker_id()));
+        // The worker id is unique per process start: the incarnation of its activations.
+        let functions = flowstate_durable::Functions::new(
+            store.clone(),
+            self.clock.clone(),
+            config.id.to_string(),
+        );
         let worker = Worker::new(store.clone(), self.clock, config)
             .map_err(WorkerError::from)?
-            .with_runner(FlowKind::TaskGraph, task_graphs.clone());
+            .with_runner(FlowKind::TaskGraph, task_graphs.clone())
+            .with_runner(FlowKind::Function, Arc::new(functions.clone()));
         Ok(Engine {
             store,
             task_graphs,
+            functions,
             worker: Arc::new(worker),
         })
     }
@@ -119,6 +130,7 @@ impl EngineBuilder {
 pub struct Engine {
     store: Arc<dyn Store>,
     task_graphs: Arc<flowstate_taskgraph::Engine>,
+    functions: flowstate_durable::Functions,
     worker: Arc<Worker>,
 }
 
@@ -148,6 +160,13 @@ impl Engine {
         &self.task_graphs
     }
 
+    /// The durable functions: register them (before [`Engine::run`]), start, signal,
+    /// cancel, or look up activations.
+    #[must_use]
+    pub fn functions(&self) -> &flowstate_durable::Functions {
+        &self.functions
+    }
+
     /// The worker's counters.
     #[must_use]
     pub fn stats(&self) -> WorkerStats {
@@ -160,8 +179,11 @@ impl Engine {
         self.worker.shutdown_handle()
     }
 
-    /// Takes this process's share of the work until shut down.
+    /// Takes this process's share of the work until shut down. This is the start of the
+    /// process's incarnation: register every durable function first, since it wakes the
+    /// activations that earlier processes left running or failing to replay.
     pub async fn run(&self) -> Result<WorkerStats, EngineError> {
+        self.functions.wake_all().await?;
         Ok(self.worker.run().await?)
     }
 

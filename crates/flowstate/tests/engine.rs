@@ -65,3 +65,94 @@ async fn an_unknown_store_scheme_is_refused_with_the_accepted_forms() {
         .expect_err("unknown scheme");
     assert!(refused.to_string().contains("postgres://"), "{refused}");
 }
+
+async fn shipping_quote(
+    ctx: flowstate::durable::Ctx,
+    weight: u32,
+) -> Result<u32, flowstate::core::Failure> {
+    ctx.step("quote", move |_| async move { Ok(weight * 3) })
+        .await
+}
+
+async fn declines(
+    _ctx: flowstate::durable::Ctx,
+    _input: (),
+) -> Result<u32, flowstate::core::Failure> {
+    Err(flowstate::core::Failure::new("Declined", "no stock"))
+}
+
+/// A durable function with three children: a function it calls, a task graph it starts and
+/// joins, and a function that fails.
+async fn checkout(
+    ctx: flowstate::durable::Ctx,
+    weight: u32,
+) -> Result<String, flowstate::core::Failure> {
+    let quote: u32 = ctx.call("shipping_quote", weight).await?;
+    let greeting = ctx.start_task_graph("greet", json!({})).await?;
+    let failing = ctx.start_function("declines", ()).await?;
+    let results: serde_json::Value = ctx.join(greeting).await?;
+    let declined = ctx.join::<u32>(failing).await.err().map(|f| f.kind);
+    Ok(format!(
+        "{quote} {} {}",
+        results["word"],
+        declined.unwrap_or_default()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
+    use flowstate::core::machine::ActivationState;
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = flowstate::Engine::builder(dir.path().join("flows.db").display().to_string())
+        .task_graph(greeting())
+        .build()
+        .await
+        .expect("build");
+    let functions = engine.functions();
+    functions.register("checkout", checkout).expect("register");
+    functions
+        .register("shipping_quote", shipping_quote)
+        .expect("register");
+    functions.register("declines", declines).expect("register");
+    let parent = functions.start("checkout", 4).await.expect("start");
+    let running = engine.clone();
+    let worker = tokio::spawn(async move { running.run().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        if let Some(outcome) = functions.outcome::<String>(parent).await.expect("read") {
+            break outcome;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not done in 30 s: {:?}",
+            functions.state(parent).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(outcome, Ok("12 \"hello\" Declined".to_owned()));
+    assert_eq!(
+        functions.state(parent).await.expect("state").0,
+        ActivationState::Done
+    );
+    // Each child knows its parent, and the parent's journal names each child once.
+    let record = flowstate::store::FlowWriter::load(engine.store().as_ref(), parent)
+        .await
+        .expect("load")
+        .record()
+        .cloned()
+        .expect("record");
+    let function = record.function.expect("function");
+    assert_eq!(function.children_ended.len(), 3);
+    for child in function.children_ended.keys() {
+        let child = flowstate::store::FlowWriter::load(engine.store().as_ref(), *child)
+            .await
+            .expect("load child")
+            .record()
+            .cloned()
+            .expect("child");
+        assert_eq!(child.parent, Some(parent));
+    }
+    engine.shutdown_handle().shutdown();
+    worker.await.expect("joined").expect("worker");
+    engine.store().close().await.expect("close");
+}

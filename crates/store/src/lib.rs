@@ -17,6 +17,7 @@
 
 mod clock;
 pub mod conformance;
+mod deliver;
 mod error;
 mod memory;
 pub mod testing;
@@ -26,6 +27,7 @@ mod wake;
 mod writer;
 
 pub use clock::SystemClock;
+pub use deliver::{deliver, notify_parent, DELIVERY_ATTEMPTS};
 pub use error::{InvalidInput, StoreError};
 pub use memory::{MemoryStorage, MemoryStore};
 pub use types::{

@@ -244,6 +244,17 @@ impl Engine {
             )
         });
         if !unfinished {
+            // A child flow whose run died between its last commit and telling its parent
+            // tells it now (the parent ignores a second telling).
+            if let Some(record) = writer.record().filter(|r| r.parent.is_some()) {
+                let definition = self.definition(&record.definition)?;
+                let initial = input_names(record);
+                let graph = compile(&definition, &initial)?;
+                if let FlowStatus::TaskGraph(state) = record.status {
+                    self.tell_parent(record, &outcome(flow, &graph, record, state))
+                        .await?;
+                }
+            }
             return Ok(None);
         }
         self.run_exclusively(writer).await.map(Some)
@@ -274,11 +285,7 @@ impl Engine {
             });
         };
         let definition = self.definition(&record.definition)?;
-        let initial: BTreeSet<String> = record
-            .input
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
+        let initial = input_names(&record);
         let graph = Arc::new(compile(&definition, &initial)?);
         let mut runtime = Runtime::new(graph.clone());
         let mut opening = Vec::new();
@@ -401,7 +408,44 @@ impl Engine {
             _ => EngineState::Reverted,
         };
         self.step_engine(flow, &mut engine, final_engine)?;
-        Ok(outcome(flow, &graph, run.record()?, final_state))
+        let finished = outcome(flow, &graph, run.record()?, final_state);
+        self.tell_parent(run.record()?, &finished).await?;
+        Ok(finished)
+    }
+
+    /// Tells the durable function that started this flow as its child (if one did) how the
+    /// flow ended: its results, or a `TaskGraphFailed` failure. Nothing while suspended.
+    async fn tell_parent(
+        &self,
+        record: &FlowRecord,
+        outcome: &RunOutcome,
+    ) -> Result<(), EngineError> {
+        if record.parent.is_none() {
+            return Ok(());
+        }
+        let ended = match outcome.state {
+            FlowState::Success => Ok(Value::Object(outcome.results.clone().into_iter().collect())),
+            FlowState::Failure | FlowState::Reverted => {
+                let failed: Vec<String> = outcome
+                    .failures
+                    .iter()
+                    .map(|(atom, failure)| format!("{atom}: {failure}"))
+                    .collect();
+                Err(Failure::new(
+                    "TaskGraphFailed",
+                    format!(
+                        "task graph {} ended {}: {}",
+                        outcome.flow,
+                        outcome.state,
+                        failed.join("; ")
+                    ),
+                ))
+            }
+            _ => return Ok(()),
+        };
+        flowstate_store::notify_parent(self.store.as_ref(), self.clock.as_ref(), record, &ended)
+            .await?;
+        Ok(())
     }
 
     fn step_engine(
@@ -635,6 +679,15 @@ fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Result<Vec<EventBody>, Eng
         });
     }
     Ok(events)
+}
+
+/// The names of a flow's inputs.
+fn input_names(record: &FlowRecord) -> BTreeSet<String> {
+    record
+        .input
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 fn outcome(flow: FlowId, graph: &Graph, record: &FlowRecord, state: FlowState) -> RunOutcome {

@@ -1,0 +1,75 @@
+//! Delivering to another flow's log: an event appended to a flow that someone else may be
+//! writing at the same moment (a running durable function), which marks it ready so that
+//! a worker looks at it. Signals, cancellations and the ends of child flows go this way.
+
+use flowstate_core::{Clock, EventBody, FlowId, FlowRecord, StepOutcome};
+
+use crate::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
+
+/// Most attempts to deliver while the flow's own runs keep appending.
+pub const DELIVERY_ATTEMPTS: usize = 16;
+
+/// Appends what `make` decides from the flow's state (nothing, for `Ok(None)`) and marks the
+/// flow ready, in one commit; reads the log again and decides again when something was
+/// appended meanwhile.
+pub async fn deliver<E>(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    flow: FlowId,
+    make: impl Fn(&FlowRecord) -> Result<Option<EventBody>, E>,
+) -> Result<(), E>
+where
+    E: From<WriteError> + From<StoreError>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut writer = FlowWriter::load(store, flow).await?;
+        let Some(record) = writer.record() else {
+            return Err(StoreError::UnknownFlow { flow }.into());
+        };
+        let Some(body) = make(record)? else {
+            return Ok(());
+        };
+        writer.stage(clock, vec![body])?;
+        let ready = AppendExtras {
+            ready: Some(true),
+            ..AppendExtras::default()
+        };
+        match writer.commit(store, ready).await {
+            Ok(_) => return Ok(()),
+            Err(WriteError::Store(StoreError::Conflict { .. })) if attempt < DELIVERY_ATTEMPTS => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Tells the parent of `child` (if it has one) that the child ended with `outcome`: the end
+/// waits in the parent's log until the parent joins the child, and wakes it. Idempotent, so
+/// that a run that died between its child's last commit and this call can repeat it; a
+/// parent that is done already is not told (children outlive their parents).
+pub async fn notify_parent(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    child: &FlowRecord,
+    outcome: &StepOutcome,
+) -> Result<(), WriteError> {
+    let Some(parent) = child.parent else {
+        return Ok(());
+    };
+    let id = child.id;
+    deliver(store, clock, parent, |record| {
+        Ok(match &record.function {
+            Some(function)
+                if function.outcome.is_none() && !function.children_ended.contains_key(&id) =>
+            {
+                Some(EventBody::ChildEnded {
+                    child: id,
+                    outcome: outcome.clone(),
+                })
+            }
+            _ => None,
+        })
+    })
+    .await
+}
