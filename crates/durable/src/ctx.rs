@@ -604,9 +604,25 @@ impl Ctx {
         async move {
             match act.replay(&branch, Call::Step { name: &name }, &at) {
                 Ok(Replayed::Recorded {
+                    position,
                     entry: JournalEntry::Step { outcome, .. },
-                    ..
-                }) => return decode(outcome),
+                }) => {
+                    // A recorded value the code's type no longer accepts is a divergence,
+                    // not an error for the code to handle (or to end the function with).
+                    return match outcome.map(serde_json::from_value::<T>) {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(error)) => {
+                            act.stop_with(Stop::Diverged(Diagnostic {
+                                position,
+                                logged: format!("step {name:?} with a value"),
+                                attempted: format!("expected a value of another type ({error})"),
+                                location: at,
+                            }));
+                            halted().await
+                        }
+                        Err(failure) => Err(failure),
+                    };
+                }
                 Ok(_) => {}
                 Err(()) => return halted().await,
             }

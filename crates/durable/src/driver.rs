@@ -361,12 +361,20 @@ async fn run_activation(
         ActivationState::Done => true,
         // Woken by something it does not wait for (another signal, a stale timer).
         ActivationState::Sleeping => !function.wake_is_due(shared.clock.now()),
-        // A replay failure gets another try from the next incarnation, not from a wake in
-        // the one whose code failed.
-        ActivationState::ReplayFailure => function
-            .incarnations
-            .last()
-            .is_some_and(|(_, incarnation)| *incarnation == shared.incarnation),
+        ActivationState::ReplayFailure
+            if function
+                .incarnations
+                .last()
+                .is_some_and(|(_, incarnation)| *incarnation == shared.incarnation) =>
+        {
+            // A replay failure gets another try from the next incarnation, not from a wake
+            // in the one whose code failed. It stays ready (the worker parks it), so that in
+            // a rolling deploy a process with other code takes it even if this one claimed
+            // it first.
+            return Err(failed(format!(
+                "flow {flow} failed to replay with this process's code; it waits for a process with other code"
+            )));
+        }
         _ => false,
     };
     if nothing_to_do {

@@ -33,7 +33,8 @@ impl Process {
         let functions = Functions::new(store.clone(), clock.clone(), name);
         register(&functions);
         let config = WorkerConfig::new(WorkerId::new(name).expect("id"))
-            .with_poll_interval(Duration::from_millis(20));
+            .with_poll_interval(Duration::from_millis(20))
+            .with_park_for(Duration::from_millis(200));
         let worker = Arc::new(
             Worker::new(store.clone(), clock, config)
                 .expect("config")
@@ -1030,4 +1031,76 @@ async fn all_fails_fast_aborts_the_other_branches_and_a_replay_returns_the_same_
         Some(Ok("Declined".to_owned()))
     );
     process.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_rolling_deploy_the_fixed_version_repairs_what_the_broken_one_still_running_claims() {
+    let (store, clock) = setup();
+    let p1 = Process::start(&store, &clock, "v1", |f| {
+        f.register("order", v1).expect("register")
+    });
+    let flow = p1.functions.start("order", ()).await.expect("start");
+    wait_for_state(&p1.functions, flow, ActivationState::Sleeping).await;
+    p1.stop().await;
+    let broken = Process::start(&store, &clock, "v3", |f| {
+        f.register("order", v3).expect("register")
+    });
+    clock.advance(Duration::from_secs(61));
+    wait_for_state(&broken.functions, flow, ActivationState::ReplayFailure).await;
+    // The fixed version's incarnation starts (it marks the activation ready) while the
+    // broken one still runs, and the broken one's worker claims it first: it must leave it
+    // ready (parked) rather than release it as handled.
+    let starting: Arc<dyn Clock> = clock.clone();
+    let fixed_functions = Functions::new(store.clone(), starting, "v2");
+    fixed_functions.register("order", v2).expect("register");
+    assert_eq!(fixed_functions.wake_all().await.expect("wake"), 1);
+    wait_until_parked(&broken, "the broken version left the activation ready").await;
+    // The old process goes (the deploy goes on); the fixed one takes the activation over
+    // without another explicit start.
+    broken.stop().await;
+    // Its park (a lease) runs out on the store's clock.
+    clock.advance(Duration::from_secs(1));
+    let fixed = Process::start(&store, &clock, "v2", |f| {
+        f.register("order", v2).expect("register")
+    });
+    wait_for_state(&fixed.functions, flow, ActivationState::Done).await;
+    fixed.stop().await;
+}
+
+async fn counted_v1(ctx: Ctx, _input: ()) -> Result<String, Failure> {
+    let count: u32 = ctx.step("count", |_| async { Ok(3) }).await?;
+    let _: bool = ctx.signal("go").await?;
+    Ok(count.to_string())
+}
+
+async fn counted_v2(ctx: Ctx, _input: ()) -> Result<String, Failure> {
+    let count: String = ctx.step("count", |_| async { Ok("3".to_owned()) }).await?;
+    let _: bool = ctx.signal("go").await?;
+    Ok(count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_value_the_new_code_cannot_decode_is_a_replay_failure_not_a_step_error() {
+    let (store, clock) = setup();
+    let p1 = Process::start(&store, &clock, "v1", |f| {
+        f.register("counted", counted_v1).expect("register")
+    });
+    let flow = p1.functions.start("counted", ()).await.expect("start");
+    wait_for_state(&p1.functions, flow, ActivationState::Sleeping).await;
+    p1.stop().await;
+    let p2 = Process::start(&store, &clock, "v2", |f| {
+        f.register("counted", counted_v2).expect("register")
+    });
+    p2.functions.signal(flow, "go", true).await.expect("signal");
+    let diagnostic = wait_for_state(&p2.functions, flow, ActivationState::ReplayFailure)
+        .await
+        .expect("a diagnostic");
+    assert!(diagnostic.contains("journal position 0"), "{diagnostic}");
+    assert!(diagnostic.contains("another type"), "{diagnostic}");
+    assert_eq!(
+        p2.functions.outcome::<String>(flow).await.expect("read"),
+        None,
+        "not done with the decoding error"
+    );
+    p2.stop().await;
 }
