@@ -4,6 +4,10 @@
 //! `flowstate-bench append` measures durable appends on SQLite: one sequential writer with
 //! one event per commit, then 64 and 1,024 concurrent flows each appending one event per
 //! commit (group commit batches them). Every append is acknowledged only after its commit.
+//!
+//! `flowstate-bench sleepers` measures the resident memory of many sleeping durable
+//! functions (run by a worker until each sleeps on a durable timer), and how long they all
+//! take to wake and finish when their timers come due.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +44,31 @@ enum Bench {
     /// One engine process of `w1-postgres` (started by it): runs a worker until stdin closes.
     #[command(hide = true)]
     W1Worker(W1WorkerArgs),
+    /// Memory of many sleeping durable functions on SQLite, and how fast they all wake.
+    Sleepers(SleepersArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SleepersArgs {
+    /// Directory for the database file (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Activations started; all of them sleep at once, then wake at the same time.
+    #[arg(long, default_value_t = 100_000)]
+    activations: usize,
+    /// Seconds from the first start to the common wake time; it must leave time for every
+    /// activation to fall asleep (default: 10 plus 1 per 2,000 activations).
+    #[arg(long)]
+    sleep_seconds: Option<u64>,
+    /// Spread the wake times evenly over this many milliseconds from T (0: all due at T).
+    #[arg(long, default_value_t = 0)]
+    spread_ms: u64,
+    /// Activations the worker runs at once.
+    #[arg(long, default_value_t = 4_096)]
+    in_flight: usize,
+    /// Activations whose outcome is read back and checked one by one (all are counted done).
+    #[arg(long, default_value_t = 200)]
+    check: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -386,6 +415,7 @@ fn main() {
         Bench::W1Postgres(args) => runtime.block_on(w1_postgres(args)),
         Bench::W1Worker(args) => runtime.block_on(w1_worker(args)),
         Bench::W1Function(args) => runtime.block_on(w1_function(args)),
+        Bench::Sleepers(args) => runtime.block_on(sleepers(args)),
     }
 }
 
@@ -1133,4 +1163,424 @@ async fn w1_function(args: W1FunctionArgs) {
         );
     }
     let _ = store.close().await;
+}
+
+/// A sleeper: one step, a durable sleep until the common wake time, one more step; `2n + 1`.
+async fn sleeper(
+    ctx: flowstate_durable::Ctx,
+    input: (u64, flowstate_core::Timestamp),
+) -> Result<u64, flowstate_core::Failure> {
+    let (n, wake_at) = input;
+    let doubled = ctx
+        .step("before", |_key| async move { Ok(n.saturating_mul(2)) })
+        .await?;
+    ctx.sleep_until(wake_at).await;
+    ctx.step("after", |_key| async move { Ok(doubled + 1) })
+        .await
+}
+
+/// A field of `/proc/self/status` (`VmRSS`, `RssAnon`, ...) in bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let kb = line.strip_prefix(field)?.strip_prefix(':')?;
+        let kb: u64 = kb.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// This process's resident memory, in bytes.
+fn rss() -> u64 {
+    proc_status_bytes("VmRSS").unwrap_or_else(|| fail("no VmRSS in /proc/self/status"))
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// Samples the resident memory every 100 ms and keeps the largest since the last `take`.
+struct RssSampler {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let peak = Arc::new(AtomicU64::new(rss()));
+        let task = tokio::spawn({
+            let peak = peak.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    every.tick().await;
+                    if let Some(now) = proc_status_bytes("VmRSS") {
+                        peak.fetch_max(now, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Self { peak, task }
+    }
+
+    /// The peak since the last call (or the start); starts a new period from now.
+    fn take(&self) -> u64 {
+        let now = rss();
+        self.peak
+            .swap(now, std::sync::atomic::Ordering::Relaxed)
+            .max(now)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The sleepers in one activation state, from a walk over the flow list.
+struct Census {
+    count: usize,
+    first_update: Option<flowstate_core::Timestamp>,
+    last_update: Option<flowstate_core::Timestamp>,
+    /// Microseconds from `since` to each one's last event (when asked for).
+    since_us: Histogram<u64>,
+}
+
+async fn census(
+    store: &dyn Store,
+    state: flowstate_core::machine::ActivationState,
+    since: Option<flowstate_core::Timestamp>,
+) -> Census {
+    let mut query = flowstate_store::FlowQuery {
+        kind: Some(FlowKind::Function),
+        definition: Some("sleeper".into()),
+        status: Some(flowstate_core::Machine::key(state).to_owned()),
+        limit: flowstate_core::limits::MAX_PAGE_SIZE,
+        ..flowstate_store::FlowQuery::default()
+    };
+    let mut census = Census {
+        count: 0,
+        first_update: None,
+        last_update: None,
+        // 1 µs to 1 hour.
+        since_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("constant histogram bounds are valid"),
+    };
+    loop {
+        let page = store.list(&query).await.unwrap_or_else(|e| fail(e));
+        for flow in &page.flows {
+            census.count += 1;
+            census.first_update = Some(
+                census
+                    .first_update
+                    .map_or(flow.updated_at, |first| first.min(flow.updated_at)),
+            );
+            census.last_update = census.last_update.max(Some(flow.updated_at));
+            if let Some(since) = since {
+                let us = flow
+                    .updated_at
+                    .as_micros()
+                    .saturating_sub(since.as_micros());
+                let _ = census
+                    .since_us
+                    .record(u64::try_from(us).unwrap_or(0).max(1));
+            }
+        }
+        match page.next_after {
+            Some(after) => query.after = Some(after),
+            None => return census,
+        }
+    }
+}
+
+/// Waits until all `n` sleepers are in `state` and the worker has no run in flight. Watches
+/// the worker's counters (cheap) until it has settled `n` runs more than `baseline`, then
+/// walks the flow list to confirm (a walk reads every flow row: too dear to repeat often
+/// while the store is busy). Fails if that takes past `deadline`.
+async fn wait_for_all(
+    store: &Arc<dyn Store>,
+    worker: &flowstate_worker::Worker,
+    state: flowstate_core::machine::ActivationState,
+    n: usize,
+    baseline: u64,
+    since: Option<flowstate_core::Timestamp>,
+    deadline: Option<flowstate_core::Timestamp>,
+) -> Census {
+    let mut progress = (0, Instant::now());
+    loop {
+        if deadline.is_some_and(|deadline| SystemClock.now() >= deadline) {
+            let census = census(store.as_ref(), state, since).await;
+            fail(format!(
+                "only {} of {n} were {state:?} when the timers came due; pass a longer --sleep-seconds",
+                census.count
+            ));
+        }
+        let stats = worker.stats();
+        if stats.completed.saturating_sub(baseline) >= n as u64 && runs_in_flight(worker) == 0 {
+            let census = census(store.as_ref(), state, since).await;
+            if census.count == n {
+                return census;
+            }
+            tokio::time::sleep(Duration::from_millis(450)).await;
+        }
+        let moved = stats.completed + stats.parked + stats.timers_fired + stats.claimed;
+        if moved > progress.0 {
+            progress = (moved, Instant::now());
+        } else if progress.1.elapsed() > Duration::from_secs(60) {
+            let census = census(store.as_ref(), state, since).await;
+            fail(format!(
+                "stuck for 60 s: {} of {n} are {state:?}; worker {stats:?}",
+                census.count
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs (claimed and not settled) in the worker, from its counters.
+fn runs_in_flight(worker: &flowstate_worker::Worker) -> u64 {
+    let stats = worker.stats();
+    stats
+        .claimed
+        .saturating_sub(stats.completed + stats.parked + stats.leases_lost)
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn seconds_between(from: flowstate_core::Timestamp, to: flowstate_core::Timestamp) -> f64 {
+    to.as_micros().saturating_sub(from.as_micros()) as f64 / 1e6
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "✔"
+    } else {
+        "✘"
+    }
+}
+
+/// The memory benchmark: N activations of `sleeper` started at once and run by a
+/// worker until every one sleeps on a durable timer, all due at the same time T; resident
+/// memory before and with all asleep; then the time from T until all of them are done.
+async fn sleepers(args: SleepersArgs) {
+    use flowstate_core::machine::ActivationState;
+    let before = rss();
+    let n = args.activations.max(1);
+    let sleep = Duration::from_secs(args.sleep_seconds.unwrap_or(10 + (n / 2_000) as u64));
+    let temp = tempfile::tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))
+        .unwrap_or_else(|e| fail(e));
+    let path = temp.path().join("sleepers.db");
+    let store = open(temp.path(), "sleepers.db", Synchronous::Full);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let functions = flowstate_durable::Functions::new(
+        store.clone(),
+        clock.clone(),
+        format!("bench-{}", std::process::id()),
+    );
+    if let Err(error) = functions.register("sleeper", sleeper) {
+        fail(error);
+    }
+    if let Err(error) = functions.wake_all().await {
+        fail(error);
+    }
+    let in_flight = args.in_flight.max(1);
+    let claim_batch = in_flight.min(flowstate_core::limits::MAX_CLAIM_BATCH);
+    let config =
+        flowstate_worker::WorkerConfig::new(flowstate_worker::WorkerConfig::process_worker_id())
+            .with_max_in_flight(in_flight)
+            .with_claim_batch(claim_batch);
+    let worker = match flowstate_worker::Worker::new(store.clone(), clock.clone(), config) {
+        Ok(worker) => Arc::new(worker.with_runner(FlowKind::Function, Arc::new(functions.clone()))),
+        Err(error) => fail(error),
+    };
+    let working = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run().await }
+    });
+    let sampler = RssSampler::start();
+
+    // Start every activation (64 submitters; group commit batches their appends) while the
+    // worker runs them to their sleep. Only a sample of ids is kept, to be checked at the end.
+    let began = Instant::now();
+    let first_start = clock.now();
+    let wake_at = first_start.saturating_add(sleep);
+    let spread_us = args.spread_ms.saturating_mul(1_000);
+    let every = (n / args.check.max(1)).max(1);
+    let mut submitters = tokio::task::JoinSet::new();
+    const SUBMITTERS: usize = 64;
+    for submitter in 0..SUBMITTERS {
+        let functions = functions.clone();
+        submitters.spawn(async move {
+            let mut sample = Vec::new();
+            for i in (submitter..n).step_by(SUBMITTERS) {
+                let offset = u128::from(spread_us) * i as u128 / n as u128;
+                let due = wake_at.saturating_add(Duration::from_micros(offset as u64));
+                let flow = functions
+                    .start("sleeper", (i as u64, due))
+                    .await
+                    .unwrap_or_else(|e| fail(e));
+                if i % every == 0 {
+                    sample.push((i as u64, flow));
+                }
+            }
+            sample
+        });
+    }
+    let mut sample = Vec::new();
+    while let Some(joined) = submitters.join_next().await {
+        sample.extend(joined.unwrap_or_else(|e| fail(e)));
+    }
+    let started_seconds = began.elapsed().as_secs_f64();
+
+    // Until every activation sleeps and the worker has settled every run.
+    let asleep = wait_for_all(
+        &store,
+        &worker,
+        ActivationState::Sleeping,
+        n,
+        0,
+        None,
+        Some(wake_at),
+    )
+    .await;
+    let asleep_seconds = began.elapsed().as_secs_f64();
+    let all_asleep_at = asleep.last_update.unwrap_or(first_start);
+    let asleep_in_time = all_asleep_at < wake_at && clock.now() < wake_at;
+    // Let the last releases and reads finish, then measure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asleep_rss = rss();
+    let asleep_anon = proc_status_bytes("RssAnon").unwrap_or(0);
+    let starting_peak = sampler.take();
+    let db_bytes = file_len(&path);
+    let wal_bytes = file_len(&temp.path().join("sleepers.db-wal"));
+    let before_wake = worker.stats();
+
+    // Wait for T, then until every activation is done.
+    let until_t = wake_at.as_micros().saturating_sub(clock.now().as_micros());
+    tokio::time::sleep(Duration::from_micros(u64::try_from(until_t).unwrap_or(0))).await;
+    let _ = sampler.take();
+    let done = wait_for_all(
+        &store,
+        &worker,
+        ActivationState::Done,
+        n,
+        before_wake.completed,
+        Some(wake_at),
+        None,
+    )
+    .await;
+    let wake_peak = sampler.take();
+    let after_wake_rss = rss();
+    let woke_early = done.first_update.is_some_and(|first| first < wake_at);
+    let wake_seconds = seconds_between(wake_at, done.last_update.unwrap_or(wake_at));
+    let mut right = 0;
+    for (i, flow) in &sample {
+        match functions.outcome::<u64>(*flow).await {
+            Ok(Some(Ok(value))) if value == 2 * i + 1 => right += 1,
+            other => eprintln!("error: activation {i} ({flow}) ended with {other:?}"),
+        }
+    }
+    let stats = worker.stats();
+    worker.shutdown_handle().shutdown();
+    match working.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => fail(error),
+        Err(error) => fail(error),
+    }
+    drop(sampler);
+    let _ = store.close().await;
+
+    let added = asleep_rss.saturating_sub(before);
+    let due = if spread_us == 0 {
+        "all due at the same time T".to_owned()
+    } else {
+        format!("due evenly over {} ms from T", args.spread_ms)
+    };
+    println!(
+        "Sleeping durable functions on SQLite (synchronous=FULL): {n} activations of `step; sleep_until(T + spread); step`, {due}, T = {} s after the first start; worker with max_in_flight {in_flight}, claims of {claim_batch}; {} driver threads; MB = 10^6 bytes",
+        sleep.as_secs(),
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    );
+    println!();
+    println!("| measure | value | target | |");
+    println!("|---|---|---|---|");
+    println!(
+        "| started (recorded ready) | {n} in {started_seconds:.1} s ({:.0}/s) | | |",
+        n as f64 / started_seconds
+    );
+    println!(
+        "| all asleep (started, run, slept, released) | after {asleep_seconds:.1} s ({:.0}/s); last fell asleep {:.1} s before T | before T | {} |",
+        n as f64 / asleep_seconds,
+        seconds_between(all_asleep_at, wake_at),
+        mark(asleep_in_time)
+    );
+    println!(
+        "| resident memory before (VmRSS) | {:.1} MB | | |",
+        mb(before)
+    );
+    println!(
+        "| resident memory, all asleep, worker idle | {:.1} MB (anonymous {:.1} MB) | | |",
+        mb(asleep_rss),
+        mb(asleep_anon)
+    );
+    println!(
+        "| **added while asleep** | **{:.1} MB** ({:.0} bytes per activation) | < 100 MB | {} |",
+        mb(added),
+        added as f64 / n as f64,
+        mark(added < 100_000_000)
+    );
+    println!(
+        "| peak resident memory while starting | {:.1} MB | | |",
+        mb(starting_peak)
+    );
+    println!(
+        "| SQLite file + WAL, all asleep | {:.1} MB + {:.1} MB ({:.0} bytes per activation) | | |",
+        mb(db_bytes),
+        mb(wal_bytes),
+        (db_bytes + wal_bytes) as f64 / n as f64
+    );
+    println!(
+        "| all done after T (woken, replayed, stepped, returned) | {wake_seconds:.1} s; {} | none before T | {} |",
+        if woke_early {
+            "some were done before T"
+        } else {
+            "none before T"
+        },
+        mark(!woke_early)
+    );
+    println!(
+        "| wake throughput | {:.0} activations/s | | |",
+        n as f64 / wake_seconds.max(1e-6)
+    );
+    println!(
+        "| done after T, p50 / p99 / max | {:.2} s / {:.2} s / {:.2} s | | |",
+        done.since_us.value_at_quantile(0.50) as f64 / 1e6,
+        done.since_us.value_at_quantile(0.99) as f64 / 1e6,
+        done.since_us.max() as f64 / 1e6
+    );
+    println!(
+        "| peak resident memory during the wake | {:.1} MB (after: {:.1} MB) | | |",
+        mb(wake_peak),
+        mb(after_wake_rss)
+    );
+    println!(
+        "| outcomes | {} of {n} done; {right} of {} sampled outcomes are 2n+1 | all | {} |",
+        done.count,
+        sample.len(),
+        mark(done.count == n && right == sample.len())
+    );
+    println!(
+        "| worker counters, until all asleep / in all: claims, conflicts, parked, timers fired | {}, {}, {}, {} / {}, {}, {}, {} | | |",
+        before_wake.claimed,
+        before_wake.conflicts,
+        before_wake.parked,
+        before_wake.timers_fired,
+        stats.claimed,
+        stats.conflicts,
+        stats.parked,
+        stats.timers_fired
+    );
 }
