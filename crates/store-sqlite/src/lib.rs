@@ -82,13 +82,28 @@ pub struct SqliteOptions {
     pub create: bool,
     /// Durability of each commit.
     pub synchronous: Synchronous,
+    /// The writer connection's page cache ([`DEFAULT_CACHE_BYTES`]; clamped to
+    /// [`MIN_CACHE_BYTES`]..=[`MAX_CACHE_BYTES`]). The operating system caches the file too;
+    /// this only saves SQLite's own page lookups, and it is most of the store's memory.
+    pub cache_bytes: usize,
 }
+
+/// The writer's page cache unless set: enough for the hot part of a busy store (the flows
+/// index and recent logs), small enough that the process stays lean.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+
+/// Smallest page cache the writer gets.
+pub const MIN_CACHE_BYTES: usize = 1 << 20;
+
+/// Largest page cache the writer gets.
+pub const MAX_CACHE_BYTES: usize = 4 << 30;
 
 impl Default for SqliteOptions {
     fn default() -> Self {
         Self {
             create: true,
             synchronous: Synchronous::Full,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -203,14 +218,15 @@ impl SqliteStore {
                 })
             }
             schema::FileState::Empty => {
-                set_pragmas(&conn, options.synchronous, &location)?;
+                set_pragmas(&conn, &options, &location)?;
                 schema::create(&mut conn).map_err(|e| open_error(e, &location))?;
             }
             schema::FileState::Current => {
-                set_pragmas(&conn, options.synchronous, &location)?;
+                set_pragmas(&conn, &options, &location)?;
                 schema::check_tables(&conn)?;
             }
         }
+        schema::ensure_indexes(&conn).map_err(|e| open_error(e, &location))?;
         let (commands, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let writer = std::thread::Builder::new()
             .name("flowstate-sqlite-writer".into())
@@ -281,7 +297,7 @@ impl SqliteStore {
 
 fn set_pragmas(
     conn: &Connection,
-    synchronous: Synchronous,
+    options: &SqliteOptions,
     location: &str,
 ) -> Result<(), StoreError> {
     let mode: String = conn
@@ -293,8 +309,9 @@ fn set_pragmas(
         });
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -65536;",
-        synchronous.pragma()
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -{};",
+        options.synchronous.pragma(),
+        options.cache_bytes.clamp(MIN_CACHE_BYTES, MAX_CACHE_BYTES) / 1024
     ))
     .map_err(|e| open_error(e, location))
 }

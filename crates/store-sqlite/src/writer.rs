@@ -621,7 +621,7 @@ fn due_timers(conn: &Connection, limit: usize, now: Timestamp) -> Result<Vec<Due
     let mut select = conn.prepare_cached(
         "SELECT t.flow_no, f.id, t.name, t.due FROM timers t JOIN flows f ON f.flow_no = t.flow_no
          WHERE t.due <= ?1 AND (t.lease_until IS NULL OR t.lease_until <= ?1)
-         ORDER BY t.due, f.id, t.name LIMIT ?2",
+         ORDER BY t.due, t.flow_no, t.name LIMIT ?2",
     )?;
     let rows = select
         .query_map(

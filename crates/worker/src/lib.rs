@@ -37,7 +37,7 @@ mod config;
 mod stats;
 mod worker;
 
-pub use config::{ConfigError, WorkerConfig};
+pub use config::{ConfigError, WorkerConfig, MAX_IN_FLIGHT, MAX_SHUTDOWN_GRACE, MIN_LEASE};
 pub use stats::WorkerStats;
 pub use worker::{
     ShutdownHandle, Worker, WorkerError, MAX_PARK, MAX_TRACKED_FAILURES, TIMER_BATCH,

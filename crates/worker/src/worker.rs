@@ -236,6 +236,10 @@ impl Worker {
                 }
                 Some(_) => {}
                 None => {
+                    // Due timers are looked at however busy the runs keep the loop.
+                    if state.next_timer.is_some_and(|t| t <= Instant::now()) {
+                        state.look_for_timers = true;
+                    }
                     if state.look_for_timers {
                         state.look_for_timers = false;
                         self.fire_due_timers(&mut state).await?;
@@ -403,27 +407,28 @@ impl Worker {
         }
     }
 
-    /// Fires due timers: marks their flows ready, then completes them.
+    /// Fires one batch of due timers (their flows become ready). A full batch means more are
+    /// due: the next batch fires on the next turn of the loop, after this one's flows were
+    /// claimed, so that a storm of timers starts work at once rather than after the last.
     async fn fire_due_timers(&self, state: &mut LoopState) -> Result<(), WorkerError> {
         let store = &self.shared.store;
-        loop {
-            // One transaction per batch: the timers go and their flows become ready
-            // together, so a timer fires once and its wake-up cannot be lost.
-            let fired = match store.fire_due_timers(TIMER_BATCH).await {
-                Ok(fired) => fired,
-                Err(error) => {
-                    // Not again at once: at the next wake-up or poll.
-                    state.next_timer = None;
-                    return self.shared.store_error("fire timers", error);
-                }
-            };
-            bump(&self.shared.counters.timers_fired, fired.len() as u64);
-            if !fired.is_empty() {
-                state.look_for_flows = true;
+        // One transaction per batch: the timers go and their flows become ready together,
+        // so a timer fires once and its wake-up cannot be lost.
+        let fired = match store.fire_due_timers(TIMER_BATCH).await {
+            Ok(fired) => fired,
+            Err(error) => {
+                // Not again at once: at the next wake-up or poll.
+                state.next_timer = None;
+                return self.shared.store_error("fire timers", error);
             }
-            if fired.len() < TIMER_BATCH {
-                break;
-            }
+        };
+        bump(&self.shared.counters.timers_fired, fired.len() as u64);
+        if !fired.is_empty() {
+            state.look_for_flows = true;
+        }
+        if fired.len() == TIMER_BATCH {
+            state.next_timer = Some(Instant::now());
+            return Ok(());
         }
         state.next_timer = match store.next_timer_due().await {
             Ok(next) => next.map(|due| self.instant_of(due)),
