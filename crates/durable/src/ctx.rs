@@ -354,10 +354,11 @@ impl Activation {
 
     /// Stages `bodies` (after the end of replay, if not recorded yet) and commits them.
     ///
-    /// A signal delivered meanwhile (the only thing anyone else appends to a live activation's
-    /// log) makes the commit conflict; then the log is read again and the same events are
-    /// staged on top of the delivery, so that a step's result is not thrown away (and the
-    /// step run again) because a signal arrived while it ran.
+    /// A delivery meanwhile (a signal, a child's end, a cancellation: the only things anyone
+    /// else appends to a live activation's log) makes the commit conflict; then the log is
+    /// read again and the same events are staged on top of the delivery, so that a step's
+    /// result is not thrown away (and the step run again) because something arrived while it
+    /// ran.
     async fn record(&self, writer: &mut FlowWriter, bodies: Vec<EventBody>) -> Result<(), ()> {
         let _in_flight = LiveOp::start(&self.live_ops);
         // Only a commit of just these events can be replayed on top of a delivery.
@@ -410,8 +411,8 @@ impl Activation {
         }
     }
 
-    /// The log read again, if everything appended from `from` on is a delivered signal or a
-    /// request to cancel.
+    /// The log read again, if everything appended from `from` on is a delivery (a signal, a
+    /// child's end, a request to cancel).
     async fn only_deliveries_since(&self, from: u64) -> Option<FlowWriter> {
         let fresh = FlowWriter::load(self.store.as_ref(), self.flow)
             .await
@@ -430,7 +431,9 @@ impl Activation {
             .all(|body| {
                 matches!(
                     body,
-                    EventBody::SignalDelivered { .. } | EventBody::CancelRequested { .. }
+                    EventBody::SignalDelivered { .. }
+                        | EventBody::ChildEnded { .. }
+                        | EventBody::CancelRequested { .. }
                 )
             })
             .then_some(fresh)

@@ -1104,3 +1104,40 @@ async fn a_recorded_value_the_new_code_cannot_decode_is_a_replay_failure_not_a_s
     );
     p2.stop().await;
 }
+
+static SLOW_WHILE_CHILD_ENDS: AtomicUsize = AtomicUsize::new(0);
+
+async fn quick_child(_ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    Ok(1)
+}
+
+async fn parent_stepping_while_child_ends(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let child = ctx.start_function("quick_child", ()).await?;
+    let slow: u32 = ctx
+        .step("slow", |_| async {
+            SLOW_WHILE_CHILD_ENDS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(2)
+        })
+        .await?;
+    Ok(slow + ctx.join::<u32>(child).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_ending_while_its_parent_runs_a_step_does_not_make_the_step_run_again() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("parent", parent_stepping_while_child_ends)
+            .expect("register");
+        f.register("quick_child", quick_child).expect("register");
+    });
+    let flow = process.functions.start("parent", ()).await.expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    assert_eq!(
+        process.functions.outcome::<u32>(flow).await.expect("read"),
+        Some(Ok(3))
+    );
+    assert_eq!(SLOW_WHILE_CHILD_ENDS.load(Ordering::SeqCst), 1);
+    assert_eq!(process.worker.stats().conflicts, 0);
+    process.stop().await;
+}
