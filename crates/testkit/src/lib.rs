@@ -1,6 +1,7 @@
 //! Support for tests that need real processes. The binaries in `src/bin` are child programs
 //! that tests start and SIGKILL; nothing here is part of flowstate's API.
 
+pub mod functions;
 pub mod mix;
 
 /// Runs a child program's body on a two-thread tokio runtime: exit status 0 when it

@@ -39,13 +39,19 @@ impl Executions {
     }
 
     fn note(&self, ctx: &TaskContext, what: &str) -> Result<(), Failure> {
+        self.note_key(&ctx.idempotency_key, what)
+    }
+
+    /// Appends the line `KEY WHAT` in one write (unbuffered: a SIGKILL after it returns
+    /// cannot undo it, nor leave half a line).
+    pub fn note_key(&self, key: &str, what: &str) -> Result<(), Failure> {
         let Some(file) = &self.0 else {
             return Ok(());
         };
         let mut file = file
             .lock()
             .map_err(|_| Failure::new("Io", "execution log poisoned"))?;
-        writeln!(file, "{} {what}", ctx.idempotency_key)
+        file.write_all(format!("{key} {what}\n").as_bytes())
             .map_err(|e| Failure::new("Io", e.to_string()))
     }
 }

@@ -1,10 +1,12 @@
-//! Child program of the multi-process test: one engine process on a shared PostgreSQL
-//! database. It registers the task graphs of [`flowstate_testkit::mix`], runs a worker until
+//! Child program of the multi-process tests: one engine process on a shared PostgreSQL
+//! database. It registers the task graphs of [`flowstate_testkit::mix`] and the durable
+//! functions of [`flowstate_testkit::functions`], runs a worker until
 //! SIGTERM (then shuts down gracefully and prints `stats JSON`), and prints `ready` once it
 //! works. Tests SIGKILL it to play a machine that dies.
 //!
 //! `flowstate-engine-process URL SCHEMA` (lease and poll from `FLOWSTATE_LEASE_MS` and
-//! `FLOWSTATE_POLL_MS`; tasks note their executions in `FLOWSTATE_EXEC_LOG` if set).
+//! `FLOWSTATE_POLL_MS`; tasks and steps note their executions in `FLOWSTATE_EXEC_LOG` if
+//! set).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,6 +39,9 @@ async fn run(url: &str, schema: &str) -> Result<(), String> {
         builder = builder.task_graph(definition);
     }
     let engine = builder.build().await.map_err(|e| e.to_string())?;
+    // Before `run`, which wakes the activations earlier processes left running.
+    flowstate_testkit::functions::note_steps_in(executions);
+    flowstate_testkit::functions::register(engine.functions()).map_err(|e| e.to_string())?;
     // SIGTERM is handled from before "ready": a test may send it at once.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
