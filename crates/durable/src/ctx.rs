@@ -72,6 +72,21 @@ pub(crate) struct Branch {
     /// Whether it waits for a combinator's branches (then it is not stalled, whatever its
     /// lane still holds).
     pub(crate) in_combinator: Cell<bool>,
+    /// Whether the journal records it as finished (a branch of a combinator whose decision
+    /// is recorded): past its lane it may not go live.
+    closed: Cell<bool>,
+    /// Whether a live effect of it is under way: a second one at the same time (`join!` over
+    /// effects, an effect inside a step's body) could not be journaled in a replayable order.
+    busy: Cell<bool>,
+}
+
+/// Marks a branch's live effect as under way for as long as it lives.
+pub(crate) struct Busy(Rc<Branch>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
 }
 
 impl Branch {
@@ -83,6 +98,8 @@ impl Branch {
             task: Cell::new(None),
             combinators: Cell::new(0),
             in_combinator: Cell::new(false),
+            closed: Cell::new(false),
+            busy: Cell::new(false),
         }
     }
 
@@ -244,11 +261,18 @@ pub(crate) struct Activation {
 /// The lanes of a journal: the positions of each branch's entries, by branch path.
 pub(crate) fn lanes(function: &flowstate_core::FunctionRecord) -> HashMap<String, Vec<u32>> {
     let mut lanes: HashMap<String, Vec<u32>> = HashMap::new();
+    // The function's own entries (usually nearly all) go straight to its lane, without a
+    // lookup by path each.
+    let branches = &function.branches;
+    let mut own = Vec::with_capacity(function.journal.len().saturating_sub(branches.len()));
     for position in 0..u32::try_from(function.journal.len()).unwrap_or(u32::MAX) {
-        lanes
-            .entry(function.branch_of(position).to_owned())
-            .or_default()
-            .push(position);
+        match branches.get(&position).filter(|path| !path.is_empty()) {
+            None => own.push(position),
+            Some(branch) => lanes.entry(branch.clone()).or_default().push(position),
+        }
+    }
+    if !own.is_empty() {
+        lanes.insert(String::new(), own);
     }
     lanes
 }
@@ -441,7 +465,7 @@ impl Activation {
 
     /// Matches `call` by `branch` against the branch's part of the journal. `Err(())` when
     /// the run must stop (recorded in `stop`).
-    fn replay(&self, branch: &Branch, call: Call<'_>, location: &str) -> Result<Replayed, ()> {
+    fn replay(&self, branch: &Rc<Branch>, call: Call<'_>, location: &At) -> Result<Replayed, ()> {
         if self.stop.borrow().is_some() {
             return Err(());
         }
@@ -453,7 +477,8 @@ impl Activation {
         }
         let next = branch.next(&self.journal);
         let position = next.map_or(u32::MAX, |(position, _)| position);
-        match match_call(position, next.map(|(_, entry)| entry), call, location) {
+        // The location is written out only for a divergence.
+        match match_call(position, next.map(|(_, entry)| entry), call, "") {
             Replay::Recorded { position, entry } => {
                 branch.cursor.set(branch.cursor.get() + 1);
                 Ok(Replayed::Recorded {
@@ -461,31 +486,118 @@ impl Activation {
                     entry: entry.clone(),
                 })
             }
+            Replay::Live { .. } if branch.closed.get() => {
+                if let Call::Patched { .. } = call {
+                    // The branch finished before the change: the old path.
+                    return Ok(Replayed::Unpatched);
+                }
+                self.stop_with(Stop::Diverged(Diagnostic {
+                    position,
+                    logged: format!("the end of branch {:?}, which had finished", branch.path),
+                    attempted: format!("asked for {call}"),
+                    location: location.to_string(),
+                }));
+                Err(())
+            }
             Replay::Live { .. } => {
+                if branch.busy.get() {
+                    self.stop_with(Stop::Misuse(format!(
+                        "{call} at {location} was called while another effect of the same branch was under way (join! or select! over effects, or an effect inside a step's body); run concurrent effects with ctx.all or ctx.race"
+                    )));
+                    return Err(());
+                }
                 // A cancelled activation stops at its first effect past its journal.
                 let cancelled = self.cancelled.borrow().clone();
                 if let Some(reason) = cancelled {
                     self.stop_with(Stop::Cancelled(reason));
                     return Err(());
                 }
-                Ok(Replayed::Live)
+                branch.busy.set(true);
+                Ok(Replayed::Live(Busy(branch.clone())))
             }
             Replay::Unpatched => Ok(Replayed::Unpatched),
-            Replay::Diverged(diagnostic) => {
+            Replay::Diverged(mut diagnostic) => {
+                diagnostic.location = location.to_string();
                 self.stop_with(Stop::Diverged(diagnostic));
                 Err(())
             }
         }
     }
 
-    /// Records `entry` as `branch`'s next, at the journal's next position.
-    async fn record_entry(&self, branch: &Branch, entry: JournalEntry) -> Result<(), ()> {
-        let mut writer = self.writer.lock().await;
-        let position = Self::next_position(&writer);
-        self.record(&mut writer, vec![branch.recorded(position, entry)])
+    /// Records `entry` as `branch`'s next, at the journal's next position; returns it.
+    async fn record_entry(
+        self: &Rc<Self>,
+        branch: &Rc<Branch>,
+        entry: JournalEntry,
+    ) -> Result<u32, ()> {
+        let recorder = branch.clone();
+        let position = self
+            .commit(move |writer| {
+                let position = Self::next_position(writer);
+                (vec![recorder.recorded(position, entry)], position)
+            })
             .await?;
         branch.cursor.set(branch.cursor.get() + 1);
-        Ok(())
+        Ok(position)
+    }
+
+    /// Takes the writer, lets `decide` say what to record from the log's state, and commits
+    /// it, in a task of its own: a branch aborted meanwhile (a race's loser) never cuts a
+    /// commit off halfway, which would leave the writer behind the log. `Err(())` when the
+    /// run must stop (recorded in `stop`).
+    async fn commit<T: 'static>(
+        self: &Rc<Self>,
+        decide: impl FnOnce(&FlowWriter) -> (Vec<EventBody>, T) + 'static,
+    ) -> Result<T, ()> {
+        let act = self.clone();
+        let task = flowstate_rt::spawn(async move {
+            let mut writer = act.writer.lock().await;
+            let (bodies, value) = decide(&writer);
+            if !bodies.is_empty() {
+                act.record(&mut writer, bodies).await?;
+            }
+            Ok(value)
+        });
+        match task.join().await {
+            Ok(committed) => committed,
+            Err(failure) => {
+                self.stop_with(Stop::Misuse(format!("a commit failed: {failure}")));
+                Err(())
+            }
+        }
+    }
+
+    /// Checks that no branch that recorded entries was left unstarted by the code (at the
+    /// function's return): entries of branches the code no longer starts are a divergence.
+    pub(crate) fn check_no_lane_left(&self) -> Result<(), Diagnostic> {
+        let lanes = self.lanes.borrow();
+        let Some((path, lane)) = lanes
+            .iter()
+            .filter(|(_, lane)| !lane.is_empty())
+            .min_by_key(|(_, lane)| lane[0])
+        else {
+            return Ok(());
+        };
+        let position = lane[0];
+        let logged = self
+            .journal
+            .get(position as usize)
+            .map_or_else(String::new, ToString::to_string);
+        Err(Diagnostic {
+            position,
+            logged: format!("{logged} in branch {path:?}"),
+            attempted: format!("returned without starting branch {path:?}"),
+            location: "the function's return".to_owned(),
+        })
+    }
+
+    /// Forgets the lanes of branch `path` and of every branch nested in it (their entries are
+    /// not replayed: the journal records a decision that skips them).
+    fn skip_lanes(&self, path: &str) {
+        let nested = format!("{path}/");
+        self.lanes
+            .borrow_mut()
+            .retain(|lane, _| lane != path && !lane.starts_with(&nested));
     }
 
     /// The position the next live entry takes.
@@ -498,9 +610,24 @@ impl Activation {
 }
 
 enum Replayed {
-    Recorded { position: u32, entry: JournalEntry },
-    Live,
+    Recorded {
+        position: u32,
+        entry: JournalEntry,
+    },
+    /// Past the end of the branch's lane: run it and record it (the branch is busy until
+    /// the guard goes).
+    Live(Busy),
     Unpatched,
+}
+
+impl Replayed {
+    /// The busy guard of a live effect (to keep until its entry is recorded).
+    fn into_busy(self) -> Option<Busy> {
+        match self {
+            Self::Live(busy) => Some(busy),
+            _ => None,
+        }
+    }
 }
 
 /// Most times one effect's commit is staged again on top of signals delivered meanwhile.
@@ -536,8 +663,44 @@ async fn halted<T>() -> T {
     std::future::pending().await
 }
 
-fn location(at: &'static Location<'static>) -> String {
-    format!("{}:{}:{}", at.file(), at.line(), at.column())
+/// Where the function's code asked for an effect. Kept as the caller's location and written
+/// out (`file:line:column`) only when a diagnostic needs it, not on every effect: a replay
+/// asks for one per journal entry.
+#[derive(Debug, Clone, Copy)]
+struct At(&'static Location<'static>);
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.0.file(), self.0.line(), self.0.column())
+    }
+}
+
+fn location(at: &'static Location<'static>) -> At {
+    At(at)
+}
+
+/// A recorded outcome as the code's type. A recorded value the type no longer accepts is a
+/// divergence, not an error for the code to handle (or to end the function with).
+async fn decode_recorded<T: DeserializeOwned>(
+    act: &Activation,
+    position: u32,
+    what: &str,
+    outcome: Result<serde_json::Value, Failure>,
+    at: &At,
+) -> Result<T, Failure> {
+    match outcome.map(serde_json::from_value::<T>) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => {
+            act.stop_with(Stop::Diverged(Diagnostic {
+                position,
+                logged: what.to_owned(),
+                attempted: format!("expected a value of another type ({error})"),
+                location: at.to_string(),
+            }));
+            halted().await
+        }
+        Err(failure) => Err(failure),
+    }
 }
 
 fn decode<T: DeserializeOwned>(outcome: Result<serde_json::Value, Failure>) -> Result<T, Failure> {
@@ -605,30 +768,17 @@ impl Ctx {
         let at = location(Location::caller());
         let (act, branch, name) = (self.act.clone(), self.branch.clone(), name.to_owned());
         async move {
-            match act.replay(&branch, Call::Step { name: &name }, &at) {
+            let _busy = match act.replay(&branch, Call::Step { name: &name }, &at) {
                 Ok(Replayed::Recorded {
                     position,
                     entry: JournalEntry::Step { outcome, .. },
                 }) => {
-                    // A recorded value the code's type no longer accepts is a divergence,
-                    // not an error for the code to handle (or to end the function with).
-                    return match outcome.map(serde_json::from_value::<T>) {
-                        Ok(Ok(value)) => Ok(value),
-                        Ok(Err(error)) => {
-                            act.stop_with(Stop::Diverged(Diagnostic {
-                                position,
-                                logged: format!("step {name:?} with a value"),
-                                attempted: format!("expected a value of another type ({error})"),
-                                location: at,
-                            }));
-                            halted().await
-                        }
-                        Err(failure) => Err(failure),
-                    };
+                    let what = format!("step {name:?} with a value");
+                    return decode_recorded(&act, position, &what, outcome, &at).await;
                 }
-                Ok(_) => {}
+                Ok(replayed) => replayed.into_busy(),
                 Err(()) => return halted().await,
-            }
+            };
             let in_flight = LiveOp::start(&act.live_ops);
             let outcome = CatchUnwind(Box::pin(body(branch.key(act.flow)))).await;
             let recorded = outcome
@@ -645,7 +795,7 @@ impl Ctx {
             drop(in_flight);
             match committed {
                 // What was recorded, exactly as a replay will return it.
-                Ok(()) => decode(recorded),
+                Ok(_) => decode(recorded),
                 Err(()) => halted().await,
             }
         }
@@ -656,15 +806,16 @@ impl Ctx {
         act: Rc<Activation>,
         branch: Rc<Branch>,
         call: Call<'static>,
-        at: String,
+        at: At,
         make: impl FnOnce() -> JournalEntry,
     ) -> JournalEntry {
         match act.replay(&branch, call, &at) {
             Ok(Replayed::Recorded { entry, .. }) => entry,
-            Ok(_) => {
+            Ok(replayed) => {
+                let _busy = replayed.into_busy();
                 let entry = make();
                 match act.record_entry(&branch, entry.clone()).await {
-                    Ok(()) => entry,
+                    Ok(_) => entry,
                     Err(()) => halted().await,
                 }
             }
@@ -732,10 +883,10 @@ impl Ctx {
             match act.replay(&branch, Call::Patched { change: &change }, &at) {
                 Ok(Replayed::Recorded { .. }) => true,
                 Ok(Replayed::Unpatched) => false,
-                Ok(Replayed::Live) => {
+                Ok(Replayed::Live(_busy)) => {
                     let entry = JournalEntry::Patched { change };
                     match act.record_entry(&branch, entry).await {
-                        Ok(()) => true,
+                        Ok(_) => true,
                         Err(()) => halted().await,
                     }
                 }
@@ -745,8 +896,8 @@ impl Ctx {
     }
 
     /// A durable timer: the activation sleeps (unloaded, once nothing else runs) until
-    /// `duration` from when the sleep was first reached (recorded, so a replay sleeps until
-    /// the same time).
+    /// `duration` from now, as read when `sleep` is called the first time (the end is
+    /// recorded, so a replay sleeps until the same time).
     #[track_caller]
     pub fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
         let until = self.act.clock.now().saturating_add(duration);
@@ -781,33 +932,31 @@ impl Ctx {
                             position,
                             logged: "a sleep that never ended, followed by more entries".into(),
                             attempted: "waited for the sleep".into(),
-                            location: at,
+                            location: at.to_string(),
                         }));
                         return halted().await;
                     }
                     (position, until)
                 }
-                Ok(_) => {
-                    // A new sleep: its entry goes with what follows (its end, or the sleep).
-                    let mut writer = act.writer.lock().await;
-                    let position = Activation::next_position(&writer);
-                    let entry = JournalEntry::Sleep { until };
-                    let staged = act.ensure_live(&mut writer).and_then(|()| {
-                        writer.stage(act.clock.as_ref(), vec![branch.recorded(position, entry)])
-                    });
-                    if let Err(error) = staged {
-                        act.stop_with(Stop::Write(error));
-                        return halted().await;
+                Ok(replayed) => {
+                    // A new sleep: its entry is committed at once (a commit staged for later
+                    // could not be rebased over a delivery by another branch's commit).
+                    let _busy = replayed.into_busy();
+                    match act
+                        .record_entry(&branch, JournalEntry::Sleep { until })
+                        .await
+                    {
+                        Ok(position) => (position, until),
+                        Err(()) => return halted().await,
                     }
-                    branch.cursor.set(branch.cursor.get() + 1);
-                    (position, until)
                 }
                 Err(()) => return halted().await,
             };
             if act.clock.now() >= until {
-                let mut writer = act.writer.lock().await;
-                let ended = vec![EventBody::SleepEnded { position }];
-                if act.record(&mut writer, ended).await.is_err() {
+                let ended = act
+                    .commit(move |_| (vec![EventBody::SleepEnded { position }], ()))
+                    .await;
+                if ended.is_err() {
                     halted::<()>().await;
                 }
                 return;
@@ -832,37 +981,45 @@ impl Ctx {
                 serde_json::from_value::<T>(value)
                     .map_err(|e| Failure::new("InvalidSignal", e.to_string()))
             };
-            match act.replay(&branch, Call::Signal { name: &name }, &at) {
+            let _busy = match act.replay(&branch, Call::Signal { name: &name }, &at) {
                 Ok(Replayed::Recorded {
                     entry: JournalEntry::Signal { value, .. },
                     ..
                 }) => return decode(value),
-                Ok(_) => {}
+                Ok(replayed) => replayed.into_busy(),
                 Err(()) => return halted().await,
-            }
-            let mut writer = act.writer.lock().await;
-            let delivered = writer
-                .record()
-                .and_then(|r| r.function.as_ref())
-                .and_then(|f| f.pending_signal(&name))
-                .cloned();
-            let Some(value) = delivered else {
-                drop(writer);
-                let _waiting = act.wait(Wait::Signal(name));
-                return halted().await;
             };
-            let position = Activation::next_position(&writer);
-            let entry = JournalEntry::Signal {
-                name: name.clone(),
-                value: value.clone(),
-            };
-            match act
-                .record(&mut writer, vec![branch.recorded(position, entry)])
-                .await
-            {
-                Ok(()) => {
+            // The oldest delivered signal of the name, consumed in the same commit that
+            // journals it.
+            let (recorder, wanted) = (branch.clone(), name.clone());
+            let consumed = act
+                .commit(move |writer| {
+                    let delivered = writer
+                        .record()
+                        .and_then(|r| r.function.as_ref())
+                        .and_then(|f| f.pending_signal(&wanted))
+                        .cloned();
+                    match delivered {
+                        Some(value) => {
+                            let entry = JournalEntry::Signal {
+                                name: wanted,
+                                value: value.clone(),
+                            };
+                            let position = Activation::next_position(writer);
+                            (vec![recorder.recorded(position, entry)], Some(value))
+                        }
+                        None => (Vec::new(), None),
+                    }
+                })
+                .await;
+            match consumed {
+                Ok(Some(value)) => {
                     branch.cursor.set(branch.cursor.get() + 1);
                     decode(value)
+                }
+                Ok(None) => {
+                    let _waiting = act.wait(Wait::Signal(name));
+                    halted().await
                 }
                 Err(()) => halted().await,
             }
@@ -924,14 +1081,14 @@ impl Ctx {
         let at = location(at);
         let (act, branch, name) = (self.act.clone(), self.branch.clone(), name.to_owned());
         async move {
-            match act.replay(&branch, Call::ChildStarted { definition: &name }, &at) {
+            let _busy = match act.replay(&branch, Call::ChildStarted { definition: &name }, &at) {
                 Ok(Replayed::Recorded {
                     entry: JournalEntry::ChildStarted { child, .. },
                     ..
                 }) => return Ok(child),
-                Ok(_) => {}
+                Ok(replayed) => replayed.into_busy(),
                 Err(()) => return halted().await,
-            }
+            };
             let input = input.map_err(|e| Failure::new("InvalidInput", e.to_string()))?;
             if kind == FlowKind::TaskGraph && !input.is_object() {
                 return Err(Failure::new(
@@ -953,7 +1110,7 @@ impl Ctx {
             let recorded = act.record_entry(&branch, entry).await;
             drop(in_flight);
             match recorded {
-                Ok(()) => Ok(child),
+                Ok(_) => Ok(child),
                 Err(()) => halted().await,
             }
         }
@@ -978,7 +1135,7 @@ impl Ctx {
         let at = location(at);
         let (act, branch) = (self.act.clone(), self.branch.clone());
         async move {
-            match act.replay(&branch, Call::ChildJoined, &at) {
+            let _busy = match act.replay(&branch, Call::ChildJoined, &at) {
                 Ok(Replayed::Recorded {
                     position,
                     entry:
@@ -992,38 +1149,45 @@ impl Ctx {
                             position,
                             logged: format!("joined child {joined}"),
                             attempted: format!("joined child {child}"),
-                            location: at,
+                            location: at.to_string(),
                         }));
                         return halted().await;
                     }
-                    return decode(outcome);
+                    return decode_recorded(&act, position, "a child's outcome", outcome, &at)
+                        .await;
                 }
-                Ok(_) => {}
+                Ok(replayed) => replayed.into_busy(),
                 Err(()) => return halted().await,
-            }
-            let mut writer = act.writer.lock().await;
-            let ended = writer
-                .record()
-                .and_then(|r| r.function.as_ref())
-                .and_then(|f| f.children_ended.get(&child))
-                .cloned();
-            let Some(outcome) = ended else {
-                drop(writer);
-                let _waiting = act.wait(Wait::Child(child));
-                return halted().await;
             };
-            let position = Activation::next_position(&writer);
-            let entry = JournalEntry::ChildJoined {
-                child,
-                outcome: outcome.clone(),
-            };
-            match act
-                .record(&mut writer, vec![branch.recorded(position, entry)])
-                .await
-            {
-                Ok(()) => {
+            let recorder = branch.clone();
+            let joined = act
+                .commit(move |writer| {
+                    let ended = writer
+                        .record()
+                        .and_then(|r| r.function.as_ref())
+                        .and_then(|f| f.children_ended.get(&child))
+                        .cloned();
+                    match ended {
+                        Some(outcome) => {
+                            let entry = JournalEntry::ChildJoined {
+                                child,
+                                outcome: outcome.clone(),
+                            };
+                            let position = Activation::next_position(writer);
+                            (vec![recorder.recorded(position, entry)], Some(outcome))
+                        }
+                        None => (Vec::new(), None),
+                    }
+                })
+                .await;
+            match joined {
+                Ok(Some(outcome)) => {
                     branch.cursor.set(branch.cursor.get() + 1);
                     decode(outcome)
+                }
+                Ok(None) => {
+                    let _waiting = act.wait(Wait::Child(child));
+                    halted().await
                 }
                 Err(()) => halted().await,
             }
@@ -1060,7 +1224,7 @@ impl Ctx {
             let Some((index, branches)) = started else {
                 return Ok(Vec::new());
             };
-            let decided =
+            let (decided, _busy) =
                 match ctx
                     .act
                     .replay(&ctx.branch, Call::Settled { combinator: "all" }, &at)
@@ -1068,8 +1232,8 @@ impl Ctx {
                     Ok(Replayed::Recorded {
                         position,
                         entry: JournalEntry::Settled { branch, .. },
-                    }) => Some((position, branch)),
-                    Ok(_) => None,
+                    }) => (Some((position, branch)), None),
+                    Ok(replayed) => (None, replayed.into_busy()),
                     Err(()) => return halted().await,
                 };
             ctx.branch.in_combinator.set(true);
@@ -1105,7 +1269,7 @@ impl Ctx {
                 )));
                 return halted().await;
             };
-            let decided =
+            let (decided, _busy) =
                 match ctx
                     .act
                     .replay(&ctx.branch, Call::Settled { combinator: "race" }, &at)
@@ -1113,8 +1277,8 @@ impl Ctx {
                     Ok(Replayed::Recorded {
                         position,
                         entry: JournalEntry::Settled { branch, .. },
-                    }) => Some((position, branch)),
-                    Ok(_) => None,
+                    }) => (Some((position, branch)), None),
+                    Ok(replayed) => (None, replayed.into_busy()),
                     Err(()) => return halted().await,
                 };
             ctx.branch.in_combinator.set(true);
@@ -1138,9 +1302,15 @@ impl Ctx {
         Fut: Future<Output = Result<T, Failure>> + 'static,
         T: 'static,
     {
+        let codes: Vec<F> = branches.into_iter().collect();
+        if codes.is_empty() {
+            // Nothing to run and nothing journaled: it takes no index either, so that adding
+            // a combinator that is empty here does not rename later branches.
+            return None;
+        }
         let index = self.branch.combinators.get();
         self.branch.combinators.set(index + 1);
-        let pending: Vec<Pending<T>> = branches
+        let pending: Vec<Pending<T>> = codes
             .into_iter()
             .enumerate()
             .map(|(number, code)| {
@@ -1164,7 +1334,7 @@ impl Ctx {
                 Pending { branch, future }
             })
             .collect();
-        (!pending.is_empty()).then_some((index, pending))
+        Some((index, pending))
     }
 
     /// Runs one prepared branch as a task of its own (a future for `flowstate_rt`'s
@@ -1200,13 +1370,14 @@ impl Ctx {
         index: u32,
         branches: Vec<Pending<T>>,
         decided: Option<(u32, Option<u32>)>,
-        at: &str,
+        at: &At,
     ) -> Option<Result<Vec<T>, Failure>> {
         let count = branches.len();
         // Replaying a failure: only the branch that failed runs again (the others' values
         // were never used).
         let failed = match decided {
             Some((position, Some(failed))) => {
+                self.skip_all_but(&branches, failed);
                 let Some(pending) = branches.into_iter().nth(failed as usize) else {
                     return self.diverged(
                         position,
@@ -1228,6 +1399,12 @@ impl Ctx {
             }
             other => other,
         };
+        if failed.is_some() {
+            // Recorded as all succeeding: every branch finished.
+            for pending in &branches {
+                pending.branch.closed.set(true);
+            }
+        }
         let inputs: Vec<_> = branches
             .into_iter()
             .enumerate()
@@ -1267,12 +1444,13 @@ impl Ctx {
         index: u32,
         branches: Vec<Pending<T>>,
         decided: Option<(u32, Option<u32>)>,
-        at: &str,
+        at: &At,
     ) -> Option<(usize, Result<T, Failure>)> {
         let count = branches.len();
         let inputs: Vec<_> = match decided {
             // Replaying: the recorded winner alone runs again.
             Some((position, winner)) => {
+                self.skip_all_but(&branches, winner.unwrap_or(u32::MAX));
                 let pending = winner.and_then(|w| branches.into_iter().nth(w as usize));
                 let (Some(winner), Some(pending)) = (winner, pending) else {
                     return self.diverged(
@@ -1302,21 +1480,33 @@ impl Ctx {
         Some((winner as usize, outcome))
     }
 
+    /// Under a recorded decision: the branch `chosen` runs again, closed (the journal records
+    /// it as finished); the lanes of the others (and of branches nested in them) are skipped.
+    fn skip_all_but<T>(&self, branches: &[Pending<T>], chosen: u32) {
+        for (number, pending) in branches.iter().enumerate() {
+            if u32::try_from(number).ok() == Some(chosen) {
+                pending.branch.closed.set(true);
+            } else {
+                self.act.skip_lanes(&pending.branch.path);
+            }
+        }
+    }
+
     /// Records how a combinator of this branch settled.
     async fn record_settled(&self, combinator: &str, branch: Option<u32>) -> Result<(), ()> {
         let entry = JournalEntry::Settled {
             combinator: combinator.to_owned(),
             branch,
         };
-        self.act.record_entry(&self.branch, entry).await
+        self.act.record_entry(&self.branch, entry).await.map(drop)
     }
 
-    fn diverged<T>(&self, position: u32, logged: &str, attempted: &str, at: &str) -> Option<T> {
+    fn diverged<T>(&self, position: u32, logged: &str, attempted: &str, at: &At) -> Option<T> {
         self.act.stop_with(Stop::Diverged(Diagnostic {
             position,
             logged: logged.to_owned(),
             attempted: attempted.to_owned(),
-            location: at.to_owned(),
+            location: at.to_string(),
         }));
         None
     }

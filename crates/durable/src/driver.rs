@@ -378,6 +378,11 @@ async fn run_activation(
         _ => false,
     };
     if nothing_to_do {
+        if state == ActivationState::Sleeping {
+            // Woken early (another worker's clock runs ahead, or for something it does not
+            // wait for): its timers are set again, in case that wake-up was theirs.
+            rearm_timers(&shared, flow, &function).await?;
+        }
         return tell_parent(&shared, &writer).await;
     }
     let Some(code) = shared.definition(&definition) else {
@@ -467,10 +472,9 @@ async fn run_activation(
     // Unload the function (its task and everything it holds) before recording the end.
     task.abort();
     let stop = activation.stop.borrow_mut().take();
-    let mut writer = activation
-        .writer
-        .try_lock()
-        .ok_or_else(|| failed("the activation's writer is still held after its task ended"))?;
+    // A commit still in flight (of a branch aborted meanwhile) finishes first: commits are
+    // never cut off halfway.
+    let mut writer = activation.writer.lock().await;
     let mut extras = AppendExtras::default();
     let bodies = match (stop, outcome) {
         (Some(Stop::Write(error)), _) => return Err(run_error(error)),
@@ -480,13 +484,7 @@ async fn run_activation(
                 "flow {flow}: the function waits with no effect in flight, for something no effect will settle (a durable function may only await its context's effects)"
             )))
         }
-        (Some(Stop::Diverged(diagnostic)), _) => {
-            tracing::warn!(%flow, %diagnostic, "replay failure");
-            vec![EventBody::ActivationStateChanged {
-                to: ActivationState::ReplayFailure,
-                diagnostic: Some(diagnostic.to_string()),
-            }]
-        }
+        (Some(Stop::Diverged(diagnostic)), _) => replay_failure(&writer, &diagnostic),
         (Some(Stop::Cancelled(reason)), _) => {
             returned(&activation, Err(Failure::new(CANCELLED, reason)))
         }
@@ -523,11 +521,11 @@ async fn run_activation(
             bodies
         }
         (None, Some(Ok(outcome_returned))) => {
-            match root.check_end(&activation.journal, "returned", "the function's return") {
-                Err(diagnostic) => vec![EventBody::ActivationStateChanged {
-                    to: ActivationState::ReplayFailure,
-                    diagnostic: Some(diagnostic.to_string()),
-                }],
+            let unreplayed = root
+                .check_end(&activation.journal, "returned", "the function's return")
+                .and_then(|()| activation.check_no_lane_left());
+            match unreplayed {
+                Err(diagnostic) => replay_failure(&writer, &diagnostic),
                 Ok(()) => returned(&activation, outcome_returned),
             }
         }
@@ -563,6 +561,52 @@ async fn tell_parent(shared: &Shared, writer: &FlowWriter) -> Result<(), RunErro
     )
     .await
     .map_err(run_error)
+}
+
+/// How a run that found a divergence ends: in replay failure with the diagnostic. If a
+/// branch had already gone live (another branch diverged later), the activation is active
+/// current; the table's way from there is to unload it (sleeping) and load it again (active
+/// replay) before the failure.
+fn replay_failure(writer: &FlowWriter, diagnostic: &flowstate_core::Diagnostic) -> Vec<EventBody> {
+    tracing::warn!(flow = %writer.flow(), %diagnostic, "replay failure");
+    let mut bodies = Vec::new();
+    let live = matches!(
+        writer.record().map(|r| r.status),
+        Some(FlowStatus::Function(ActivationState::ActiveCurrent))
+    );
+    if live {
+        bodies.push(moved_to(ActivationState::Sleeping));
+        bodies.push(moved_to(ActivationState::ActiveReplay));
+    }
+    bodies.push(EventBody::ActivationStateChanged {
+        to: ActivationState::ReplayFailure,
+        diagnostic: Some(diagnostic.to_string()),
+    });
+    bodies
+}
+
+/// Sets the timers a sleeping function waits for again (setting a timer is idempotent).
+async fn rearm_timers(
+    shared: &Shared,
+    flow: FlowId,
+    function: &flowstate_core::FunctionRecord,
+) -> Result<(), RunError> {
+    for position in &function.awaiting_timers {
+        if let Some(flowstate_core::JournalEntry::Sleep { until }) =
+            function.journal.get(*position as usize)
+        {
+            let timer = NewTimer {
+                name: format!("sleep-{position}"),
+                due: *until,
+            };
+            shared
+                .store
+                .schedule_timer(flow, timer)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The end of a function whose outcome settled: caught up with its journal (if it was not

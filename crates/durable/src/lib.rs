@@ -8,8 +8,8 @@
 //! lessons of its bugs.
 //!
 //! **What it owns:** the registry of functions (closed functions only), the context and its
-//! effects, and the driver that runs one activation on the await runtime (`flowstate-rt`)
-//! against its journal and records what it does. The journal format, replay matching and
+//! effects, and the drivers that run activations on the await runtime (`flowstate-rt`)
+//! against their journals and record what they do. The journal format, replay matching and
 //! the activation machine are the sans-I/O core's (`flowstate_core::journal`).
 //!
 //! **Where activations run:** on a few driver threads (one per core), each an await runtime
@@ -41,8 +41,12 @@
 //!
 //! **Pending work when a function returns:** a function returns only when its own task
 //! does; combinators return only once settled (losers and the rest of a failed `all` are
-//! aborted before); so no step of a returned function is still in flight, and nothing it
-//! started outlives it.
+//! aborted before, and a commit they had under way finishes), so no step of a returned
+//! function is still in flight. Child flows are flows of their own: a function that returns
+//! without joining a child leaves it running, and the child's end is not delivered. A
+//! branch that lost a race keeps what it recorded (a signal it consumed stays consumed).
+//! Two effects of one branch under way at once (`join!` over effects, an effect inside a
+//! step's body) are refused when seen: they could not be replayed in a known order.
 //!
 //! **What a function must be:** closed (it captures nothing: [`Functions::register`] checks
 //! that the function value is zero-sized, which async-flow cannot), and deterministic apart

@@ -59,7 +59,9 @@ where
         Box::pin(async move {
             let future = future.map_err(|e| Failure::new("InvalidInput", e.to_string()))?;
             let output = future.await?;
-            serde_json::to_value(output).map_err(|e| Failure::new("InvalidOutput", e.to_string()))
+            serde_json::to_value(output)
+                .map_err(|e| Failure::new("InvalidOutput", e.to_string()))
+                .and_then(Failure::within_result_limit)
         })
     }
 }

@@ -1141,3 +1141,237 @@ async fn a_child_ending_while_its_parent_runs_a_step_does_not_make_the_step_run_
     assert_eq!(process.worker.stats().conflicts, 0);
     process.stop().await;
 }
+
+/// A store on an SQLite file (commits take real time there, unlike the memory store's).
+fn setup_sqlite() -> (Arc<dyn Store>, Arc<ManualClock>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
+        1_767_225_600_000_000,
+    )));
+    let store = flowstate_store_sqlite::SqliteStore::open(
+        dir.path().join("functions.db"),
+        clock.clone(),
+        flowstate_store_sqlite::SqliteOptions::default(),
+    )
+    .expect("open");
+    (Arc::new(store), clock, dir)
+}
+
+async fn two_steps_race(ctx: Ctx, _input: ()) -> Result<usize, Failure> {
+    let branch = |name: &'static str| {
+        move |ctx: Ctx| async move {
+            ctx.step(name, |_| async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(name.to_owned())
+            })
+            .await
+        }
+    };
+    let (winner, value) = ctx.race(vec![branch("a"), branch("b")]).await;
+    value?;
+    Ok(winner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_race_whose_loser_is_committing_when_the_winner_finishes_ends_cleanly_on_sqlite() {
+    let (store, clock, _dir) = setup_sqlite();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("race", two_steps_race).expect("register")
+    });
+    let mut flows = Vec::new();
+    for _ in 0..10 {
+        flows.push(process.functions.start("race", ()).await.expect("start"));
+    }
+    for flow in &flows {
+        wait_for_state(&process.functions, *flow, ActivationState::Done).await;
+        let winner = process
+            .functions
+            .outcome::<usize>(*flow)
+            .await
+            .expect("read");
+        assert!(matches!(winner, Some(Ok(0 | 1))), "{winner:?}");
+        let function = journal_of(&store, *flow).await;
+        let settled: Vec<_> = function
+            .journal
+            .iter()
+            .filter(|e| matches!(e, flowstate_core::JournalEntry::Settled { .. }))
+            .collect();
+        assert_eq!(settled.len(), 1, "{:?}", function.journal);
+    }
+    let stats = process.worker.stats();
+    assert_eq!(stats.parked, 0, "no run failed: {stats:?}");
+    assert_eq!(stats.conflicts, 0, "{stats:?}");
+    process.stop().await;
+    store.close().await.expect("close");
+}
+
+async fn branches_v1(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let values = ctx
+        .all(vec![
+            Ctx::branch(|ctx: Ctx| async move { ctx.step("a", |_| async { Ok(1u32) }).await }),
+            Ctx::branch(|ctx: Ctx| async move { ctx.step("b", |_| async { Ok(2u32) }).await }),
+        ])
+        .await?;
+    let _: bool = ctx.signal("go").await?;
+    Ok(values.iter().sum())
+}
+
+static LATE_EXTRAS: AtomicUsize = AtomicUsize::new(0);
+
+/// v1 with a change behind `patched` at the end of a branch that had finished.
+async fn branches_patched(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let values = ctx
+        .all(vec![
+            Ctx::branch(|ctx: Ctx| async move {
+                let a: u32 = ctx.step("a", |_| async { Ok(1u32) }).await?;
+                if ctx.patched("extra").await {
+                    ctx.step("extra", |_| async {
+                        LATE_EXTRAS.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Ok(a)
+            }),
+            Ctx::branch(|ctx: Ctx| async move { ctx.step("b", |_| async { Ok(2u32) }).await }),
+        ])
+        .await?;
+    let _: bool = ctx.signal("go").await?;
+    Ok(values.iter().sum())
+}
+
+/// v1 with an unconditional new step at the end of a branch that had finished.
+async fn branches_grown(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let values = ctx
+        .all(vec![
+            Ctx::branch(|ctx: Ctx| async move {
+                let a: u32 = ctx.step("a", |_| async { Ok(1u32) }).await?;
+                ctx.step("extra", |_| async {
+                    LATE_EXTRAS.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .await?;
+                Ok(a)
+            }),
+            Ctx::branch(|ctx: Ctx| async move { ctx.step("b", |_| async { Ok(2u32) }).await }),
+        ])
+        .await?;
+    let _: bool = ctx.signal("go").await?;
+    Ok(values.iter().sum())
+}
+
+/// Branches, one of them waiting for the signal when the activation goes to sleep.
+async fn branches_waiting(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let values = ctx
+        .all(vec![
+            Ctx::branch(|ctx: Ctx| async move { ctx.step("a", |_| async { Ok(1u32) }).await }),
+            Ctx::branch(|ctx: Ctx| async move {
+                let _: bool = ctx.signal("go").await?;
+                Ok(2u32)
+            }),
+        ])
+        .await?;
+    Ok(values.iter().sum())
+}
+
+/// `branches_waiting` without its branches: what they recorded is never replayed.
+async fn branches_dropped(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    let _: bool = ctx.signal("go").await?;
+    Ok(3)
+}
+
+/// Starts an activation of `old`, lets it sleep on its signal, and wakes it with `new`.
+async fn replay_branches_with<F, Fut, G, Gut>(
+    old: G,
+    new: F,
+) -> (
+    ActivationState,
+    Option<String>,
+    Option<Result<u32, FunctionError>>,
+)
+where
+    F: Fn(Ctx, ()) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u32, Failure>> + 'static,
+    G: Fn(Ctx, ()) -> Gut + Copy + Send + Sync + 'static,
+    Gut: std::future::Future<Output = Result<u32, Failure>> + 'static,
+{
+    let (store, clock) = setup();
+    let p1 = Process::start(&store, &clock, "v1", |f| {
+        f.register("branches", old).expect("register")
+    });
+    let flow = p1.functions.start("branches", ()).await.expect("start");
+    wait_for_state(&p1.functions, flow, ActivationState::Sleeping).await;
+    p1.stop().await;
+    let p2 = Process::start(&store, &clock, "v2", |f| {
+        f.register("branches", new).expect("register")
+    });
+    p2.functions.signal(flow, "go", true).await.expect("signal");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (state, diagnostic) = loop {
+        let (state, diagnostic) = p2.functions.state(flow).await.expect("state");
+        if matches!(
+            state,
+            ActivationState::Done | ActivationState::ReplayFailure
+        ) {
+            break (state, diagnostic);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {state}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let outcome = p2.functions.outcome::<u32>(flow).await.expect("read");
+    p2.stop().await;
+    (state, diagnostic, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_branch_cannot_go_live_on_replay_and_its_patched_is_false() {
+    let (state, _, outcome) = replay_branches_with(branches_v1, branches_patched).await;
+    assert_eq!(state, ActivationState::Done);
+    assert_eq!(outcome, Some(Ok(3)));
+    assert_eq!(
+        LATE_EXTRAS.load(Ordering::SeqCst),
+        0,
+        "the old path, as at the root"
+    );
+
+    let (state, diagnostic, _) = replay_branches_with(branches_v1, branches_grown).await;
+    assert_eq!(state, ActivationState::ReplayFailure);
+    let diagnostic = diagnostic.expect("a diagnostic");
+    assert!(diagnostic.contains("had finished"), "{diagnostic}");
+    assert_eq!(LATE_EXTRAS.load(Ordering::SeqCst), 0);
+
+    let (state, diagnostic, _) = replay_branches_with(branches_waiting, branches_dropped).await;
+    assert_eq!(state, ActivationState::ReplayFailure);
+    let diagnostic = diagnostic.expect("a diagnostic");
+    assert!(
+        diagnostic.contains("without starting branch \"0.0\""),
+        "{diagnostic}"
+    );
+}
+
+async fn joined_effects(ctx: Ctx, _input: ()) -> Result<u32, Failure> {
+    // The first step's body suspends, so both are under way at once.
+    let (a, b) = tokio::join!(
+        ctx.step("a", |_| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(1u32)
+        }),
+        ctx.step("b", |_| async { Ok(2u32) })
+    );
+    Ok(a? + b?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_effects_of_one_branch_at_once_are_refused() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p1", |f| {
+        f.register("joined", joined_effects).expect("register")
+    });
+    let flow = process.functions.start("joined", ()).await.expect("start");
+    wait_until_parked(&process, "the run was not refused").await;
+    assert!(
+        journal_of(&store, flow).await.journal.len() <= 1,
+        "the second effect was not journaled"
+    );
+    process.stop().await;
+}

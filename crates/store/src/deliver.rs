@@ -2,7 +2,7 @@
 //! writing at the same moment (a running durable function), which marks it ready so that
 //! a worker looks at it. Signals, cancellations and the ends of child flows go this way.
 
-use flowstate_core::{Clock, EventBody, FlowId, FlowRecord, StepOutcome};
+use flowstate_core::{Clock, EventBody, Failure, FlowId, FlowRecord, StepOutcome};
 
 use crate::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
 
@@ -58,7 +58,9 @@ pub async fn notify_parent(
         return Ok(());
     };
     let id = child.id;
-    deliver(store, clock, parent, |record| {
+    // An outcome too large for an event is delivered as the failure that says so.
+    let outcome = outcome.clone().and_then(Failure::within_result_limit);
+    let delivered = deliver(store, clock, parent, |record| {
         Ok(match &record.function {
             Some(function)
                 if function.outcome.is_none() && !function.children_ended.contains_key(&id) =>
@@ -71,5 +73,10 @@ pub async fn notify_parent(
             _ => None,
         })
     })
-    .await
+    .await;
+    match delivered {
+        // The parent is gone (deleted, or archived): there is nobody to tell.
+        Err(WriteError::Store(StoreError::UnknownFlow { .. })) => Ok(()),
+        other => other,
+    }
 }
