@@ -29,7 +29,10 @@ fn note(line: &str) -> Result<(), Failure> {
         .append(true)
         .open(log)
         .map_err(failure)?;
-    writeln!(file, "{line}").map_err(failure)?;
+    // One write per line: a SIGKILL between two writes would leave half a line for the
+    // next process to append to.
+    file.write_all(format!("{line}\n").as_bytes())
+        .map_err(failure)?;
     file.sync_data().map_err(failure)
 }
 

@@ -26,7 +26,10 @@ fn note(log: &str, line: &str) -> Result<(), String> {
         .append(true)
         .open(log)
         .map_err(|e| e.to_string())?;
-    writeln!(file, "{line}").map_err(|e| e.to_string())?;
+    // One write per line: a SIGKILL between two writes would leave half a line for the
+    // next process to append to.
+    file.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     file.sync_data().map_err(|e| e.to_string())
 }
 

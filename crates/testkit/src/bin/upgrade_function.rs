@@ -51,7 +51,9 @@ fn note(name: &str, key: &str) -> Result<(), Failure> {
         .append(true)
         .open(log)
         .map_err(failure)?;
-    writeln!(file, "run {name} {key} v{version}").map_err(failure)?;
+    // One write per line (a SIGKILL cannot leave half a line).
+    file.write_all(format!("run {name} {key} v{version}\n").as_bytes())
+        .map_err(failure)?;
     file.sync_data().map_err(failure)
 }
 
