@@ -378,10 +378,15 @@ impl Event {
                 supported: EVENT_FORMAT_VERSION,
             });
         }
-        let body = serde_json::from_slice(&raw.body).map_err(|error| DecodeError::Body {
-            seq: raw.seq,
-            message: error.to_string(),
-        })?;
+        // Journal entries (most of a long log) take a fast path; the derived decoding has
+        // the last word on everything else.
+        let body = match crate::decode::body(&raw.body) {
+            Some(body) => body,
+            None => serde_json::from_slice(&raw.body).map_err(|error| DecodeError::Body {
+                seq: raw.seq,
+                message: error.to_string(),
+            })?,
+        };
         Ok(Self {
             flow: raw.flow,
             seq: raw.seq,

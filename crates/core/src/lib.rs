@@ -9,6 +9,7 @@
 //! implement), randomness as bytes. There is no tokio and no database in the dependency tree, so
 //! the same inputs always give the same outputs and any run can be reproduced from its log.
 
+mod decode;
 pub mod event;
 pub mod failure;
 pub mod fold;

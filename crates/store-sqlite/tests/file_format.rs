@@ -145,3 +145,47 @@ async fn a_damaged_file_gives_an_error_not_a_panic() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_broken_event_chain_is_corruption_not_a_shorter_log() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("chain.db");
+    let flow = store_with_one_flow(&path).await;
+    // The 50 events lie in adjacent rows (one append), so reads follow them with a scan.
+    let damages = [
+        ("a missing event", "DELETE FROM events WHERE seq = 25"),
+        (
+            "an event with another number",
+            "UPDATE events SET seq = 99 WHERE seq = 25",
+        ),
+        (
+            "an event of another flow",
+            "UPDATE events SET flow_no = flow_no + 1 WHERE seq = 25",
+        ),
+        (
+            "a link that skips an event",
+            "UPDATE events SET prev = prev - 1 WHERE seq = 26",
+        ),
+        (
+            "a link that points ahead",
+            "UPDATE events SET prev = prev + 2 WHERE seq = 26",
+        ),
+    ];
+    for (number, (damage, sql)) in damages.into_iter().enumerate() {
+        let copy = dir.path().join(format!("chain-{number}.db"));
+        std::fs::copy(&path, &copy).expect("copy");
+        let conn = rusqlite::Connection::open(&copy).expect("sqlite");
+        conn.execute_batch(sql).expect("damage");
+        drop(conn);
+        let store = open(&copy, false).expect("open");
+        let error = store.read(flow, 1, 100).await.expect_err(damage);
+        assert!(
+            matches!(&error, StoreError::Corrupt { detail } if detail.contains("chain")),
+            "{damage}: {error:?}"
+        );
+        // The events after the damage still read back.
+        let tail = store.read(flow, 27, 100).await.expect("tail");
+        assert_eq!(tail.len(), 24, "{damage}");
+        store.close().await.expect("close");
+    }
+}

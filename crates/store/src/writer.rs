@@ -11,15 +11,36 @@
 //! be ahead of the log; it then refuses further use with [`WriteError::Stale`] and the caller
 //! must [`FlowWriter::load`] the flow again. That is also the right reaction to a conflict.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use flowstate_core::fold::Folder;
 use flowstate_core::{
-    Clock, EncodeError, Event, EventBody, FlowId, FlowRecord, FlowStatus, FoldError,
+    Clock, EncodeError, Event, EventBody, FlowId, FlowRecord, FlowStatus, FoldError, RawEvent,
     EVENT_FORMAT_VERSION,
 };
 
 use crate::error::StoreError;
 use crate::types::{AppendBatch, AppendOutcome, NewEvent, NewFlow, NewTimer};
-use crate::{read_all, Store};
+use crate::Store;
+
+/// Events per read when a flow is loaded (after the first read).
+const LOAD_PAGE: usize = 2_500;
+
+/// Events of the first read when a flow is loaded.
+const FIRST_LOAD_PAGE: usize = 500;
+
+/// Reads in flight while a flow is loaded (after the first read).
+const READS_AHEAD: usize = 2;
+const _: () = assert!(READS_AHEAD > 0);
+
+/// A read of a page of a log, and what it read once it is done.
+struct Read<'a> {
+    future: Pin<Box<dyn Future<Output = Result<Vec<RawEvent>, StoreError>> + Send + 'a>>,
+    done: Option<Result<Vec<RawEvent>, StoreError>>,
+}
 
 /// Why recording events failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +101,53 @@ impl FlowWriter {
     }
 
     /// Loads an existing flow by folding its whole log.
+    ///
+    /// The log is read in pages, and each page is folded while the store reads the next ones
+    /// ([`READS_AHEAD`] at once, on threads or connections of its own), so reading and
+    /// folding a long log overlap instead of adding up.
     pub async fn load(store: &dyn Store, flow: FlowId) -> Result<Self, WriteError> {
         let mut folder = Folder::new();
-        for raw in read_all(store, flow).await? {
-            folder.apply_raw(&raw)?;
+        let fold_page = |folder: &mut Folder, page: &[RawEvent]| {
+            page.iter()
+                .try_for_each(|raw| folder.apply_raw(raw))
+                .map_err(WriteError::from)
+        };
+        // A small first page, so that folding starts soon.
+        let mut page = store.read(flow, 1, FIRST_LOAD_PAGE).await?;
+        let mut full = page.len() == FIRST_LOAD_PAGE;
+        let mut from = FIRST_LOAD_PAGE as u64 + 1;
+        let mut reading = VecDeque::new();
+        while full {
+            while reading.len() < READS_AHEAD {
+                let future = store.read(flow, from, LOAD_PAGE);
+                reading.push_back(Read { future, done: None });
+                from += LOAD_PAGE as u64;
+            }
+            let mut folded = false;
+            // The first poll starts the reads; the page is folded meanwhile.
+            page = std::future::poll_fn(|cx| {
+                for read in reading.iter_mut().filter(|read| read.done.is_none()) {
+                    if let Poll::Ready(done) = read.future.as_mut().poll(cx) {
+                        read.done = Some(done);
+                    }
+                }
+                if !folded {
+                    folded = true;
+                    if let Err(error) = fold_page(&mut folder, &page) {
+                        return Poll::Ready(Err(error));
+                    }
+                }
+                match reading.front_mut().and_then(|oldest| oldest.done.take()) {
+                    Some(done) => Poll::Ready(done.map_err(WriteError::from)),
+                    None => Poll::Pending,
+                }
+            })
+            .await?;
+            reading.pop_front();
+            // A short page is the end of the log (reads after it are dropped).
+            full = page.len() == LOAD_PAGE;
         }
+        fold_page(&mut folder, &page)?;
         Ok(Self {
             flow,
             durable_next_seq: folder.next_seq(),
