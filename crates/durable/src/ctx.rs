@@ -567,6 +567,46 @@ impl Activation {
         }
     }
 
+    /// Takes what `find` sees delivered in the log (a signal, a child's end) and journals it
+    /// with `entry` as `branch`'s next, in one commit; or, when nothing is there yet, waits
+    /// durably (the activation sleeps until it is delivered, and this run never resumes).
+    async fn take_or_wait<V: Clone + 'static>(
+        self: &Rc<Self>,
+        branch: &Rc<Branch>,
+        find: impl FnOnce(&flowstate_core::FunctionRecord) -> Option<V> + 'static,
+        entry: impl FnOnce(V) -> JournalEntry + 'static,
+        waiting: Wait,
+    ) -> V {
+        let recorder = branch.clone();
+        let taken = self
+            .commit(move |writer| {
+                let delivered = writer
+                    .record()
+                    .and_then(|r| r.function.as_ref())
+                    .and_then(find);
+                match delivered {
+                    Some(value) => {
+                        let position = Self::next_position(writer);
+                        let recorded = recorder.recorded(position, entry(value.clone()));
+                        (vec![recorded], Some(value))
+                    }
+                    None => (Vec::new(), None),
+                }
+            })
+            .await;
+        match taken {
+            Ok(Some(value)) => {
+                branch.cursor.set(branch.cursor.get() + 1);
+                value
+            }
+            Ok(None) => {
+                let _waiting = self.wait(waiting);
+                halted().await
+            }
+            Err(()) => halted().await,
+        }
+    }
+
     /// Checks that no branch that recorded entries was left unstarted by the code (at the
     /// function's return): entries of branches the code no longer starts are a divergence.
     pub(crate) fn check_no_lane_left(&self) -> Result<(), Diagnostic> {
@@ -991,38 +1031,19 @@ impl Ctx {
             };
             // The oldest delivered signal of the name, consumed in the same commit that
             // journals it.
-            let (recorder, wanted) = (branch.clone(), name.clone());
-            let consumed = act
-                .commit(move |writer| {
-                    let delivered = writer
-                        .record()
-                        .and_then(|r| r.function.as_ref())
-                        .and_then(|f| f.pending_signal(&wanted))
-                        .cloned();
-                    match delivered {
-                        Some(value) => {
-                            let entry = JournalEntry::Signal {
-                                name: wanted,
-                                value: value.clone(),
-                            };
-                            let position = Activation::next_position(writer);
-                            (vec![recorder.recorded(position, entry)], Some(value))
-                        }
-                        None => (Vec::new(), None),
-                    }
-                })
+            let (wanted, journaled) = (name.clone(), name.clone());
+            let value = act
+                .take_or_wait(
+                    &branch,
+                    move |function| function.pending_signal(&wanted).cloned(),
+                    move |value| JournalEntry::Signal {
+                        name: journaled,
+                        value,
+                    },
+                    Wait::Signal(name),
+                )
                 .await;
-            match consumed {
-                Ok(Some(value)) => {
-                    branch.cursor.set(branch.cursor.get() + 1);
-                    decode(value)
-                }
-                Ok(None) => {
-                    let _waiting = act.wait(Wait::Signal(name));
-                    halted().await
-                }
-                Err(()) => halted().await,
-            }
+            decode(value)
         }
     }
 
@@ -1159,38 +1180,15 @@ impl Ctx {
                 Ok(replayed) => replayed.into_busy(),
                 Err(()) => return halted().await,
             };
-            let recorder = branch.clone();
-            let joined = act
-                .commit(move |writer| {
-                    let ended = writer
-                        .record()
-                        .and_then(|r| r.function.as_ref())
-                        .and_then(|f| f.children_ended.get(&child))
-                        .cloned();
-                    match ended {
-                        Some(outcome) => {
-                            let entry = JournalEntry::ChildJoined {
-                                child,
-                                outcome: outcome.clone(),
-                            };
-                            let position = Activation::next_position(writer);
-                            (vec![recorder.recorded(position, entry)], Some(outcome))
-                        }
-                        None => (Vec::new(), None),
-                    }
-                })
+            let outcome = act
+                .take_or_wait(
+                    &branch,
+                    move |function| function.children_ended.get(&child).cloned(),
+                    move |outcome| JournalEntry::ChildJoined { child, outcome },
+                    Wait::Child(child),
+                )
                 .await;
-            match joined {
-                Ok(Some(outcome)) => {
-                    branch.cursor.set(branch.cursor.get() + 1);
-                    decode(outcome)
-                }
-                Ok(None) => {
-                    let _waiting = act.wait(Wait::Child(child));
-                    halted().await
-                }
-                Err(()) => halted().await,
-            }
+            decode(outcome)
         }
     }
 
