@@ -1222,18 +1222,9 @@ impl Ctx {
             let Some((index, branches)) = started else {
                 return Ok(Vec::new());
             };
-            let (decided, _busy) =
-                match ctx
-                    .act
-                    .replay(&ctx.branch, Call::Settled { combinator: "all" }, &at)
-                {
-                    Ok(Replayed::Recorded {
-                        position,
-                        entry: JournalEntry::Settled { branch, .. },
-                    }) => (Some((position, branch)), None),
-                    Ok(replayed) => (None, replayed.into_busy()),
-                    Err(()) => return halted().await,
-                };
+            let Ok((decided, _busy)) = ctx.decision("all", &at) else {
+                return halted().await;
+            };
             ctx.branch.in_combinator.set(true);
             let settled = ctx.settle_all(index, branches, decided, &at).await;
             ctx.branch.in_combinator.set(false);
@@ -1267,18 +1258,9 @@ impl Ctx {
                 )));
                 return halted().await;
             };
-            let (decided, _busy) =
-                match ctx
-                    .act
-                    .replay(&ctx.branch, Call::Settled { combinator: "race" }, &at)
-                {
-                    Ok(Replayed::Recorded {
-                        position,
-                        entry: JournalEntry::Settled { branch, .. },
-                    }) => (Some((position, branch)), None),
-                    Ok(replayed) => (None, replayed.into_busy()),
-                    Err(()) => return halted().await,
-                };
+            let Ok((decided, _busy)) = ctx.decision("race", &at) else {
+                return halted().await;
+            };
             ctx.branch.in_combinator.set(true);
             let settled = ctx.settle_race(index, branches, decided, &at).await;
             ctx.branch.in_combinator.set(false);
@@ -1286,6 +1268,27 @@ impl Ctx {
                 Some(outcome) => outcome,
                 None => halted().await,
             }
+        }
+    }
+
+    /// How the journal says this branch's next combinator settled (its `settled` entry's
+    /// position and decision), or `None` with the busy guard when it is to settle live.
+    /// `Err(())` when the run must stop.
+    #[allow(clippy::type_complexity)]
+    fn decision(
+        &self,
+        combinator: &'static str,
+        at: &At,
+    ) -> Result<(Option<(u32, Option<u32>)>, Option<Busy>), ()> {
+        match self
+            .act
+            .replay(&self.branch, Call::Settled { combinator }, at)?
+        {
+            Replayed::Recorded {
+                position,
+                entry: JournalEntry::Settled { branch, .. },
+            } => Ok((Some((position, branch)), None)),
+            replayed => Ok((None, replayed.into_busy())),
         }
     }
 

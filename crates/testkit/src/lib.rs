@@ -30,6 +30,18 @@ where
     }
 }
 
+/// Appends `line` to the log at `path` and fsyncs it, in one write: a SIGKILL between two
+/// writes would leave half a line for the next process to append to.
+pub fn append_line(path: impl AsRef<std::path::Path>, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(format!("{line}\n").as_bytes())?;
+    file.sync_data()
+}
+
 /// The `KIND KEY` lines child programs append to their call logs (`start KEY`, `done KEY`).
 #[must_use]
 pub fn log_lines(log: &std::path::Path) -> Vec<(String, String)> {

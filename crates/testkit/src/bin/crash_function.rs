@@ -6,7 +6,6 @@
 //! (killed) processes, and runs a worker until the activation is done; then prints
 //! `outcome SUM`. KEY is the idempotency key the context passed.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,19 +20,9 @@ use flowstate_worker::{Worker, WorkerConfig};
 pub const STEPS: u64 = 60;
 
 fn note(line: &str) -> Result<(), Failure> {
-    let failure = |e: std::io::Error| Failure::new("Io", e.to_string());
     let log =
         std::env::var("FLOWSTATE_CRASH_LOG").map_err(|e| Failure::new("Env", e.to_string()))?;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(failure)?;
-    // One write per line: a SIGKILL between two writes would leave half a line for the
-    // next process to append to.
-    file.write_all(format!("{line}\n").as_bytes())
-        .map_err(failure)?;
-    file.sync_data().map_err(failure)
+    flowstate_testkit::append_line(log, line).map_err(|e| Failure::new("Io", e.to_string()))
 }
 
 async fn long(ctx: Ctx, _input: ()) -> Result<u64, Failure> {

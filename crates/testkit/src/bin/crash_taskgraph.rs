@@ -6,7 +6,6 @@
 //! begins and `done KEY` before it returns, then sleeps a little, so that a SIGKILL lands
 //! mid-flow. KEY is the idempotency key the engine passed.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,16 +20,7 @@ use flowstate_taskgraph::{task_fn, Engine, Flow, Inputs};
 pub const TASKS: usize = 30;
 
 fn note(log: &str, line: &str) -> Result<(), String> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| e.to_string())?;
-    // One write per line: a SIGKILL between two writes would leave half a line for the
-    // next process to append to.
-    file.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    file.sync_data().map_err(|e| e.to_string())
+    flowstate_testkit::append_line(log, line).map_err(|e| e.to_string())
 }
 
 fn long_flow(log: &str) -> Flow {

@@ -22,7 +22,6 @@
 //! run put it in replay failure (`replay_failure DIAGNOSTIC`). Otherwise it runs until it is
 //! killed. Errors: one `error:` line on stderr, status 1.
 
-use std::io::Write;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -42,19 +41,11 @@ static VERSION: OnceLock<u8> = OnceLock::new();
 
 /// Appends `run NAME KEY vVERSION` to the step log, fsynced.
 fn note(name: &str, key: &str) -> Result<(), Failure> {
-    let failure = |e: std::io::Error| Failure::new("Io", e.to_string());
     let log =
         std::env::var("FLOWSTATE_UPGRADE_LOG").map_err(|e| Failure::new("Env", e.to_string()))?;
     let version = VERSION.get().copied().unwrap_or(0);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(failure)?;
-    // One write per line (a SIGKILL cannot leave half a line).
-    file.write_all(format!("run {name} {key} v{version}\n").as_bytes())
-        .map_err(failure)?;
-    file.sync_data().map_err(failure)
+    flowstate_testkit::append_line(log, &format!("run {name} {key} v{version}"))
+        .map_err(|e| Failure::new("Io", e.to_string()))
 }
 
 /// A step body: notes that step `name` ran with `key`, and produces `value`.
