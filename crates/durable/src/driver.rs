@@ -279,7 +279,9 @@ fn check_waiting(run: &mut Running) {
         .branches
         .borrow()
         .iter()
-        .filter(|branch| !branch.in_combinator.get())
+        // Only a branch with recorded entries left can have stalled (and only then is the
+        // diagnostic's text worth building: this runs for every waiting activation).
+        .filter(|branch| !branch.in_combinator.get() && branch.replaying())
         .find_map(|branch| {
             branch
                 .check_end(
