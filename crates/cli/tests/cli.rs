@@ -97,9 +97,11 @@ async fn write_flows(path: &Path) -> (FlowId, FlowId) {
         },
         EventBody::PlanStateChanged {
             to: PlanState::Completed,
+            reason: None,
         },
         EventBody::PlanStateChanged {
             to: PlanState::Deactivated,
+            reason: None,
         },
     ];
     for body in steps {

@@ -8,12 +8,15 @@
 //! **Invariant:** variants are only ever added. A body already written keeps its meaning
 //! forever; a change of meaning needs a new variant or a new [`EVENT_FORMAT_VERSION`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::journal::{JournalEntry, StepOutcome};
 use crate::limits::MAX_EVENT_BODY_BYTES;
+use crate::plan::ExecutionPlan;
 use crate::machine::{ActivationState, FlowState, PlanState, RetryState, TaskState};
 use crate::time::Timestamp;
 
@@ -163,6 +166,146 @@ pub enum EventBody {
     PlanStateChanged {
         /// The new state.
         to: PlanState,
+        /// On failed: why (the goal that failed or became unreachable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Failure>,
+    },
+    /// A goal-driven flow started: the plan computed from its goals and inputs (the flow's
+    /// initial inputs are `flow_created`'s input). The plan holds the whole definitions of
+    /// its steps, so the flow never changes under later registrations.
+    PlanStarted {
+        /// The plan.
+        plan: ExecutionPlan,
+    },
+    /// A step of a plan started: its inputs were available (and its predicate held); its
+    /// work items were created.
+    StepStarted {
+        /// The step.
+        step: String,
+        /// Its inputs.
+        #[serde(default)]
+        inputs: BTreeMap<String, serde_json::Value>,
+        /// How many work items it has (1, or one per element of a mapped step's list).
+        items: u32,
+    },
+    /// A step will not run (its predicate was false, or nothing needs its outputs).
+    StepSkipped {
+        /// The step.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// A step failed: a work item failed for good, or a required input can no longer be
+    /// produced.
+    StepFailed {
+        /// The step.
+        step: String,
+        /// Why.
+        failure: Failure,
+    },
+    /// Every work item of a step succeeded (its outputs follow as `attribute_set`).
+    StepCompleted {
+        /// The step.
+        step: String,
+    },
+    /// An attempt of a work item started. Its completion token is
+    /// `FLOW/STEP/ITEM/ATTEMPT`; its idempotency key `FLOW/STEP/ITEM` is the same for every
+    /// attempt.
+    WorkStarted {
+        /// The step.
+        step: String,
+        /// The item (0 for a step that is not mapped).
+        item: u32,
+        /// The attempt, from 1.
+        attempt: u32,
+    },
+    /// An attempt succeeded (also after the flow became terminal: late work is recorded).
+    WorkSucceeded {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+        /// The attempt.
+        attempt: u32,
+        /// What it returned (an object of outputs).
+        #[serde(default)]
+        outputs: serde_json::Value,
+    },
+    /// An attempt failed and the item will not be tried again.
+    WorkFailed {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+        /// The attempt.
+        attempt: u32,
+        /// Why.
+        failure: Failure,
+    },
+    /// An attempt failed and another is scheduled.
+    RetryScheduled {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why it failed.
+        failure: Failure,
+        /// When the next attempt is due.
+        due: Timestamp,
+    },
+    /// Work that will never run: a pending item of a failed step, or a retry still waiting
+    /// when the flow ended.
+    WorkAbandoned {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A step's output became an attribute (provenance: this event's sequence number and
+    /// time, the step and the attempt).
+    AttributeSet {
+        /// The attribute.
+        name: String,
+        /// Its value.
+        #[serde(default)]
+        value: serde_json::Value,
+        /// The producing step.
+        step: String,
+        /// The producing attempt (for a mapped step: the highest of its items).
+        attempt: u32,
+    },
+    /// A succeeded work item's compensation started (the flow failed; compensations run in
+    /// reverse order of success).
+    CompensationStarted {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+        /// The compensation attempt, from 1.
+        attempt: u32,
+    },
+    /// A compensation succeeded.
+    CompensationSucceeded {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+    },
+    /// A compensation attempt failed; retried at `retry_due`, or failed for good.
+    CompensationFailed {
+        /// The step.
+        step: String,
+        /// The item.
+        item: u32,
+        /// Why.
+        failure: Failure,
+        /// When the next attempt is due; `None`: no more attempts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_due: Option<Timestamp>,
     },
     /// A durable function recorded an effect at the next position of its journal.
     JournalEntryRecorded {
@@ -262,6 +405,20 @@ impl EventBody {
             Self::AtomRevertRecovered { .. } => "atom_revert_recovered",
             Self::ActivationStateChanged { .. } => "activation_state_changed",
             Self::PlanStateChanged { .. } => "plan_state_changed",
+            Self::PlanStarted { .. } => "plan_started",
+            Self::StepStarted { .. } => "step_started",
+            Self::StepSkipped { .. } => "step_skipped",
+            Self::StepFailed { .. } => "step_failed",
+            Self::StepCompleted { .. } => "step_completed",
+            Self::WorkStarted { .. } => "work_started",
+            Self::WorkSucceeded { .. } => "work_succeeded",
+            Self::WorkFailed { .. } => "work_failed",
+            Self::RetryScheduled { .. } => "retry_scheduled",
+            Self::WorkAbandoned { .. } => "work_abandoned",
+            Self::AttributeSet { .. } => "attribute_set",
+            Self::CompensationStarted { .. } => "compensation_started",
+            Self::CompensationSucceeded { .. } => "compensation_succeeded",
+            Self::CompensationFailed { .. } => "compensation_failed",
             Self::JournalEntryRecorded { .. } => "journal_entry_recorded",
             Self::BranchEntryRecorded { .. } => "branch_entry_recorded",
             Self::TimerAwaited { .. } => "timer_awaited",

@@ -17,6 +17,7 @@ use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent}
 use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::journal::{FunctionRecord, JournalError};
+use crate::plan::{PlanError, PlanEvent, PlanRecord};
 use crate::machine::{
     ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
 };
@@ -186,6 +187,9 @@ pub struct FlowRecord {
     /// The durable function that started this flow as its child, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<FlowId>,
+    /// A plan's steps, work items and attributes with provenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanRecord>,
 }
 
 /// Where a fold stops.
@@ -287,6 +291,14 @@ pub enum FoldError {
         seq: u64,
         /// The atom.
         atom: String,
+    },
+    /// A plan event does not follow (see [`PlanError`]).
+    #[error("event {seq}: {source}")]
+    Plan {
+        /// The event's position.
+        seq: u64,
+        /// What is wrong.
+        source: PlanError,
     },
     /// A durable function's journal does not follow (see [`JournalError`]).
     #[error("event {seq}: {source}")]
@@ -391,6 +403,7 @@ impl Folder {
                 diagnostic: None,
                 function: (*kind == FlowKind::Function).then(FunctionRecord::default),
                 parent: None,
+                plan: (*kind == FlowKind::Plan).then(PlanRecord::default),
             });
             return Ok(());
         };
@@ -405,8 +418,29 @@ impl Folder {
             (EventBody::FlowStateChanged { to }, FlowStatus::TaskGraph(state)) => {
                 advance(seq, state, *to)?;
             }
-            (EventBody::PlanStateChanged { to }, FlowStatus::Plan(state)) => {
-                advance(seq, state, *to)?;
+            (EventBody::PlanStateChanged { to, reason }, FlowStatus::Plan(state)) => {
+                let mut next = *state;
+                advance(seq, &mut next, *to)?;
+                let change = PlanEvent::Lifecycle {
+                    to: *to,
+                    reason: reason.as_ref(),
+                };
+                record
+                    .plan
+                    .get_or_insert_with(PlanRecord::default)
+                    .apply(*state, seq, event.time, change)
+                    .map_err(|source| FoldError::Plan { seq, source })?;
+                *state = next;
+            }
+            (body, FlowStatus::Plan(state)) if plan_event(body, &record.input).is_some() => {
+                let Some(change) = plan_event(body, &record.input) else {
+                    return Err(wrong_kind());
+                };
+                record
+                    .plan
+                    .get_or_insert_with(PlanRecord::default)
+                    .apply(*state, seq, event.time, change)
+                    .map_err(|source| FoldError::Plan { seq, source })?;
             }
             (EventBody::ActivationStateChanged { to, diagnostic }, FlowStatus::Function(state)) => {
                 advance(seq, state, *to)?;
@@ -687,4 +721,107 @@ pub fn fold<'a>(
         folder.apply_raw(raw)?;
     }
     folder.finish()
+}
+
+/// The plan event a body records, if it is one (the lifecycle is handled by the fold itself).
+fn plan_event<'a>(body: &'a EventBody, inputs: &'a serde_json::Value) -> Option<PlanEvent<'a>> {
+    Some(match body {
+        EventBody::PlanStarted { plan } => PlanEvent::Started { plan, inputs },
+        EventBody::StepStarted {
+            step,
+            inputs,
+            items,
+        } => PlanEvent::StepStarted {
+            step,
+            inputs,
+            items: *items,
+        },
+        EventBody::StepSkipped { step, reason } => PlanEvent::StepSkipped { step, reason },
+        EventBody::StepFailed { step, failure } => PlanEvent::StepFailed { step, failure },
+        EventBody::StepCompleted { step } => PlanEvent::StepCompleted { step },
+        EventBody::WorkStarted {
+            step,
+            item,
+            attempt,
+        } => PlanEvent::WorkStarted {
+            step,
+            item: *item,
+            attempt: *attempt,
+        },
+        EventBody::WorkSucceeded {
+            step,
+            item,
+            attempt,
+            outputs,
+        } => PlanEvent::WorkSucceeded {
+            step,
+            item: *item,
+            attempt: *attempt,
+            outputs,
+        },
+        EventBody::WorkFailed {
+            step,
+            item,
+            attempt,
+            failure,
+        } => PlanEvent::WorkFailed {
+            step,
+            item: *item,
+            attempt: *attempt,
+            failure,
+        },
+        EventBody::RetryScheduled {
+            step,
+            item,
+            attempt,
+            failure,
+            due,
+        } => PlanEvent::RetryScheduled {
+            step,
+            item: *item,
+            attempt: *attempt,
+            failure,
+            due: *due,
+        },
+        EventBody::WorkAbandoned { step, item, reason } => PlanEvent::WorkAbandoned {
+            step,
+            item: *item,
+            reason,
+        },
+        EventBody::AttributeSet {
+            name,
+            value,
+            step,
+            attempt,
+        } => PlanEvent::AttributeSet {
+            name,
+            value,
+            step,
+            attempt: *attempt,
+        },
+        EventBody::CompensationStarted {
+            step,
+            item,
+            attempt,
+        } => PlanEvent::CompensationStarted {
+            step,
+            item: *item,
+            attempt: *attempt,
+        },
+        EventBody::CompensationSucceeded { step, item } => {
+            PlanEvent::CompensationSucceeded { step, item: *item }
+        }
+        EventBody::CompensationFailed {
+            step,
+            item,
+            failure,
+            retry_due,
+        } => PlanEvent::CompensationFailed {
+            step,
+            item: *item,
+            failure,
+            retry_due: *retry_due,
+        },
+        _ => return None,
+    })
 }

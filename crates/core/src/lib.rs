@@ -17,6 +17,7 @@ pub mod id;
 pub mod journal;
 pub mod limits;
 pub mod machine;
+pub mod plan;
 pub mod time;
 
 pub use event::{
@@ -32,4 +33,8 @@ pub use journal::{
     Replayer, StepOutcome,
 };
 pub use machine::{InvalidState, Machine, Transition};
+pub use plan::{
+    AttributeValue, ExecutionPlan, Goal, InputSpec, PlanError, PlanRecord, Predicate, RetryPolicy,
+    StepRecord, StepSpec, StepState, WorkRecord, WorkState,
+};
 pub use time::{Clock, ManualClock, Timestamp};

@@ -172,6 +172,7 @@ fn a_recorded_no_op_and_a_log_without_creation_are_refused() {
             2,
             EventBody::PlanStateChanged {
                 to: flowstate_core::machine::PlanState::Completed,
+                reason: None,
             },
         ),
     ];
