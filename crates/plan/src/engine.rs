@@ -1,0 +1,485 @@
+//! The plan engine: plans a flow from its goals, records it, and runs it on any store, either
+//! in the calling process ([`Plans::run`], [`Plans::run_to_end`]) or through workers (it is the
+//! worker's [`FlowRunner`] for plans).
+//!
+//! **Every transition is durable before the work it allows starts:** a round stages what the
+//! runtime decides (folded at once, so a decision the tables refuse never reaches the store),
+//! commits it as one append, and only then runs the attempts the log now says are running. A
+//! linear plan costs one commit per step (the result of one step and the start of the next
+//! are one append). An attempt the log shows running when a run begins (its process died)
+//! runs again with the same attempt number, so with the same token and idempotency key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flowstate_core::fold::{fold, StopAt};
+use flowstate_core::machine::PlanState;
+use flowstate_core::{
+    Clock, EventBody, ExecutionPlan, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, FoldError,
+    Timestamp,
+};
+use flowstate_store::{AppendExtras, FlowWriter, NewTimer, Store, StoreError, WriteError};
+use flowstate_worker::{FlowRunner, RunError};
+use tokio::task::JoinSet;
+
+use crate::planner::PlanningError;
+use crate::registry::{Registered, RegistrationError, Registry};
+use crate::runtime::{self, AttemptResult, Launch, LaunchKind};
+use crate::step::{Step, StepContext, StepError};
+
+/// The name of the store timer that wakes a plan for its next retry.
+pub const RETRY_TIMER: &str = "plan-retry";
+
+/// Most decision batches one round may stage before the engine suspects a loop (each batch
+/// changes the state, and a plan has at most `MAX_PLAN_STEPS` steps; this is far beyond
+/// any legitimate round).
+pub const MAX_DECISION_BATCHES: usize = 100_000;
+
+/// How to start a flow: goals, initial inputs, and choices between providers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanRequest {
+    /// A name for the flow's definition in listings (default `"plan"`).
+    pub name: String,
+    /// Goals: step names or attribute names.
+    pub goals: Vec<String>,
+    /// Initial inputs (attributes).
+    pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// Attribute → the step that must provide it, where several could.
+    pub choices: BTreeMap<String, String>,
+}
+
+impl PlanRequest {
+    /// A request for these goals.
+    pub fn new<S: Into<String>>(goals: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            name: "plan".to_owned(),
+            goals: goals.into_iter().map(Into::into).collect(),
+            inputs: serde_json::Map::new(),
+            choices: BTreeMap::new(),
+        }
+    }
+
+    /// Adds an initial input.
+    #[must_use]
+    pub fn input(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
+        self.inputs.insert(name.into(), value);
+        self
+    }
+
+    /// Chooses the provider of an attribute.
+    #[must_use]
+    pub fn choose(mut self, attribute: impl Into<String>, step: impl Into<String>) -> Self {
+        self.choices.insert(attribute.into(), step.into());
+        self
+    }
+
+    /// Names the flow's definition.
+    #[must_use]
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanEngineError {
+    /// The goals cannot be planned from the inputs; nothing was recorded.
+    #[error(transparent)]
+    Planning(#[from] PlanningError),
+    /// Recording failed (a refused transition, a conflict, a store error).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The log does not fold.
+    #[error(transparent)]
+    Fold(#[from] FoldError),
+    /// No such flow.
+    #[error("flow {flow} does not exist")]
+    UnknownFlow {
+        /// The flow.
+        flow: FlowId,
+    },
+    /// The flow is not a plan.
+    #[error("flow {flow} is a {kind} flow, not a plan")]
+    NotAPlan {
+        /// The flow.
+        flow: FlowId,
+        /// Its kind.
+        kind: FlowKind,
+    },
+    /// The flow's plan uses a step version this process does not have.
+    #[error("flow {flow} needs step {step:?} version {version}, which is not registered in this process")]
+    MissingStep {
+        /// The flow.
+        flow: FlowId,
+        /// The step.
+        step: String,
+        /// Its version.
+        version: u32,
+    },
+    /// The runtime kept deciding without end (a bug; the flow is left as it was).
+    #[error("flow {flow}: more than {MAX_DECISION_BATCHES} decision batches in one round")]
+    Runaway {
+        /// The flow.
+        flow: FlowId,
+    },
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    registry: RwLock<Registry>,
+}
+
+/// The plan engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Plans {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Plans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plans").finish_non_exhaustive()
+    }
+}
+
+/// Aborts a spawned task when dropped, so an abandoned run leaves no attempt running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Plans {
+    /// An engine over `store`, timed by `clock`.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                registry: RwLock::new(Registry::default()),
+            }),
+        }
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a step (a new name, or a new version of one). New flows are planned with
+    /// the newest version of each step; running flows keep theirs.
+    pub fn register(&self, step: Step) -> Result<(), RegistrationError> {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .register(step)
+    }
+
+    /// The plan a request would run, without starting anything.
+    pub fn preview(&self, request: &PlanRequest) -> Result<ExecutionPlan, PlanningError> {
+        self.registry()
+            .catalog
+            .plan(&request.goals, &request.inputs, &request.choices)
+    }
+
+    /// Plans and records a new flow, ready for a worker (or [`Plans::run`]). Refused, with
+    /// nothing recorded, when the goals cannot be planned.
+    pub async fn start(&self, request: PlanRequest) -> Result<FlowId, PlanEngineError> {
+        let plan = self.preview(&request)?;
+        let clock = &*self.inner.clock;
+        let flow = FlowId::from_parts(clock.now(), rand::random());
+        let mut writer = FlowWriter::new(flow);
+        let created = EventBody::FlowCreated {
+            kind: FlowKind::Plan,
+            definition: if request.name.is_empty() {
+                "plan".to_owned()
+            } else {
+                request.name
+            },
+            input: serde_json::Value::Object(request.inputs),
+        };
+        writer
+            .append_with(
+                &*self.inner.store,
+                clock,
+                vec![created, EventBody::PlanStarted { plan }],
+                AppendExtras {
+                    ready: Some(true),
+                    timers: Vec::new(),
+                },
+            )
+            .await?;
+        Ok(flow)
+    }
+
+    /// The flow's state as of a sequence number or a time (time travel).
+    pub async fn state(&self, flow: FlowId, at: StopAt) -> Result<FlowRecord, PlanEngineError> {
+        let events = flowstate_store::read_all(&*self.inner.store, flow).await?;
+        if events.is_empty() {
+            return Err(PlanEngineError::UnknownFlow { flow });
+        }
+        Ok(fold(&events, at)?)
+    }
+
+    /// Runs what can run now, in this process, until nothing runs: the flow deactivated, or
+    /// it waits for a retry (a store timer is set for it). Returns the state it left.
+    pub async fn run(&self, flow: FlowId) -> Result<FlowRecord, PlanEngineError> {
+        let store = &*self.inner.store;
+        let clock = &*self.inner.clock;
+        let mut writer = FlowWriter::load(store, flow).await?;
+        let record = writer
+            .record()
+            .ok_or(PlanEngineError::UnknownFlow { flow })?;
+        if record.kind != FlowKind::Plan {
+            return Err(PlanEngineError::NotAPlan {
+                flow,
+                kind: record.kind,
+            });
+        }
+        if matches!(
+            record.status,
+            FlowStatus::Plan(PlanState::Deactivated | PlanState::Archived)
+        ) {
+            return Ok(record.clone());
+        }
+        let code = self.code_for(flow, record)?;
+        let mut running: JoinSet<AttemptResult> = JoinSet::new();
+        let mut in_process: HashMap<tokio::task::Id, Launch> = HashMap::new();
+        loop {
+            let mut batches = 0;
+            loop {
+                let record = writer.record().ok_or(FoldError::EmptyLog)?;
+                let events = runtime::next_events(record, clock.now());
+                if events.is_empty() {
+                    break;
+                }
+                batches += 1;
+                if batches > MAX_DECISION_BATCHES {
+                    return Err(PlanEngineError::Runaway { flow });
+                }
+                writer.stage(clock, events)?;
+            }
+            writer.commit(store, AppendExtras::default()).await?;
+            let record = writer.record().ok_or(FoldError::EmptyLog)?;
+            for launch in runtime::launches(record) {
+                if !in_process.values().any(|running| *running == launch) {
+                    let task = running.spawn(attempt(flow, record, &launch, &code));
+                    in_process.insert(task.id(), launch);
+                }
+            }
+            let due = runtime::next_due(record);
+            if running.is_empty() {
+                if let Some(due) = due {
+                    store
+                        .schedule_timer(
+                            flow,
+                            NewTimer {
+                                name: RETRY_TIMER.to_owned(),
+                                due,
+                            },
+                        )
+                        .await?;
+                }
+                return Ok(record.clone());
+            }
+            let wait = due.map(|due| until(clock.now(), due));
+            let finished = tokio::select! {
+                joined = running.join_next_with_id() => joined,
+                () = sleep_for(wait) => None,
+            };
+            let mut results = Vec::new();
+            let mut next = finished;
+            while let Some(joined) = next {
+                results.push(match joined {
+                    Ok((id, result)) => (id, result),
+                    Err(error) => (error.id(), panicked(&error)),
+                });
+                next = running.try_join_next_with_id();
+            }
+            for (id, result) in results {
+                let Some(launch) = in_process.remove(&id) else {
+                    continue;
+                };
+                let record = writer.record().ok_or(FoldError::EmptyLog)?;
+                let event =
+                    runtime::attempt_finished(record, &launch, result, clock.now(), rand::random());
+                writer.stage(clock, vec![event])?;
+            }
+        }
+    }
+
+    /// Runs the flow in this process until it deactivates, waiting for its retries here.
+    pub async fn run_to_end(&self, flow: FlowId) -> Result<FlowRecord, PlanEngineError> {
+        loop {
+            let record = self.run(flow).await?;
+            if !matches!(
+                record.status,
+                FlowStatus::Plan(PlanState::Active | PlanState::Completed | PlanState::Failed)
+            ) {
+                return Ok(record);
+            }
+            match runtime::next_due(&record) {
+                Some(due) => tokio::time::sleep(until(self.inner.clock.now(), due)).await,
+                // Nothing runs and nothing is due, yet it did not deactivate: only another
+                // process can move it on; report the state rather than wait forever.
+                None => return Ok(record),
+            }
+        }
+    }
+
+    /// The code of every step version the flow's plan uses.
+    fn code_for(
+        &self,
+        flow: FlowId,
+        record: &FlowRecord,
+    ) -> Result<HashMap<String, Arc<Registered>>, PlanEngineError> {
+        let registry = self.registry();
+        let plan = record.plan.as_ref().and_then(|p| p.plan.as_ref());
+        plan.map(|plan| plan.steps.values())
+            .into_iter()
+            .flatten()
+            .map(|spec| {
+                registry
+                    .version(&spec.name, spec.version)
+                    .map(|code| (spec.name.clone(), code))
+                    .ok_or_else(|| PlanEngineError::MissingStep {
+                        flow,
+                        step: spec.name.clone(),
+                        version: spec.version,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The future of one attempt: the body (or compensation) on a task of its own, under the
+/// step's timeout, with a panic turned into a failure.
+fn attempt(
+    flow: FlowId,
+    record: &FlowRecord,
+    launch: &Launch,
+    code: &HashMap<String, Arc<Registered>>,
+) -> impl std::future::Future<Output = AttemptResult> + Send + 'static {
+    let context = StepContext {
+        flow,
+        step: launch.step.clone(),
+        item: launch.item,
+        attempt: launch.attempt,
+        inputs: runtime::item_inputs(record, &launch.step, launch.item),
+    };
+    let registered = code.get(&launch.step).cloned();
+    let outputs = record
+        .plan
+        .as_ref()
+        .and_then(|p| p.steps.get(&launch.step))
+        .and_then(|s| s.items.get(launch.item as usize))
+        .and_then(|item| item.outputs.clone())
+        .unwrap_or_default();
+    let kind = launch.kind;
+    async move {
+        let Some(registered) = registered else {
+            return AttemptResult::Failed {
+                failure: Failure::new("MissingStep", "the step's code is not registered"),
+                retryable: false,
+            };
+        };
+        let future = match (kind, &registered.compensation) {
+            (LaunchKind::Execute, _) => (registered.body)(context),
+            (LaunchKind::Compensate, Some(compensation)) => compensation(context, outputs),
+            (LaunchKind::Compensate, None) => {
+                return AttemptResult::Succeeded(serde_json::Value::Null)
+            }
+        };
+        let mut task = AbortOnDrop(tokio::spawn(future));
+        let joined = match registered.spec.timeout_ms {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), &mut task.0).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return AttemptResult::Failed {
+                        failure: Failure::new(
+                            runtime::TIMEOUT,
+                            format!("the attempt took longer than its timeout of {ms} ms"),
+                        ),
+                        retryable: true,
+                    }
+                }
+            },
+            None => (&mut task.0).await,
+        };
+        match joined {
+            Ok(Ok(outputs)) => AttemptResult::Succeeded(outputs),
+            Ok(Err(StepError::Retryable(failure))) => AttemptResult::Failed {
+                failure,
+                retryable: true,
+            },
+            Ok(Err(StepError::Permanent(failure))) => AttemptResult::Failed {
+                failure,
+                retryable: false,
+            },
+            Err(error) => panicked(&error),
+        }
+    }
+}
+
+/// A body that panicked (or was cancelled) failed; another attempt may succeed.
+fn panicked(error: &tokio::task::JoinError) -> AttemptResult {
+    let message = if error.is_panic() {
+        "the step's code panicked"
+    } else {
+        "the step's task was cancelled"
+    };
+    AttemptResult::Failed {
+        failure: Failure::new("Panic", message),
+        retryable: true,
+    }
+}
+
+fn until(now: Timestamp, due: Timestamp) -> Duration {
+    Duration::from_micros(u64::try_from(due.as_micros() - now.as_micros()).unwrap_or(0))
+}
+
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl FlowRunner for Plans {
+    async fn run(&self, flow: FlowId) -> Result<(), RunError> {
+        match Plans::run(self, flow).await {
+            Ok(_) => Ok(()),
+            Err(PlanEngineError::Write(WriteError::Store(StoreError::Conflict {
+                flow,
+                expected,
+                actual,
+            }))) => Err(RunError::Conflict {
+                flow,
+                expected,
+                actual,
+            }),
+            Err(PlanEngineError::MissingStep { step, version, .. }) => {
+                Err(RunError::MissingDefinition {
+                    kind: FlowKind::Plan,
+                    definition: format!("{step} v{version}"),
+                })
+            }
+            Err(error) => Err(RunError::Failed {
+                message: error.to_string(),
+            }),
+        }
+    }
+}
