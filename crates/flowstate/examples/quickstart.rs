@@ -151,8 +151,12 @@ async fn plan_completes(store: &dyn Store, clock: &dyn Clock) -> Result<()> {
     );
     flow.append(store, clock, vec![created]).await?;
     for to in [PlanState::Completed, PlanState::Deactivated] {
-        flow.append(store, clock, vec![EventBody::PlanStateChanged { to, reason: None }])
-            .await?;
+        flow.append(
+            store,
+            clock,
+            vec![EventBody::PlanStateChanged { to, reason: None }],
+        )
+        .await?;
     }
     Ok(())
 }

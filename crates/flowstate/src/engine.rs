@@ -39,6 +39,9 @@ pub enum EngineError {
     /// Waking the durable functions at the start of the incarnation failed.
     #[error(transparent)]
     Functions(#[from] flowstate_durable::StartError),
+    /// A plan step was refused at registration.
+    #[error(transparent)]
+    Step(#[from] flowstate_plan::RegistrationError),
     /// Waiting for a shutdown signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(std::io::Error),
@@ -52,6 +55,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     worker: Option<WorkerConfig>,
     task_graphs: Vec<Flow>,
+    steps: Vec<flowstate_plan::Step>,
 }
 
 impl EngineBuilder {
@@ -85,6 +89,14 @@ impl EngineBuilder {
         self
     }
 
+    /// A plan step this process can run (new flows are planned from the newest version of
+    /// each registered step).
+    #[must_use]
+    pub fn step(mut self, step: flowstate_plan::Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
     /// Opens the store (creating and migrating it if needed) and assembles the engine.
     pub async fn build(self) -> Result<Engine, EngineError> {
         let store = open_store_in(
@@ -101,6 +113,10 @@ impl EngineBuilder {
         for flow in self.task_graphs {
             task_graphs.register(flow);
         }
+        let plans = flowstate_plan::Plans::new(store.clone(), self.clock.clone());
+        for step in self.steps {
+            plans.register(step)?;
+        }
         let config = self
             .worker
             .unwrap_or_else(|| WorkerConfig::new(WorkerConfig::process_worker_id()));
@@ -113,11 +129,13 @@ impl EngineBuilder {
         let worker = Worker::new(store.clone(), self.clock, config)
             .map_err(WorkerError::from)?
             .with_runner(FlowKind::TaskGraph, task_graphs.clone())
-            .with_runner(FlowKind::Function, Arc::new(functions.clone()));
+            .with_runner(FlowKind::Function, Arc::new(functions.clone()))
+            .with_runner(FlowKind::Plan, Arc::new(plans.clone()));
         Ok(Engine {
             store,
             task_graphs,
             functions,
+            plans,
             worker: Arc::new(worker),
         })
     }
@@ -131,6 +149,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     task_graphs: Arc<flowstate_taskgraph::Engine>,
     functions: flowstate_durable::Functions,
+    plans: flowstate_plan::Plans,
     worker: Arc<Worker>,
 }
 
@@ -145,6 +164,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             worker: None,
             task_graphs: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
@@ -165,6 +185,13 @@ impl Engine {
     #[must_use]
     pub fn functions(&self) -> &flowstate_durable::Functions {
         &self.functions
+    }
+
+    /// The plan engine: register steps, preview plans, start flows by goals, read a flow's
+    /// state at any point.
+    #[must_use]
+    pub fn plans(&self) -> &flowstate_plan::Plans {
+        &self.plans
     }
 
     /// The worker's counters.

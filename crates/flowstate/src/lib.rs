@@ -12,6 +12,7 @@ pub use engine::{Engine, EngineBuilder, EngineError};
 
 pub use flowstate_core as core;
 pub use flowstate_durable as durable;
+pub use flowstate_plan as plan;
 pub use flowstate_store as store;
 pub use flowstate_store_postgres as postgres;
 pub use flowstate_store_sqlite as sqlite;

@@ -156,3 +156,79 @@ async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
     worker.await.expect("joined").expect("worker");
     engine.store().close().await.expect("close");
 }
+
+/// Plans submitted to an engine are run by its worker; a retry waits on a store timer (the
+/// run ends, the timer wakes the flow, the next run starts the attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_runs_plans_with_retries_through_store_timers() {
+    use flowstate::core::machine::PlanState;
+    use flowstate::plan::{PlanRequest, Step, StepError};
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("flows.db").display());
+    let engine = flowstate::Engine::builder(url)
+        .step(
+            Step::new("quote")
+                .input("parcel")
+                .output("price")
+                .retry(3, Duration::from_millis(50), Duration::from_millis(50))
+                .body(|ctx| async move {
+                    if ctx.attempt < 2 {
+                        return Err(StepError::retryable("Unavailable", "carrier API down"));
+                    }
+                    let weight: f64 = ctx.input("parcel")?;
+                    Ok(json!({ "price": weight * 2.0 }))
+                }),
+        )
+        .step(
+            Step::new("label")
+                .input("price")
+                .output("label")
+                .body(|ctx| async move {
+                    let price: f64 = ctx.input("price")?;
+                    Ok(json!({ "label": format!("paid {price}") }))
+                }),
+        )
+        .build()
+        .await
+        .expect("build");
+    let mut flows = Vec::new();
+    for weight in 1..=20 {
+        let request = PlanRequest::new(["label"]).input("parcel", json!(f64::from(weight)));
+        flows.push(engine.plans().start(request).await.expect("start"));
+    }
+    let running = engine.clone();
+    let worker = tokio::spawn(async move { running.run().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for (weight, flow) in (1..=20).zip(&flows) {
+        loop {
+            let summary = engine
+                .store()
+                .flow(*flow)
+                .await
+                .expect("flow")
+                .expect("exists");
+            if summary.status == FlowStatus::Plan(PlanState::Deactivated) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{flow} not done: {summary:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let state = engine
+            .plans()
+            .state(*flow, flowstate::core::fold::StopAt::End)
+            .await
+            .expect("state");
+        let plan = state.plan.expect("plan");
+        assert_eq!(
+            plan.attributes["label"].value,
+            json!(format!("paid {}", f64::from(weight) * 2.0))
+        );
+        assert_eq!(plan.attributes["price"].attempt, 2);
+    }
+    engine.shutdown_handle().shutdown();
+    worker.await.expect("joined").expect("worker");
+    engine.store().close().await.expect("close");
+}
