@@ -653,3 +653,58 @@ async fn the_plan_is_in_the_start_event() {
     assert_eq!(plan.steps["a"].outputs, ["y"]);
     assert_eq!(plan.inputs, ["x"]);
 }
+
+/// Each attempt has its own completion token: a report for an earlier attempt (stale) or a
+/// second report for the same one (duplicate) is refused by the fold, and nothing is written.
+#[tokio::test]
+async fn stale_and_duplicate_reports_are_refused() {
+    use flowstate_store::FlowWriter;
+    let (plans, store) = engine();
+    plans
+        .register(
+            Step::new("flaky")
+                .input("x")
+                .output("y")
+                .retry(2, Duration::from_millis(1), Duration::from_millis(1))
+                .body(|ctx| async move {
+                    if ctx.attempt == 1 {
+                        Err(StepError::retryable("Busy", "later"))
+                    } else {
+                        Ok(json!({"y": ctx.completion_token()}))
+                    }
+                }),
+        )
+        .expect("register");
+    let flow = plans
+        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .await
+        .expect("start");
+    let end = plans.run_to_end(flow).await.expect("run");
+    assert_eq!(
+        attribute(&end, "y"),
+        Some(json!(format!("{flow}/flaky/0/2")))
+    );
+    let events_before = end.last_seq;
+    let mut writer = FlowWriter::load(&*store, flow).await.expect("load");
+    for attempt in [1, 2] {
+        let report = EventBody::WorkSucceeded {
+            step: "flaky".into(),
+            item: 0,
+            attempt,
+            outputs: json!({"y": "late"}),
+        };
+        let error = writer
+            .append(&*store, &SystemClock, vec![report])
+            .await
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("report for attempt {attempt}")),
+            "{error}"
+        );
+        writer = FlowWriter::load(&*store, flow).await.expect("load");
+    }
+    let after = plans.state(flow, StopAt::End).await.expect("state");
+    assert_eq!(after.last_seq, events_before, "nothing written");
+}
