@@ -256,6 +256,8 @@ pub(crate) struct Activation {
     pub(crate) polls: Cell<u64>,
     /// The run's control task, waiting for the function to return or the run to stop.
     pub(crate) control: RefCell<Option<std::task::Waker>>,
+    /// Plans children for [`Ctx::start_plan`], if a plan engine is wired in.
+    pub(crate) planner: Option<Arc<dyn crate::ChildPlanner>>,
 }
 
 /// The lanes of a journal: the positions of each branch's entries, by branch path.
@@ -805,7 +807,20 @@ impl Ctx {
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let at = location(Location::caller());
+        self.step_at(name, body, location(Location::caller()))
+    }
+
+    fn step_at<T, F, Fut>(
+        &self,
+        name: &str,
+        body: F,
+        at: At,
+    ) -> impl Future<Output = Result<T, Failure>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
         let (act, branch, name) = (self.act.clone(), self.branch.clone(), name.to_owned());
         async move {
             let _busy = match act.replay(&branch, Call::Step { name: &name }, &at) {
@@ -1060,7 +1075,7 @@ impl Ctx {
         input: impl Serialize,
     ) -> impl Future<Output = Result<FlowId, Failure>> {
         let input = serde_json::to_value(input);
-        self.start_child(FlowKind::Function, name, input, Location::caller())
+        self.start_child(FlowKind::Function, name, input, Vec::new(), Location::caller())
     }
 
     /// Starts the task graph `name` with `inputs` (a map of input names to values) as a
@@ -1073,7 +1088,55 @@ impl Ctx {
         inputs: impl Serialize,
     ) -> impl Future<Output = Result<FlowId, Failure>> {
         let inputs = serde_json::to_value(inputs);
-        self.start_child(FlowKind::TaskGraph, name, inputs, Location::caller())
+        self.start_child(FlowKind::TaskGraph, name, inputs, Vec::new(), Location::caller())
+    }
+
+    /// Starts a goal-driven plan for `goals` from `inputs` (a map of attribute names to
+    /// values) as a child flow, and returns its id. The plan is computed by the plan engine
+    /// wired into this process ([`crate::Functions::plan_with`]) and journaled as a step named
+    /// `plan` (so a replay uses the same plan, whatever the registry holds by then); a goal
+    /// that cannot be planned is that step's error. Joined, the child gives an object of its
+    /// goals' attributes once it is deactivated (all its work recorded), or a `PlanFailed`
+    /// failure.
+    #[track_caller]
+    pub fn start_plan(
+        &self,
+        goals: &[&str],
+        inputs: impl Serialize,
+    ) -> impl Future<Output = Result<FlowId, Failure>> {
+        let at = Location::caller();
+        let goals: Vec<String> = goals.iter().map(|goal| (*goal).to_owned()).collect();
+        let inputs = serde_json::to_value(inputs);
+        let ctx = self.clone();
+        async move {
+            let inputs = inputs.map_err(|e| Failure::new("InvalidInput", e.to_string()))?;
+            let serde_json::Value::Object(fields) = &inputs else {
+                return Err(Failure::new(
+                    "InvalidInput",
+                    "a plan's inputs are a map of attribute names to values",
+                ));
+            };
+            let planner = ctx.act.planner.clone();
+            let fields = fields.clone();
+            let plan: flowstate_core::ExecutionPlan = ctx
+                .step_at(
+                    "plan",
+                    move |_| async move {
+                        let planner = planner.ok_or_else(|| {
+                            Failure::new(
+                                "NoPlanner",
+                                "no plan engine is wired into this process (Functions::plan_with)",
+                            )
+                        })?;
+                        planner.plan(&goals, &fields)
+                    },
+                    location(at),
+                )
+                .await?;
+            let started = vec![EventBody::PlanStarted { plan }];
+            ctx.start_child(FlowKind::Plan, "plan", Ok(inputs), started, at)
+                .await
+        }
     }
 
     /// Starts the durable function `name` as a child and waits for its outcome.
@@ -1084,7 +1147,13 @@ impl Ctx {
         input: impl Serialize,
     ) -> impl Future<Output = Result<T, Failure>> {
         let at = Location::caller();
-        let started = self.start_child(FlowKind::Function, name, serde_json::to_value(input), at);
+        let started = self.start_child(
+            FlowKind::Function,
+            name,
+            serde_json::to_value(input),
+            Vec::new(),
+            at,
+        );
         let ctx = self.clone();
         async move {
             let child = started.await?;
@@ -1097,6 +1166,7 @@ impl Ctx {
         kind: FlowKind,
         name: &str,
         input: Result<serde_json::Value, serde_json::Error>,
+        started: Vec<EventBody>,
         at: &'static Location<'static>,
     ) -> impl Future<Output = Result<FlowId, Failure>> {
         let at = location(at);
@@ -1119,7 +1189,7 @@ impl Ctx {
             }
             let in_flight = LiveOp::start(&act.live_ops);
             let child = child_id(act.flow, &branch.key(act.flow));
-            if let Err(stop) = create_child(&act, child, kind, &name, input).await {
+            if let Err(stop) = create_child(&act, child, kind, &name, input, started).await {
                 act.stop_with(stop);
                 return halted().await;
             }
@@ -1537,20 +1607,20 @@ async fn create_child(
     kind: FlowKind,
     definition: &str,
     input: serde_json::Value,
+    started: Vec<EventBody>,
 ) -> Result<(), Stop> {
     let mut writer = FlowWriter::new(child);
+    let mut events = vec![
+        EventBody::FlowCreated {
+            kind,
+            definition: definition.to_owned(),
+            input,
+        },
+        EventBody::ChildOf { parent: act.flow },
+    ];
+    events.extend(started);
     writer
-        .stage(
-            act.clock.as_ref(),
-            vec![
-                EventBody::FlowCreated {
-                    kind,
-                    definition: definition.to_owned(),
-                    input,
-                },
-                EventBody::ChildOf { parent: act.flow },
-            ],
-        )
+        .stage(act.clock.as_ref(), events)
         .map_err(Stop::Write)?;
     let ready = AppendExtras {
         ready: Some(true),

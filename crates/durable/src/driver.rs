@@ -441,6 +441,7 @@ async fn run_activation(
         cancelled: RefCell::new(function.cancel_requested),
         polls: Cell::new(0),
         control: RefCell::new(None),
+        planner: shared.planner(),
     });
     let running = code.call(
         Ctx {

@@ -81,6 +81,28 @@ pub(crate) struct Shared {
     pool: std::sync::Mutex<Option<Arc<Pool>>>,
     /// The engine process running activations (recorded with each run).
     pub(crate) incarnation: String,
+    /// Plans the children of `Ctx::start_plan`.
+    planner: RwLock<Option<Arc<dyn ChildPlanner>>>,
+}
+
+impl Shared {
+    pub(crate) fn planner(&self) -> Option<Arc<dyn ChildPlanner>> {
+        self.planner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Computes the plan of a child plan flow ([`Ctx::start_plan`]). The plan engine
+/// implements it; the facade wires it in with [`Functions::plan_with`].
+pub trait ChildPlanner: Send + Sync + 'static {
+    /// The plan for `goals` from `inputs`, or why there is none.
+    fn plan(
+        &self,
+        goals: &[String],
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<flowstate_core::ExecutionPlan, Failure>;
 }
 
 impl std::fmt::Debug for Functions {
@@ -107,8 +129,18 @@ impl Functions {
                 active: tokio::sync::Semaphore::new(MAX_ACTIVE_ACTIVATIONS),
                 pool: std::sync::Mutex::new(None),
                 incarnation: incarnation.into(),
+                planner: RwLock::new(None),
             }),
         }
+    }
+
+    /// Wires in the plan engine that plans the children of [`Ctx::start_plan`].
+    pub fn plan_with(&self, planner: Arc<dyn ChildPlanner>) {
+        *self
+            .shared
+            .planner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(planner);
     }
 
     /// Registers a closed function under `name`. A function that captures anything is

@@ -60,6 +60,7 @@ mod registry;
 pub use ctx::Ctx;
 pub use driver::{CANCELLED, DEADLOCK_GRACE, MAX_DRIVER_THREADS};
 pub use engine::{
-    request_cancel, send_signal, FunctionError, Functions, StartError, MAX_ACTIVE_ACTIVATIONS,
+    request_cancel, send_signal, ChildPlanner, FunctionError, Functions, StartError,
+    MAX_ACTIVE_ACTIVATIONS,
 };
 pub use registry::RegisterError;

@@ -126,6 +126,7 @@ impl EngineBuilder {
             self.clock.clone(),
             config.id.to_string(),
         );
+        functions.plan_with(Arc::new(ChildPlans(plans.clone())));
         let worker = Worker::new(store.clone(), self.clock, config)
             .map_err(WorkerError::from)?
             .with_runner(FlowKind::TaskGraph, task_graphs.clone())
@@ -138,6 +139,27 @@ impl EngineBuilder {
             plans,
             worker: Arc::new(worker),
         })
+    }
+}
+
+/// The plan engine as the planner of durable functions' child plans.
+struct ChildPlans(flowstate_plan::Plans);
+
+impl flowstate_durable::ChildPlanner for ChildPlans {
+    fn plan(
+        &self,
+        goals: &[String],
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<flowstate_core::ExecutionPlan, flowstate_core::Failure> {
+        let request = flowstate_plan::PlanRequest {
+            name: "plan".to_owned(),
+            goals: goals.to_vec(),
+            inputs: inputs.clone(),
+            choices: std::collections::BTreeMap::new(),
+        };
+        self.0
+            .preview(&request)
+            .map_err(|error| flowstate_core::Failure::new("PlanningFailed", error.to_string()))
     }
 }
 

@@ -232,3 +232,109 @@ async fn an_engine_runs_plans_with_retries_through_store_timers() {
     worker.await.expect("joined").expect("worker");
     engine.store().close().await.expect("close");
 }
+
+/// A durable function that starts goal-driven plans as children: one that completes (its
+/// goals' attributes come back when it is deactivated), one that fails (a `PlanFailed`
+/// failure), and one whose goal cannot be planned (the `plan` step's error).
+async fn fulfil(
+    ctx: flowstate::durable::Ctx,
+    order: u32,
+) -> Result<String, flowstate::core::Failure> {
+    let shipped = ctx
+        .start_plan(&["label"], json!({ "order": order }))
+        .await?;
+    let refused = ctx
+        .start_plan(&["refund"], json!({ "order": order }))
+        .await?;
+    let unknown = ctx
+        .start_plan(&["teleport"], json!({}))
+        .await
+        .err()
+        .map(|f| f.kind);
+    let attributes: serde_json::Value = ctx.join(shipped).await?;
+    let failed = ctx.join::<serde_json::Value>(refused).await.err();
+    Ok(format!(
+        "{} {} {}",
+        attributes["label"],
+        failed.map(|f| f.kind).unwrap_or_default(),
+        unknown.unwrap_or_default()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_function_starts_and_joins_child_plans() {
+    use flowstate::core::machine::{ActivationState, PlanState};
+    use flowstate::plan::{Step, StepError};
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = flowstate::Engine::builder(dir.path().join("flows.db").display().to_string())
+        .step(
+            Step::new("pack")
+                .input("order")
+                .output("parcel")
+                .body(|ctx| async move {
+                    let order: u32 = ctx.input("order")?;
+                    Ok(json!({ "parcel": format!("parcel-{order}") }))
+                }),
+        )
+        .step(
+            Step::new("label")
+                .input("parcel")
+                .output("label")
+                .body(|ctx| async move {
+                    let parcel: String = ctx.input("parcel")?;
+                    Ok(json!({ "label": format!("label for {parcel}") }))
+                }),
+        )
+        .step(
+            Step::new("refund")
+                .input("order")
+                .output("refund")
+                .body(|_| async { Err(StepError::permanent("NotPaid", "nothing to refund")) }),
+        )
+        .build()
+        .await
+        .expect("build");
+    let functions = engine.functions();
+    functions.register("fulfil", fulfil).expect("register");
+    let parent = functions.start("fulfil", 9).await.expect("start");
+    let running = engine.clone();
+    let worker = tokio::spawn(async move { running.run().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        if let Some(outcome) = functions.outcome::<String>(parent).await.expect("read") {
+            break outcome;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not done in 30 s: {:?}",
+            functions.state(parent).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        outcome,
+        Ok("\"label for parcel-9\" PlanFailed PlanningFailed".to_owned())
+    );
+    assert_eq!(
+        functions.state(parent).await.expect("state").0,
+        ActivationState::Done
+    );
+    let record = flowstate::store::FlowWriter::load(engine.store().as_ref(), parent)
+        .await
+        .expect("load")
+        .record()
+        .cloned()
+        .expect("record");
+    for child in record.function.expect("function").children_ended.keys() {
+        let summary = engine
+            .store()
+            .flow(*child)
+            .await
+            .expect("flow")
+            .expect("child");
+        assert_eq!(summary.status, FlowStatus::Plan(PlanState::Deactivated));
+    }
+    engine.shutdown_handle().shutdown();
+    worker.await.expect("joined").expect("worker");
+    engine.store().close().await.expect("close");
+}

@@ -252,6 +252,9 @@ impl Plans {
             record.status,
             FlowStatus::Plan(PlanState::Deactivated | PlanState::Archived)
         ) {
+            // A child whose run died between deactivating and telling its parent tells it
+            // now (the parent ignores a second telling).
+            self.tell_parent(record).await?;
             return Ok(record.clone());
         }
         let code = self.code_for(flow, record)?;
@@ -278,6 +281,9 @@ impl Plans {
                     let task = running.spawn(attempt(flow, record, &launch, &code));
                     in_process.insert(task.id(), launch);
                 }
+            }
+            if record.status == FlowStatus::Plan(PlanState::Deactivated) {
+                self.tell_parent(record).await?;
             }
             let due = runtime::next_due(record);
             if running.is_empty() {
@@ -339,6 +345,24 @@ impl Plans {
         }
     }
 
+    /// Tells the durable function that started this flow as its child (if one did) how it
+    /// ended, once it is deactivated: an object of its goals' attributes, or a `PlanFailed`
+    /// failure.
+    async fn tell_parent(&self, record: &FlowRecord) -> Result<(), PlanEngineError> {
+        if record.parent.is_none() {
+            return Ok(());
+        }
+        let outcome = outcome(record);
+        flowstate_store::notify_parent(
+            &*self.inner.store,
+            &*self.inner.clock,
+            record,
+            &outcome,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The code of every step version the flow's plan uses.
     fn code_for(
         &self,
@@ -362,6 +386,40 @@ impl Plans {
             })
             .collect()
     }
+}
+
+/// How a terminal plan ended, as a parent sees it: an object of its goals' attributes (a
+/// step goal gives all its outputs), or a `PlanFailed` failure with the reason.
+#[must_use]
+pub fn outcome(record: &FlowRecord) -> Result<serde_json::Value, Failure> {
+    let Some(plan_record) = record.plan.as_ref() else {
+        return Err(Failure::new("PlanFailed", "the flow has no plan"));
+    };
+    if let Some(failure) = &plan_record.failure {
+        return Err(Failure::new(
+            "PlanFailed",
+            format!("plan {} failed: {}", record.id, failure.message),
+        ));
+    }
+    let mut goals = serde_json::Map::new();
+    if let Some(plan) = &plan_record.plan {
+        for goal in &plan.goals {
+            let names: Vec<&String> = match goal {
+                flowstate_core::Goal::Attribute(name) => vec![name],
+                flowstate_core::Goal::Step(step) => plan
+                    .steps
+                    .get(step)
+                    .map(|spec| spec.outputs.iter().collect())
+                    .unwrap_or_default(),
+            };
+            for name in names {
+                if let Some(attribute) = plan_record.attributes.get(name) {
+                    goals.insert(name.clone(), attribute.value.clone());
+                }
+            }
+        }
+    }
+    Ok(serde_json::Value::Object(goals))
 }
 
 /// The future of one attempt: the body (or compensation) on a task of its own, under the

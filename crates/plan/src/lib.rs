@@ -22,7 +22,7 @@ mod registry;
 pub mod runtime;
 mod step;
 
-pub use engine::{PlanEngineError, PlanRequest, Plans, MAX_DECISION_BATCHES, RETRY_TIMER};
+pub use engine::{outcome, PlanEngineError, PlanRequest, Plans, MAX_DECISION_BATCHES, RETRY_TIMER};
 pub use planner::{Catalog, PlanningError, MAX_GOALS};
 pub use registry::RegistrationError;
 pub use step::{Body, Compensation, Step, StepContext, StepError, StepFuture, StepResult};
