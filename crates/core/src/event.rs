@@ -16,8 +16,8 @@ use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::journal::{JournalEntry, StepOutcome};
 use crate::limits::MAX_EVENT_BODY_BYTES;
-use crate::plan::ExecutionPlan;
 use crate::machine::{ActivationState, FlowState, PlanState, RetryState, TaskState};
+use crate::plan::ExecutionPlan;
 use crate::time::Timestamp;
 
 /// The body format this code writes. Logs written with a format up to this one can be read;
@@ -351,6 +351,14 @@ pub enum EventBody {
         /// The signal's name.
         name: String,
     },
+    /// A done durable function dropped its journal: its log was compacted to its creation,
+    /// its outcome and this event (kept for audit: how much was dropped).
+    JournalDropped {
+        /// Journal entries dropped.
+        entries: u32,
+        /// Events the log had before.
+        events: u64,
+    },
     /// A durable function returned.
     FunctionReturned {
         /// Its outcome.
@@ -426,6 +434,7 @@ impl EventBody {
             Self::SignalDelivered { .. } => "signal_delivered",
             Self::SignalAwaited { .. } => "signal_awaited",
             Self::FunctionReturned { .. } => "function_returned",
+            Self::JournalDropped { .. } => "journal_dropped",
             Self::RunStarted { .. } => "run_started",
             Self::CancelRequested { .. } => "cancel_requested",
             Self::ChildOf { .. } => "child_of",

@@ -17,10 +17,10 @@ use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent}
 use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::journal::{FunctionRecord, JournalError};
-use crate::plan::{PlanError, PlanEvent, PlanRecord};
 use crate::machine::{
     ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
 };
+use crate::plan::{PlanError, PlanEvent, PlanRecord};
 use crate::time::Timestamp;
 
 /// The lifecycle state of a flow, in the machine of its kind.
@@ -454,6 +454,7 @@ impl Folder {
                 | EventBody::SignalDelivered { .. }
                 | EventBody::SignalAwaited { .. }
                 | EventBody::FunctionReturned { .. }
+                | EventBody::JournalDropped { .. }
                 | EventBody::CancelRequested { .. }
                 | EventBody::ChildEnded { .. }
                 | EventBody::ChildAwaited { .. }
@@ -497,6 +498,19 @@ impl Folder {
                         live().and_then(|()| function.returned(outcome))
                     }
                     EventBody::CancelRequested { reason } => function.request_cancel(reason),
+                    EventBody::JournalDropped { entries, events } => {
+                        if state == ActivationState::Done && function.journal_dropped.is_none() {
+                            function.journal_dropped = Some(crate::journal::DroppedJournal {
+                                entries: *entries,
+                                events: *events,
+                            });
+                            Ok(())
+                        } else {
+                            Err(JournalError::DroppedEarly {
+                                state: state.label(),
+                            })
+                        }
+                    }
                     EventBody::ChildEnded { child, outcome } => {
                         function.child_ended(*child, outcome)
                     }

@@ -356,6 +356,12 @@ pub enum JournalError {
         /// The one recorded.
         found: u32,
     },
+    /// The journal dropped before the activation was done, or twice.
+    #[error("journal_dropped while the activation is {state}: only a done activation drops its journal, once")]
+    DroppedEarly {
+        /// The activation's state.
+        state: &'static str,
+    },
     /// A journal change while the activation was not live.
     #[error("a {event} event while the activation is {state}, not active current")]
     NotLive {
@@ -442,6 +448,19 @@ pub struct FunctionRecord {
     /// Why it was asked to stop, once someone cancelled it (the first request's reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested: Option<String>,
+    /// Set when the activation, done, dropped its journal (the log was compacted to its
+    /// outcome): what was dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_dropped: Option<DroppedJournal>,
+}
+
+/// What a done activation dropped when its log was compacted to its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedJournal {
+    /// Journal entries dropped.
+    pub entries: u32,
+    /// Events the log had before.
+    pub events: u64,
 }
 
 impl FunctionRecord {

@@ -29,8 +29,8 @@ pub use fold::{
 };
 pub use id::{FlowId, IdError};
 pub use journal::{
-    expect_end, match_call, Call, Diagnostic, FunctionRecord, JournalEntry, JournalError, Replay,
-    Replayer, StepOutcome,
+    expect_end, match_call, Call, Diagnostic, DroppedJournal, FunctionRecord, JournalEntry,
+    JournalError, Replay, Replayer, StepOutcome,
 };
 pub use machine::{InvalidState, Machine, Transition};
 pub use plan::{

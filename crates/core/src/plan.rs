@@ -499,7 +499,9 @@ pub enum PlanError {
         state: &'static str,
     },
     /// Too many work items.
-    #[error("step {step:?} has {items} work items; the limit is {limit} (MAX_WORK_ITEMS_PER_STEP)")]
+    #[error(
+        "step {step:?} has {items} work items; the limit is {limit} (MAX_WORK_ITEMS_PER_STEP)"
+    )]
     TooManyItems {
         /// The step.
         step: String,

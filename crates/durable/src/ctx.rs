@@ -1075,7 +1075,13 @@ impl Ctx {
         input: impl Serialize,
     ) -> impl Future<Output = Result<FlowId, Failure>> {
         let input = serde_json::to_value(input);
-        self.start_child(FlowKind::Function, name, input, Vec::new(), Location::caller())
+        self.start_child(
+            FlowKind::Function,
+            name,
+            input,
+            Vec::new(),
+            Location::caller(),
+        )
     }
 
     /// Starts the task graph `name` with `inputs` (a map of input names to values) as a
@@ -1088,7 +1094,13 @@ impl Ctx {
         inputs: impl Serialize,
     ) -> impl Future<Output = Result<FlowId, Failure>> {
         let inputs = serde_json::to_value(inputs);
-        self.start_child(FlowKind::TaskGraph, name, inputs, Vec::new(), Location::caller())
+        self.start_child(
+            FlowKind::TaskGraph,
+            name,
+            inputs,
+            Vec::new(),
+            Location::caller(),
+        )
     }
 
     /// Starts a goal-driven plan for `goals` from `inputs` (a map of attribute names to

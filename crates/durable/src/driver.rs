@@ -385,7 +385,7 @@ async fn run_activation(
             // wait for): its timers are set again, in case that wake-up was theirs.
             rearm_timers(&shared, flow, &function).await?;
         }
-        return tell_parent(&shared, &writer).await;
+        return settle_done(&shared, &mut writer).await;
     }
     let Some(code) = shared.definition(&definition) else {
         // It stays as it is (asleep, or awaiting replay) until a process has the code.
@@ -544,7 +544,76 @@ async fn run_activation(
         .commit(shared.store.as_ref(), extras)
         .await
         .map_err(run_error)?;
-    tell_parent(&shared, &writer).await
+    settle_done(&shared, &mut writer).await
+}
+
+/// What a run does once its activation is done (and again, if a run died before it was
+/// finished): tell the parent, then drop the journal unless journals are kept (the log is
+/// compacted to its creation, its outcome and `journal_dropped`).
+async fn settle_done(shared: &Shared, writer: &mut FlowWriter) -> Result<(), RunError> {
+    tell_parent(shared, writer).await?;
+    if shared.keeps_journals() {
+        return Ok(());
+    }
+    let Some(events) = writer.record().and_then(compacted) else {
+        return Ok(());
+    };
+    writer
+        .compact_timed(shared.store.as_ref(), events)
+        .await
+        .map_err(run_error)?;
+    Ok(())
+}
+
+/// The compacted log of a done activation that still has its journal: its creation (and
+/// parent) at its creation time, its outcome and what was dropped at the time it was done.
+/// `None` when there is nothing to drop (the log would not get shorter).
+fn compacted(
+    record: &flowstate_core::FlowRecord,
+) -> Option<Vec<(flowstate_core::Timestamp, EventBody)>> {
+    let function = record.function.as_ref()?;
+    if record.status != FlowStatus::Function(ActivationState::Done)
+        || function.journal_dropped.is_some()
+    {
+        return None;
+    }
+    let mut bodies = vec![EventBody::FlowCreated {
+        kind: record.kind,
+        definition: record.definition.clone(),
+        input: record.input.clone(),
+    }];
+    if let Some(parent) = record.parent {
+        bodies.push(EventBody::ChildOf { parent });
+    }
+    bodies.push(EventBody::FunctionReturned {
+        outcome: function.outcome.clone()?,
+    });
+    bodies.push(EventBody::ActivationStateChanged {
+        to: ActivationState::Done,
+        diagnostic: None,
+    });
+    bodies.push(EventBody::JournalDropped {
+        entries: u32::try_from(function.journal.len()).unwrap_or(u32::MAX),
+        events: record.last_seq,
+    });
+    if bodies.len() as u64 >= record.last_seq {
+        return None;
+    }
+    let created = 1 + usize::from(record.parent.is_some());
+    Some(
+        bodies
+            .into_iter()
+            .enumerate()
+            .map(|(index, body)| {
+                let time = if index < created {
+                    record.created_at
+                } else {
+                    record.updated_at
+                };
+                (time, body)
+            })
+            .collect(),
+    )
 }
 
 /// Tells the parent of a function that is done (if it has one) how it ended. Repeated by

@@ -83,9 +83,16 @@ pub(crate) struct Shared {
     pub(crate) incarnation: String,
     /// Plans the children of `Ctx::start_plan`.
     planner: RwLock<Option<Arc<dyn ChildPlanner>>>,
+    /// Whether done activations keep their journal (for audit) instead of dropping it.
+    keep_journals: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    pub(crate) fn keeps_journals(&self) -> bool {
+        self.keep_journals
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn planner(&self) -> Option<Arc<dyn ChildPlanner>> {
         self.planner
             .read()
@@ -130,8 +137,18 @@ impl Functions {
                 pool: std::sync::Mutex::new(None),
                 incarnation: incarnation.into(),
                 planner: RwLock::new(None),
+                keep_journals: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Whether an activation that is done keeps its journal (for audit) or, as by default,
+    /// drops it and keeps its outcome: its log is compacted to its creation, its outcome
+    /// and a `journal_dropped` event that says how much was dropped.
+    pub fn keep_journals(&self, keep: bool) {
+        self.shared
+            .keep_journals
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Wires in the plan engine that plans the children of [`Ctx::start_plan`].

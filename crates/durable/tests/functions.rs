@@ -31,6 +31,9 @@ impl Process {
     ) -> Self {
         let clock: Arc<dyn Clock> = clock.clone();
         let functions = Functions::new(store.clone(), clock.clone(), name);
+        // These tests read journals after the function is done (the default drops them;
+        // `a_done_function_drops_its_journal_and_keeps_its_outcome` tests that).
+        functions.keep_journals(true);
         register(&functions);
         let config = WorkerConfig::new(WorkerId::new(name).expect("id"))
             .with_poll_interval(Duration::from_millis(20))
@@ -1373,5 +1376,115 @@ async fn two_effects_of_one_branch_at_once_are_refused() {
         journal_of(&store, flow).await.journal.len() <= 1,
         "the second effect was not journaled"
     );
+    process.stop().await;
+}
+
+async fn three_steps(ctx: Ctx, n: u32) -> Result<u32, Failure> {
+    let mut total = n;
+    for name in ["a", "b", "c"] {
+        total = ctx
+            .step(name, move |_| async move { Ok(total + 1) })
+            .await?;
+    }
+    Ok(total)
+}
+
+async fn calls_three_steps(ctx: Ctx, n: u32) -> Result<u32, Failure> {
+    let child: u32 = ctx.call("three_steps", n).await?;
+    Ok(child * 10)
+}
+
+/// By default a done activation drops its journal and keeps its outcome: its log becomes
+/// its creation (and parent), its outcome, the done transition and `journal_dropped`, with
+/// the creation time kept. A child that dropped its journal has still told its parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_function_drops_its_journal_and_keeps_its_outcome() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p", |f| {
+        f.register("three_steps", three_steps).expect("register");
+        f.register("calls_three_steps", calls_three_steps)
+            .expect("register");
+    });
+    process.functions.keep_journals(false);
+    let parent = process
+        .functions
+        .start("calls_three_steps", 1)
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, parent, ActivationState::Done).await;
+    assert_eq!(
+        process
+            .functions
+            .outcome::<u32>(parent)
+            .await
+            .expect("outcome"),
+        Some(Ok(40))
+    );
+    let list = store
+        .list(&flowstate_store::FlowQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(list.flows.len(), 2, "the parent and its child");
+    for summary in list.flows {
+        // The compaction follows the transition to done; wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let events = loop {
+            let events = flowstate_store::read_all(&*store, summary.id)
+                .await
+                .expect("read");
+            if events.len() <= 5 {
+                break events;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never compacted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let record = flowstate_core::fold(&events, flowstate_core::StopAt::End).expect("folds");
+        let function = record.function.as_ref().expect("function");
+        assert!(function.journal.is_empty());
+        let dropped = function.journal_dropped.expect("dropped");
+        assert!(
+            dropped.entries >= 1 && dropped.events > events.len() as u64,
+            "{dropped:?}"
+        );
+        assert_eq!(record.created_at, summary.created_at, "creation time kept");
+        assert!(function.outcome.is_some());
+        let types: Vec<&str> = events
+            .iter()
+            .map(|raw| {
+                flowstate_core::Event::decode(raw)
+                    .expect("decode")
+                    .body
+                    .type_name()
+            })
+            .collect();
+        let expected: &[&str] = if record.parent.is_some() {
+            &[
+                "flow_created",
+                "child_of",
+                "function_returned",
+                "activation_state_changed",
+                "journal_dropped",
+            ]
+        } else {
+            &[
+                "flow_created",
+                "function_returned",
+                "activation_state_changed",
+                "journal_dropped",
+            ]
+        };
+        assert_eq!(types, expected);
+        assert_eq!(summary.next_seq, events.len() as u64 + 1);
+    }
+    // Waking a compacted activation changes nothing.
+    let before = flowstate_store::read_all(&*store, parent)
+        .await
+        .expect("read");
+    store.mark_ready(parent).await.expect("ready");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = flowstate_store::read_all(&*store, parent)
+        .await
+        .expect("read");
+    assert_eq!(before, after);
     process.stop().await;
 }

@@ -6,12 +6,12 @@
 //! "this happened" to the log. The writer checks every event against the state tables before
 //! anything reaches the store, so each step below is a transition the spec allows.
 //!
-//! Nothing here runs user code yet: the engines that do are built on exactly these calls.
+//! The plan is run by the plan engine; the other flows are recorded event by event.
 
 use std::error::Error;
 use std::sync::Arc;
 
-use flowstate::core::machine::{ActivationState, FlowState, PlanState, TaskState};
+use flowstate::core::machine::{ActivationState, FlowState, TaskState};
 use flowstate::core::{EventBody, Intention};
 use flowstate::store::{FlowQuery, FlowWriter};
 use flowstate::{Access, Clock, FlowKind, Store, SystemClock};
@@ -29,7 +29,7 @@ async fn main() -> Result<()> {
     // second run's flows rather than the first page of everything ever recorded.
     let started = clock.now();
 
-    let recorded = record_flows(store.as_ref(), clock.as_ref()).await;
+    let recorded = record_flows(&store, clock.as_ref()).await;
     let listed = match recorded {
         Ok(()) => list_flows(store.as_ref(), started).await,
         Err(error) => Err(error),
@@ -43,10 +43,11 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn record_flows(store: &dyn Store, clock: &dyn Clock) -> Result<()> {
+async fn record_flows(shared: &Arc<dyn Store>, clock: &dyn Clock) -> Result<()> {
+    let store = shared.as_ref();
     order_succeeds(store, clock).await?;
     shipment_fails_and_reverts(store, clock).await?;
-    plan_completes(store, clock).await?;
+    plan_completes(shared).await?;
     function_sleeps(store, clock).await?;
     Ok(())
 }
@@ -141,23 +142,35 @@ async fn shipment_fails_and_reverts(store: &dyn Store, clock: &dyn Clock) -> Res
     Ok(())
 }
 
-/// A goal-driven plan that reaches its goals and then has nothing left in flight.
-async fn plan_completes(store: &dyn Store, clock: &dyn Clock) -> Result<()> {
-    let mut flow = FlowWriter::new(flowstate::new_flow_id(clock));
-    let created = created(
-        FlowKind::Plan,
-        "onboarding",
-        json!({"goals": ["account", "welcome_mail"]}),
-    );
-    flow.append(store, clock, vec![created]).await?;
-    for to in [PlanState::Completed, PlanState::Deactivated] {
-        flow.append(
-            store,
-            clock,
-            vec![EventBody::PlanStateChanged { to, reason: None }],
+/// A goal-driven plan, really run: two steps chained by the attributes they need and
+/// produce, planned backwards from the goal; every attribute records where it came from.
+async fn plan_completes(store: &Arc<dyn Store>) -> Result<()> {
+    use flowstate::plan::{PlanRequest, Plans, Step};
+    let plans = Plans::new(store.clone(), Arc::new(SystemClock));
+    plans.register(
+        Step::new("create_account")
+            .input("email")
+            .output("account")
+            .body(|ctx| async move {
+                let email: String = ctx.input("email")?;
+                Ok(json!({ "account": format!("acct-{}", email.len()) }))
+            }),
+    )?;
+    plans.register(
+        Step::new("send_welcome_mail")
+            .input("email")
+            .input("account")
+            .output("welcome_mail")
+            .body(|_| async { Ok(json!({ "welcome_mail": "sent" })) }),
+    )?;
+    let flow = plans
+        .start(
+            PlanRequest::new(["welcome_mail"])
+                .named("onboarding")
+                .input("email", json!("ada@example.com")),
         )
         .await?;
-    }
+    plans.run(flow).await?;
     Ok(())
 }
 

@@ -109,6 +109,8 @@ async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
         .await
         .expect("build");
     let functions = engine.functions();
+    // Kept for this test, which reads the parent's journal after it is done.
+    functions.keep_journals(true);
     functions.register("checkout", checkout).expect("register");
     functions
         .register("shipping_quote", shipping_quote)
@@ -295,6 +297,7 @@ async fn a_durable_function_starts_and_joins_child_plans() {
         .await
         .expect("build");
     let functions = engine.functions();
+    functions.keep_journals(true);
     functions.register("fulfil", fulfil).expect("register");
     let parent = functions.start("fulfil", 9).await.expect("start");
     let running = engine.clone();

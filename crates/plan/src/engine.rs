@@ -353,13 +353,8 @@ impl Plans {
             return Ok(());
         }
         let outcome = outcome(record);
-        flowstate_store::notify_parent(
-            &*self.inner.store,
-            &*self.inner.clock,
-            record,
-            &outcome,
-        )
-        .await?;
+        flowstate_store::notify_parent(&*self.inner.store, &*self.inner.clock, record, &outcome)
+            .await?;
         Ok(())
     }
 
@@ -390,7 +385,6 @@ impl Plans {
 
 /// How a terminal plan ended, as a parent sees it: an object of its goals' attributes (a
 /// step goal gives all its outputs), or a `PlanFailed` failure with the reason.
-#[must_use]
 pub fn outcome(record: &FlowRecord) -> Result<serde_json::Value, Failure> {
     let Some(plan_record) = record.plan.as_ref() else {
         return Err(Failure::new("PlanFailed", "the flow has no plan"));

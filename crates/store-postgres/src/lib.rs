@@ -29,11 +29,11 @@ use flowstate_core::limits::MAX_READ_BATCH;
 use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 use flowstate_store::validate::{
     check_batch, check_lease, check_log_room, check_name, check_status_kind, claim_window,
-    validate_append,
+    validate_append, validate_compact,
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -299,6 +299,18 @@ impl Store for PostgresStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         outcome.await.map_err(|_| batcher_gone("append"))?
+    }
+
+    async fn compact(
+        &self,
+        flow: FlowId,
+        expected_next_seq: u64,
+        events: Vec<NewEvent>,
+        status: FlowStatus,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_compact(expected_next_seq, &events)?;
+        let mut client = self.client().await?;
+        compact_one(&mut client, flow, expected_next_seq, events, status).await
     }
 
     async fn read(
@@ -808,6 +820,108 @@ async fn upsert_timer(
     .await
     .map_err(pg_error)?;
     Ok(())
+}
+
+/// Replaces a flow's whole log (see [`Store::compact`]) in one transaction. The flow's row is
+/// locked (`FOR UPDATE`) before its next sequence number is checked, as every append does
+/// (group commits too), so a compaction and an append of the same flow are serialized by
+/// that lock and the later one sees the earlier one's sequence number: one of them gets
+/// [`StoreError::Conflict`] unless the second really expects the first's outcome. Nothing is
+/// written before every check passed.
+async fn compact_one(
+    client: &mut deadpool_postgres::Object,
+    flow: FlowId,
+    expected_next_seq: u64,
+    events: Vec<NewEvent>,
+    status: FlowStatus,
+) -> Result<AppendOutcome, StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    let row = tx
+        .query_opt(
+            &tx.prepare_cached(
+                "SELECT flow_no, next_seq, kind FROM flows WHERE id = $1 FOR UPDATE",
+            )
+            .await
+            .map_err(pg_error)?,
+            &[&uuid_of(flow)],
+        )
+        .await
+        .map_err(pg_error)?;
+    let checked = row.ok_or(StoreError::UnknownFlow { flow }).and_then(|row| {
+        let actual = unsigned(row.get(1), "next_seq")?;
+        if actual != expected_next_seq {
+            return Err(StoreError::Conflict {
+                flow,
+                expected: expected_next_seq,
+                actual,
+            });
+        }
+        let kind: String = row.get(2);
+        let kind = FlowKind::parse(&kind).ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?;
+        check_status_kind(kind, status)?;
+        check_log_room(1, events.len())?;
+        Ok(row.get::<_, i64>(0))
+    });
+    let flow_no = match checked {
+        Ok(flow_no) => flow_no,
+        Err(refusal) => {
+            // Roll back now rather than leave a pooled connection idle in a transaction.
+            tx.rollback().await.map_err(pg_error)?;
+            return Err(refusal);
+        }
+    };
+    tx.execute(
+        &tx.prepare_cached("DELETE FROM events WHERE flow_no = $1")
+            .await
+            .map_err(pg_error)?,
+        &[&flow_no],
+    )
+    .await
+    .map_err(pg_error)?;
+    let count = events.len();
+    let last_time = events[count - 1].time.as_micros();
+    let seqs: Vec<i64> = (1..=count).map(|seq| signed(seq as u64)).collect();
+    let times: Vec<i64> = events.iter().map(|e| e.time.as_micros()).collect();
+    let formats: Vec<i16> = events
+        .iter()
+        .map(|e| i16::try_from(e.format).unwrap_or(i16::MAX))
+        .collect();
+    let bytes: i64 = events.iter().map(|e| signed(e.body.len() as u64)).sum();
+    let bodies: Vec<Vec<u8>> = events.into_iter().map(|e| e.body).collect();
+    tx.execute(
+        &tx.prepare_cached(
+            "INSERT INTO events (flow_no, seq, time, format, body)
+             SELECT $1, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::SMALLINT[], $5::BYTEA[])",
+        )
+        .await
+        .map_err(pg_error)?,
+        &[&flow_no, &seqs, &times, &formats, &bodies],
+    )
+    .await
+    .map_err(pg_error)?;
+    let next_seq = count as u64 + 1;
+    tx.execute(
+        &tx.prepare_cached(
+            "UPDATE flows SET next_seq = $2, updated_at = $3, bytes = $4, status = $5
+             WHERE flow_no = $1",
+        )
+        .await
+        .map_err(pg_error)?,
+        &[
+            &flow_no,
+            &signed(next_seq),
+            &last_time,
+            &bytes,
+            &status.key(),
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(AppendOutcome {
+        first_seq: 1,
+        next_seq,
+    })
 }
 
 /// One append in its own transaction (a lone append, or a group that fell back).

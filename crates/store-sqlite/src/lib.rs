@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowstate_core::limits::MAX_READ_BATCH;
-use flowstate_core::{Clock, FlowId, FlowKind, RawEvent, Timestamp};
+use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 use flowstate_store::validate::{
-    check_batch, check_lease, check_name, claim_window, validate_append,
+    check_batch, check_lease, check_name, claim_window, validate_append, validate_compact,
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -345,6 +345,25 @@ impl Store for SqliteStore {
             self.wakeups.wake(WakeKind::Timers);
         }
         Ok(outcome)
+    }
+
+    async fn compact(
+        &self,
+        flow: FlowId,
+        expected_next_seq: u64,
+        events: Vec<NewEvent>,
+        status: FlowStatus,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_compact(expected_next_seq, &events)?;
+        // Neither the ready flag nor a timer changes: nothing to wake.
+        self.write(|reply| Command::Compact {
+            flow,
+            expected_next_seq,
+            events,
+            status,
+            reply,
+        })
+        .await
     }
 
     async fn read(

@@ -1,11 +1,11 @@
 //! The writer thread: group commit over the one read-write connection. See the crate docs for
 //! the protocol. This module owns the only code that changes the file.
 
-use flowstate_core::{FlowId, FlowKind, Timestamp};
+use flowstate_core::{FlowId, FlowKind, FlowStatus, Timestamp};
 use flowstate_store::validate::{check_log_room, check_status_kind};
 use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, NewTimer, Release, StoreError,
-    WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, NewEvent, NewTimer, Release,
+    StoreError, WorkerId,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +23,13 @@ pub enum Command {
     Append {
         batch: AppendBatch,
         now: Timestamp,
+        reply: Reply<AppendOutcome>,
+    },
+    Compact {
+        flow: FlowId,
+        expected_next_seq: u64,
+        events: Vec<NewEvent>,
+        status: FlowStatus,
         reply: Reply<AppendOutcome>,
     },
     MarkReady {
@@ -255,7 +262,7 @@ fn refuse(command: Command, error: StoreError) -> bool {
         }};
     }
     match command {
-        Command::Append { reply, .. } => answer!(reply),
+        Command::Append { reply, .. } | Command::Compact { reply, .. } => answer!(reply),
         Command::MarkReady { reply, .. } | Command::ScheduleTimer { reply, .. } => answer!(reply),
         Command::Claim { reply, .. } => answer!(reply),
         Command::Renew { reply, .. } => answer!(reply),
@@ -279,6 +286,16 @@ fn execute(
 ) -> (Deliver, Option<rusqlite::Error>) {
     match command {
         Command::Append { batch, now, reply } => hold(reply, append(conn, batch, now)),
+        Command::Compact {
+            flow,
+            expected_next_seq,
+            events,
+            status,
+            reply,
+        } => hold(
+            reply,
+            compact(conn, flow, expected_next_seq, &events, status),
+        ),
         Command::MarkReady { flow, now, reply } => hold(reply, mark_ready(conn, flow, now)),
         Command::Claim {
             worker,
@@ -392,7 +409,7 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         check_status_kind(kind, status)?;
     }
     // All checks are done; from here on, only an SQLite error can stop this append.
-    let mut prev = existing.as_ref().and_then(|row| row.last_event);
+    let prev = existing.as_ref().and_then(|row| row.last_event);
     let flow_no = match (existing, &batch.create) {
         (Some(row), _) => row.flow_no,
         (None, Some(create)) => {
@@ -416,30 +433,7 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         }
         (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }.into()),
     };
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO events (flow_no, seq, prev, time, format, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut mark =
-        conn.prepare_cached("INSERT INTO event_marks (flow_no, seq, event) VALUES (?1, ?2, ?3)")?;
-    let mut bytes: i64 = 0;
-    for (offset, event) in batch.events.iter().enumerate() {
-        let seq = actual + offset as u64;
-        bytes += i64::try_from(event.body.len()).unwrap_or(i64::MAX);
-        insert.execute((
-            flow_no,
-            seq_param(seq),
-            prev,
-            event.time.as_micros(),
-            event.format,
-            &event.body,
-        ))?;
-        let rowid = conn.last_insert_rowid();
-        if seq % MARK_INTERVAL == 0 {
-            mark.execute((flow_no, seq_param(seq), rowid))?;
-        }
-        prev = Some(rowid);
-    }
+    let (last_event, bytes) = insert_events(conn, flow_no, actual, prev, &batch.events)?;
     let next_seq = actual + batch.events.len() as u64;
     conn.prepare_cached(
         "UPDATE flows SET
@@ -458,7 +452,7 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         batch.status.map(|s| s.key()),
         batch.ready,
         now.as_micros(),
-        prev,
+        last_event,
     ))?;
     for timer in &batch.timers {
         upsert_timer(conn, flow_no, timer)?;
@@ -467,6 +461,132 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
         first_seq: actual,
         next_seq,
     })
+}
+
+/// Inserts `events` as events `first_seq..` of the flow, chained after the event in row
+/// `prev` (its last one), with a mark every [`MARK_INTERVAL`] events. Returns the rowid of
+/// the last one inserted and the size of their bodies.
+fn insert_events(
+    conn: &Connection,
+    flow_no: i64,
+    first_seq: u64,
+    mut prev: Option<i64>,
+    events: &[NewEvent],
+) -> Result<(Option<i64>, i64), OpError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (flow_no, seq, prev, time, format, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut mark =
+        conn.prepare_cached("INSERT INTO event_marks (flow_no, seq, event) VALUES (?1, ?2, ?3)")?;
+    let mut bytes: i64 = 0;
+    for (offset, event) in events.iter().enumerate() {
+        let seq = first_seq + offset as u64;
+        bytes += i64::try_from(event.body.len()).unwrap_or(i64::MAX);
+        insert.execute((
+            flow_no,
+            seq_param(seq),
+            prev,
+            event.time.as_micros(),
+            event.format,
+            &event.body,
+        ))?;
+        let rowid = conn.last_insert_rowid();
+        if seq % MARK_INTERVAL == 0 {
+            mark.execute((flow_no, seq_param(seq), rowid))?;
+        }
+        prev = Some(rowid);
+    }
+    Ok((prev, bytes))
+}
+
+/// Replaces a flow's whole log (see `Store::compact`): all checks (the flow, its next
+/// sequence number, the status's kind, and the old log's chain) come before the first write,
+/// so a refusal has written nothing. The flow row keeps everything but what follows the log.
+fn compact(
+    conn: &Connection,
+    flow: FlowId,
+    expected_next_seq: u64,
+    events: &[NewEvent],
+    status: FlowStatus,
+) -> Result<AppendOutcome, OpError> {
+    let row = find_flow(conn, flow)?.ok_or(StoreError::UnknownFlow { flow })?;
+    if row.next_seq != expected_next_seq {
+        return Err(StoreError::Conflict {
+            flow,
+            expected: expected_next_seq,
+            actual: row.next_seq,
+        }
+        .into());
+    }
+    check_status_kind(row.kind, status)?;
+    check_log_room(1, events.len())?;
+    let old = chain(conn, flow, &row)?;
+    // All checks are done; from here on, only an SQLite error can stop this compaction.
+    delete_log(conn, row.flow_no, &old)?;
+    let (last_event, bytes) = insert_events(conn, row.flow_no, 1, None, events)?;
+    let next_seq = events.len() as u64 + 1;
+    let last_time = events[events.len() - 1].time;
+    conn.prepare_cached(
+        "UPDATE flows SET next_seq = ?2, updated_at = ?3, bytes = ?4, status = ?5, last_event = ?6
+         WHERE flow_no = ?1",
+    )?
+    .execute((
+        row.flow_no,
+        seq_param(next_seq),
+        last_time.as_micros(),
+        bytes,
+        status.key(),
+        last_event,
+    ))?;
+    Ok(AppendOutcome {
+        first_seq: 1,
+        next_seq,
+    })
+}
+
+/// The rows of a flow's events, last first, found through the chain of `prev` pointers
+/// (there is no flow index). Every link is checked (its owner, its sequence number, and that
+/// the chain ends at event 1) before anything is deleted, so a broken chain is refused as
+/// corruption with nothing written.
+fn chain(conn: &Connection, flow: FlowId, row: &FlowRow) -> Result<Vec<i64>, OpError> {
+    let mut walk =
+        conn.prepare_cached("SELECT seq, prev FROM events WHERE rowid = ?1 AND flow_no = ?2")?;
+    let broken = |seq: u64| StoreError::Corrupt {
+        detail: format!("flow {flow}: event {seq} is missing from its chain"),
+    };
+    let mut expected = row.next_seq.saturating_sub(1);
+    let mut rowids = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut next = row.last_event;
+    while let Some(rowid) = next {
+        let (seq, prev) = walk
+            .query_row((rowid, row.flow_no), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?
+            .ok_or_else(|| broken(expected))?;
+        if expected == 0 || seq != seq_param(expected) {
+            return Err(broken(expected).into());
+        }
+        rowids.push(rowid);
+        expected -= 1;
+        next = prev;
+    }
+    if expected != 0 {
+        return Err(broken(expected).into());
+    }
+    Ok(rowids)
+}
+
+/// Deletes a flow's log: the event rows `chain` found, and the marks.
+fn delete_log(conn: &Connection, flow_no: i64, rowids: &[i64]) -> Result<(), OpError> {
+    let mut delete = conn.prepare_cached("DELETE FROM events WHERE rowid = ?1")?;
+    for rowid in rowids {
+        delete.execute([rowid])?;
+    }
+    conn.prepare_cached("DELETE FROM event_marks WHERE flow_no = ?1")?
+        .execute([flow_no])?;
+    Ok(())
 }
 
 fn upsert_timer(conn: &Connection, flow_no: i64, timer: &NewTimer) -> Result<(), OpError> {
@@ -699,25 +819,46 @@ fn delete_flow(conn: &Connection, flow: FlowId) -> Result<bool, OpError> {
         return Ok(false);
     };
     let flow_no = row.flow_no;
-    // Events are found through the chain of `prev` pointers (there is no flow index).
-    let mut walk =
-        conn.prepare_cached("SELECT prev FROM events WHERE rowid = ?1 AND flow_no = ?2")?;
-    let mut delete = conn.prepare_cached("DELETE FROM events WHERE rowid = ?1")?;
-    let mut next = row.last_event;
-    while let Some(rowid) = next {
-        next = walk
-            .query_row((rowid, flow_no), |r| r.get::<_, Option<i64>>(0))
-            .optional()?
-            .ok_or_else(|| StoreError::Corrupt {
-                detail: format!("flow {flow}: event row {rowid} is missing from its chain"),
-            })?;
-        delete.execute([rowid])?;
-    }
-    conn.prepare_cached("DELETE FROM event_marks WHERE flow_no = ?1")?
-        .execute([flow_no])?;
+    let events = chain(conn, flow, &row)?;
+    // All checks are done; from here on, only an SQLite error can stop this deletion.
+    delete_log(conn, flow_no, &events)?;
     conn.prepare_cached("DELETE FROM timers WHERE flow_no = ?1")?
         .execute([flow_no])?;
     conn.prepare_cached("DELETE FROM flows WHERE flow_no = ?1")?
         .execute([flow_no])?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use flowstate_core::machine::ActivationState;
+
+    use super::*;
+
+    /// After an I/O-class failure every write is refused, compactions included, and nothing
+    /// reaches the file.
+    #[test]
+    fn a_poisoned_writer_refuses_compactions() {
+        let mut conn = Connection::open_in_memory().expect("sqlite");
+        let (reply, mut outcome) = oneshot::channel();
+        let flow = FlowId::from_parts(Timestamp::from_micros(1_767_225_600_000_000), [1; 10]);
+        let mut batch = vec![Command::Compact {
+            flow,
+            expected_next_seq: 2,
+            events: vec![NewEvent {
+                time: Timestamp::from_micros(1),
+                format: 1,
+                body: b"{}".to_vec(),
+            }],
+            status: FlowStatus::Function(ActivationState::Done),
+            reply,
+        }];
+        let mut poisoned = Some("disk I/O error".to_owned());
+        assert!(!commit_group(&mut conn, &mut batch, &mut poisoned));
+        let refused = outcome.try_recv().expect("answered");
+        assert!(
+            matches!(&refused, Err(StoreError::Poisoned { cause }) if cause == "disk I/O error"),
+            "{refused:?}"
+        );
+    }
 }

@@ -67,6 +67,10 @@ macro_rules! conformance_suite {
             delete_removes_flow_log_and_timers,
             status_and_ready_follow_appends,
             long_interleaved_logs_read_back_in_any_range,
+            compaction_replaces_the_log_and_keeps_the_index_row,
+            compaction_refusals_write_nothing,
+            compacted_long_logs_read_back_in_any_range_and_after_reopen,
+            a_compaction_and_a_racing_append_never_both_succeed,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1376,4 +1380,608 @@ pub async fn long_interleaved_logs_read_back_in_any_range<F: StoreFactory>(facto
             .len() as u64,
         EVENTS
     );
+}
+
+/// The bodies' total size, as the index row counts it.
+fn body_bytes(events: &[NewEvent]) -> u64 {
+    events.iter().map(|e| e.body.len() as u64).sum()
+}
+
+/// Checks that `flow`'s log is exactly `expected`, numbered from 1, and that nothing lies
+/// beyond it.
+async fn assert_log(store: &dyn Store, flow: FlowId, expected: &[NewEvent], what: &str) {
+    let stored = crate::read_all(store, flow).await.expect("read");
+    assert_eq!(stored.len(), expected.len(), "{what}: length");
+    for (index, (stored, sent)) in stored.iter().zip(expected).enumerate() {
+        assert_eq!(
+            (stored.flow, stored.seq, stored.time, stored.format),
+            (flow, index as u64 + 1, sent.time, sent.format),
+            "{what}: event {}",
+            index + 1
+        );
+        assert_eq!(
+            stored.body,
+            sent.body,
+            "{what}: body of event {}",
+            index + 1
+        );
+    }
+    let beyond = expected.len() as u64 + 1;
+    assert!(
+        store
+            .read(flow, beyond, 1_000)
+            .await
+            .expect("read past the end")
+            .is_empty(),
+        "{what}: events beyond {}",
+        expected.len()
+    );
+}
+
+/// `n` events of a log, timed from `time` one millisecond apart, tagged with `tag` so that
+/// one log's events are never mistaken for another's.
+fn numbered(time: Timestamp, tag: &str, from: u64, n: u64) -> Vec<NewEvent> {
+    (from..from + n)
+        .map(|seq| {
+            event(
+                time.saturating_add(Duration::from_millis(seq)),
+                &serde_json::json!({ "tag": tag, "seq": seq }),
+            )
+        })
+        .collect()
+}
+
+/// A compaction replaces the whole log (read back exactly, numbered from 1, nothing beyond),
+/// updates the next sequence number, size, status and update time, and keeps the rest of the
+/// index row: kind, definition, creation time, ready flag, lease, wake counter and timers.
+/// Appends continue after the new log.
+pub async fn compaction_replaces_the_log_and_keeps_the_index_row<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let flow = new_flow_id(&fx.clock);
+    let old = numbered(fx.clock.now(), "old", 1, 12);
+    let created_at = old[0].time;
+    let mut batch = creation(flow, FlowKind::Function, "compact-me", old[..5].to_vec());
+    batch.ready = Some(true);
+    batch.timers = vec![NewTimer {
+        name: "wake".into(),
+        due: created_at.saturating_add(Duration::from_secs(60)),
+    }];
+    fx.store.append(batch).await.expect("create");
+    let mut batch = follow_up(flow, 6, old[5..].to_vec());
+    batch.status = Some(FlowStatus::Function(ActivationState::Done));
+    fx.store.append(batch).await.expect("append");
+    let neighbour = create_flow(&fx, FlowKind::Function, "compact-me", false).await;
+    let neighbour_log = fx.store.read(neighbour, 1, 10).await.expect("read");
+    let w = worker("holder");
+    let lease = Duration::from_secs(30);
+    let claims = fx
+        .store
+        .claim(&w, &FlowKind::ALL, 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(claims.iter().map(|c| c.flow).collect::<Vec<_>>(), [flow]);
+    let before = fx.store.flow(flow).await.expect("flow").expect("exists");
+    assert_eq!(before.next_seq, 13);
+    assert_eq!(before.bytes, body_bytes(&old));
+
+    fx.clock.advance(Duration::from_secs(1));
+    let compacted = numbered(fx.clock.now(), "new", 1, 3);
+    let outcome = fx
+        .store
+        .compact(
+            flow,
+            13,
+            compacted.clone(),
+            FlowStatus::Function(ActivationState::Done),
+        )
+        .await
+        .expect("compact");
+    assert_eq!((outcome.first_seq, outcome.next_seq), (1, 4));
+    assert_log(fx.store.as_ref(), flow, &compacted, "the compacted log").await;
+    assert_eq!(
+        fx.store.read(flow, 2, 1).await.expect("read"),
+        fx.store.read(flow, 1, 3).await.expect("read")[1..2],
+        "a range of the new log"
+    );
+    let after = fx.store.flow(flow).await.expect("flow").expect("exists");
+    assert_eq!(after.id, flow);
+    assert_eq!(after.kind, FlowKind::Function, "kind kept");
+    assert_eq!(after.definition, "compact-me", "definition kept");
+    assert_eq!(after.created_at, created_at, "creation time kept");
+    assert_eq!(
+        after.updated_at, compacted[2].time,
+        "the last new event's time"
+    );
+    assert_eq!(after.next_seq, 4);
+    assert_eq!(after.events(), 3);
+    assert_eq!(after.bytes, body_bytes(&compacted));
+    assert_eq!(after.status, FlowStatus::Function(ActivationState::Done));
+    assert!(after.ready, "ready flag kept");
+    let done = FlowQuery {
+        status: Some("done".into()),
+        ..FlowQuery::default()
+    };
+    assert_eq!(
+        fx.store
+            .list(&done)
+            .await
+            .expect("list")
+            .flows
+            .iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>(),
+        [flow],
+        "the index lists the compacted flow by its status"
+    );
+    assert_eq!(
+        fx.store.read(neighbour, 1, 10).await.expect("read"),
+        neighbour_log,
+        "another flow's log is untouched"
+    );
+
+    // The lease and the wake counter are kept: nobody else can claim the flow, its holder
+    // renews it, and an idle release clears the ready flag (nobody marked it ready since).
+    assert!(fx
+        .store
+        .claim(&worker("other"), &FlowKind::ALL, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        fx.store.renew(&w, &[flow], lease).await.expect("renew"),
+        [flow]
+    );
+    assert!(fx
+        .store
+        .release(&w, &claims[0], Release::Idle)
+        .await
+        .expect("release"));
+    assert!(
+        !fx.store
+            .flow(flow)
+            .await
+            .expect("flow")
+            .expect("exists")
+            .ready,
+        "the wake counter was kept, so the idle release cleared the flag"
+    );
+
+    // The timer is kept.
+    fx.clock.advance(Duration::from_secs(60));
+    let timers = fx
+        .store
+        .claim_due_timers(&w, 10, lease)
+        .await
+        .expect("timers");
+    assert_eq!(
+        timers
+            .iter()
+            .map(|t| (t.flow, t.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(flow, "wake")]
+    );
+
+    // Appends continue after the new log; the old numbering is gone.
+    let stale = fx
+        .store
+        .append(follow_up(flow, 13, numbered(fx.clock.now(), "late", 13, 1)))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Conflict {
+                expected: 13,
+                actual: 4,
+                ..
+            })
+        ),
+        "an append after the old log conflicts: {stale:?}"
+    );
+    let more = numbered(fx.clock.now(), "more", 4, 2);
+    let outcome = fx
+        .store
+        .append(follow_up(flow, 4, more.clone()))
+        .await
+        .expect("append after the compaction");
+    assert_eq!((outcome.first_seq, outcome.next_seq), (4, 6));
+    let log: Vec<NewEvent> = compacted.iter().chain(&more).cloned().collect();
+    assert_log(fx.store.as_ref(), flow, &log, "compacted, then appended").await;
+    let last = fx.store.flow(flow).await.expect("flow").expect("exists");
+    assert_eq!((last.next_seq, last.bytes), (6, body_bytes(&log)));
+    assert_eq!(last.created_at, created_at);
+}
+
+/// A compaction that expects another next sequence number conflicts, one of an unknown flow
+/// is `UnknownFlow`, and one that breaks a limit or gives a status of another kind is
+/// refused with the same typed error as an append; none of them writes anything.
+pub async fn compaction_refusals_write_nothing<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let now = fx.clock.now();
+    let flow = new_flow_id(&fx.clock);
+    let log = numbered(now, "kept", 1, 4);
+    fx.store
+        .append(creation(flow, FlowKind::Function, "f", log.clone()))
+        .await
+        .expect("create");
+    let done = FlowStatus::Function(ActivationState::Done);
+    let before = fx.store.flow(flow).await.expect("flow").expect("exists");
+    let small = || event(now, &serde_json::json!({"compacted": true}));
+    let unchanged = |what: String| {
+        let (store, log, before) = (fx.store.clone(), log.clone(), before.clone());
+        async move {
+            assert_log(store.as_ref(), flow, &log, &what).await;
+            assert_eq!(
+                store.flow(flow).await.expect("flow").expect("exists"),
+                before,
+                "{what} changed the index row"
+            );
+        }
+    };
+
+    for expected in [1, 2, 4, 6, 1_000] {
+        let result = fx.store.compact(flow, expected, vec![small()], done).await;
+        assert!(
+            matches!(
+                result,
+                Err(StoreError::Conflict { expected: e, actual: 5, .. }) if e == expected
+            ),
+            "expected_next_seq {expected}: {result:?}"
+        );
+        unchanged(format!("a compaction expecting {expected}")).await;
+    }
+    let unknown = new_flow_id(&fx.clock);
+    let result = fx.store.compact(unknown, 5, vec![small()], done).await;
+    assert!(
+        matches!(result, Err(StoreError::UnknownFlow { flow: f }) if f == unknown),
+        "{result:?}"
+    );
+    assert!(fx.store.flow(unknown).await.expect("lookup").is_none());
+
+    let mut huge = small();
+    huge.body = format!("\"{}\"", "x".repeat(MAX_EVENT_BODY_BYTES)).into_bytes();
+    type CompactRefusal = (
+        &'static str,
+        u64,
+        Vec<NewEvent>,
+        FlowStatus,
+        fn(&InvalidInput) -> bool,
+    );
+    let refusals: Vec<CompactRefusal> = vec![
+        ("no events", 5, vec![], done, |e| {
+            matches!(e, InvalidInput::EmptyAppend)
+        }),
+        (
+            "too many events",
+            5,
+            vec![small(); MAX_EVENTS_PER_APPEND + 1],
+            done,
+            |e| matches!(e, InvalidInput::TooManyEvents { .. }),
+        ),
+        ("oversized body", 5, vec![small(), huge], done, |e| {
+            matches!(e, InvalidInput::BodyTooLarge { index: 1, .. })
+        }),
+        (
+            "body that is not JSON",
+            5,
+            vec![
+                small(),
+                NewEvent {
+                    time: now,
+                    format: 1,
+                    body: b"{not json".to_vec(),
+                },
+            ],
+            done,
+            |e| matches!(e, InvalidInput::MalformedBody { index: 1, .. }),
+        ),
+        (
+            "unknown format",
+            5,
+            vec![NewEvent {
+                time: now,
+                format: 99,
+                body: b"{}".to_vec(),
+            }],
+            done,
+            |e| matches!(e, InvalidInput::UnsupportedFormat { format: 99, .. }),
+        ),
+        ("sequence zero", 0, vec![small()], done, |e| {
+            matches!(e, InvalidInput::ZeroSequence)
+        }),
+        (
+            "status of another kind",
+            5,
+            vec![small()],
+            FlowStatus::Plan(PlanState::Completed),
+            |e| matches!(e, InvalidInput::StatusKindMismatch { .. }),
+        ),
+    ];
+    for (what, expected_next_seq, events, status, check) in refusals {
+        let invalid = assert_invalid(
+            fx.store
+                .compact(flow, expected_next_seq, events.clone(), status)
+                .await,
+            what,
+        );
+        assert!(check(&invalid), "{what}: wrong error {invalid:?}");
+        unchanged(format!("a compaction with {what}")).await;
+        if what != "status of another kind" && what != "sequence zero" {
+            // Input that breaks a limit is refused before the flow is even looked up.
+            let invalid = assert_invalid(
+                fx.store
+                    .compact(unknown, expected_next_seq, events, status)
+                    .await,
+                what,
+            );
+            assert!(
+                check(&invalid),
+                "{what} (unknown flow): wrong error {invalid:?}"
+            );
+        }
+    }
+
+    // After an append, a compaction that expected the log before it conflicts.
+    fx.store
+        .append(follow_up(flow, 5, vec![small()]))
+        .await
+        .expect("append");
+    let result = fx.store.compact(flow, 5, vec![small()], done).await;
+    assert!(
+        matches!(
+            result,
+            Err(StoreError::Conflict {
+                expected: 5,
+                actual: 6,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        fx.store.read(flow, 1, 100).await.expect("read").len(),
+        5,
+        "nothing written"
+    );
+}
+
+/// A long log compacted into a shorter one that is still longer than a few marks' worth
+/// (stores may index logs sparsely: the old index must not leak into the new log) reads back
+/// in any range, with nothing of the old log beyond it; compacted again, appended to past
+/// the old length, and after a reopen, it still does.
+pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: StoreFactory>(
+    factory: &F,
+) {
+    let (fx, location) = fixture(factory).await;
+    let t = fx.clock.now();
+    let flows = [new_flow_id(&fx.clock), new_flow_id(&fx.clock)];
+    // Two logs of 1,000 events, written interleaved so that neither lies in adjacent rows.
+    let mut logs: [Vec<NewEvent>; 2] = [numbered(t, "a-old", 1, 1_000), numbered(t, "b", 1, 1_000)];
+    for (i, flow) in flows.iter().enumerate() {
+        fx.store
+            .append(creation(
+                *flow,
+                FlowKind::Function,
+                "long",
+                logs[i][..1].to_vec(),
+            ))
+            .await
+            .expect("create");
+    }
+    let mut next = 2usize;
+    while next <= 1_000 {
+        let count = (next % 7 + 1).min(1_001 - next);
+        for (i, flow) in flows.iter().enumerate() {
+            fx.store
+                .append(follow_up(
+                    *flow,
+                    next as u64,
+                    logs[i][next - 1..next - 1 + count].to_vec(),
+                ))
+                .await
+                .expect("append");
+        }
+        next += count;
+    }
+    let created_at = logs[0][0].time;
+    let done = FlowStatus::Function(ActivationState::Done);
+    let check = |log: Vec<NewEvent>, what: &'static str| {
+        let store = fx.store.clone();
+        let flow = flows[0];
+        async move {
+            let len = log.len() as u64;
+            assert_log(store.as_ref(), flow, &log, what).await;
+            let ranges: [(u64, usize); 14] = [
+                (1, 1),
+                (1, 64),
+                (2, 63),
+                (63, 3),
+                (64, 1),
+                (65, 64),
+                (100, 150),
+                (128, 1),
+                (129, 100),
+                (len - 1, 5),
+                (len, 1),
+                (len + 1, 10),
+                (len + 64, 10),
+                (1, 100_000),
+            ];
+            for (from, limit) in ranges {
+                let range = store.read(flow, from, limit).await.expect("range");
+                let expected: Vec<u64> = (from..=len).take(limit).collect();
+                assert_eq!(
+                    range.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                    expected,
+                    "{what}: read({from}, {limit})"
+                );
+                for stored in &range {
+                    let sent = &log[usize::try_from(stored.seq - 1).expect("small")];
+                    assert_eq!(
+                        (stored.time, &stored.body),
+                        (sent.time, &sent.body),
+                        "{what}"
+                    );
+                }
+            }
+            let summary = store.flow(flow).await.expect("flow").expect("exists");
+            assert_eq!(summary.next_seq, len + 1, "{what}");
+            assert_eq!(summary.bytes, body_bytes(&log), "{what}");
+        }
+    };
+
+    fx.clock.advance(Duration::from_secs(1));
+    let compacted = numbered(fx.clock.now(), "a-300", 1, 300);
+    fx.store
+        .compact(flows[0], 1_001, compacted.clone(), done)
+        .await
+        .expect("compact 1,000 into 300");
+    check(compacted, "compacted to 300").await;
+
+    // Again, into fewer events, then appended to past the length of the first compaction.
+    let mut compacted = numbered(fx.clock.now(), "a-130", 1, 130);
+    fx.store
+        .compact(flows[0], 301, compacted.clone(), done)
+        .await
+        .expect("compact 300 into 130");
+    check(compacted.clone(), "compacted again to 130").await;
+    let mut next = 131u64;
+    while next <= 330 {
+        let more = numbered(fx.clock.now(), "a-more", next, 40);
+        fx.store
+            .append(follow_up(flows[0], next, more.clone()))
+            .await
+            .expect("append after compactions");
+        // The other flow keeps growing meanwhile, so the new events are not adjacent.
+        let other = numbered(fx.clock.now(), "b", logs[1].len() as u64 + 1, 3);
+        fx.store
+            .append(follow_up(flows[1], logs[1].len() as u64 + 1, other.clone()))
+            .await
+            .expect("append to the other flow");
+        logs[1].extend(other);
+        compacted.extend(more);
+        next += 40;
+    }
+    logs[0] = compacted;
+    check(logs[0].clone(), "appended past the old marks").await;
+    assert_log(fx.store.as_ref(), flows[1], &logs[1], "the other flow").await;
+
+    fx.store.close().await.expect("close");
+    let reopened = factory.open(&location, fx.clock.clone()).await;
+    let fx = Fixture {
+        clock: fx.clock.clone(),
+        store: reopened,
+    };
+    assert_log(fx.store.as_ref(), flows[0], &logs[0], "after a reopen").await;
+    assert_log(
+        fx.store.as_ref(),
+        flows[1],
+        &logs[1],
+        "the other flow after a reopen",
+    )
+    .await;
+    let summary = fx
+        .store
+        .flow(flows[0])
+        .await
+        .expect("flow")
+        .expect("exists");
+    assert_eq!((summary.next_seq, summary.status), (331, done));
+    assert_eq!(summary.created_at, created_at, "creation time kept");
+    // Deleting the compacted flow removes exactly its log.
+    assert!(fx.store.delete_flow(flows[0]).await.expect("delete"));
+    assert_log(
+        fx.store.as_ref(),
+        flows[1],
+        &logs[1],
+        "the other flow after a deletion",
+    )
+    .await;
+    fx.store.close().await.expect("close");
+}
+
+/// A compaction and an append of the same flow that both expect the same next sequence
+/// number race (with appends of other flows around them, so that stores that group commits
+/// group them): exactly one of them succeeds, the other conflicts, and the log is exactly the
+/// winner's.
+pub async fn a_compaction_and_a_racing_append_never_both_succeed<F: StoreFactory>(factory: &F) {
+    const ROUNDS: u64 = 40;
+    const FILLERS: usize = 8;
+    let (fx, _location) = fixture(factory).await;
+    let done = FlowStatus::Function(ActivationState::Done);
+    let mut fillers = Vec::new();
+    for _ in 0..FILLERS {
+        fillers.push(create_flow(&fx, FlowKind::Function, "filler", false).await);
+    }
+    let mut filler_next = [2u64; FILLERS];
+    let mut wins = [0u64; 2];
+    for round in 0..ROUNDS {
+        let t = fx.clock.now();
+        let flow = new_flow_id(&fx.clock);
+        let log = numbered(t, &format!("round-{round}"), 1, 10);
+        fx.store
+            .append(creation(flow, FlowKind::Function, "race", log.clone()))
+            .await
+            .expect("create");
+        let appended = numbered(t, "appended", 11, 2);
+        let compacted = numbered(t, "compacted", 1, 3);
+        let mut tasks = Vec::new();
+        for (i, filler) in fillers.iter().enumerate() {
+            let (store, filler, next) = (fx.store.clone(), *filler, filler_next[i]);
+            let body = numbered(t, "filler", next, 1);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .append(follow_up(filler, next, body))
+                    .await
+                    .map(|_| ())
+            }));
+            filler_next[i] += 1;
+        }
+        // Alternate which one is sent first.
+        let (store, batch) = (fx.store.clone(), follow_up(flow, 11, appended.clone()));
+        let append = async move { store.append(batch).await };
+        let (store, events) = (fx.store.clone(), compacted.clone());
+        let compact = async move { store.compact(flow, 11, events, done).await };
+        let (appending, compacting) = if round % 2 == 0 {
+            let appending = tokio::spawn(append);
+            (appending, tokio::spawn(compact))
+        } else {
+            let compacting = tokio::spawn(compact);
+            (tokio::spawn(append), compacting)
+        };
+        let appending = appending.await.expect("append task");
+        let compacting = compacting.await.expect("compact task");
+        for task in tasks {
+            task.await.expect("filler task").expect("filler append");
+        }
+        let expected: Vec<NewEvent> = match (&appending, &compacting) {
+            (Ok(outcome), Err(StoreError::Conflict { actual: 13, .. })) => {
+                assert_eq!((outcome.first_seq, outcome.next_seq), (11, 13));
+                wins[0] += 1;
+                log.iter().chain(&appended).cloned().collect()
+            }
+            (Err(StoreError::Conflict { actual: 4, .. }), Ok(outcome)) => {
+                assert_eq!((outcome.first_seq, outcome.next_seq), (1, 4));
+                wins[1] += 1;
+                compacted.clone()
+            }
+            other => panic!("round {round}: exactly one must succeed, got {other:?}"),
+        };
+        assert_log(fx.store.as_ref(), flow, &expected, "the winner's log").await;
+        let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
+        assert_eq!(summary.next_seq, expected.len() as u64 + 1);
+        assert_eq!(summary.bytes, body_bytes(&expected));
+        fx.clock.advance(Duration::from_millis(100));
+    }
+    for (i, filler) in fillers.iter().enumerate() {
+        assert_eq!(
+            fx.store
+                .flow(*filler)
+                .await
+                .expect("flow")
+                .expect("exists")
+                .next_seq,
+            filler_next[i]
+        );
+    }
+    assert_eq!(wins.iter().sum::<u64>(), ROUNDS);
 }

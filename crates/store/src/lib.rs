@@ -7,10 +7,11 @@
 //! store the index values to keep. That keeps every store a thin, fast layer and puts all
 //! meaning in the sans-I/O core.
 //!
-//! **Architecture invariant:** `append` is the only way to change a log, it is atomic, and it
-//! succeeds only when `expected_next_seq` equals the log's next sequence number. This is how
-//! two engine processes never both advance one flow: the loser gets
-//! [`StoreError::Conflict`] and re-reads.
+//! **Architecture invariant:** `append` is the only way to extend a log, and `compact` (which
+//! replaces a finished flow's log by a shorter one that folds to the same state) the only
+//! other way to change one; both are atomic, and both succeed only when `expected_next_seq`
+//! equals the log's next sequence number. This is how two engine processes never both
+//! advance one flow: the loser gets [`StoreError::Conflict`] and re-reads.
 //!
 //! **Invariant:** a store acknowledges an append only after it is durable by the store's own
 //! definition (the memory store: in memory; SQLite: committed and fsynced).
@@ -40,7 +41,7 @@ pub use writer::{AppendExtras, FlowWriter, WriteError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::{FlowId, FlowKind, RawEvent, Timestamp};
+use flowstate_core::{FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 
 /// Durable storage for flow logs, their index, the ready queue and timers.
 ///
@@ -55,6 +56,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// the log's next sequence number is different; creates the flow when
     /// `expected_next_seq == 1` and `batch.create` is given.
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError>;
+
+    /// Replaces the whole log of `flow` by `events`, numbered from 1, atomically, if the log's
+    /// next sequence number is `expected_next_seq`; otherwise [`StoreError::Conflict`] and
+    /// nothing is written ([`StoreError::UnknownFlow`] if there is no such flow). This is how a
+    /// finished flow's log is compacted (a durable function that is done keeps its outcome and
+    /// drops its journal); the caller ([`FlowWriter::compact`]) checks that the new log folds to
+    /// the same state. The index row keeps its kind, definition, creation time, ready flag, lease,
+    /// wake counter and timers; its next sequence number, size in bytes, status (`status`) and
+    /// update time (the last new event's time) follow the new log.
+    ///
+    /// The events are checked like an append's ([`validate::validate_compact`]: at least one,
+    /// the limits on their number and bodies; `status` of the flow's kind) before anything is
+    /// written. Returns `AppendOutcome { first_seq: 1, next_seq: events.len() + 1 }`.
+    async fn compact(
+        &self,
+        flow: FlowId,
+        expected_next_seq: u64,
+        events: Vec<NewEvent>,
+        status: FlowStatus,
+    ) -> Result<AppendOutcome, StoreError>;
 
     /// Events of `flow` with `seq >= from_seq`, in order, at most `limit`
     /// (at most [`flowstate_core::limits::MAX_READ_BATCH`]).

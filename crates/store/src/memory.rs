@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use crate::error::StoreError;
 use crate::types::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewTimer, Release, WorkerId,
+    NewEvent, NewTimer, Release, WorkerId,
 };
 use crate::validate::{
-    check_batch, check_lease, check_log_room, check_name, claim_window, validate_append,
+    check_batch, check_lease, check_log_room, check_name, check_status_kind, claim_window,
+    validate_append, validate_compact,
 };
 use crate::{Store, WakeCounts, WakeKind, Wakeups};
 
@@ -226,6 +227,51 @@ impl Store for MemoryStore {
         }
         Ok(AppendOutcome {
             first_seq: actual,
+            next_seq,
+        })
+    }
+
+    async fn compact(
+        &self,
+        flow: FlowId,
+        expected_next_seq: u64,
+        events: Vec<NewEvent>,
+        status: FlowStatus,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_compact(expected_next_seq, &events)?;
+        let mut inner = self.lock()?;
+        let entry = inner
+            .flows
+            .get_mut(&flow)
+            .ok_or(StoreError::UnknownFlow { flow })?;
+        if entry.summary.next_seq != expected_next_seq {
+            return Err(StoreError::Conflict {
+                flow,
+                expected: expected_next_seq,
+                actual: entry.summary.next_seq,
+            });
+        }
+        check_status_kind(entry.summary.kind, status)?;
+        // All checks are done: the log is replaced whole, the rest of the row is kept.
+        let last_time = events[events.len() - 1].time;
+        entry.events = events
+            .into_iter()
+            .zip(1..)
+            .map(|(event, seq)| RawEvent {
+                flow,
+                seq,
+                time: event.time,
+                format: event.format,
+                body: event.body,
+            })
+            .collect();
+        let next_seq = entry.events.len() as u64 + 1;
+        entry.summary.next_seq = next_seq;
+        entry.summary.bytes = entry.events.iter().map(|e| e.body.len() as u64).sum();
+        entry.summary.status = status;
+        entry.summary.updated_at = last_time;
+        Ok(AppendOutcome {
+            first_seq: 1,
             next_seq,
         })
     }

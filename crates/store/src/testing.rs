@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::{FlowId, FlowKind, RawEvent, Timestamp};
+use flowstate_core::{FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 
 use crate::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewTimer, Release, Store, StoreError, WakeCounts, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WorkerId,
 };
 
 /// Wraps a store: counts appends, and on demand fails renewals or delays claims and
@@ -69,6 +69,17 @@ impl Store for InstrumentedStore {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         self.appends.fetch_add(1, Ordering::SeqCst);
         self.inner.append(batch).await
+    }
+    async fn compact(
+        &self,
+        flow: FlowId,
+        expected_next_seq: u64,
+        events: Vec<NewEvent>,
+        status: FlowStatus,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.inner
+            .compact(flow, expected_next_seq, events, status)
+            .await
     }
     async fn read(
         &self,

@@ -10,26 +10,64 @@ use flowstate_core::limits::{
 use flowstate_core::{FlowKind, EVENT_FORMAT_VERSION};
 
 use crate::error::InvalidInput;
-use crate::types::AppendBatch;
+use crate::types::{AppendBatch, NewEvent};
 
 /// Checks an append against every limit that does not need the stored log; returns the
 /// flow's kind if the batch creates it. A created flow without `status` starts in the initial
 /// state of its kind.
 pub fn validate_append(batch: &AppendBatch) -> Result<Option<FlowKind>, InvalidInput> {
-    if batch.events.is_empty() {
+    check_events(
+        batch.expected_next_seq,
+        batch.expected_next_seq,
+        &batch.events,
+    )?;
+    for timer in &batch.timers {
+        check_name("timer name", &timer.name)?;
+    }
+    let creates = match (&batch.create, batch.expected_next_seq) {
+        (Some(create), 1) => {
+            check_name("definition", &create.definition)?;
+            Some(create.kind)
+        }
+        (None, 1) => return Err(InvalidInput::MissingCreate),
+        (Some(_), expected) => return Err(InvalidInput::UnexpectedCreate { expected }),
+        (None, _) => None,
+    };
+    if let (Some(kind), Some(status)) = (creates, batch.status) {
+        check_status_kind(kind, status)?;
+    }
+    Ok(creates)
+}
+
+/// Checks a compaction ([`crate::Store::compact`]) against every limit that does not need the
+/// stored log: its new events get exactly an append's checks (at least one, at most
+/// [`MAX_EVENTS_PER_APPEND`], bodies within [`MAX_EVENT_BODY_BYTES`], of a known format, JSON),
+/// numbered from 1. The status's kind is checked against the flow's by the store.
+pub fn validate_compact(expected_next_seq: u64, events: &[NewEvent]) -> Result<(), InvalidInput> {
+    check_events(expected_next_seq, 1, events)
+}
+
+/// The checks of the events of an append (numbered from `first_seq`) or of a compaction
+/// (numbered from 1), in the order appends have always made them.
+fn check_events(
+    expected_next_seq: u64,
+    first_seq: u64,
+    events: &[NewEvent],
+) -> Result<(), InvalidInput> {
+    if events.is_empty() {
         return Err(InvalidInput::EmptyAppend);
     }
-    if batch.events.len() > MAX_EVENTS_PER_APPEND {
+    if events.len() > MAX_EVENTS_PER_APPEND {
         return Err(InvalidInput::TooManyEvents {
-            count: batch.events.len(),
+            count: events.len(),
             limit: MAX_EVENTS_PER_APPEND,
         });
     }
-    if batch.expected_next_seq == 0 {
+    if expected_next_seq == 0 {
         return Err(InvalidInput::ZeroSequence);
     }
-    check_log_room(batch.expected_next_seq, batch.events.len())?;
-    for (index, event) in batch.events.iter().enumerate() {
+    check_log_room(first_seq, events.len())?;
+    for (index, event) in events.iter().enumerate() {
         if event.body.len() > MAX_EVENT_BODY_BYTES {
             return Err(InvalidInput::BodyTooLarge {
                 index,
@@ -51,22 +89,7 @@ pub fn validate_append(batch: &AppendBatch) -> Result<Option<FlowKind>, InvalidI
             });
         }
     }
-    for timer in &batch.timers {
-        check_name("timer name", &timer.name)?;
-    }
-    let creates = match (&batch.create, batch.expected_next_seq) {
-        (Some(create), 1) => {
-            check_name("definition", &create.definition)?;
-            Some(create.kind)
-        }
-        (None, 1) => return Err(InvalidInput::MissingCreate),
-        (Some(_), expected) => return Err(InvalidInput::UnexpectedCreate { expected }),
-        (None, _) => None,
-    };
-    if let (Some(kind), Some(status)) = (creates, batch.status) {
-        check_status_kind(kind, status)?;
-    }
-    Ok(creates)
+    Ok(())
 }
 
 /// Checks that `status` belongs to a flow of `kind`.

@@ -51,6 +51,8 @@ async fn run(db: &str) -> Result<(), String> {
         clock.clone(),
         format!("pid-{}", std::process::id()),
     );
+    // The test reads the journal of the finished function.
+    functions.keep_journals(true);
     functions
         .register("long", long)
         .map_err(|e| e.to_string())?;

@@ -41,6 +41,8 @@ async fn run(url: &str, schema: &str) -> Result<(), String> {
     let engine = builder.build().await.map_err(|e| e.to_string())?;
     // Before `run`, which wakes the activations earlier processes left running.
     flowstate_testkit::functions::note_steps_in(executions);
+    // The multi-process test reads the journals of finished functions.
+    engine.functions().keep_journals(true);
     flowstate_testkit::functions::register(engine.functions()).map_err(|e| e.to_string())?;
     // SIGTERM is handled from before "ready": a test may send it at once.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
