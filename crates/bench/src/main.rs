@@ -8,6 +8,12 @@
 //! `flowstate-bench sleepers` measures the resident memory of many sleeping durable
 //! functions (run by a worker until each sleeps on a durable timer), and how long they all
 //! take to wake and finish when their timers come due.
+//!
+//! `flowstate-bench archive` measures archive throughput: deactivated plan flows moved from
+//! SQLite to a local directory, in flows per second (see `archive.rs`).
+
+mod archive;
+mod plan;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +52,10 @@ enum Bench {
     W1Worker(W1WorkerArgs),
     /// Memory of many sleeping durable functions on SQLite, and how fast they all wake.
     Sleepers(SleepersArgs),
+    /// Archive throughput: deactivated plan flows from SQLite to a local directory.
+    Archive(archive::ArchiveArgs),
+    /// Goal-driven plans: planning time in a large catalog, and W1 as a plan on SQLite.
+    Plan(plan::PlanArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -416,6 +426,8 @@ fn main() {
         Bench::W1Worker(args) => runtime.block_on(w1_worker(args)),
         Bench::W1Function(args) => runtime.block_on(w1_function(args)),
         Bench::Sleepers(args) => runtime.block_on(sleepers(args)),
+        Bench::Archive(args) => runtime.block_on(archive::archive(args)),
+        Bench::Plan(args) => runtime.block_on(plan::plan(args)),
     }
 }
 

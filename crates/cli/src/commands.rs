@@ -10,7 +10,8 @@ use std::sync::Arc;
 use flowstate::core::machine::{ActivationState, FlowState, PlanState};
 use flowstate::core::{fold, Event, FlowStatus, Machine, RawEvent, StopAt};
 use flowstate::store::{read_all, FlowQuery};
-use flowstate::{Access, FlowId, FlowKind, Store, SystemClock, Timestamp};
+use flowstate::{Access, FlowId, FlowKind, Store, StoreError, SystemClock, Timestamp};
+use flowstate_archive::{ArchiveAccess, ArchiveStore};
 
 use crate::render::{self, Output};
 use crate::{Cli, CliError, Command, FlowArgs, FlowsCommand, LsArgs};
@@ -41,6 +42,9 @@ enum Request {
 /// Runs one command and closes the store, whatever the command's outcome.
 pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
     let request = match cli.command {
+        Command::Archive(command) => {
+            return crate::archive::run(command, &cli.store, &cli.archive, cli.json).await
+        }
         Command::Flows(FlowsCommand::Ls(args)) => Request::List(list_query(args)?),
         Command::Flows(FlowsCommand::Show(args)) => {
             let (id, at) = flow_args(&args)?;
@@ -65,7 +69,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
         },
     };
     let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist).await?;
-    let result = execute(store.as_ref(), request, cli.json).await;
+    let result = execute(store.as_ref(), &cli.archive, request, cli.json).await;
     let closed = store.close().await;
     // The command's own error says more than a failure to close after it.
     let output = result?;
@@ -73,20 +77,32 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
     Ok(output)
 }
 
-async fn execute(store: &dyn Store, request: Request, json: bool) -> Result<Output, CliError> {
+async fn execute(
+    store: &dyn Store,
+    archive: &str,
+    request: Request,
+    json: bool,
+) -> Result<Output, CliError> {
     match request {
         Request::List(query) => {
-            let page = store.list(&query).await?;
+            // Archived flows are not live (unless asked for by state): `archive ls` lists them.
+            let page = flowstate_archive::list_live(store, &query).await?;
             render::flows(&page, json)
         }
         Request::Show { id, at } => {
-            let (events, stop) = read_log(store, id, at).await?;
+            let (events, stop) = read_log(store, archive, id, at).await?;
             let record =
                 fold(&events, stop).map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
-            render::record(&record, at.is_some().then_some(events.len()), json)
+            let mut output = render::record(&record, at.is_some().then_some(events.len()), json)?;
+            if !json && flowstate_archive::is_archived(record.status) {
+                output.hint = Some(format!(
+                    "flow {id} is archived; the archiver removes it from the store on its next pass (then: flowstate archive show {id})"
+                ));
+            }
+            Ok(output)
         }
         Request::Events { id, at } => {
-            let (events, stop) = read_log(store, id, at).await?;
+            let (events, stop) = read_log(store, archive, id, at).await?;
             let decoded = events
                 .iter()
                 .take_while(|raw| !stop.excludes(raw.seq, raw.time))
@@ -115,11 +131,44 @@ async fn execute(store: &dyn Store, request: Request, json: bool) -> Result<Outp
 /// with an empty or final state: either is almost always a mistyped time or number.
 async fn read_log(
     store: &dyn Store,
+    archive: &str,
     id: FlowId,
     at: Option<StopAt>,
 ) -> Result<(Vec<RawEvent>, StopAt), CliError> {
-    // An unknown flow is StoreError::UnknownFlow: "flow <id> is not in the store".
-    let events = read_all(store, id).await?;
+    let events = match read_all(store, id).await {
+        Ok(events) => events,
+        Err(error @ StoreError::UnknownFlow { .. }) => {
+            return Err(not_live(archive, id, error).await)
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let stop = within_log(id, &events, at)?;
+    Ok((events, stop))
+}
+
+/// The error for a flow the store does not have: if the archive has it, say so and where to
+/// look; otherwise the store's own "flow <id> is not in the store" (also when there is no
+/// archive to look in).
+async fn not_live(archive: &str, id: FlowId, error: StoreError) -> CliError {
+    let archived = match ArchiveStore::open(archive, ArchiveAccess::MustExist) {
+        Ok(archive) => archive.contains(id).await.unwrap_or(false),
+        Err(_) => false,
+    };
+    if archived {
+        CliError::new(format!(
+            "flow {id} is archived, no longer in the store: see flowstate archive show {id}"
+        ))
+    } else {
+        error.into()
+    }
+}
+
+/// Checks that the stop point lies inside the log `events` of flow `id`.
+pub(crate) fn within_log(
+    id: FlowId,
+    events: &[RawEvent],
+    at: Option<StopAt>,
+) -> Result<StopAt, CliError> {
     let stop = at.unwrap_or_default();
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Err(CliError::new(format!("flow {id} has an empty log")));
@@ -133,17 +182,17 @@ async fn read_log(
             "flow {id} did not exist yet at {time}: it was created at {}",
             first.time
         ))),
-        _ => Ok((events, stop)),
+        _ => Ok(stop),
     }
 }
 
-fn flow_args(args: &FlowArgs) -> Result<(FlowId, Option<StopAt>), CliError> {
+pub(crate) fn flow_args(args: &FlowArgs) -> Result<(FlowId, Option<StopAt>), CliError> {
     let id = parse_id(&args.id)?;
     let at = args.at.as_deref().map(parse_at).transpose()?;
     Ok((id, at))
 }
 
-fn parse_id(text: &str) -> Result<FlowId, CliError> {
+pub(crate) fn parse_id(text: &str) -> Result<FlowId, CliError> {
     Ok(text.parse::<FlowId>()?)
 }
 

@@ -5,6 +5,7 @@
 //! usual status 2. What each command does lives in [`commands`], how results look (tables or
 //! JSON) in [`render`].
 
+mod archive;
 mod commands;
 mod render;
 
@@ -15,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use flowstate::core::limits::MAX_PAGE_SIZE;
 
 /// Inspect durable flows: list them, show their state at any point, read their logs; send
-/// signals to durable functions, and cancels them.
+/// signals to durable functions, and cancels them; list, show and replay archived flows.
 #[derive(Debug, Parser)]
 #[command(name = "flowstate", version)]
 pub(crate) struct Cli {
@@ -28,6 +29,17 @@ pub(crate) struct Cli {
         default_value = flowstate::DEFAULT_STORE
     )]
     pub(crate) store: String,
+
+    /// The archive: a directory, file://PATH, s3://BUCKET[/PREFIX] (configured by the AWS_*
+    /// environment variables) or memory://.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = flowstate_archive::ARCHIVE_ENV,
+        default_value = flowstate_archive::DEFAULT_ARCHIVE
+    )]
+    pub(crate) archive: String,
 
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -42,6 +54,56 @@ pub(crate) enum Command {
     /// Inspect flows.
     #[command(subcommand)]
     Flows(FlowsCommand),
+    /// Archived flows: list them, show and replay them, move deactivated flows there.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ArchiveCommand {
+    /// List archived flows, by id (creation order), one page at a time.
+    Ls(ArchiveLsArgs),
+    /// Show an archived flow's state, at its end or at an earlier point of its log.
+    Show(FlowArgs),
+    /// Print an archived flow's events, all of them or up to a point.
+    Events(FlowArgs),
+    /// Run one archive pass: move deactivated plan flows from the store to the archive.
+    Run(ArchiveRunArgs),
+}
+
+/// `archive ls [--after ID] [--limit N]`.
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveLsArgs {
+    /// Only flows after this id (the previous page's last id).
+    #[arg(long, value_name = "ID")]
+    pub(crate) after: Option<String>,
+
+    /// Flows per page (default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_PAGE_SIZE as u64))]
+    pub(crate) limit: Option<u64>,
+}
+
+/// `archive run`: the policy of one pass.
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveRunArgs {
+    /// Archive deactivated flows whose last event is at least this old: 90s, 30m, 12h, 7d
+    /// (default 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) max_age: Option<String>,
+
+    /// Flows archived together (default 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=flowstate_archive::MAX_BATCH_SIZE as u64))]
+    pub(crate) batch: Option<u64>,
+
+    /// While the store holds more flows than this, archive deactivated ones whatever their age
+    /// (oldest, then largest, first).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_live_flows: Option<u64>,
+
+    /// While the store's events add up to more bytes than this, archive deactivated flows
+    /// whatever their age (oldest, then largest, first).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_live_bytes: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ use comfy_table::{CellAlignment, Table};
 use flowstate::core::{Event, FlowRecord, JournalEntry};
 use flowstate::store::{FlowPage, FlowSummary};
 use flowstate::FlowId;
+use flowstate_archive::{ArchivePage, ArchiveReport};
 use serde::Serialize;
 
 use crate::CliError;
@@ -74,6 +75,51 @@ pub(crate) fn flows(page: &FlowPage, json: bool) -> Result<Output, CliError> {
     })
 }
 
+/// `archive ls`.
+pub(crate) fn archived(page: &ArchivePage, json: bool) -> Result<Output, CliError> {
+    if json {
+        return to_json(page);
+    }
+    let mut table = table(&["ID", "BYTES", "STORED"]);
+    align_right(&mut table, 1);
+    for flow in &page.flows {
+        table.add_row(vec![
+            flow.id.to_string(),
+            flow.bytes.to_string(),
+            flow.stored_at.to_string(),
+        ]);
+    }
+    let hint = match (page.flows.is_empty(), page.next_after) {
+        (true, _) => Some("no archived flows".to_owned()),
+        (false, Some(after)) => Some(format!("more: --after {after}")),
+        (false, None) => None,
+    };
+    Ok(Output {
+        stdout: finish(&table),
+        hint,
+    })
+}
+
+/// `archive run`.
+pub(crate) fn archive_report(report: &ArchiveReport, json: bool) -> Result<Output, CliError> {
+    if json {
+        return to_json(report);
+    }
+    let mut fields = Table::new();
+    fields.load_preset(NOTHING);
+    for (name, value) in [
+        ("archived", report.archived),
+        ("recovered", report.recovered),
+        ("events", report.events),
+        ("bytes", report.bytes),
+        ("batches", report.batches),
+        ("skipped", report.skipped),
+    ] {
+        fields.add_row(vec![name.to_owned(), value.to_string()]);
+    }
+    Ok(Output::text(finish(&fields)))
+}
+
 /// `flows show`. `total` is the length of the whole log when the fold stopped early.
 pub(crate) fn record(
     record: &FlowRecord,
@@ -125,8 +171,29 @@ pub(crate) fn record(
             field("inbox", format!("{name}: {} waiting", values.len()));
         }
         field("run", function.run.to_string());
+        if let Some(dropped) = &function.journal_dropped {
+            field(
+                "journal",
+                format!(
+                    "dropped when done ({} entries, {} events)",
+                    dropped.entries, dropped.events
+                ),
+            );
+        }
+    }
+    if let Some(plan) = &record.plan {
+        if let Some(execution) = &plan.plan {
+            let goals: Vec<String> = execution.goals.iter().map(ToString::to_string).collect();
+            field("goals", goals.join(", "));
+        }
+        if let Some(failure) = &plan.failure {
+            field("failure", format!("{}: {}", failure.kind, failure.message));
+        }
     }
     let mut out = finish(&fields);
+    if let Some(plan) = &record.plan {
+        out.push_str(&plan_tables(plan));
+    }
     if !record.atoms.is_empty() {
         let mut atoms = table(&["ATOM", "STATE", "INTENTION", "LAST SEQ"]);
         align_right(&mut atoms, 3);
@@ -176,6 +243,68 @@ pub(crate) fn record(
         out.push_str(&finish(&journal));
     }
     Ok(Output::text(out))
+}
+
+/// A plan's steps (state, work items, why) and attributes with their provenance.
+fn plan_tables(plan: &flowstate::core::PlanRecord) -> String {
+    use flowstate::core::Machine;
+    let mut out = String::new();
+    if !plan.steps.is_empty() {
+        let mut steps = table(&["STEP", "VERSION", "STATE", "WORK", "NOTE"]);
+        for (name, step) in &plan.steps {
+            let version = plan
+                .plan
+                .as_ref()
+                .and_then(|p| p.steps.get(name))
+                .map_or_else(String::new, |spec| spec.version.to_string());
+            let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+            for item in &step.items {
+                *counts.entry(item.state.key()).or_default() += 1;
+            }
+            let work: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let note = step
+                .failure
+                .as_ref()
+                .map(|f| format!("{}: {}", f.kind, f.message))
+                .or_else(|| step.reason.clone())
+                .unwrap_or_default();
+            steps.add_row(vec![
+                name.clone(),
+                version,
+                step.state.key().to_owned(),
+                work.join(", "),
+                note,
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&finish(&steps));
+    }
+    if !plan.attributes.is_empty() {
+        let mut attributes = table(&["ATTRIBUTE", "VALUE", "FROM", "ATTEMPT", "SEQ", "TIME"]);
+        align_right(&mut attributes, 4);
+        for (name, attribute) in &plan.attributes {
+            let mut value = attribute.value.to_string();
+            if value.len() > 60 {
+                let cut = (0..=57)
+                    .rev()
+                    .find(|i| value.is_char_boundary(*i))
+                    .unwrap_or(0);
+                value.truncate(cut);
+                value.push_str("...");
+            }
+            attributes.add_row(vec![
+                name.clone(),
+                value,
+                attribute.step.clone().unwrap_or_else(|| "input".to_owned()),
+                attribute.attempt.to_string(),
+                attribute.seq.to_string(),
+                attribute.time.to_string(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&finish(&attributes));
+    }
+    out
 }
 
 /// `flows signal`.
