@@ -39,6 +39,9 @@ pub enum EngineError {
     /// Waking the durable functions at the start of the incarnation failed.
     #[error(transparent)]
     Functions(#[from] flowstate_durable::StartError),
+    /// The archive could not be opened, or its policy is out of bounds.
+    #[error(transparent)]
+    Archive(#[from] flowstate_archive::ArchiveError),
     /// A plan step was refused at registration.
     #[error(transparent)]
     Step(#[from] flowstate_plan::RegistrationError),
@@ -56,6 +59,11 @@ pub struct EngineBuilder {
     worker: Option<WorkerConfig>,
     task_graphs: Vec<Flow>,
     steps: Vec<flowstate_plan::Step>,
+    archive: Option<(
+        String,
+        flowstate_archive::ArchivePolicy,
+        std::time::Duration,
+    )>,
 }
 
 impl EngineBuilder {
@@ -97,6 +105,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Moves deactivated plans to the archive at `url` (a directory, `file://`, `memory://` or
+    /// `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`, while the engine runs.
+    #[must_use]
+    pub fn archive(
+        mut self,
+        url: impl Into<String>,
+        policy: flowstate_archive::ArchivePolicy,
+        interval: std::time::Duration,
+    ) -> Self {
+        self.archive = Some((url.into(), policy, interval));
+        self
+    }
+
     /// Opens the store (creating and migrating it if needed) and assembles the engine.
     pub async fn build(self) -> Result<Engine, EngineError> {
         let store = open_store_in(
@@ -127,6 +148,22 @@ impl EngineBuilder {
             config.id.to_string(),
         );
         functions.plan_with(Arc::new(ChildPlans(plans.clone())));
+        let archiver = match self.archive {
+            Some((url, policy, interval)) => {
+                let archive = flowstate_archive::ArchiveStore::open(
+                    &url,
+                    flowstate_archive::ArchiveAccess::CreateIfMissing,
+                )?;
+                let archiver = flowstate_archive::Archiver::new(
+                    store.clone(),
+                    archive,
+                    policy,
+                    self.clock.clone(),
+                )?;
+                Some((Arc::new(archiver), interval))
+            }
+            None => None,
+        };
         let worker = Worker::new(store.clone(), self.clock, config)
             .map_err(WorkerError::from)?
             .with_runner(FlowKind::TaskGraph, task_graphs.clone())
@@ -137,6 +174,7 @@ impl EngineBuilder {
             task_graphs,
             functions,
             plans,
+            archiver,
             worker: Arc::new(worker),
         })
     }
@@ -172,6 +210,7 @@ pub struct Engine {
     task_graphs: Arc<flowstate_taskgraph::Engine>,
     functions: flowstate_durable::Functions,
     plans: flowstate_plan::Plans,
+    archiver: Option<(Arc<flowstate_archive::Archiver>, std::time::Duration)>,
     worker: Arc<Worker>,
 }
 
@@ -187,6 +226,7 @@ impl Engine {
             worker: None,
             task_graphs: Vec::new(),
             steps: Vec::new(),
+            archive: None,
         }
     }
 
@@ -233,7 +273,24 @@ impl Engine {
     /// activations that earlier processes left running or failing to replay.
     pub async fn run(&self) -> Result<WorkerStats, EngineError> {
         self.functions.wake_all().await?;
-        Ok(self.worker.run().await?)
+        let Some((archiver, interval)) = self.archiver.clone() else {
+            return Ok(self.worker.run().await?);
+        };
+        // The archive worker runs beside the flow worker and stops with it.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let archiving = tokio::spawn(async move {
+            archiver
+                .run(interval, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let ran = self.worker.run().await;
+        let _ = stop.send(());
+        if let Ok(report) = archiving.await {
+            tracing::info!(archived = report.archived, "archive worker stopped");
+        }
+        Ok(ran?)
     }
 
     /// Like [`Engine::run`], shutting down gracefully on SIGTERM or Ctrl-C.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 pub use engine::{Engine, EngineBuilder, EngineError};
 
+pub use flowstate_archive as archive;
 pub use flowstate_core as core;
 pub use flowstate_durable as durable;
 pub use flowstate_plan as plan;

@@ -341,3 +341,63 @@ async fn a_durable_function_starts_and_joins_child_plans() {
     worker.await.expect("joined").expect("worker");
     engine.store().close().await.expect("close");
 }
+
+/// An engine with an archive moves its deactivated plans there while it runs: gone from the
+/// live store, readable and replayable from the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_with_an_archive_moves_deactivated_plans_there() {
+    use flowstate::archive::{ArchiveAccess, ArchivePolicy, ArchiveStore};
+    use flowstate::core::machine::PlanState;
+    use flowstate::plan::{PlanRequest, Step};
+    let dir = tempfile::tempdir().expect("dir");
+    let archive_dir = dir.path().join("archive");
+    let policy = ArchivePolicy {
+        max_age: Duration::ZERO,
+        ..ArchivePolicy::default()
+    };
+    let engine = flowstate::Engine::builder(dir.path().join("flows.db").display().to_string())
+        .step(
+            Step::new("greet")
+                .input("name")
+                .output("greeting")
+                .body(|ctx| async move {
+                    let name: String = ctx.input("name")?;
+                    Ok(json!({ "greeting": format!("hello {name}") }))
+                }),
+        )
+        .archive(
+            archive_dir.display().to_string(),
+            policy,
+            Duration::from_millis(50),
+        )
+        .build()
+        .await
+        .expect("build");
+    let flow = engine
+        .plans()
+        .start(PlanRequest::new(["greeting"]).input("name", json!("ada")))
+        .await
+        .expect("start");
+    let running = engine.clone();
+    let worker = tokio::spawn(async move { running.run().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while engine.store().flow(flow).await.expect("flow").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not archived in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let archive = ArchiveStore::open(&archive_dir.display().to_string(), ArchiveAccess::MustExist)
+        .expect("archive");
+    let record = archive
+        .replay(flow, flowstate::core::fold::StopAt::End)
+        .await
+        .expect("replay");
+    assert_eq!(record.status, FlowStatus::Plan(PlanState::Archived));
+    let attributes = record.plan.expect("plan").attributes;
+    assert_eq!(attributes["greeting"].value, json!("hello ada"));
+    engine.shutdown_handle().shutdown();
+    worker.await.expect("joined").expect("worker");
+    engine.store().close().await.expect("close");
+}
