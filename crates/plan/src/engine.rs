@@ -149,15 +149,6 @@ impl std::fmt::Debug for Plans {
     }
 }
 
-/// Aborts a spawned task when dropped, so an abandoned run leaves no attempt running.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Plans {
     /// An engine over `store`, timed by `clock`.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
@@ -416,8 +407,7 @@ pub fn outcome(record: &FlowRecord) -> Result<serde_json::Value, Failure> {
     Ok(serde_json::Value::Object(goals))
 }
 
-/// The future of one attempt: the body (or compensation) on a task of its own, under the
-/// step's timeout, with a panic turned into a failure.
+/// The future of one attempt: the body (or compensation) under the step's timeout.
 fn attempt(
     flow: FlowId,
     record: &FlowRecord,
@@ -454,10 +444,11 @@ fn attempt(
                 return AttemptResult::Succeeded(serde_json::Value::Null)
             }
         };
-        let mut task = AbortOnDrop(tokio::spawn(future));
-        let joined = match registered.spec.timeout_ms {
-            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), &mut task.0).await {
-                Ok(joined) => joined,
+        // The attempt runs on the run's own task (its `JoinSet` entry): a panic there is
+        // caught by the join and becomes a retryable failure; dropping the run aborts it.
+        let returned = match registered.spec.timeout_ms {
+            Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), future).await {
+                Ok(returned) => returned,
                 Err(_) => {
                     return AttemptResult::Failed {
                         failure: Failure::new(
@@ -468,19 +459,18 @@ fn attempt(
                     }
                 }
             },
-            None => (&mut task.0).await,
+            None => future.await,
         };
-        match joined {
-            Ok(Ok(outputs)) => AttemptResult::Succeeded(outputs),
-            Ok(Err(StepError::Retryable(failure))) => AttemptResult::Failed {
+        match returned {
+            Ok(outputs) => AttemptResult::Succeeded(outputs),
+            Err(StepError::Retryable(failure)) => AttemptResult::Failed {
                 failure,
                 retryable: true,
             },
-            Ok(Err(StepError::Permanent(failure))) => AttemptResult::Failed {
+            Err(StepError::Permanent(failure)) => AttemptResult::Failed {
                 failure,
                 retryable: false,
             },
-            Err(error) => panicked(&error),
         }
     }
 }

@@ -708,3 +708,29 @@ async fn stale_and_duplicate_reports_are_refused() {
     let after = plans.state(flow, StopAt::End).await.expect("state");
     assert_eq!(after.last_seq, events_before, "nothing written");
 }
+
+/// A body that panics fails its attempt (retryable), and the next attempt runs.
+#[tokio::test]
+async fn a_panicking_body_is_a_failed_attempt_not_a_failed_run() {
+    let (plans, _store) = engine();
+    plans
+        .register(
+            Step::new("fragile")
+                .input("x")
+                .output("y")
+                .retry(2, Duration::from_millis(1), Duration::from_millis(1))
+                .body(|ctx| async move {
+                    assert!(ctx.attempt > 1, "first attempt panics");
+                    Ok(json!({"y": ctx.attempt}))
+                }),
+        )
+        .expect("register");
+    let flow = plans
+        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .await
+        .expect("start");
+    let end = plans.run_to_end(flow).await.expect("run");
+    assert_eq!(attribute(&end, "y"), Some(json!(2)));
+    let item = &end.plan.as_ref().expect("plan").steps["fragile"].items[0];
+    assert_eq!(item.attempt, 2);
+}
