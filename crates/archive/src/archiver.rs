@@ -198,7 +198,11 @@ impl Archiver {
 
         let mut candidates = Vec::new();
         self.scan(Some(PlanState::Deactivated.key()), |flow| {
-            candidates.push(candidate(flow));
+            // A deactivated flow still ready has a run to finish (its worker releases it
+            // after telling a parent it ended): archiving it now could lose that telling.
+            if !flow.ready {
+                candidates.push(candidate(flow));
+            }
         })
         .await?;
         let mut totals = LiveTotals::default();

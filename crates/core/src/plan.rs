@@ -484,6 +484,24 @@ pub enum PlanError {
         /// The flow's state.
         state: &'static str,
     },
+    /// An attempt started or retried for a step that is not active.
+    #[error("{event} for step {step:?}, which is {state}: only an active step's work runs")]
+    StepNotActive {
+        /// The event's type.
+        event: &'static str,
+        /// The step.
+        step: String,
+        /// The step's state.
+        state: &'static str,
+    },
+    /// A compensation in a flow that did not fail.
+    #[error("compensation of step {step:?} while the flow is {state}: only a failed flow compensates")]
+    NotFailed {
+        /// The step.
+        step: String,
+        /// The flow's state.
+        state: &'static str,
+    },
     /// A report for another attempt than the one running (a stale or duplicate completion).
     #[error("step {step:?} item {item}: report for attempt {reported}, but attempt {current} is the one running ({state})")]
     StaleAttempt {
@@ -789,6 +807,7 @@ impl PlanRecord {
                 attempt,
             } => {
                 active(state, "work_started", step)?;
+                self.step_active(step, "work_started")?;
                 let work = self.item_mut(step, item, "work_started")?;
                 if attempt != work.attempt + 1 {
                     return Err(stale(step, item, attempt, work));
@@ -829,6 +848,7 @@ impl PlanRecord {
                 failure,
                 due,
             } => {
+                self.step_active(step, "retry_scheduled")?;
                 let work = self.running(step, item, attempt, "retry_scheduled")?;
                 work_to(step, work, WorkState::RetryWaiting)?;
                 work.failure = Some(failure.clone());
@@ -887,6 +907,12 @@ impl PlanRecord {
                 item,
                 attempt,
             } => {
+                if state != PlanState::Failed {
+                    return Err(PlanError::NotFailed {
+                        step: step.to_owned(),
+                        state: state.label(),
+                    });
+                }
                 let work = self.item_mut(step, item, "compensation_started")?;
                 if attempt != work.compensation_attempt + 1 {
                     return Err(stale(step, item, attempt, work));
@@ -1000,6 +1026,21 @@ impl PlanRecord {
             .ok_or_else(|| PlanError::UnknownStep {
                 step: step.to_owned(),
             })
+    }
+
+    /// Refuses work events for a step that is not active (a failed step's items never start
+    /// again, and are not retried).
+    fn step_active(&mut self, step: &str, event: &'static str) -> Result<(), PlanError> {
+        let record = self.step_mut(step, event)?;
+        if record.state == StepState::Active {
+            Ok(())
+        } else {
+            Err(PlanError::StepNotActive {
+                event,
+                step: step.to_owned(),
+                state: record.state.label(),
+            })
+        }
     }
 
     fn item_mut(

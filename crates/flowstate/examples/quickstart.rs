@@ -164,7 +164,7 @@ async fn plan_completes(store: &Arc<dyn Store>) -> Result<()> {
             .body(|_| async { Ok(json!({ "welcome_mail": "sent" })) }),
     )?;
     let flow = plans
-        .start(
+        .create(
             PlanRequest::new(["welcome_mail"])
                 .named("onboarding")
                 .input("email", json!("ada@example.com")),

@@ -287,8 +287,9 @@ impl Engine {
         });
         let ran = self.worker.run().await;
         let _ = stop.send(());
-        if let Ok(report) = archiving.await {
-            tracing::info!(archived = report.archived, "archive worker stopped");
+        match archiving.await {
+            Ok(report) => tracing::info!(archived = report.archived, "archive worker stopped"),
+            Err(error) => tracing::error!(%error, "the archive worker failed"),
         }
         Ok(ran?)
     }

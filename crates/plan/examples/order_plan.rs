@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .input("order", json!({ "id": 7, "total": 150.0 }));
     let plan = plans.preview(&request)?;
     println!("plan: {:?}", plan.steps.keys().collect::<Vec<_>>());
-    let flow = plans.start(request).await?;
+    let flow = plans.create(request).await?;
     println!("flow {flow}");
     let end = plans.run_to_end(flow).await?;
     println!("ended {}", end.status);

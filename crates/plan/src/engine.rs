@@ -29,6 +29,10 @@ use crate::registry::{Registered, RegistrationError, Registry};
 use crate::runtime::{self, AttemptResult, Launch, LaunchKind};
 use crate::step::{Step, StepContext, StepError};
 
+/// Most events one commit of a round carries (half the append limit, so that the results
+/// staged before the decisions always fit).
+const COMMIT_CHUNK: usize = flowstate_core::limits::MAX_EVENTS_PER_APPEND / 2;
+
 /// The name of the store timer that wakes a plan for its next retry.
 pub const RETRY_TIMER: &str = "plan-retry";
 
@@ -185,9 +189,20 @@ impl Plans {
             .plan(&request.goals, &request.inputs, &request.choices)
     }
 
-    /// Plans and records a new flow, ready for a worker (or [`Plans::run`]). Refused, with
+    /// Plans and records a new flow, ready for whichever worker claims it. Refused, with
     /// nothing recorded, when the goals cannot be planned.
     pub async fn start(&self, request: PlanRequest) -> Result<FlowId, PlanEngineError> {
+        self.record(request, true).await
+    }
+
+    /// Plans and records a new flow that no worker claims: run it in this process with
+    /// [`Plans::run`] or [`Plans::run_to_end`] (if the process dies, a later `run` carries
+    /// it on).
+    pub async fn create(&self, request: PlanRequest) -> Result<FlowId, PlanEngineError> {
+        self.record(request, false).await
+    }
+
+    async fn record(&self, request: PlanRequest, ready: bool) -> Result<FlowId, PlanEngineError> {
         let plan = self.preview(&request)?;
         let clock = &*self.inner.clock;
         let flow = FlowId::from_parts(clock.now(), rand::random());
@@ -207,7 +222,7 @@ impl Plans {
                 clock,
                 vec![created, EventBody::PlanStarted { plan }],
                 AppendExtras {
-                    ready: Some(true),
+                    ready: Some(ready),
                     timers: Vec::new(),
                 },
             )
@@ -226,6 +241,11 @@ impl Plans {
 
     /// Runs what can run now, in this process, until nothing runs: the flow deactivated, or
     /// it waits for a retry (a store timer is set for it). Returns the state it left.
+    ///
+    /// It takes no lease: call it for flows made with [`Plans::create`], or where no worker
+    /// runs plans on this store. A worker calls it for the flows it claims. (Two runs of one
+    /// flow never both record: the log's sequence check refuses the second; but both may
+    /// run an attempt, which is why attempts get idempotency keys.)
     pub async fn run(&self, flow: FlowId) -> Result<FlowRecord, PlanEngineError> {
         let store = &*self.inner.store;
         let clock = &*self.inner.clock;
@@ -251,11 +271,12 @@ impl Plans {
         let code = self.code_for(flow, record)?;
         let mut running: JoinSet<AttemptResult> = JoinSet::new();
         let mut in_process: HashMap<tokio::task::Id, Launch> = HashMap::new();
+        let mut staged = 0_usize;
         loop {
             let mut batches = 0;
             loop {
                 let record = writer.record().ok_or(FoldError::EmptyLog)?;
-                let events = runtime::next_events(record, clock.now());
+                let mut events = runtime::next_events(record, clock.now());
                 if events.is_empty() {
                     break;
                 }
@@ -263,9 +284,22 @@ impl Plans {
                 if batches > MAX_DECISION_BATCHES {
                     return Err(PlanEngineError::Runaway { flow });
                 }
-                writer.stage(clock, events)?;
+                // A round may decide more than one append holds (a thousand items
+                // abandoned at once): it is committed in parts, each a prefix of the
+                // decisions, which the runtime makes again after a crash.
+                while !events.is_empty() {
+                    let room = COMMIT_CHUNK.saturating_sub(staged).max(1);
+                    let rest = events.split_off(room.min(events.len()));
+                    staged += events.len();
+                    writer.stage(clock, std::mem::replace(&mut events, rest))?;
+                    if staged >= COMMIT_CHUNK {
+                        writer.commit(store, AppendExtras::default()).await?;
+                        staged = 0;
+                    }
+                }
             }
             writer.commit(store, AppendExtras::default()).await?;
+            staged = 0;
             let record = writer.record().ok_or(FoldError::EmptyLog)?;
             for launch in runtime::launches(record) {
                 if !in_process.values().any(|running| *running == launch) {
@@ -291,7 +325,10 @@ impl Plans {
                 }
                 return Ok(record.clone());
             }
-            let wait = due.map(|due| until(clock.now(), due));
+            // Wait for the next retry only if it is still to come: one already due that the
+            // runtime did not start waits for a free slot, that is for an attempt to end.
+            let now = clock.now();
+            let wait = due.filter(|due| *due > now).map(|due| until(now, due));
             let finished = tokio::select! {
                 joined = running.join_next_with_id() => joined,
                 () = sleep_for(wait) => None,
@@ -313,6 +350,7 @@ impl Plans {
                 let event =
                     runtime::attempt_finished(record, &launch, result, clock.now(), rand::random());
                 writer.stage(clock, vec![event])?;
+                staged += 1;
             }
         }
     }
@@ -419,6 +457,7 @@ fn attempt(
         step: launch.step.clone(),
         item: launch.item,
         attempt: launch.attempt,
+        compensating: launch.kind == LaunchKind::Compensate,
         inputs: runtime::item_inputs(record, &launch.step, launch.item),
     };
     let registered = code.get(&launch.step).cloned();

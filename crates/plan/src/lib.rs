@@ -24,5 +24,5 @@ mod step;
 
 pub use engine::{outcome, PlanEngineError, PlanRequest, Plans, MAX_DECISION_BATCHES, RETRY_TIMER};
 pub use planner::{Catalog, PlanningError, MAX_GOALS};
-pub use registry::RegistrationError;
+pub use registry::{RegistrationError, MAX_STEP_ATTRIBUTES};
 pub use step::{Body, Compensation, Step, StepContext, StepError, StepFuture, StepResult};

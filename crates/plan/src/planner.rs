@@ -43,6 +43,14 @@ pub enum PlanningError {
         /// The goal.
         goal: String,
     },
+    /// A goal name that is a step and also an attribute other steps provide.
+    #[error("goal {goal:?} is a step and also an attribute provided by {providers:?}; rename one of them")]
+    AmbiguousGoal {
+        /// The goal.
+        goal: String,
+        /// The steps that provide the attribute.
+        providers: Vec<String>,
+    },
     /// A goal that cannot be reached from the inputs.
     #[error("goal {goal} cannot be reached: {reason}")]
     Unreachable {
@@ -160,7 +168,16 @@ impl Catalog {
     /// Resolves a goal name: a step first, else an attribute some step provides or an input
     /// holds.
     fn goal(&self, name: &str, inputs: &HashSet<&str>) -> Result<Goal, PlanningError> {
-        if self.steps.contains_key(name) {
+        if let Some(step) = self.steps.get(name) {
+            // A step named like an attribute it does not produce, while other steps do: the
+            // caller could mean either.
+            let others = self.providers(name);
+            if !step.outputs.iter().any(|output| output == name) && !others.is_empty() {
+                return Err(PlanningError::AmbiguousGoal {
+                    goal: name.to_owned(),
+                    providers: others.to_vec(),
+                });
+            }
             Ok(Goal::Step(name.to_owned()))
         } else if !self.providers(name).is_empty() || inputs.contains(name) {
             Ok(Goal::Attribute(name.to_owned()))
@@ -388,12 +405,22 @@ impl<'a> Walk<'a> {
             } else if self.inputs.contains(name) {
                 self.used_inputs.insert(name);
             } else if self.producible.contains(name) && !self.plan.providers.contains_key(name) {
-                // An optional input joins the plan only through a provider that can run; an
-                // ambiguous or unreachable one is left out (the default applies).
-                match self.provider(name) {
-                    Ok(provider) if self.can_run(provider) => self.need(name)?,
-                    Ok(_) | Err(WalkFailure::Missing { .. }) => {}
-                    Err(error) => return Err(error),
+                // An optional input joins the plan only through a provider that can run and
+                // whose own needs plan cleanly; otherwise (ambiguous, unreachable, a cycle)
+                // it is left out and the default applies, with the plan as it was.
+                if let Ok(provider) = self.provider(name) {
+                    if self.can_run(provider) {
+                        let before = (
+                            self.plan.clone(),
+                            self.used_inputs.clone(),
+                            self.stack.len(),
+                        );
+                        if self.need(name).is_err() {
+                            self.plan = before.0;
+                            self.used_inputs = before.1;
+                            self.stack.truncate(before.2);
+                        }
+                    }
                 }
             }
         }
@@ -577,6 +604,36 @@ mod tests {
             steps(&plan_of(&catalog, &["amount"], &["items", "coupon"]).expect("plans")),
             ["discount", "total"]
         );
+    }
+
+    #[test]
+    fn an_optional_input_that_cannot_be_planned_cleanly_is_left_to_its_default() {
+        // Two runnable providers of the optional "rebate": ambiguous, so it is left out
+        // rather than failing the plan; the plan is as if it were not there.
+        let all = [
+            spec("coupon_rebate", &["items"], &["rebate"]),
+            spec("loyalty_rebate", &["items"], &["rebate"]),
+            spec("total", &["items", "rebate?"], &["amount"]),
+        ];
+        let plan = plan_of(&catalog(&all), &["amount"], &["items"]).expect("plans");
+        assert_eq!(steps(&plan), ["total"]);
+        assert!(!plan.providers.contains_key("rebate"));
+    }
+
+    #[test]
+    fn a_goal_that_is_a_step_and_another_steps_attribute_is_refused() {
+        let all = [
+            spec("report", &["x"], &["summary"]),
+            spec("writer", &["x"], &["report"]),
+        ];
+        let error = plan_of(&catalog(&all), &["report"], &["x"]).expect_err("ambiguous");
+        assert!(
+            matches!(error, PlanningError::AmbiguousGoal { .. }),
+            "{error:?}"
+        );
+        // A step that produces the attribute of its own name is not ambiguous.
+        let all = [spec("report", &["x"], &["report"])];
+        assert!(plan_of(&catalog(&all), &["report"], &["x"]).is_ok());
     }
 
     #[test]

@@ -12,6 +12,9 @@ use flowstate_core::StepSpec;
 use crate::planner::Catalog;
 use crate::step::{Body, Compensation, Step};
 
+/// Most inputs, and most outputs, one step may declare.
+pub const MAX_STEP_ATTRIBUTES: usize = 100;
+
 /// Why a step was refused at registration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -60,6 +63,11 @@ impl Registry {
         let Some(body) = step.body else {
             return Err(invalid("it has no body (Step::body)".to_owned()));
         };
+        if spec.compensable && step.compensation.is_none() {
+            return Err(invalid(
+                "it is marked compensable but has no compensation (Step::compensate)".to_owned(),
+            ));
+        }
         let key = (spec.name.clone(), spec.version);
         if let Some(existing) = self.versions.get(&key) {
             if existing.spec != spec {
@@ -102,6 +110,13 @@ fn validate(spec: &StepSpec) -> Result<(), String> {
                 "names must be 1 to {MAX_NAME_BYTES} bytes (MAX_NAME_BYTES); {name:?} is not"
             ));
         }
+    }
+    if spec.inputs.len() > MAX_STEP_ATTRIBUTES || spec.outputs.len() > MAX_STEP_ATTRIBUTES {
+        return Err(format!(
+            "{} inputs and {} outputs; the limit is {MAX_STEP_ATTRIBUTES} each (MAX_STEP_ATTRIBUTES)",
+            spec.inputs.len(),
+            spec.outputs.len()
+        ));
     }
     if spec.outputs.is_empty() {
         return Err("it declares no outputs, so no goal could need it".to_owned());

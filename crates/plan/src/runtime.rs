@@ -44,6 +44,10 @@ pub const ABANDONED: &str = "Abandoned";
 /// parallelism bounds it further).
 pub const MAX_ACTIVE_WORK_PER_FLOW: usize = 256;
 
+/// Largest encoded inputs of one step: they are recorded in its `step_started` event, whose
+/// body must stay under the event limit.
+pub const MAX_STEP_INPUT_BYTES: usize = 512 * 1024;
+
 /// What to run, or compensate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LaunchKind {
@@ -95,7 +99,21 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
         .filter(|item| item.state == WorkState::Active)
         .count();
     let mut budget = MAX_ACTIVE_WORK_PER_FLOW.saturating_sub(running);
+    let mut set_now = std::collections::BTreeSet::new();
     for (name, step) in &plan_record.steps {
+        if step.state == StepState::Failed {
+            // A failed step's waiting work never runs (an item may have failed for good or
+            // been scheduled for a retry after its step failed).
+            for (index, item) in (0_u32..).zip(&step.items) {
+                if matches!(item.state, WorkState::Pending | WorkState::RetryWaiting) {
+                    events.push(EventBody::WorkAbandoned {
+                        step: name.clone(),
+                        item: index,
+                        reason: "its step failed".to_owned(),
+                    });
+                }
+            }
+        }
         if step.state == StepState::Active {
             if let Some(spec) = plan.steps.get(name) {
                 let settle = Settle {
@@ -106,7 +124,7 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
                     active,
                     now,
                 };
-                settle.decide(&mut budget, &mut events);
+                settle.decide(&mut budget, &mut set_now, &mut events);
             }
         }
     }
@@ -172,8 +190,13 @@ struct Settle<'a> {
 
 impl Settle<'_> {
     /// Decisions about one active step (see the module docs, 1); starts at most `budget`
-    /// attempts.
-    fn decide(&self, budget: &mut usize, events: &mut Vec<EventBody>) {
+    /// attempts; `set_now` holds the attributes set earlier in this batch.
+    fn decide(
+        &self,
+        budget: &mut usize,
+        set_now: &mut std::collections::BTreeSet<String>,
+        events: &mut Vec<EventBody>,
+    ) {
         let Self {
             name,
             spec,
@@ -213,18 +236,18 @@ impl Settle<'_> {
             .iter()
             .all(|item| item.state == WorkState::Succeeded)
         {
-            events.push(EventBody::StepCompleted {
-                step: name.to_owned(),
-            });
             let attempt = step
                 .items
                 .iter()
                 .map(|item| item.attempt)
                 .max()
                 .unwrap_or(0);
+            let mut attributes = Vec::new();
             for output in &spec.outputs {
-                if plan_record.attributes.contains_key(output) {
-                    continue; // First wins; the value stays in work_succeeded for the audit.
+                // First wins (also within this batch); the value stays in work_succeeded for
+                // the audit.
+                if plan_record.attributes.contains_key(output) || set_now.contains(output) {
+                    continue;
                 }
                 let value_of = |item: &flowstate_core::WorkRecord| {
                     item.outputs
@@ -238,13 +261,35 @@ impl Settle<'_> {
                 } else {
                     step.items.first().map(value_of).unwrap_or(Value::Null)
                 };
-                events.push(EventBody::AttributeSet {
+                // A mapped step's list can outgrow what one event holds.
+                let value = match Failure::within_result_limit(value) {
+                    Ok(value) => value,
+                    Err(failure) => {
+                        events.push(EventBody::StepFailed {
+                            step: name.to_owned(),
+                            failure,
+                        });
+                        return;
+                    }
+                };
+                attributes.push(EventBody::AttributeSet {
                     name: output.clone(),
                     value,
                     step: name.to_owned(),
                     attempt,
                 });
             }
+            // Attributes before the completion: if a long round is committed in parts and
+            // the process dies between them, the step is still active and settles again.
+            for attribute in attributes {
+                if let EventBody::AttributeSet { name, .. } = &attribute {
+                    set_now.insert(name.clone());
+                }
+                events.push(attribute);
+            }
+            events.push(EventBody::StepCompleted {
+                step: name.to_owned(),
+            });
             return;
         }
         if !active {
@@ -351,6 +396,16 @@ fn readiness(
 }
 
 fn start_step(spec: &StepSpec, inputs: BTreeMap<String, Value>) -> EventBody {
+    let size = serde_json::to_vec(&inputs).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_STEP_INPUT_BYTES {
+        return EventBody::StepFailed {
+            step: spec.name.clone(),
+            failure: Failure::new(
+                "InputsTooLarge",
+                format!("the step's inputs are {size} bytes; the limit is {MAX_STEP_INPUT_BYTES} (MAX_STEP_INPUT_BYTES): keep large data elsewhere and pass a reference"),
+            ),
+        };
+    }
     if let Some(predicate) = &spec.predicate {
         if !predicate.holds(&inputs) {
             return EventBody::StepSkipped {
@@ -639,7 +694,12 @@ pub fn attempt_finished(
     random: u64,
 ) -> EventBody {
     let spec = parts(record).and_then(|(_, _, plan)| plan.steps.get(&launch.step));
-    let active = matches!(record.status, FlowStatus::Plan(PlanState::Active));
+    // A retry is scheduled only while the flow and the step are active: no new attempt
+    // starts after either ended.
+    let step_active = parts(record)
+        .and_then(|(_, plan_record, _)| plan_record.steps.get(&launch.step))
+        .is_some_and(|step| step.state == StepState::Active);
+    let active = matches!(record.status, FlowStatus::Plan(PlanState::Active)) && step_active;
     let (step, item, attempt) = (launch.step.clone(), launch.item, launch.attempt);
     let result = match (result, spec) {
         (AttemptResult::Succeeded(outputs), Some(spec)) if launch.kind == LaunchKind::Execute => {

@@ -68,6 +68,8 @@ pub struct StepContext {
     /// The attempt, from 1. An attempt that ran in a process that died runs again with the
     /// same number.
     pub attempt: u32,
+    /// Whether this runs the step's compensation (its attempts are numbered on their own).
+    pub compensating: bool,
     /// The item's inputs (a mapped step sees its element under the list's name).
     pub inputs: BTreeMap<String, Value>,
 }
@@ -77,13 +79,26 @@ impl StepContext {
     /// attempt repeated after a crash or a retry does not act twice.
     #[must_use]
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}/{}", self.flow, self.step, self.item)
+        if self.compensating {
+            // Distinct from the body's, or a provider would take the refund for a replay
+            // of the charge.
+            format!("{}/{}/{}/compensate", self.flow, self.step, self.item)
+        } else {
+            format!("{}/{}/{}", self.flow, self.step, self.item)
+        }
     }
 
     /// Identifies this attempt: a report for another attempt is refused as stale.
     #[must_use]
     pub fn completion_token(&self) -> String {
-        format!("{}/{}/{}/{}", self.flow, self.step, self.item, self.attempt)
+        if self.compensating {
+            format!(
+                "{}/{}/{}/compensate/{}",
+                self.flow, self.step, self.item, self.attempt
+            )
+        } else {
+            format!("{}/{}/{}/{}", self.flow, self.step, self.item, self.attempt)
+        }
     }
 
     /// An input, decoded; absent or of another shape is a permanent failure.

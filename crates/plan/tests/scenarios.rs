@@ -734,3 +734,85 @@ async fn a_panicking_body_is_a_failed_attempt_not_a_failed_run() {
     let item = &end.plan.as_ref().expect("plan").steps["fragile"].items[0];
     assert_eq!(item.attempt, 2);
 }
+
+/// A round that decides more than one append can hold (1,499 work items abandoned when the
+/// first of 1,500 fails) is committed in parts, and the flow still deactivates.
+#[tokio::test]
+async fn a_round_larger_than_one_append_is_committed_in_parts() {
+    let (plans, store) = engine();
+    plans
+        .register(
+            Step::new("each")
+                .input("items")
+                .output("done")
+                .map_over("items", 1)
+                .body(|ctx| async move {
+                    let item: u32 = ctx.input("items")?;
+                    if item == 0 {
+                        return Err(StepError::permanent("Broken", "the first item fails"));
+                    }
+                    Ok(json!({"done": item}))
+                }),
+        )
+        .expect("register");
+    let items: Vec<u32> = (0..1_500).collect();
+    let flow = plans
+        .create(PlanRequest::new(["done"]).input("items", json!(items)))
+        .await
+        .expect("create");
+    let end = plans.run_to_end(flow).await.expect("run");
+    assert_eq!(status(&end), PlanState::Deactivated);
+    let step = &end.plan.as_ref().expect("plan").steps["each"];
+    assert_eq!(step.state, StepState::Failed);
+    let abandoned = step
+        .items
+        .iter()
+        .filter(|item| item.state == WorkState::Abandoned)
+        .count();
+    assert_eq!(abandoned, 1_499);
+    let events = types(&store, flow).await;
+    assert_eq!(
+        events.iter().filter(|(n, _)| n == "work_abandoned").count(),
+        1_499
+    );
+}
+
+/// A compensation has an idempotency key of its own: a provider must not take the refund
+/// for a replay of the charge.
+#[tokio::test]
+async fn a_compensation_has_its_own_idempotency_key() {
+    let (plans, _store) = engine();
+    let keys = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (charged, refunded) = (keys.clone(), keys.clone());
+    plans
+        .register(
+            Step::new("charge")
+                .input("order")
+                .output("payment")
+                .body(move |ctx| {
+                    charged.lock().expect("lock").push(ctx.idempotency_key());
+                    async { Ok(json!({"payment": 1})) }
+                })
+                .compensate(move |ctx, _| {
+                    refunded.lock().expect("lock").push(ctx.idempotency_key());
+                    async { Ok(Value::Null) }
+                }),
+        )
+        .expect("register");
+    plans
+        .register(
+            Step::new("ship")
+                .input("payment")
+                .output("shipment")
+                .body(|_| async { Err(StepError::permanent("NoStock", "nothing to ship")) }),
+        )
+        .expect("register");
+    let flow = plans
+        .create(PlanRequest::new(["shipment"]).input("order", json!(1)))
+        .await
+        .expect("create");
+    plans.run_to_end(flow).await.expect("run");
+    let keys = keys.lock().expect("lock").clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[1], format!("{}/compensate", keys[0]));
+}

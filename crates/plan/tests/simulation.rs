@@ -25,15 +25,17 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Fate {
-    /// Retryable failures before the outcome.
-    transient: u32,
-    /// Whether the final outcome is a success.
-    succeeds: bool,
+    /// Per work item: retryable failures before the outcome, and whether the final outcome
+    /// is a success (one item unless the step is mapped over the `list` input).
+    items: Vec<(u32, bool)>,
     /// The value of its gate input, if it has a predicate.
     gate: Option<bool>,
 }
+
+/// Elements of the `list` input that mapped steps map over.
+const LIST: usize = 4;
 
 struct Scenario {
     catalog: Catalog,
@@ -48,6 +50,7 @@ fn scenario(rng: &mut StdRng) -> Scenario {
     let mut fates = BTreeMap::new();
     let mut inputs = serde_json::Map::new();
     inputs.insert("seed".into(), json!(1));
+    inputs.insert("list".into(), json!((0..LIST).collect::<Vec<_>>()));
     for index in 0..count {
         let name = format!("s{index}");
         let mut step_inputs = vec![InputSpec {
@@ -77,23 +80,35 @@ fn scenario(rng: &mut StdRng) -> Scenario {
             Predicate::Truthy { input: gate_name }
         });
         let max_attempts = rng.random_range(1..4);
-        let succeeds = rng.random_bool(0.8);
-        let transient = rng.random_range(0..max_attempts + 1);
-        fates.insert(
-            name.clone(),
-            Fate {
-                transient,
-                succeeds,
-                gate,
-            },
-        );
+        let mapped = rng.random_bool(0.3);
+        if mapped {
+            step_inputs.push(InputSpec {
+                name: "list".into(),
+                optional: false,
+                default: None,
+            });
+        }
+        let items = (0..if mapped { LIST } else { 1 })
+            .map(|_| {
+                (
+                    rng.random_range(0..max_attempts + 1),
+                    rng.random_bool(if mapped { 0.93 } else { 0.8 }),
+                )
+            })
+            .collect();
+        fates.insert(name.clone(), Fate { items, gate });
+        // Some steps also produce an attribute others produce too (first wins).
+        let mut outputs = vec![format!("a{index}")];
+        if rng.random_bool(0.3) {
+            outputs.push("shared".to_owned());
+        }
         catalog.insert(StepSpec {
             name,
             version: 1,
             inputs: step_inputs,
-            outputs: vec![format!("a{index}")],
-            map_over: None,
-            parallelism: 1,
+            outputs,
+            map_over: mapped.then(|| "list".to_owned()),
+            parallelism: rng.random_range(1..4),
             predicate,
             retry: RetryPolicy {
                 max_attempts,
@@ -126,9 +141,12 @@ fn model_completes(scenario: &Scenario, plan: &flowstate_core::ExecutionPlan) ->
     names.sort_by_key(|name| name[1..].parse::<u32>().unwrap_or(0));
     for name in names {
         let spec = &plan.steps[name];
-        let fate = scenario.fates[name];
+        let fate = &scenario.fates[name];
         let max = spec.retry.max_attempts;
-        let fate_ok = fate.succeeds && fate.transient < max;
+        let fate_ok = fate
+            .items
+            .iter()
+            .all(|(transient, succeeds)| *succeeds && *transient < max);
         let inputs_ok = spec.inputs.iter().filter(|i| !i.optional).all(|input| {
             scenario.inputs.contains_key(&input.name)
                 || produced.get(&input.name[..]).copied().unwrap_or(false)
@@ -246,27 +264,36 @@ fn simulate(seed: u64) {
             now = due;
             continue;
         }
-        // Finish one running attempt, chosen at random (late results included).
-        let launch = running.swap_remove(rng.random_range(0..running.len()));
-        let fate = scenario.fates[&launch.step];
-        let result = match launch.kind {
-            LaunchKind::Compensate => AttemptResult::Succeeded(Value::Null),
-            LaunchKind::Execute if launch.attempt <= fate.transient => AttemptResult::Failed {
-                failure: Failure::new("Busy", "try again"),
-                retryable: true,
-            },
-            LaunchKind::Execute if fate.succeeds => {
-                let output = &plan.steps[&launch.step].outputs[0];
-                AttemptResult::Succeeded(json!({ output.clone(): launch.step.clone() }))
-            }
-            LaunchKind::Execute => AttemptResult::Failed {
-                failure: Failure::new("Broken", "for good"),
-                retryable: false,
-            },
-        };
-        now = Timestamp::from_micros(now.as_micros() + rng.random_range(1..5_000));
-        let event = runtime::attempt_finished(record(&folder), &launch, result, now, rng.random());
-        apply(&mut folder, flow, now, event);
+        // Finish one to three running attempts, chosen at random (late results included),
+        // before the runtime decides again: an engine drains every result that is ready.
+        let finishing = rng.random_range(1..=running.len().min(3));
+        for _ in 0..finishing {
+            let launch = running.swap_remove(rng.random_range(0..running.len()));
+            let (transient, succeeds) = scenario.fates[&launch.step].items[launch.item as usize];
+            let result = match launch.kind {
+                LaunchKind::Compensate => AttemptResult::Succeeded(Value::Null),
+                LaunchKind::Execute if launch.attempt <= transient => AttemptResult::Failed {
+                    failure: Failure::new("Busy", "try again"),
+                    retryable: true,
+                },
+                LaunchKind::Execute if succeeds => {
+                    let outputs: serde_json::Map<String, Value> = plan.steps[&launch.step]
+                        .outputs
+                        .iter()
+                        .map(|output| (output.clone(), json!(launch.step.clone())))
+                        .collect();
+                    AttemptResult::Succeeded(Value::Object(outputs))
+                }
+                LaunchKind::Execute => AttemptResult::Failed {
+                    failure: Failure::new("Broken", "for good"),
+                    retryable: false,
+                },
+            };
+            now = Timestamp::from_micros(now.as_micros() + rng.random_range(1..5_000));
+            let event =
+                runtime::attempt_finished(record(&folder), &launch, result, now, rng.random());
+            apply(&mut folder, flow, now, event);
+        }
     }
     let end = record(&folder);
     let plan_record = end.plan.as_ref().expect("plan");
