@@ -6,6 +6,11 @@
 //! the tables call a no-op: writers must never append those, so one in the log means the log
 //! was not written by flowstate. [`fold`] can stop early ([`StopAt`]): that is time travel.
 //!
+//! A log starts at sequence number 1, or, once compacted (see `Store::compact`), later: the
+//! sequence numbers before it were dropped and are never used again. So a first event after 1
+//! is accepted only if it is `flow_created` (anything else is a [`FoldError::Gap`]), and a
+//! `journal_dropped` in such a log must count exactly the sequence numbers before it.
+//!
 //! **Invariant:** `Folder::apply` either applies an event completely or leaves the state
 //! untouched, so an engine can validate an event against the current state before appending it.
 
@@ -177,6 +182,13 @@ pub struct FlowRecord {
     pub updated_at: Timestamp,
     /// Sequence number of its last folded event.
     pub last_seq: u64,
+    /// Sequence number of its first event (its `flow_created`): 1, or later for a compacted
+    /// log (the sequence numbers before it were dropped; they are never used again).
+    #[serde(
+        default = "first_seq_default",
+        skip_serializing_if = "is_first_seq_default"
+    )]
+    pub first_seq: u64,
     /// Its atoms (task graphs), by name.
     pub atoms: BTreeMap<String, AtomRecord>,
     /// The last replay-failure diagnostic (durable functions).
@@ -190,6 +202,15 @@ pub struct FlowRecord {
     /// A plan's steps, work items and attributes with provenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanRecord>,
+}
+
+/// The first sequence number of a log that was never compacted.
+fn first_seq_default() -> u64 {
+    1
+}
+
+fn is_first_seq_default(seq: &u64) -> bool {
+    *seq == 1
 }
 
 /// Where a fold stops.
@@ -223,7 +244,8 @@ pub enum FoldError {
     /// No events up to the stop point.
     #[error("the log has no events up to the requested point")]
     EmptyLog,
-    /// A sequence number was skipped.
+    /// A sequence number was skipped (or a log starts after 1 with another event than
+    /// `flow_created`: only a compacted log starts later, and it starts with its creation).
     #[error("gap in the log: expected event {expected}, found event {found}")]
     Gap {
         /// The sequence number that should come next.
@@ -308,6 +330,19 @@ pub enum FoldError {
         /// What is wrong.
         source: JournalError,
     },
+    /// A `journal_dropped` of a compacted log that does not count the sequence numbers
+    /// before the log (the events dropped).
+    #[error(
+        "event {seq} says {recorded} events were dropped, but the log starts after event {dropped}"
+    )]
+    DroppedCountMismatch {
+        /// The event's position.
+        seq: u64,
+        /// The count it records.
+        recorded: u64,
+        /// The sequence numbers before the log's first event.
+        dropped: u64,
+    },
     /// The tables refuse the transition.
     #[error("event {seq}: {source}")]
     Transition {
@@ -371,7 +406,16 @@ impl Folder {
     /// Decodes and applies a stored event.
     pub fn apply_raw(&mut self, raw: &RawEvent) -> Result<(), FoldError> {
         self.check_position(raw.flow, raw.seq)?;
-        self.apply(&Event::decode(raw)?)
+        let event = Event::decode(raw).map_err(|error| match self.record {
+            // A first event after 1 must be a (decodable) `flow_created`: anything else is a
+            // log with its beginning missing.
+            None if raw.seq > 1 => FoldError::Gap {
+                expected: 1,
+                found: raw.seq,
+            },
+            _ => FoldError::Decode(error),
+        })?;
+        self.apply(&event)
     }
 
     /// Applies one event, or leaves the state untouched and says why not.
@@ -385,6 +429,13 @@ impl Folder {
                 input,
             } = &event.body
             else {
+                if seq > 1 {
+                    // Only a compacted log starts after 1, and it starts with its creation.
+                    return Err(FoldError::Gap {
+                        expected: 1,
+                        found: seq,
+                    });
+                }
                 return Err(FoldError::NotCreatedFirst {
                     seq,
                     found: event.body.type_name(),
@@ -399,6 +450,7 @@ impl Folder {
                 created_at: event.time,
                 updated_at: event.time,
                 last_seq: seq,
+                first_seq: seq,
                 atoms: BTreeMap::new(),
                 diagnostic: None,
                 function: (*kind == FlowKind::Function).then(FunctionRecord::default),
@@ -412,6 +464,7 @@ impl Folder {
             event: event.body.type_name(),
             kind: record.kind,
         };
+        let first_seq = record.first_seq;
         match (&event.body, &mut record.status) {
             (EventBody::FlowCreated { .. }, _) => return Err(FoldError::CreatedTwice { seq }),
             (EventBody::ChildOf { parent }, _) => record.parent = Some(*parent),
@@ -499,6 +552,14 @@ impl Folder {
                     }
                     EventBody::CancelRequested { reason } => function.request_cancel(reason),
                     EventBody::JournalDropped { entries, events } => {
+                        // A compacted log starts after the events it dropped.
+                        if first_seq > 1 && *events != first_seq - 1 {
+                            return Err(FoldError::DroppedCountMismatch {
+                                seq,
+                                recorded: *events,
+                                dropped: first_seq - 1,
+                            });
+                        }
                         if state == ActivationState::Done && function.journal_dropped.is_none() {
                             function.journal_dropped = Some(crate::journal::DroppedJournal {
                                 entries: *entries,
@@ -640,6 +701,11 @@ impl Folder {
             }
         }
         let expected = self.next_seq();
+        if self.record.is_none() && seq > expected {
+            // The first event of a compacted log; `apply` accepts it only if it creates the
+            // flow.
+            return Ok(());
+        }
         match seq.cmp(&expected) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Greater => Err(FoldError::Gap {

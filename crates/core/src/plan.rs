@@ -495,7 +495,9 @@ pub enum PlanError {
         state: &'static str,
     },
     /// A compensation in a flow that did not fail.
-    #[error("compensation of step {step:?} while the flow is {state}: only a failed flow compensates")]
+    #[error(
+        "compensation of step {step:?} while the flow is {state}: only a failed flow compensates"
+    )]
     NotFailed {
         /// The step.
         step: String,

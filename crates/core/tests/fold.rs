@@ -223,3 +223,143 @@ proptest! {
         prop_assert_eq!(partial.status, FlowStatus::TaskGraph(states[cut]));
     }
 }
+
+/// The log of a done durable function compacted after `dropped` events: its creation at
+/// `dropped + 1`, its outcome, the done transition and `journal_dropped` counting `recorded`.
+fn compacted_function(dropped: u64, recorded: u64) -> Vec<RawEvent> {
+    use flowstate_core::machine::ActivationState;
+    let first = dropped + 1;
+    vec![
+        raw(
+            first,
+            EventBody::FlowCreated {
+                kind: FlowKind::Function,
+                definition: "checkout".into(),
+                input: serde_json::json!({"cart": 1}),
+            },
+        ),
+        raw(
+            first + 1,
+            EventBody::FunctionReturned {
+                outcome: Ok(serde_json::json!("paid")),
+            },
+        ),
+        raw(
+            first + 2,
+            EventBody::ActivationStateChanged {
+                to: ActivationState::Done,
+                diagnostic: None,
+            },
+        ),
+        raw(
+            first + 3,
+            EventBody::JournalDropped {
+                entries: 2,
+                events: recorded,
+            },
+        ),
+    ]
+}
+
+#[test]
+fn a_compacted_log_starts_later_with_its_creation_and_folds() {
+    use flowstate_core::machine::ActivationState;
+    let log = compacted_function(6, 6);
+    assert_eq!(log[0].seq, 7);
+    let record = fold(&log, StopAt::End).expect("folds");
+    assert_eq!(record.status, FlowStatus::Function(ActivationState::Done));
+    assert_eq!((record.first_seq, record.last_seq), (7, 10));
+    assert_eq!(record.created_at, Timestamp::from_micros(7_000));
+    let function = record.function.as_ref().expect("function");
+    assert_eq!(function.outcome, Some(Ok(serde_json::json!("paid"))));
+    let dropped = function.journal_dropped.expect("dropped");
+    assert_eq!((dropped.entries, dropped.events), (2, 6));
+    // The folder goes on after the last event.
+    let mut folder = Folder::new();
+    for event in &log {
+        folder.apply_raw(event).expect("applies");
+    }
+    assert_eq!(folder.next_seq(), 11);
+    // Time travel within the compacted log.
+    assert_eq!(
+        fold(&log, StopAt::Seq(8)).expect("folds").last_seq,
+        8,
+        "stops inside the compacted log"
+    );
+    assert_eq!(
+        fold(&log, StopAt::Seq(6)),
+        Err(FoldError::EmptyLog),
+        "nothing before the compacted log"
+    );
+    // A log that was never compacted has its first event at 1.
+    assert_eq!(fold(&good_log(), StopAt::End).expect("folds").first_seq, 1);
+}
+
+#[test]
+fn a_log_that_starts_later_with_another_event_is_a_gap() {
+    let later = vec![raw(7, flow_to(FlowState::Running))];
+    assert_eq!(
+        fold(&later, StopAt::End),
+        Err(FoldError::Gap {
+            expected: 1,
+            found: 7
+        })
+    );
+    // Also when the first event is a good log's second one, or does not even decode.
+    let log = good_log();
+    assert_eq!(
+        fold(&log[1..], StopAt::End),
+        Err(FoldError::Gap {
+            expected: 1,
+            found: 2
+        })
+    );
+    let mut garbage = raw(3, created());
+    garbage.body = b"{\"type\":\"no_such_event\"}".to_vec();
+    assert_eq!(
+        fold(std::slice::from_ref(&garbage), StopAt::End),
+        Err(FoldError::Gap {
+            expected: 1,
+            found: 3
+        })
+    );
+    // At 1 it is still "not created first".
+    assert!(matches!(
+        fold(&[raw(1, flow_to(FlowState::Running))], StopAt::End),
+        Err(FoldError::NotCreatedFirst { seq: 1, .. })
+    ));
+    // And a creation in the middle of a log is still a gap there, not a new start.
+    let mut gap = good_log();
+    gap.push(raw(9, created()));
+    assert_eq!(
+        fold(&gap, StopAt::End),
+        Err(FoldError::Gap {
+            expected: 6,
+            found: 9
+        })
+    );
+}
+
+#[test]
+fn a_compacted_log_must_count_the_events_it_dropped() {
+    for recorded in [0, 5, 7, 10] {
+        assert_eq!(
+            fold(&compacted_function(6, recorded), StopAt::End),
+            Err(FoldError::DroppedCountMismatch {
+                seq: 10,
+                recorded,
+                dropped: 6
+            }),
+            "journal_dropped says {recorded}"
+        );
+    }
+    // The refused event leaves the state untouched.
+    let log = compacted_function(6, 5);
+    let mut folder = Folder::new();
+    for event in &log[..3] {
+        folder.apply_raw(event).expect("applies");
+    }
+    let before = folder.record().cloned();
+    assert!(folder.apply_raw(&log[3]).is_err());
+    assert_eq!(folder.record().cloned(), before);
+}

@@ -567,7 +567,9 @@ async fn settle_done(shared: &Shared, writer: &mut FlowWriter) -> Result<(), Run
 
 /// The compacted log of a done activation that still has its journal: its creation (and
 /// parent) at its creation time, its outcome and what was dropped at the time it was done.
-/// `None` when there is nothing to drop (the log would not get shorter).
+/// The store numbers it after the old log, so `journal_dropped` counts the sequence numbers
+/// before it: the old log's last one (which the fold checks). `None` when there is nothing to
+/// drop (the new log would not have fewer events than the old one).
 fn compacted(
     record: &flowstate_core::FlowRecord,
 ) -> Option<Vec<(flowstate_core::Timestamp, EventBody)>> {
@@ -596,7 +598,10 @@ fn compacted(
         entries: u32::try_from(function.journal.len()).unwrap_or(u32::MAX),
         events: record.last_seq,
     });
-    if bodies.len() as u64 >= record.last_seq {
+    // The old log's events: it starts at 1 unless it was compacted before (a journal is
+    // dropped once, so it was not, but the count does not depend on that).
+    let old_events = record.last_seq + 1 - record.first_seq;
+    if bodies.len() as u64 >= old_events {
         return None;
     }
     let created = 1 + usize::from(record.parent.is_some());

@@ -1474,7 +1474,54 @@ async fn a_done_function_drops_its_journal_and_keeps_its_outcome() {
             ]
         };
         assert_eq!(types, expected);
-        assert_eq!(summary.next_seq, events.len() as u64 + 1);
+        // The compacted log is numbered after the old one: the next sequence number never
+        // goes down, so nobody who read the old log can append to the new one.
+        assert_eq!(
+            events[0].seq,
+            dropped.events + 1,
+            "numbered after the old log"
+        );
+        assert_eq!(record.first_seq, dropped.events + 1);
+        let now = store.flow(summary.id).await.expect("flow").expect("exists");
+        assert_eq!(now.next_seq, dropped.events + events.len() as u64 + 1);
+        assert!(
+            now.next_seq >= summary.next_seq,
+            "the next sequence number never goes down"
+        );
+        // An append that expects what the next sequence number would be had the new log been
+        // numbered from 1 (a stale writer's number once), or the old log's, is refused.
+        for stale in [events.len() as u64 + 1, dropped.events + 1] {
+            let append = store
+                .append(flowstate_store::AppendBatch {
+                    flow: summary.id,
+                    expected_next_seq: stale,
+                    events: vec![flowstate_store::NewEvent {
+                        time: clock.now(),
+                        format: flowstate_core::EVENT_FORMAT_VERSION,
+                        body: br#"{"type":"cancel_requested","reason":"late"}"#.to_vec(),
+                    }],
+                    create: None,
+                    status: None,
+                    ready: None,
+                    timers: Vec::new(),
+                })
+                .await;
+            assert!(
+                matches!(
+                    append,
+                    Err(flowstate_store::StoreError::Conflict { expected, actual, .. })
+                        if expected == stale && actual == now.next_seq
+                ),
+                "an append expecting {stale}: {append:?}"
+            );
+        }
+        assert_eq!(
+            flowstate_store::read_all(&*store, summary.id)
+                .await
+                .expect("read"),
+            events,
+            "nothing was appended"
+        );
     }
     // Waking a compacted activation changes nothing.
     let before = flowstate_store::read_all(&*store, parent)

@@ -822,7 +822,9 @@ async fn upsert_timer(
     Ok(())
 }
 
-/// Replaces a flow's whole log (see [`Store::compact`]) in one transaction. The flow's row is
+/// Replaces a flow's whole log (see [`Store::compact`]) in one transaction: deletes its
+/// events (all before `expected_next_seq`) and inserts the new ones numbered from
+/// `expected_next_seq`, so the next sequence number never goes down. The flow's row is
 /// locked (`FOR UPDATE`) before its next sequence number is checked, as every append does
 /// (group commits too), so a compaction and an append of the same flow are serialized by
 /// that lock and the later one sees the earlier one's sequence number: one of them gets
@@ -859,7 +861,7 @@ async fn compact_one(
         let kind: String = row.get(2);
         let kind = FlowKind::parse(&kind).ok_or_else(|| corrupt(format!("flow kind {kind:?}")))?;
         check_status_kind(kind, status)?;
-        check_log_room(1, events.len())?;
+        check_log_room(expected_next_seq, events.len())?;
         Ok(row.get::<_, i64>(0))
     });
     let flow_no = match checked {
@@ -871,16 +873,18 @@ async fn compact_one(
         }
     };
     tx.execute(
-        &tx.prepare_cached("DELETE FROM events WHERE flow_no = $1")
+        &tx.prepare_cached("DELETE FROM events WHERE flow_no = $1 AND seq < $2")
             .await
             .map_err(pg_error)?,
-        &[&flow_no],
+        &[&flow_no, &signed(expected_next_seq)],
     )
     .await
     .map_err(pg_error)?;
     let count = events.len();
     let last_time = events[count - 1].time.as_micros();
-    let seqs: Vec<i64> = (1..=count).map(|seq| signed(seq as u64)).collect();
+    let seqs: Vec<i64> = (expected_next_seq..expected_next_seq + count as u64)
+        .map(signed)
+        .collect();
     let times: Vec<i64> = events.iter().map(|e| e.time.as_micros()).collect();
     let formats: Vec<i16> = events
         .iter()
@@ -899,7 +903,7 @@ async fn compact_one(
     )
     .await
     .map_err(pg_error)?;
-    let next_seq = count as u64 + 1;
+    let next_seq = expected_next_seq + count as u64;
     tx.execute(
         &tx.prepare_cached(
             "UPDATE flows SET next_seq = $2, updated_at = $3, bytes = $4, status = $5
@@ -919,7 +923,7 @@ async fn compact_one(
     .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
     Ok(AppendOutcome {
-        first_seq: 1,
+        first_seq: expected_next_seq,
         next_seq,
     })
 }

@@ -61,6 +61,10 @@ pub fn summary_row(row: &Row<'_>) -> rusqlite::Result<Result<FlowSummary, StoreE
 /// Reads events `from_seq..` (at most `limit`) of one flow's log, in one read transaction so
 /// the flow row and the events are one snapshot. Walks the `prev` chain backwards from the
 /// nearest mark (see [`crate::schema`]), checking that every link is the event before.
+///
+/// A compacted log starts after 1: its chain ends at its first event, whose `prev` is NULL.
+/// A read from before that event finds where the log starts on its way and reads again from
+/// there (so it still returns up to `limit` events).
 pub fn read_events(
     conn: &Connection,
     flow: FlowId,
@@ -80,11 +84,57 @@ pub fn read_events(
     let Some((flow_no, next_seq, last_event)) = head else {
         return Err(StoreError::UnknownFlow { flow });
     };
-    let last_seq = unsigned(next_seq, "next_seq")?.saturating_sub(1);
-    let from = from_seq.max(1);
+    let head = Head {
+        flow,
+        flow_no,
+        last_seq: unsigned(next_seq, "next_seq")?.saturating_sub(1),
+        last_event,
+    };
+    match walk(&tx, &head, from_seq.max(1), limit)? {
+        Walked::Events(events) => Ok(events),
+        Walked::StartsAt(first) => match walk(&tx, &head, first, limit)? {
+            Walked::Events(events) => Ok(events),
+            // The chain ended before `first` the first time and after it now: it changed
+            // within one snapshot, which it cannot.
+            Walked::StartsAt(_) => Err(broken_chain(flow, first)),
+        },
+    }
+}
+
+/// What [`read_events`] knows of a flow's log before it walks it.
+struct Head {
+    flow: FlowId,
+    flow_no: i64,
+    last_seq: u64,
+    last_event: Option<i64>,
+}
+
+/// What a walk of a flow's chain found.
+enum Walked {
+    /// The events asked for.
+    Events(Vec<RawEvent>),
+    /// The log starts at this event (compacted), after the first one asked for: read again
+    /// from there.
+    StartsAt(u64),
+}
+
+/// Reads events `from..` (at most `limit`) of a flow by walking its chain back from the
+/// first mark at or after the range's end.
+fn walk(
+    tx: &rusqlite::Transaction<'_>,
+    head: &Head,
+    from: u64,
+    limit: usize,
+) -> Result<Walked, StoreError> {
+    let Head {
+        flow,
+        flow_no,
+        last_seq,
+        last_event,
+    } = *head;
     let to = last_seq.min(from.saturating_add(limit as u64).saturating_sub(1));
     if from > to {
-        return Ok(Vec::new());
+        return Ok(Walked::Events(Vec::new()));
     }
     // Start at the first mark at or after `to`, or at the last event.
     let mark: Option<(i64, i64)> = tx
@@ -127,8 +177,17 @@ pub fn read_events(
         prev.is_some_and(|prev| prev < rowid && rowid - prev <= MAX_SCAN_GAP)
     };
     let mut events = Vec::with_capacity(usize::try_from(to - from + 1).unwrap_or(0));
+    let mut walked = false;
     while expected >= from {
-        let rowid = next.ok_or_else(|| broken_chain(flow, expected))?;
+        let Some(rowid) = next else {
+            if !walked {
+                // No event to start from (the flow row names no last event): a flow has one.
+                return Err(broken_chain(flow, expected));
+            }
+            // The chain ends here: the log (compacted) starts at the event after `expected`.
+            return Ok(Walked::StartsAt(expected + 1));
+        };
+        walked = true;
         next = search
             .query_row([rowid], |row| {
                 let owner: i64 = row.get(0)?;
@@ -170,7 +229,7 @@ pub fn read_events(
         }
     }
     events.reverse();
-    Ok(events)
+    Ok(Walked::Events(events))
 }
 
 /// How far back (in rows) a read scans for a flow's previous event before it searches for it

@@ -500,9 +500,13 @@ fn insert_events(
     Ok((prev, bytes))
 }
 
-/// Replaces a flow's whole log (see `Store::compact`): all checks (the flow, its next
-/// sequence number, the status's kind, and the old log's chain) come before the first write,
-/// so a refusal has written nothing. The flow row keeps everything but what follows the log.
+/// Replaces a flow's whole log (see `Store::compact`) by `events` numbered from
+/// `expected_next_seq` (after the old log: the next sequence number never goes down): all
+/// checks (the flow, its next sequence number, the status's kind, room for the new sequence
+/// numbers, and the old log's chain) come before the first write, so a refusal has written
+/// nothing. The new log's first event has no `prev` (a chain ends there), and its marks fall
+/// on the multiples of [`MARK_INTERVAL`] as an append's do. The flow row keeps everything but
+/// what follows the log.
 fn compact(
     conn: &Connection,
     flow: FlowId,
@@ -520,12 +524,12 @@ fn compact(
         .into());
     }
     check_status_kind(row.kind, status)?;
-    check_log_room(1, events.len())?;
+    check_log_room(expected_next_seq, events.len())?;
     let old = chain(conn, flow, &row)?;
     // All checks are done; from here on, only an SQLite error can stop this compaction.
     delete_log(conn, row.flow_no, &old)?;
-    let (last_event, bytes) = insert_events(conn, row.flow_no, 1, None, events)?;
-    let next_seq = events.len() as u64 + 1;
+    let (last_event, bytes) = insert_events(conn, row.flow_no, expected_next_seq, None, events)?;
+    let next_seq = expected_next_seq + events.len() as u64;
     let last_time = events[events.len() - 1].time;
     conn.prepare_cached(
         "UPDATE flows SET next_seq = ?2, updated_at = ?3, bytes = ?4, status = ?5, last_event = ?6
@@ -540,15 +544,17 @@ fn compact(
         last_event,
     ))?;
     Ok(AppendOutcome {
-        first_seq: 1,
+        first_seq: expected_next_seq,
         next_seq,
     })
 }
 
 /// The rows of a flow's events, last first, found through the chain of `prev` pointers
-/// (there is no flow index). Every link is checked (its owner, its sequence number, and that
-/// the chain ends at event 1) before anything is deleted, so a broken chain is refused as
-/// corruption with nothing written.
+/// (there is no flow index). Every link is checked before anything is deleted (its owner, and
+/// that its sequence number is one less than its successor's, starting at the last one), so a
+/// broken chain (a `prev` to a missing row or a row of another flow, a skipped or repeated
+/// sequence number, no last event) is refused as corruption with nothing written. The chain
+/// ends at the event whose `prev` is NULL: event 1, or the first event of a compacted log.
 fn chain(conn: &Connection, flow: FlowId, row: &FlowRow) -> Result<Vec<i64>, OpError> {
     let mut walk =
         conn.prepare_cached("SELECT seq, prev FROM events WHERE rowid = ?1 AND flow_no = ?2")?;
@@ -556,8 +562,12 @@ fn chain(conn: &Connection, flow: FlowId, row: &FlowRow) -> Result<Vec<i64>, OpE
         detail: format!("flow {flow}: event {seq} is missing from its chain"),
     };
     let mut expected = row.next_seq.saturating_sub(1);
-    let mut rowids = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut rowids = Vec::new();
     let mut next = row.last_event;
+    if next.is_none() && expected != 0 {
+        // A flow has at least one event.
+        return Err(broken(expected).into());
+    }
     while let Some(rowid) = next {
         let (seq, prev) = walk
             .query_row((rowid, row.flow_no), |r| {
@@ -571,9 +581,6 @@ fn chain(conn: &Connection, flow: FlowId, row: &FlowRow) -> Result<Vec<i64>, OpE
         rowids.push(rowid);
         expected -= 1;
         next = prev;
-    }
-    if expected != 0 {
-        return Err(broken(expected).into());
     }
     Ok(rowids)
 }

@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             compaction_refusals_write_nothing,
             compacted_long_logs_read_back_in_any_range_and_after_reopen,
             a_compaction_and_a_racing_append_never_both_succeed,
+            a_compacted_log_reads_from_its_first_event,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1390,31 +1391,36 @@ fn body_bytes(events: &[NewEvent]) -> u64 {
 /// Checks that `flow`'s log is exactly `expected`, numbered from 1, and that nothing lies
 /// beyond it.
 async fn assert_log(store: &dyn Store, flow: FlowId, expected: &[NewEvent], what: &str) {
+    assert_log_from(store, flow, 1, expected, what).await;
+}
+
+/// Checks that `flow`'s log, read from 1, is exactly `expected`, numbered from `first` (a
+/// compacted log starts after 1), and that nothing lies beyond it.
+async fn assert_log_from(
+    store: &dyn Store,
+    flow: FlowId,
+    first: u64,
+    expected: &[NewEvent],
+    what: &str,
+) {
     let stored = crate::read_all(store, flow).await.expect("read");
     assert_eq!(stored.len(), expected.len(), "{what}: length");
-    for (index, (stored, sent)) in stored.iter().zip(expected).enumerate() {
+    for (seq, (stored, sent)) in (first..).zip(stored.iter().zip(expected)) {
         assert_eq!(
             (stored.flow, stored.seq, stored.time, stored.format),
-            (flow, index as u64 + 1, sent.time, sent.format),
-            "{what}: event {}",
-            index + 1
+            (flow, seq, sent.time, sent.format),
+            "{what}: event {seq}"
         );
-        assert_eq!(
-            stored.body,
-            sent.body,
-            "{what}: body of event {}",
-            index + 1
-        );
+        assert_eq!(stored.body, sent.body, "{what}: body of event {seq}");
     }
-    let beyond = expected.len() as u64 + 1;
+    let beyond = first + expected.len() as u64;
     assert!(
         store
             .read(flow, beyond, 1_000)
             .await
             .expect("read past the end")
             .is_empty(),
-        "{what}: events beyond {}",
-        expected.len()
+        "{what}: events from {beyond}"
     );
 }
 
@@ -1431,10 +1437,11 @@ fn numbered(time: Timestamp, tag: &str, from: u64, n: u64) -> Vec<NewEvent> {
         .collect()
 }
 
-/// A compaction replaces the whole log (read back exactly, numbered from 1, nothing beyond),
-/// updates the next sequence number, size, status and update time, and keeps the rest of the
-/// index row: kind, definition, creation time, ready flag, lease, wake counter and timers.
-/// Appends continue after the new log.
+/// A compaction replaces the whole log (read back exactly, numbered after the old log,
+/// nothing before or beyond it), updates the next sequence number, size, status and update
+/// time, and keeps the rest of the index row: kind, definition, creation time, ready flag,
+/// lease, wake counter and timers. Appends continue after the new log; an append that expects
+/// any earlier next sequence number conflicts.
 pub async fn compaction_replaces_the_log_and_keeps_the_index_row<F: StoreFactory>(factory: &F) {
     let (fx, _location) = fixture(factory).await;
     let flow = new_flow_id(&fx.clock);
@@ -1465,7 +1472,7 @@ pub async fn compaction_replaces_the_log_and_keeps_the_index_row<F: StoreFactory
     assert_eq!(before.bytes, body_bytes(&old));
 
     fx.clock.advance(Duration::from_secs(1));
-    let compacted = numbered(fx.clock.now(), "new", 1, 3);
+    let compacted = numbered(fx.clock.now(), "new", 13, 3);
     let outcome = fx
         .store
         .compact(
@@ -1476,12 +1483,17 @@ pub async fn compaction_replaces_the_log_and_keeps_the_index_row<F: StoreFactory
         )
         .await
         .expect("compact");
-    assert_eq!((outcome.first_seq, outcome.next_seq), (1, 4));
-    assert_log(fx.store.as_ref(), flow, &compacted, "the compacted log").await;
+    assert_eq!((outcome.first_seq, outcome.next_seq), (13, 16));
+    assert_log_from(fx.store.as_ref(), flow, 13, &compacted, "the compacted log").await;
     assert_eq!(
-        fx.store.read(flow, 2, 1).await.expect("read"),
-        fx.store.read(flow, 1, 3).await.expect("read")[1..2],
+        fx.store.read(flow, 14, 1).await.expect("read"),
+        fx.store.read(flow, 13, 3).await.expect("read")[1..2],
         "a range of the new log"
+    );
+    assert_eq!(
+        fx.store.read(flow, 1, 3).await.expect("read"),
+        fx.store.read(flow, 13, 3).await.expect("read"),
+        "a read from 1 starts at the new log's first event"
     );
     let after = fx.store.flow(flow).await.expect("flow").expect("exists");
     assert_eq!(after.id, flow);
@@ -1492,8 +1504,10 @@ pub async fn compaction_replaces_the_log_and_keeps_the_index_row<F: StoreFactory
         after.updated_at, compacted[2].time,
         "the last new event's time"
     );
-    assert_eq!(after.next_seq, 4);
-    assert_eq!(after.events(), 3);
+    assert_eq!(
+        after.next_seq, 16,
+        "the next sequence number never goes down"
+    );
     assert_eq!(after.bytes, body_bytes(&compacted));
     assert_eq!(after.status, FlowStatus::Function(ActivationState::Done));
     assert!(after.ready, "ready flag kept");
@@ -1561,33 +1575,52 @@ pub async fn compaction_replaces_the_log_and_keeps_the_index_row<F: StoreFactory
         [(flow, "wake")]
     );
 
-    // Appends continue after the new log; the old numbering is gone.
-    let stale = fx
-        .store
-        .append(follow_up(flow, 13, numbered(fx.clock.now(), "late", 13, 1)))
-        .await;
-    assert!(
-        matches!(
-            stale,
-            Err(StoreError::Conflict {
-                expected: 13,
-                actual: 4,
-                ..
-            })
-        ),
-        "an append after the old log conflicts: {stale:?}"
-    );
-    let more = numbered(fx.clock.now(), "more", 4, 2);
+    // Appends continue after the new log. A writer that read the log before the compaction
+    // expects an earlier next sequence number, whatever it was (4: the compacted log's length
+    // plus one; 13: the old log's), and conflicts.
+    for expected in [2, 4, 6, 12, 13, 14, 15] {
+        let stale = fx
+            .store
+            .append(follow_up(
+                flow,
+                expected,
+                numbered(fx.clock.now(), "late", expected, 1),
+            ))
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(StoreError::Conflict { expected: e, actual: 16, .. }) if e == expected
+            ),
+            "an append expecting {expected} conflicts: {stale:?}"
+        );
+    }
+    assert_log_from(
+        fx.store.as_ref(),
+        flow,
+        13,
+        &compacted,
+        "after the stale appends",
+    )
+    .await;
+    let more = numbered(fx.clock.now(), "more", 16, 2);
     let outcome = fx
         .store
-        .append(follow_up(flow, 4, more.clone()))
+        .append(follow_up(flow, 16, more.clone()))
         .await
         .expect("append after the compaction");
-    assert_eq!((outcome.first_seq, outcome.next_seq), (4, 6));
+    assert_eq!((outcome.first_seq, outcome.next_seq), (16, 18));
     let log: Vec<NewEvent> = compacted.iter().chain(&more).cloned().collect();
-    assert_log(fx.store.as_ref(), flow, &log, "compacted, then appended").await;
+    assert_log_from(
+        fx.store.as_ref(),
+        flow,
+        13,
+        &log,
+        "compacted, then appended",
+    )
+    .await;
     let last = fx.store.flow(flow).await.expect("flow").expect("exists");
-    assert_eq!((last.next_seq, last.bytes), (6, body_bytes(&log)));
+    assert_eq!((last.next_seq, last.bytes), (18, body_bytes(&log)));
     assert_eq!(last.created_at, created_at);
 }
 
@@ -1746,8 +1779,9 @@ pub async fn compaction_refusals_write_nothing<F: StoreFactory>(factory: &F) {
 
 /// A long log compacted into a shorter one that is still longer than a few marks' worth
 /// (stores may index logs sparsely: the old index must not leak into the new log) reads back
-/// in any range, with nothing of the old log beyond it; compacted again, appended to past
-/// the old length, and after a reopen, it still does.
+/// in any range, numbered after the old log, with nothing of the old log before or beyond
+/// it; compacted again, appended to, and after a reopen, it still does. Appends that expect
+/// a next sequence number from before a compaction conflict.
 pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: StoreFactory>(
     factory: &F,
 ) {
@@ -1784,38 +1818,47 @@ pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: Stor
     }
     let created_at = logs[0][0].time;
     let done = FlowStatus::Function(ActivationState::Done);
-    let check = |log: Vec<NewEvent>, what: &'static str| {
+    // `log` numbered from `first`.
+    let check = |first: u64, log: Vec<NewEvent>, what: &'static str| {
         let store = fx.store.clone();
         let flow = flows[0];
         async move {
-            let len = log.len() as u64;
-            assert_log(store.as_ref(), flow, &log, what).await;
-            let ranges: [(u64, usize); 14] = [
+            let last = first + log.len() as u64 - 1;
+            assert_log_from(store.as_ref(), flow, first, &log, what).await;
+            // Ranges around the start (reads from before it start at it), the marks of a
+            // sparse index (multiples of 64) and the end.
+            let ranges: [(u64, usize); 20] = [
                 (1, 1),
                 (1, 64),
-                (2, 63),
-                (63, 3),
-                (64, 1),
-                (65, 64),
-                (100, 150),
-                (128, 1),
-                (129, 100),
-                (len - 1, 5),
-                (len, 1),
-                (len + 1, 10),
-                (len + 64, 10),
                 (1, 100_000),
+                (first - 1, 3),
+                (first, 1),
+                (first, 64),
+                (first + 1, 63),
+                (first + 2, 200),
+                (first.next_multiple_of(64) - 1, 3),
+                (first.next_multiple_of(64), 1),
+                (first.next_multiple_of(64) + 1, 64),
+                (first + 99, 150),
+                (first.next_multiple_of(64) + 64, 1),
+                (first.next_multiple_of(64) + 65, 100),
+                (last - 1, 5),
+                (last, 1),
+                (last + 1, 10),
+                (last + 64, 10),
+                (first / 2, 10),
+                (first / 2, 100_000),
             ];
             for (from, limit) in ranges {
                 let range = store.read(flow, from, limit).await.expect("range");
-                let expected: Vec<u64> = (from..=len).take(limit).collect();
+                let expected: Vec<u64> = (from.max(first)..=last).take(limit).collect();
                 assert_eq!(
                     range.iter().map(|e| e.seq).collect::<Vec<_>>(),
                     expected,
                     "{what}: read({from}, {limit})"
                 );
                 for stored in &range {
-                    let sent = &log[usize::try_from(stored.seq - 1).expect("small")];
+                    let sent = &log[usize::try_from(stored.seq - first).expect("small")];
                     assert_eq!(
                         (stored.time, &stored.body),
                         (sent.time, &sent.body),
@@ -1824,28 +1867,82 @@ pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: Stor
                 }
             }
             let summary = store.flow(flow).await.expect("flow").expect("exists");
-            assert_eq!(summary.next_seq, len + 1, "{what}");
+            assert_eq!(summary.next_seq, last + 1, "{what}");
             assert_eq!(summary.bytes, body_bytes(&log), "{what}");
+        }
+    };
+    // Appends that expect `stale` next sequence numbers conflict, and write nothing.
+    let refused = |stale: Vec<u64>, actual: u64, what: &'static str| {
+        let store = fx.store.clone();
+        let (flow, t) = (flows[0], fx.clock.now());
+        async move {
+            for expected in stale {
+                let result = store
+                    .append(follow_up(flow, expected, numbered(t, "stale", expected, 2)))
+                    .await;
+                assert!(
+                    matches!(
+                        result,
+                        Err(StoreError::Conflict { expected: e, actual: a, .. })
+                            if e == expected && a == actual
+                    ),
+                    "{what}: an append expecting {expected}: {result:?}"
+                );
+            }
         }
     };
 
     fx.clock.advance(Duration::from_secs(1));
-    let compacted = numbered(fx.clock.now(), "a-300", 1, 300);
-    fx.store
+    let compacted = numbered(fx.clock.now(), "a-300", 1_001, 300);
+    let outcome = fx
+        .store
         .compact(flows[0], 1_001, compacted.clone(), done)
         .await
         .expect("compact 1,000 into 300");
-    check(compacted, "compacted to 300").await;
+    assert_eq!((outcome.first_seq, outcome.next_seq), (1_001, 1_301));
+    check(1_001, compacted, "compacted to 300").await;
+    // 301 would have been the compacted log's next sequence number had it been numbered
+    // from 1.
+    refused(
+        vec![2, 301, 302, 1_000, 1_001, 1_300],
+        1_301,
+        "compacted once",
+    )
+    .await;
 
-    // Again, into fewer events, then appended to past the length of the first compaction.
-    let mut compacted = numbered(fx.clock.now(), "a-130", 1, 130);
-    fx.store
+    // Again (a compacted log is compacted like any other), into fewer events, then appended
+    // to past several marks.
+    let mut compacted = numbered(fx.clock.now(), "a-130", 1_301, 130);
+    let conflict = fx
+        .store
         .compact(flows[0], 301, compacted.clone(), done)
+        .await;
+    assert!(
+        matches!(
+            conflict,
+            Err(StoreError::Conflict {
+                expected: 301,
+                actual: 1_301,
+                ..
+            })
+        ),
+        "a compaction that expects the old numbering: {conflict:?}"
+    );
+    let outcome = fx
+        .store
+        .compact(flows[0], 1_301, compacted.clone(), done)
         .await
         .expect("compact 300 into 130");
-    check(compacted.clone(), "compacted again to 130").await;
-    let mut next = 131u64;
-    while next <= 330 {
+    assert_eq!((outcome.first_seq, outcome.next_seq), (1_301, 1_431));
+    check(1_301, compacted.clone(), "compacted again to 130").await;
+    refused(
+        vec![131, 301, 1_001, 1_301, 1_430],
+        1_431,
+        "compacted twice",
+    )
+    .await;
+    let mut next = 1_431u64;
+    while next < 1_631 {
         let more = numbered(fx.clock.now(), "a-more", next, 40);
         fx.store
             .append(follow_up(flows[0], next, more.clone()))
@@ -1862,7 +1959,7 @@ pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: Stor
         next += 40;
     }
     logs[0] = compacted;
-    check(logs[0].clone(), "appended past the old marks").await;
+    check(1_301, logs[0].clone(), "appended past several marks").await;
     assert_log(fx.store.as_ref(), flows[1], &logs[1], "the other flow").await;
 
     fx.store.close().await.expect("close");
@@ -1871,7 +1968,14 @@ pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: Stor
         clock: fx.clock.clone(),
         store: reopened,
     };
-    assert_log(fx.store.as_ref(), flows[0], &logs[0], "after a reopen").await;
+    assert_log_from(
+        fx.store.as_ref(),
+        flows[0],
+        1_301,
+        &logs[0],
+        "after a reopen",
+    )
+    .await;
     assert_log(
         fx.store.as_ref(),
         flows[1],
@@ -1885,7 +1989,13 @@ pub async fn compacted_long_logs_read_back_in_any_range_and_after_reopen<F: Stor
         .await
         .expect("flow")
         .expect("exists");
-    assert_eq!((summary.next_seq, summary.status), (331, done));
+    assert_eq!((summary.next_seq, summary.status), (1_631, done));
+    let range = fx.store.read(flows[0], 1, 70).await.expect("range");
+    assert_eq!(
+        range.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1_301..1_371).collect::<Vec<_>>(),
+        "a range read from 1 after a reopen"
+    );
     assert_eq!(summary.created_at, created_at, "creation time kept");
     // Deleting the compacted flow removes exactly its log.
     assert!(fx.store.delete_flow(flows[0]).await.expect("delete"));
@@ -1923,7 +2033,7 @@ pub async fn a_compaction_and_a_racing_append_never_both_succeed<F: StoreFactory
             .await
             .expect("create");
         let appended = numbered(t, "appended", 11, 2);
-        let compacted = numbered(t, "compacted", 1, 3);
+        let compacted = numbered(t, "compacted", 11, 3);
         let mut tasks = Vec::new();
         for (i, filler) in fillers.iter().enumerate() {
             let (store, filler, next) = (fx.store.clone(), *filler, filler_next[i]);
@@ -1953,22 +2063,29 @@ pub async fn a_compaction_and_a_racing_append_never_both_succeed<F: StoreFactory
         for task in tasks {
             task.await.expect("filler task").expect("filler append");
         }
-        let expected: Vec<NewEvent> = match (&appending, &compacting) {
+        let (first, expected): (u64, Vec<NewEvent>) = match (&appending, &compacting) {
             (Ok(outcome), Err(StoreError::Conflict { actual: 13, .. })) => {
                 assert_eq!((outcome.first_seq, outcome.next_seq), (11, 13));
                 wins[0] += 1;
-                log.iter().chain(&appended).cloned().collect()
+                (1, log.iter().chain(&appended).cloned().collect())
             }
-            (Err(StoreError::Conflict { actual: 4, .. }), Ok(outcome)) => {
-                assert_eq!((outcome.first_seq, outcome.next_seq), (1, 4));
+            (Err(StoreError::Conflict { actual: 14, .. }), Ok(outcome)) => {
+                assert_eq!((outcome.first_seq, outcome.next_seq), (11, 14));
                 wins[1] += 1;
-                compacted.clone()
+                (11, compacted.clone())
             }
             other => panic!("round {round}: exactly one must succeed, got {other:?}"),
         };
-        assert_log(fx.store.as_ref(), flow, &expected, "the winner's log").await;
+        assert_log_from(
+            fx.store.as_ref(),
+            flow,
+            first,
+            &expected,
+            "the winner's log",
+        )
+        .await;
         let summary = fx.store.flow(flow).await.expect("flow").expect("exists");
-        assert_eq!(summary.next_seq, expected.len() as u64 + 1);
+        assert_eq!(summary.next_seq, first + expected.len() as u64);
         assert_eq!(summary.bytes, body_bytes(&expected));
         fx.clock.advance(Duration::from_millis(100));
     }
@@ -1984,4 +2101,77 @@ pub async fn a_compaction_and_a_racing_append_never_both_succeed<F: StoreFactory
         );
     }
     assert_eq!(wins.iter().sum::<u64>(), ROUNDS);
+}
+
+/// After a compaction, a read from 1 (or from any sequence number before the new log) returns
+/// the new log from its first event, up to the limit; a read from inside it returns the rest,
+/// and one past it nothing. A short compacted log (no sparse index mark in it) and a flow
+/// compacted to a single event read back the same way.
+pub async fn a_compacted_log_reads_from_its_first_event<F: StoreFactory>(factory: &F) {
+    let (fx, _location) = fixture(factory).await;
+    let done = FlowStatus::Function(ActivationState::Done);
+    let t = fx.clock.now();
+    // (old length, new length): the new log starts at old length + 1.
+    for (old_len, new_len) in [(6u64, 4u64), (100, 3), (70, 1), (130, 80)] {
+        let flow = new_flow_id(&fx.clock);
+        fx.store
+            .append(creation(
+                flow,
+                FlowKind::Function,
+                "short",
+                numbered(t, "old", 1, old_len),
+            ))
+            .await
+            .expect("create");
+        let first = old_len + 1;
+        let compacted = numbered(t, "new", first, new_len);
+        let outcome = fx
+            .store
+            .compact(flow, first, compacted.clone(), done)
+            .await
+            .expect("compact");
+        assert_eq!(
+            (outcome.first_seq, outcome.next_seq),
+            (first, first + new_len)
+        );
+        let seqs = |events: Vec<flowstate_core::RawEvent>| {
+            events.iter().map(|e| e.seq).collect::<Vec<_>>()
+        };
+        let last = first + new_len - 1;
+        for (from, limit) in [
+            (1, 1),
+            (1, 2),
+            (1, 1_000),
+            (2, 3),
+            (first - 1, 2),
+            (first, 1),
+            (first, 1_000),
+            (first + 1, 2),
+            (last, 5),
+        ] {
+            let expected: Vec<u64> = (from.max(first)..=last).take(limit).collect();
+            assert_eq!(
+                seqs(fx.store.read(flow, from, limit).await.expect("read")),
+                expected,
+                "{old_len} compacted to {new_len}: read({from}, {limit})"
+            );
+        }
+        let all = fx.store.read(flow, 1, 1_000).await.expect("read");
+        for (stored, sent) in all.iter().zip(&compacted) {
+            assert_eq!((stored.time, &stored.body), (sent.time, &sent.body));
+        }
+        assert!(fx
+            .store
+            .read(flow, last + 1, 10)
+            .await
+            .expect("read")
+            .is_empty());
+        assert_log_from(fx.store.as_ref(), flow, first, &compacted, "compacted").await;
+        // Deleting a compacted flow works (stores that walk a log to delete it accept one
+        // that starts after 1).
+        if old_len == 70 {
+            assert!(fx.store.delete_flow(flow).await.expect("delete"));
+            assert!(fx.store.flow(flow).await.expect("flow").is_none());
+        }
+    }
 }

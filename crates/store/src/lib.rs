@@ -8,10 +8,12 @@
 //! meaning in the sans-I/O core.
 //!
 //! **Architecture invariant:** `append` is the only way to extend a log, and `compact` (which
-//! replaces a finished flow's log by a shorter one that folds to the same state) the only
-//! other way to change one; both are atomic, and both succeed only when `expected_next_seq`
-//! equals the log's next sequence number. This is how two engine processes never both
-//! advance one flow: the loser gets [`StoreError::Conflict`] and re-reads.
+//! replaces a finished flow's log by a shorter one that folds to the same state, numbered
+//! after the old one) the only other way to change one; both are atomic, and both succeed
+//! only when `expected_next_seq` equals the log's next sequence number. Neither ever lowers
+//! the next sequence number, so a number a writer once read never becomes valid again. This
+//! is how two engine processes never both advance one flow: the loser gets
+//! [`StoreError::Conflict`] and re-reads.
 //!
 //! **Invariant:** a store acknowledges an append only after it is durable by the store's own
 //! definition (the memory store: in memory; SQLite: committed and fsynced).
@@ -36,7 +38,7 @@ pub use types::{
     NewEvent, NewFlow, NewTimer, Release, WorkerId,
 };
 pub use wake::{WakeCounts, WakeKind, Wakeups};
-pub use writer::{AppendExtras, FlowWriter, WriteError};
+pub use writer::{AppendExtras, CompactedField, FlowWriter, WriteError};
 
 use std::time::Duration;
 
@@ -57,18 +59,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `expected_next_seq == 1` and `batch.create` is given.
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError>;
 
-    /// Replaces the whole log of `flow` by `events`, numbered from 1, atomically, if the log's
-    /// next sequence number is `expected_next_seq`; otherwise [`StoreError::Conflict`] and
-    /// nothing is written ([`StoreError::UnknownFlow`] if there is no such flow). This is how a
-    /// finished flow's log is compacted (a durable function that is done keeps its outcome and
-    /// drops its journal); the caller ([`FlowWriter::compact`]) checks that the new log folds to
-    /// the same state. The index row keeps its kind, definition, creation time, ready flag, lease,
-    /// wake counter and timers; its next sequence number, size in bytes, status (`status`) and
-    /// update time (the last new event's time) follow the new log.
+    /// Replaces the whole log of `flow` by `events`, atomically, if the log's next sequence
+    /// number is `expected_next_seq`; otherwise [`StoreError::Conflict`] and nothing is written
+    /// ([`StoreError::UnknownFlow`] if there is no such flow). The new events are numbered from
+    /// `expected_next_seq` (right after the old log's last event) and every old event (all of
+    /// them have `seq < expected_next_seq`) is deleted, so a compacted log starts later than 1:
+    /// [`Store::read`] from 1 returns it from its first event. Sequence numbers only ever grow,
+    /// so an append by a writer that read the log before the compaction always conflicts.
+    ///
+    /// This is how a finished flow's log is compacted (a durable function that is done keeps
+    /// its outcome and drops its journal); the caller ([`FlowWriter::compact`]) checks that the
+    /// new log folds to the same state. The index row keeps its kind, definition, creation time,
+    /// ready flag, lease, wake counter and timers; its next sequence number
+    /// (`expected_next_seq + events.len()`), size in bytes, status (`status`) and update time
+    /// (the last new event's time) follow the new log.
     ///
     /// The events are checked like an append's ([`validate::validate_compact`]: at least one,
-    /// the limits on their number and bodies; `status` of the flow's kind) before anything is
-    /// written. Returns `AppendOutcome { first_seq: 1, next_seq: events.len() + 1 }`.
+    /// the limits on their number and bodies, room below the limit on sequence numbers;
+    /// `status` of the flow's kind) before anything is written. Returns
+    /// `AppendOutcome { first_seq: expected_next_seq, next_seq: expected_next_seq + events.len() }`.
     async fn compact(
         &self,
         flow: FlowId,
@@ -78,7 +87,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<AppendOutcome, StoreError>;
 
     /// Events of `flow` with `seq >= from_seq`, in order, at most `limit`
-    /// (at most [`flowstate_core::limits::MAX_READ_BATCH`]).
+    /// (at most [`flowstate_core::limits::MAX_READ_BATCH`]). A compacted log starts after 1:
+    /// a read from before its first event returns the log from its first event.
     async fn read(
         &self,
         flow: FlowId,
@@ -168,12 +178,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn close(&self) -> Result<(), StoreError>;
 }
 
-/// Reads a whole log, in batches.
+/// Reads a whole log, in batches (from its first event: 1, or later once compacted).
 pub async fn read_all(store: &dyn Store, flow: FlowId) -> Result<Vec<RawEvent>, StoreError> {
     const BATCH: usize = 10_000;
-    let mut events = Vec::new();
+    let mut events: Vec<RawEvent> = Vec::new();
     loop {
-        let next = events.len() as u64 + 1;
+        let next = events.last().map_or(1, |last| last.seq + 1);
         let batch = store.read(flow, next, BATCH).await?;
         let done = batch.len() < BATCH;
         events.extend(batch);

@@ -31,6 +31,7 @@ struct Lease {
 #[derive(Debug)]
 struct FlowEntry {
     summary: FlowSummary,
+    /// Its log, dense from its first remaining event (1, or later once compacted).
     events: Vec<RawEvent>,
     /// When it last became ready (claim order).
     ready_since: Timestamp,
@@ -166,6 +167,7 @@ impl Store for MemoryStore {
         let now = self.clock.now();
         let first_time = batch.events[0].time;
         let last_time = batch.events[batch.events.len() - 1].time;
+        let count = batch.events.len();
         let entry = inner.flows.entry(batch.flow).or_insert_with(|| {
             let create = batch.create.as_ref();
             FlowEntry {
@@ -196,7 +198,7 @@ impl Store for MemoryStore {
                 body: event.body,
             });
         }
-        let next_seq = entry.events.len() as u64 + 1;
+        let next_seq = actual + count as u64;
         entry.summary.next_seq = next_seq;
         entry.summary.updated_at = last_time;
         if let Some(status) = batch.status {
@@ -252,11 +254,12 @@ impl Store for MemoryStore {
             });
         }
         check_status_kind(entry.summary.kind, status)?;
-        // All checks are done: the log is replaced whole, the rest of the row is kept.
+        // All checks are done: the log is replaced whole, numbered after the old one (so
+        // the next sequence number never goes down), and the rest of the row is kept.
         let last_time = events[events.len() - 1].time;
         entry.events = events
             .into_iter()
-            .zip(1..)
+            .zip(expected_next_seq..)
             .map(|(event, seq)| RawEvent {
                 flow,
                 seq,
@@ -265,13 +268,13 @@ impl Store for MemoryStore {
                 body: event.body,
             })
             .collect();
-        let next_seq = entry.events.len() as u64 + 1;
+        let next_seq = expected_next_seq + entry.events.len() as u64;
         entry.summary.next_seq = next_seq;
         entry.summary.bytes = entry.events.iter().map(|e| e.body.len() as u64).sum();
         entry.summary.status = status;
         entry.summary.updated_at = last_time;
         Ok(AppendOutcome {
-            first_seq: 1,
+            first_seq: expected_next_seq,
             next_seq,
         })
     }
@@ -288,7 +291,9 @@ impl Store for MemoryStore {
             .flows
             .get(&flow)
             .ok_or(StoreError::UnknownFlow { flow })?;
-        let start = usize::try_from(from_seq.max(1) - 1).unwrap_or(usize::MAX);
+        // A compacted log starts after 1: index from its first event's sequence number.
+        let first = entry.events.first().map_or(1, |e| e.seq);
+        let start = usize::try_from(from_seq.saturating_sub(first)).unwrap_or(usize::MAX);
         Ok(entry
             .events
             .iter()

@@ -80,7 +80,8 @@ pub struct FlowSummary {
     pub created_at: Timestamp,
     /// Time of its last event.
     pub updated_at: Timestamp,
-    /// The next sequence number (the number of events plus one).
+    /// The next sequence number (one past the last event's; sequence numbers only grow,
+    /// also across a compaction).
     pub next_seq: u64,
     /// Total size of its event bodies, in bytes.
     pub bytes: u64,
@@ -89,7 +90,8 @@ pub struct FlowSummary {
 }
 
 impl FlowSummary {
-    /// The number of events in its log.
+    /// The last sequence number: the number of events in its log, unless the log was
+    /// compacted (then it starts later than 1).
     #[must_use]
     pub fn events(&self) -> u64 {
         self.next_seq - 1

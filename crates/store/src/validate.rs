@@ -16,11 +16,7 @@ use crate::types::{AppendBatch, NewEvent};
 /// flow's kind if the batch creates it. A created flow without `status` starts in the initial
 /// state of its kind.
 pub fn validate_append(batch: &AppendBatch) -> Result<Option<FlowKind>, InvalidInput> {
-    check_events(
-        batch.expected_next_seq,
-        batch.expected_next_seq,
-        &batch.events,
-    )?;
+    check_events(batch.expected_next_seq, &batch.events)?;
     for timer in &batch.timers {
         check_name("timer name", &timer.name)?;
     }
@@ -42,18 +38,16 @@ pub fn validate_append(batch: &AppendBatch) -> Result<Option<FlowKind>, InvalidI
 /// Checks a compaction ([`crate::Store::compact`]) against every limit that does not need the
 /// stored log: its new events get exactly an append's checks (at least one, at most
 /// [`MAX_EVENTS_PER_APPEND`], bodies within [`MAX_EVENT_BODY_BYTES`], of a known format, JSON),
-/// numbered from 1. The status's kind is checked against the flow's by the store.
+/// numbered from `expected_next_seq` (a compaction never lowers the next sequence number, so
+/// its events must fit below [`MAX_EVENTS_PER_FLOW`] after the old log's sequence numbers).
+/// The status's kind is checked against the flow's by the store.
 pub fn validate_compact(expected_next_seq: u64, events: &[NewEvent]) -> Result<(), InvalidInput> {
-    check_events(expected_next_seq, 1, events)
+    check_events(expected_next_seq, events)
 }
 
-/// The checks of the events of an append (numbered from `first_seq`) or of a compaction
-/// (numbered from 1), in the order appends have always made them.
-fn check_events(
-    expected_next_seq: u64,
-    first_seq: u64,
-    events: &[NewEvent],
-) -> Result<(), InvalidInput> {
+/// The checks of the events of an append or a compaction (numbered from `expected_next_seq`),
+/// in the order appends have always made them.
+fn check_events(expected_next_seq: u64, events: &[NewEvent]) -> Result<(), InvalidInput> {
     if events.is_empty() {
         return Err(InvalidInput::EmptyAppend);
     }
@@ -66,7 +60,7 @@ fn check_events(
     if expected_next_seq == 0 {
         return Err(InvalidInput::ZeroSequence);
     }
-    check_log_room(first_seq, events.len())?;
+    check_log_room(expected_next_seq, events.len())?;
     for (index, event) in events.iter().enumerate() {
         if event.body.len() > MAX_EVENT_BODY_BYTES {
             return Err(InvalidInput::BodyTooLarge {

@@ -91,18 +91,40 @@ pub enum WriteError {
         /// The definition of the new log.
         to: String,
     },
-    /// A compacted log must be shorter than the log it replaces; nothing was written.
-    #[error(
-        "flow {flow}: a compaction to {compacted} events would not shorten its log of {events}"
-    )]
-    CompactionNotShorter {
+    /// A compaction's new log changes another part of the flow's record that a compaction
+    /// must keep (its kind, input, parent or creation time); nothing was written.
+    #[error("flow {flow}: the compacted log changes the flow's {field}")]
+    CompactionChanges {
         /// The flow.
         flow: FlowId,
-        /// Events in the log.
-        events: u64,
-        /// Events of the compacted log.
-        compacted: usize,
+        /// What it changes.
+        field: CompactedField,
     },
+}
+
+/// A part of a flow's record that a compaction must keep ([`WriteError::CompactionChanges`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CompactedField {
+    /// The flow's kind.
+    Kind,
+    /// Its input.
+    Input,
+    /// The flow that started it as its child (`child_of`).
+    Parent,
+    /// Its creation time (the time of its `flow_created`).
+    CreatedAt,
+}
+
+impl std::fmt::Display for CompactedField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Kind => "kind",
+            Self::Input => "input",
+            Self::Parent => "parent",
+            Self::CreatedAt => "creation time",
+        })
+    }
 }
 
 /// Extra index changes that go with an append.
@@ -141,12 +163,21 @@ impl FlowWriter {
         }
     }
 
-    /// Loads an existing flow by folding its whole log.
+    /// Loads an existing flow by folding its whole log (from its first event: 1, or later
+    /// once compacted).
     ///
     /// The log is read in pages, and each page is folded while the store reads the next ones
     /// ([`READS_AHEAD`] at once, on threads or connections of its own), so reading and
-    /// folding a long log overlap instead of adding up.
+    /// folding a long log overlap instead of adding up. A compaction between two pages makes
+    /// the pages not follow each other (a gap); the load then starts over, once.
     pub async fn load(store: &dyn Store, flow: FlowId) -> Result<Self, WriteError> {
+        match Self::load_once(store, flow).await {
+            Err(WriteError::Refused(FoldError::Gap { .. })) => Self::load_once(store, flow).await,
+            loaded => loaded,
+        }
+    }
+
+    async fn load_once(store: &dyn Store, flow: FlowId) -> Result<Self, WriteError> {
         let mut folder = Folder::new();
         let fold_page = |folder: &mut Folder, page: &[RawEvent]| {
             page.iter()
@@ -156,7 +187,8 @@ impl FlowWriter {
         // A small first page, so that folding starts soon.
         let mut page = store.read(flow, 1, FIRST_LOAD_PAGE).await?;
         let mut full = page.len() == FIRST_LOAD_PAGE;
-        let mut from = FIRST_LOAD_PAGE as u64 + 1;
+        // The pages after the first follow its last event (a compacted log starts after 1).
+        let mut from = page.last().map_or(1, |last| last.seq + 1);
         let mut reading = VecDeque::new();
         while full {
             while reading.len() < READS_AHEAD {
@@ -310,17 +342,26 @@ impl FlowWriter {
         }
     }
 
-    /// Replaces the flow's log by `bodies` (timed by `clock`), which must fold, from the start,
-    /// to a record whose status is the current one (else [`WriteError::Refused`] or another
-    /// typed error, and nothing is written). On success the writer's state is the new log's.
+    /// Replaces the flow's log by `bodies` (timed by `clock`, except a `flow_created`, which
+    /// keeps the flow's creation time), which must fold, from their `flow_created`, to a record
+    /// that keeps what the current one says about the flow (else
+    /// [`WriteError::Refused`] or another typed error, and nothing is written). On success the
+    /// writer's state is the new log's.
     ///
     /// This is how a finished flow's log is compacted: a durable function that is done keeps
-    /// its outcome and drops its journal. The new log is folded with a fresh [`Folder`] (the
-    /// same flow, numbered from 1) and must keep the flow's status and definition; it is sent
-    /// with [`Store::compact`], which succeeds only if nobody appended since this writer last
-    /// saw the log ([`StoreError::Conflict`] otherwise). Refused while events are staged
-    /// ([`WriteError::StagedEvents`]). As with [`FlowWriter::commit`], a failed or abandoned
-    /// store call leaves the writer stale: load the flow again.
+    /// its outcome and drops its journal. The new log is numbered right after the current one
+    /// (from [`FlowWriter::durable_next_seq`]: sequence numbers never go back, so a writer that
+    /// read the log before the compaction can never append to the new one) and folded with a
+    /// fresh [`Folder`] (the same flow). Exactly these are compared with the current record, and
+    /// must be equal: the status ([`WriteError::CompactionChangesState`]), the definition
+    /// ([`WriteError::CompactionChangesDefinition`]), and the kind, input, parent (`child_of`)
+    /// and creation time ([`WriteError::CompactionChanges`]); the rest (journal, atoms, plan
+    /// state, update time, ...) is what a compaction may summarise or drop, and is the caller's
+    /// responsibility. The new log is sent with [`Store::compact`], which succeeds only if
+    /// nobody appended since this writer last saw the log ([`StoreError::Conflict`]
+    /// otherwise). Refused while events are staged ([`WriteError::StagedEvents`]). As with
+    /// [`FlowWriter::commit`], a failed or abandoned store call leaves the writer stale: load
+    /// the flow again.
     pub async fn compact(
         &mut self,
         store: &dyn Store,
@@ -328,16 +369,23 @@ impl FlowWriter {
         bodies: Vec<EventBody>,
     ) -> Result<AppendOutcome, WriteError> {
         let time = clock.now();
-        let timed = bodies.into_iter().map(|body| (time, body)).collect();
+        let created_at = self.folder.record().map_or(time, |r| r.created_at);
+        let timed = bodies
+            .into_iter()
+            .map(|body| match body {
+                EventBody::FlowCreated { .. } => (created_at, body),
+                body => (time, body),
+            })
+            .collect();
         self.compact_timed(store, timed).await
     }
 
     /// [`FlowWriter::compact`] with a time for each new event (a compacted log can keep the
     /// times of the events it summarises: the creation's, the outcome's).
     ///
-    /// The new log must be shorter than the old one ([`WriteError::CompactionNotShorter`]):
-    /// a log whose length came back to a value a slow writer once read could let that
-    /// writer's append through the sequence check.
+    /// The new log need not be shorter than the old one (whether compacting is worth it is the
+    /// caller's call): since it is numbered after the old one, no sequence number is ever used
+    /// twice, whatever its length.
     pub async fn compact_timed(
         &mut self,
         store: &dyn Store,
@@ -351,24 +399,30 @@ impl FlowWriter {
             .folder
             .record()
             .ok_or(StoreError::UnknownFlow { flow: self.flow })?;
-        if timed.len() as u64 >= current.last_seq {
-            return Err(WriteError::CompactionNotShorter {
-                flow: self.flow,
-                events: current.last_seq,
-                compacted: timed.len(),
-            });
+        // Numbered after the current log; a fresh folder accepts a first event after 1 only if
+        // it is `flow_created` (said here as such, rather than as a gap).
+        let mut seq = self.durable_next_seq;
+        if let Some((_, first)) = timed.first() {
+            if !matches!(first, EventBody::FlowCreated { .. }) {
+                return Err(FoldError::NotCreatedFirst {
+                    seq,
+                    found: first.type_name(),
+                }
+                .into());
+            }
         }
         let mut folder = Folder::new();
         let mut events = Vec::with_capacity(timed.len());
         for (time, body) in timed {
             let event = Event {
                 flow: self.flow,
-                seq: folder.next_seq(),
+                seq,
                 time,
                 body,
             };
             let body = event.body.encode()?;
             folder.apply(&event)?;
+            seq = folder.next_seq();
             events.push(NewEvent {
                 time,
                 format: EVENT_FORMAT_VERSION,
@@ -388,6 +442,23 @@ impl FlowWriter {
                 flow: self.flow,
                 from: current.definition.clone(),
                 to: record.definition.clone(),
+            });
+        }
+        let changed = [
+            (record.kind != current.kind, CompactedField::Kind),
+            (record.input != current.input, CompactedField::Input),
+            (record.parent != current.parent, CompactedField::Parent),
+            (
+                record.created_at != current.created_at,
+                CompactedField::CreatedAt,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(changed, field)| changed.then_some(field));
+        if let Some(field) = changed {
+            return Err(WriteError::CompactionChanges {
+                flow: self.flow,
+                field,
             });
         }
         let status = record.status;
@@ -497,16 +568,22 @@ mod tests {
             )
             .await
             .expect("compact");
-        assert_eq!((outcome.first_seq, outcome.next_seq), (1, 4));
-        assert_eq!(writer.durable_next_seq(), 4);
+        // Numbered after the old log: the next sequence number never goes down.
+        assert_eq!((outcome.first_seq, outcome.next_seq), (5, 8));
+        assert_eq!(writer.durable_next_seq(), 8);
         let record = writer.record().expect("record");
         assert_eq!(record.status, FlowStatus::TaskGraph(FlowState::Success));
-        assert_eq!(record.last_seq, 3);
+        assert_eq!((record.first_seq, record.last_seq), (5, 7));
         let log = crate::read_all(&store, flow).await.expect("read");
-        assert_eq!(log.len(), 3);
+        assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(
+            log[0].time,
+            writer.record().expect("record").created_at,
+            "the creation keeps its time"
+        );
         assert!(
-            log.iter().all(|e| e.time == clock.now()),
-            "timed by the clock"
+            log[1..].iter().all(|e| e.time == clock.now()),
+            "the rest timed by the clock"
         );
         let loaded = FlowWriter::load(&store, flow).await.expect("load");
         assert_eq!(
@@ -521,7 +598,7 @@ mod tests {
             .append(&store, clock.as_ref(), vec![to(FlowState::Running)])
             .await
             .expect("append after the compaction");
-        assert_eq!((outcome.first_seq, outcome.next_seq), (4, 5));
+        assert_eq!((outcome.first_seq, outcome.next_seq), (8, 9));
         assert_eq!(
             store
                 .flow(flow)
@@ -581,7 +658,7 @@ mod tests {
             matches!(
                 unfolded,
                 Err(WriteError::Refused(FoldError::NotCreatedFirst {
-                    seq: 1,
+                    seq: 5,
                     ..
                 }))
             ),
@@ -597,9 +674,79 @@ mod tests {
         assert!(
             matches!(
                 refused,
-                Err(WriteError::Refused(FoldError::Transition { seq: 2, .. }))
+                Err(WriteError::Refused(FoldError::Transition { seq: 6, .. }))
             ),
             "{refused:?}"
+        );
+        let input = writer
+            .compact(
+                &store,
+                clock.as_ref(),
+                vec![
+                    EventBody::FlowCreated {
+                        kind: FlowKind::TaskGraph,
+                        definition: "g".into(),
+                        input: serde_json::json!({"n": 2}),
+                    },
+                    to(FlowState::Running),
+                    to(FlowState::Success),
+                ],
+            )
+            .await;
+        assert!(
+            matches!(
+                input,
+                Err(WriteError::CompactionChanges {
+                    field: CompactedField::Input,
+                    ..
+                })
+            ),
+            "{input:?}"
+        );
+        let parent = writer
+            .compact(
+                &store,
+                clock.as_ref(),
+                vec![
+                    created("g"),
+                    EventBody::ChildOf {
+                        parent: FlowId::from_parts(clock.now(), [9; 10]),
+                    },
+                    to(FlowState::Running),
+                    to(FlowState::Success),
+                ],
+            )
+            .await;
+        assert!(
+            matches!(
+                parent,
+                Err(WriteError::CompactionChanges {
+                    field: CompactedField::Parent,
+                    ..
+                })
+            ),
+            "{parent:?}"
+        );
+        let later = clock.now().saturating_add(Duration::from_secs(5));
+        let created_at = writer
+            .compact_timed(
+                &store,
+                vec![
+                    (later, created("g")),
+                    (later, to(FlowState::Running)),
+                    (later, to(FlowState::Success)),
+                ],
+            )
+            .await;
+        assert!(
+            matches!(
+                created_at,
+                Err(WriteError::CompactionChanges {
+                    field: CompactedField::CreatedAt,
+                    ..
+                })
+            ),
+            "{created_at:?}"
         );
         let empty = writer.compact(&store, clock.as_ref(), vec![]).await;
         assert!(
@@ -613,6 +760,47 @@ mod tests {
             .await
             .expect("append");
         assert_eq!(outcome.first_seq, 5);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_read_the_log_before_a_compaction_conflicts_after_it() {
+        let (store, clock, mut writer) = finished().await;
+        let flow = writer.flow();
+        let mut stale = FlowWriter::load(&store, flow).await.expect("load");
+        assert_eq!(stale.durable_next_seq(), 5);
+        // Compacted to 4 events: the next sequence number would be 5 again if the new log
+        // were numbered from 1.
+        let created_at = writer.record().expect("record").created_at;
+        let outcome = writer
+            .compact_timed(
+                &store,
+                vec![
+                    (created_at, created("g")),
+                    (clock.now(), to(FlowState::Running)),
+                    (clock.now(), to(FlowState::Suspending)),
+                    (clock.now(), to(FlowState::Success)),
+                ],
+            )
+            .await
+            .expect("a compaction that does not shorten the log is allowed");
+        assert_eq!((outcome.first_seq, outcome.next_seq), (5, 9));
+        let late = stale
+            .append(&store, clock.as_ref(), vec![to(FlowState::Running)])
+            .await;
+        assert!(
+            matches!(
+                late,
+                Err(WriteError::Store(StoreError::Conflict {
+                    expected: 5,
+                    actual: 9,
+                    ..
+                }))
+            ),
+            "{late:?}"
+        );
+        let reloaded = FlowWriter::load(&store, flow).await.expect("reload");
+        assert_eq!(reloaded.record(), writer.record());
+        assert_eq!(reloaded.durable_next_seq(), 9);
     }
 
     #[tokio::test]
