@@ -104,15 +104,7 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
         if step.state == StepState::Failed {
             // A failed step's waiting work never runs (an item may have failed for good or
             // been scheduled for a retry after its step failed).
-            for (index, item) in (0_u32..).zip(&step.items) {
-                if matches!(item.state, WorkState::Pending | WorkState::RetryWaiting) {
-                    events.push(EventBody::WorkAbandoned {
-                        step: name.clone(),
-                        item: index,
-                        reason: "its step failed".to_owned(),
-                    });
-                }
-            }
+            abandon_waiting(name, step, "its step failed", &mut events);
         }
         if step.state == StepState::Active {
             if let Some(spec) = plan.steps.get(name) {
@@ -206,15 +198,7 @@ impl Settle<'_> {
             now,
         } = *self;
         let abandon = |events: &mut Vec<EventBody>, reason: &str| {
-            for (index, item) in (0_u32..).zip(&step.items) {
-                if matches!(item.state, WorkState::Pending | WorkState::RetryWaiting) {
-                    events.push(EventBody::WorkAbandoned {
-                        step: name.to_owned(),
-                        item: index,
-                        reason: reason.to_owned(),
-                    });
-                }
-            }
+            abandon_waiting(name, step, reason, events);
         };
         if let Some((index, failed)) = (0_u32..)
             .zip(&step.items)
@@ -336,6 +320,19 @@ impl Settle<'_> {
                 });
                 *budget -= 1;
             }
+        }
+    }
+}
+
+/// Abandons a step's items that wait to start (pending, or waiting for a retry).
+fn abandon_waiting(name: &str, step: &StepRecord, reason: &str, events: &mut Vec<EventBody>) {
+    for (index, item) in (0_u32..).zip(&step.items) {
+        if matches!(item.state, WorkState::Pending | WorkState::RetryWaiting) {
+            events.push(EventBody::WorkAbandoned {
+                step: name.to_owned(),
+                item: index,
+                reason: reason.to_owned(),
+            });
         }
     }
 }
