@@ -45,6 +45,8 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
         Command::Archive(command) => {
             return crate::archive::run(command, &cli.store, &cli.archive, cli.json).await
         }
+        // `main` runs the server itself, on a multi-threaded runtime.
+        Command::Serve(_) => return Err(CliError::new("serve is run by main")),
         Command::Flows(FlowsCommand::Ls(args)) => Request::List(list_query(args)?),
         Command::Flows(FlowsCommand::Show(args)) => {
             let (id, at) = flow_args(&args)?;

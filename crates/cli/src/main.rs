@@ -57,6 +57,30 @@ pub(crate) enum Command {
     /// Archived flows: list them, show and replay them, move deactivated flows there.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Run the engine with its HTTP API and web UI (on the store given by --store).
+    Serve(ServeArgs),
+}
+
+/// `serve [--addr ADDR] [--token T]... [--no-examples] [--archive-deactivated]`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Where to listen; without a token only a loopback address is accepted.
+    #[arg(long, value_name = "ADDR", env = "FLOWSTATE_ADDR", default_value = flowstate_server::DEFAULT_ADDR)]
+    pub(crate) addr: std::net::SocketAddr,
+    /// Bearer tokens every API call must carry (comma separated in the environment).
+    #[arg(
+        long = "token",
+        value_name = "TOKEN",
+        env = "FLOWSTATE_TOKEN",
+        value_delimiter = ','
+    )]
+    pub(crate) tokens: Vec<String>,
+    /// Do not register the example steps, task graph and function.
+    #[arg(long)]
+    pub(crate) no_examples: bool,
+    /// Move deactivated plans to --archive (after a week, checked every minute).
+    #[arg(long)]
+    pub(crate) archive_deactivated: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +234,35 @@ impl<E: std::fmt::Display> From<E> for CliError {
     }
 }
 
+/// `serve`: the engine's worker and the HTTP server, on a multi-threaded runtime, until
+/// SIGTERM or Ctrl-C.
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let config = flowstate_server::ServerConfig {
+            addr: args.addr,
+            store: cli.store.clone(),
+            archive: args.archive_deactivated.then(|| cli.archive.clone()),
+            tokens: args.tokens.clone(),
+            examples: !args.no_examples,
+        };
+        let server = flowstate_server::serve(config)
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?;
+        let _unreported = writeln!(
+            std::io::stdout(),
+            "flowstate listening on http://{} (store {}); Ctrl-C stops it",
+            server.addr(),
+            cli.store
+        );
+        server.run_until_signal().await;
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     // Usage errors (unknown flag, missing argument, --help) are printed by clap, which exits.
     let cli = Cli::parse();
@@ -232,6 +285,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Serve(args) = &cli.command {
+        return serve(&cli, args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -182,6 +182,12 @@ impl Plans {
             .register(step)
     }
 
+    /// The newest version of every registered step, by name.
+    #[must_use]
+    pub fn steps(&self) -> Vec<flowstate_core::StepSpec> {
+        self.registry().catalog.steps().cloned().collect()
+    }
+
     /// The plan a request would run, without starting anything.
     pub fn preview(&self, request: &PlanRequest) -> Result<ExecutionPlan, PlanningError> {
         self.registry()

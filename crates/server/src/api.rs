@@ -1,0 +1,650 @@
+//! The HTTP/JSON API (`/api/v1`), the event streams and the UI's static files.
+//!
+//! Every handler validates what it is given before it calls the engine, and answers a
+//! refusal with a [`Problem`] (a stable `code`, the status, a `detail`); a refused request
+//! changes nothing. Bodies are limited to [`MAX_REQUEST_BYTES`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flowstate::core::fold::{fold, StopAt};
+use flowstate::core::{Event, FlowId, FlowKind, Timestamp};
+use flowstate::plan::{PlanEngineError, PlanRequest};
+use flowstate::store::{FlowQuery, FlowSummary, StoreError};
+use flowstate::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::problem::Problem;
+use crate::STREAM_POLL;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Most events one `GET …/events` returns.
+pub const MAX_EVENTS_PER_REQUEST: usize = 1_000;
+
+/// Most flows the all-flows stream watches (the newest pages are not followed beyond).
+pub const MAX_WATCHED_FLOWS: usize = 1_000;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: crate::Shared,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("tokens", &self.inner.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    engine: Engine,
+    tokens: Vec<String>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ApiState {
+    /// State over `engine`, accepting `tokens` (none: no authentication); streams end when
+    /// `stopped` turns true.
+    #[must_use]
+    pub fn new(
+        engine: Engine,
+        tokens: Vec<String>,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                tokens,
+                stopped,
+            }),
+        }
+    }
+}
+
+/// The whole application: the API under `/api/v1`, the UI at `/`, `/healthz`.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/flows", get(list_flows).post(start_flow))
+        .route("/flows/{id}", get(get_flow))
+        .route("/flows/{id}/events", get(flow_events))
+        .route("/flows/{id}/stream", get(flow_stream))
+        .route("/flows/{id}/signals", post(signal))
+        .route("/flows/{id}/cancel", post(cancel))
+        .route("/events/stream", get(all_stream))
+        .route("/steps", get(steps))
+        .fallback(|| async { Problem::not_found("no such API route") })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/api/v1/openapi.json", get(openapi))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/app.css", get(app_css))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+/// Requires `Authorization: Bearer TOKEN` when tokens are configured.
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if state.inner.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        Some(token) if state.inner.tokens.iter().any(|t| t == token) => next.run(request).await,
+        Some(_) => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
+        None => Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server requires an Authorization: Bearer TOKEN header",
+        )
+        .into_response(),
+    }
+}
+
+/// A JSON body whose rejections are problems.
+struct ApiJson<T>(T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(rejected(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters whose rejections are problems.
+struct ApiQuery<T>(T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(query_rejected(&rejection)),
+        }
+    }
+}
+
+fn rejected(status: StatusCode, text: String) -> Problem {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            status,
+            "too_large",
+            format!("the body is over {MAX_REQUEST_BYTES} bytes (MAX_REQUEST_BYTES)"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
+            status,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
+        _ => Problem::invalid(text),
+    }
+}
+
+fn query_rejected(rejection: &QueryRejection) -> Problem {
+    Problem::invalid(rejection.body_text())
+}
+
+fn flow_id(text: &str) -> Result<FlowId, Problem> {
+    text.parse()
+        .map_err(|_| Problem::invalid(format!("{text:?} is not a flow id (a UUID)")))
+}
+
+fn store_problem(error: &StoreError) -> Problem {
+    match error {
+        StoreError::UnknownFlow { flow } => {
+            Problem::not_found(format!("flow {flow} does not exist"))
+        }
+        StoreError::Invalid(input) => Problem::invalid(input.to_string()),
+        other => Problem::internal(other.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    kind: Option<String>,
+    status: Option<String>,
+    definition: Option<String>,
+    after: Option<String>,
+    #[serde(default)]
+    limit: usize,
+}
+
+fn summary(flow: &FlowSummary) -> Value {
+    json!({
+        "id": flow.id,
+        "kind": flow.kind.key(),
+        "definition": flow.definition,
+        "status": flow.status.key(),
+        "created_at": flow.created_at.to_string(),
+        "updated_at": flow.updated_at.to_string(),
+        "events": flow.events(),
+        "bytes": flow.bytes,
+        "ready": flow.ready,
+    })
+}
+
+async fn list_flows(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Value>, Problem> {
+    let kind = match params.kind.as_deref() {
+        None => None,
+        Some(text) => Some(FlowKind::parse(text).ok_or_else(|| {
+            Problem::invalid(format!(
+                "unknown kind {text:?}: use task_graph, plan or function"
+            ))
+        })?),
+    };
+    let query = FlowQuery {
+        kind,
+        definition: params.definition,
+        status: params.status,
+        after: params.after.as_deref().map(flow_id).transpose()?,
+        limit: params.limit,
+        ..FlowQuery::default()
+    };
+    let store = state.inner.engine.store();
+    let page = flowstate::archive::list_live(store.as_ref(), &query)
+        .await
+        .map_err(|error| store_problem(&error))?;
+    Ok(Json(json!({
+        "flows": page.flows.iter().map(summary).collect::<Vec<_>>(),
+        "next_after": page.next_after,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StartRequest {
+    Plan {
+        goals: Vec<String>,
+        #[serde(default)]
+        inputs: serde_json::Map<String, Value>,
+        #[serde(default)]
+        choices: BTreeMap<String, String>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    TaskGraph {
+        name: String,
+        #[serde(default)]
+        inputs: BTreeMap<String, Value>,
+    },
+    Function {
+        name: String,
+        #[serde(default)]
+        input: Value,
+    },
+}
+
+async fn start_flow(
+    State(state): State<ApiState>,
+    ApiJson(request): ApiJson<StartRequest>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let engine = &state.inner.engine;
+    let flow = match request {
+        StartRequest::Plan {
+            goals,
+            inputs,
+            choices,
+            name,
+        } => {
+            let request = PlanRequest {
+                name: name.unwrap_or_else(|| "plan".to_owned()),
+                goals,
+                inputs,
+                choices,
+            };
+            engine
+                .plans()
+                .start(request)
+                .await
+                .map_err(|error| match error {
+                    PlanEngineError::Planning(planning) => Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "planning_failed",
+                        planning.to_string(),
+                    ),
+                    other => Problem::internal(other.to_string()),
+                })?
+        }
+        StartRequest::TaskGraph { name, inputs } => engine
+            .task_graphs()
+            .submit(&name, inputs)
+            .await
+            .map_err(|error| match error {
+                flowstate::taskgraph::EngineError::UnknownDefinition { .. } => Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_definition",
+                    error.to_string(),
+                ),
+                flowstate::taskgraph::EngineError::Compile(_) => {
+                    Problem::invalid(error.to_string())
+                }
+                other => Problem::internal(other.to_string()),
+            })?,
+        StartRequest::Function { name, input } => engine
+            .functions()
+            .start(&name, input)
+            .await
+            .map_err(|error| function_problem(&error))?,
+    };
+    Ok((StatusCode::CREATED, Json(json!({ "id": flow }))))
+}
+
+fn function_problem(error: &flowstate::durable::StartError) -> Problem {
+    use flowstate::durable::StartError;
+    match error {
+        StartError::Unknown { .. } => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_definition",
+            error.to_string(),
+        ),
+        StartError::Input(_) => Problem::invalid(error.to_string()),
+        StartError::Done { .. } | StartError::NotAFunction { .. } => {
+            Problem::conflict(error.to_string())
+        }
+        StartError::Store(store) => store_problem(store),
+        StartError::Write(flowstate::store::WriteError::Store(store)) => store_problem(store),
+        other => Problem::internal(other.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AtParams {
+    at: Option<String>,
+}
+
+/// `SEQ` or an RFC 3339 time.
+fn stop_at(text: Option<&str>) -> Result<StopAt, Problem> {
+    let Some(text) = text else {
+        return Ok(StopAt::End);
+    };
+    if let Ok(seq) = text.parse::<u64>() {
+        return Ok(StopAt::Seq(seq));
+    }
+    Timestamp::parse_rfc3339(text)
+        .map(StopAt::Time)
+        .map_err(|_| {
+            Problem::invalid(format!(
+                "at={text:?} is neither a sequence number nor an RFC 3339 time"
+            ))
+        })
+}
+
+async fn read_log(
+    state: &ApiState,
+    flow: FlowId,
+) -> Result<Vec<flowstate::core::RawEvent>, Problem> {
+    let store = state.inner.engine.store();
+    let events = flowstate::store::read_all(store.as_ref(), flow)
+        .await
+        .map_err(|error| store_problem(&error))?;
+    if events.is_empty() {
+        return Err(Problem::not_found(format!(
+            "flow {flow} is not in the live store (it may have been archived: see `flowstate archive show`)"
+        )));
+    }
+    Ok(events)
+}
+
+async fn get_flow(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<AtParams>,
+) -> Result<Json<Value>, Problem> {
+    let flow = flow_id(&id)?;
+    let at = stop_at(params.at.as_deref())?;
+    let events = read_log(&state, flow).await?;
+    let total = events.last().map_or(0, |event| event.seq);
+    let record = fold(&events, at).map_err(|error| match error {
+        flowstate::core::FoldError::EmptyLog => {
+            Problem::invalid(format!("flow {flow} has no events up to {at:?}"))
+        }
+        other => Problem::internal(format!("flow {flow}'s log does not fold: {other}")),
+    })?;
+    let mut body = serde_json::to_value(&record).map_err(|e| Problem::internal(e.to_string()))?;
+    if let Value::Object(fields) = &mut body {
+        fields.insert("total_seq".to_owned(), json!(total));
+    }
+    Ok(Json(body))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+fn event_json(event: &Event) -> Value {
+    json!({
+        "seq": event.seq,
+        "time": event.time.to_string(),
+        "type": event.body.type_name(),
+        "body": event.body,
+    })
+}
+
+async fn flow_events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Result<Json<Value>, Problem> {
+    let flow = flow_id(&id)?;
+    let limit = params.limit.unwrap_or(MAX_EVENTS_PER_REQUEST);
+    if limit == 0 || limit > MAX_EVENTS_PER_REQUEST {
+        return Err(Problem::invalid(format!(
+            "limit must be 1 to {MAX_EVENTS_PER_REQUEST} (MAX_EVENTS_PER_REQUEST)"
+        )));
+    }
+    let store = state.inner.engine.store();
+    if store
+        .flow(flow)
+        .await
+        .map_err(|error| store_problem(&error))?
+        .is_none()
+    {
+        return Err(Problem::not_found(format!("flow {flow} does not exist")));
+    }
+    let raw = store
+        .read(flow, params.after.saturating_add(1), limit)
+        .await
+        .map_err(|error| store_problem(&error))?;
+    let events = raw
+        .iter()
+        .map(|raw| Event::decode(raw).map(|event| event_json(&event)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| Problem::internal(error.to_string()))?;
+    Ok(Json(json!({ "events": events })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalRequest {
+    name: String,
+    #[serde(default)]
+    value: Value,
+}
+
+async fn signal(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<SignalRequest>,
+) -> Result<StatusCode, Problem> {
+    let flow = flow_id(&id)?;
+    if request.name.is_empty() || request.name.len() > flowstate::core::limits::MAX_NAME_BYTES {
+        return Err(Problem::invalid(
+            "a signal name is 1 to 256 bytes (MAX_NAME_BYTES)",
+        ));
+    }
+    state
+        .inner
+        .engine
+        .functions()
+        .signal(flow, &request.name, request.value)
+        .await
+        .map_err(|error| function_problem(&error))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<CancelRequest>,
+) -> Result<StatusCode, Problem> {
+    let flow = flow_id(&id)?;
+    state
+        .inner
+        .engine
+        .functions()
+        .cancel(flow, &request.reason)
+        .await
+        .map_err(|error| function_problem(&error))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn steps(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({ "steps": state.inner.engine.plans().steps() }))
+}
+
+type EventStream = Response;
+
+fn sse(receiver: tokio::sync::mpsc::Receiver<Value>) -> EventStream {
+    let stream = ReceiverStream::new(receiver).map(|data| {
+        Ok::<_, Infallible>(
+            SseEvent::default()
+                .event("flow_event")
+                .data(data.to_string()),
+        )
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Waits for the next poll, or returns false when the server stops.
+async fn next_poll(stopped: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(STREAM_POLL) => !*stopped.borrow(),
+        changed = stopped.changed() => changed.is_ok() && !*stopped.borrow(),
+    }
+}
+
+/// New events of one flow, as they are recorded (from `after`, default the start).
+async fn flow_stream(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<EventParams>,
+) -> Result<EventStream, Problem> {
+    let flow = flow_id(&id)?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(256);
+    let mut stopped = state.inner.stopped.clone();
+    let store = state.inner.engine.store().clone();
+    let mut next = params.after.saturating_add(1);
+    tokio::spawn(async move {
+        loop {
+            match store.read(flow, next, MAX_EVENTS_PER_REQUEST).await {
+                Ok(events) => {
+                    for raw in events {
+                        next = raw.seq + 1;
+                        let kind = Event::decode(&raw)
+                            .map(|event| event.body.type_name())
+                            .unwrap_or("undecodable");
+                        let data = json!({ "flow": flow, "seq": raw.seq, "type": kind });
+                        if sender.send(data).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%flow, %error, "event stream read failed");
+                }
+            }
+            if sender.is_closed() || !next_poll(&mut stopped).await {
+                return;
+            }
+        }
+    });
+    Ok(sse(receiver))
+}
+
+/// A change of any flow (its last sequence number moved), for live lists.
+async fn all_stream(State(state): State<ApiState>) -> EventStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(256);
+    let mut stopped = state.inner.stopped.clone();
+    let store = state.inner.engine.store().clone();
+    tokio::spawn(async move {
+        let mut seen: HashMap<FlowId, u64> = HashMap::new();
+        let mut first = true;
+        loop {
+            let query = FlowQuery {
+                limit: MAX_WATCHED_FLOWS,
+                ..FlowQuery::default()
+            };
+            if let Ok(page) = store.list(&query).await {
+                for flow in page.flows {
+                    let last = flow.next_seq - 1;
+                    let before = seen.insert(flow.id, last);
+                    if !first && before != Some(last) {
+                        let data = json!({
+                            "flow": flow.id,
+                            "seq": last,
+                            "type": "changed",
+                            "status": flow.status.key(),
+                        });
+                        if sender.send(data).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            first = false;
+            if sender.is_closed() || !next_poll(&mut stopped).await {
+                return;
+            }
+        }
+    });
+    sse(receiver)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../ui/index.html"),
+    )
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../ui/app.js"),
+    )
+}
+
+async fn app_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../ui/app.css"),
+    )
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}

@@ -1,0 +1,196 @@
+//! The flowstate server: one engine process behind an HTTP/JSON API, with Server-Sent Events
+//! and the web UI (issue 7, in progress).
+//!
+//! **What it owns:** the HTTP surface (routes, request limits, bearer-token authentication,
+//! problem-details errors, the OpenAPI document), the event streams, and serving the UI. It
+//! assembles a [`flowstate::Engine`] (store by URL, example definitions, worker) and runs it.
+//!
+//! **What it must never do:** decide anything about a flow. Every request goes through the
+//! engines' public API (`Plans`, task graphs, `Functions`) or reads the store; a refused
+//! request changes nothing.
+
+mod api;
+mod examples;
+mod openapi;
+mod problem;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::{router, ApiState, MAX_REQUEST_BYTES};
+pub use problem::Problem;
+
+/// The default address: loopback only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7280";
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The store URL (a path or `sqlite://…`, or `postgres://…`).
+    pub store: String,
+    /// Where deactivated plans are archived, if anywhere.
+    pub archive: Option<String>,
+    /// Bearer tokens accepted; empty means no authentication, allowed on loopback only.
+    pub tokens: Vec<String>,
+    /// Whether to register the example steps, task graphs and functions.
+    pub examples: bool,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// No tokens and a non-loopback address: anyone on the network could drive the engine.
+    #[error("refusing to listen on {addr} without authentication: configure a token (--token or FLOWSTATE_TOKEN) or listen on a loopback address")]
+    Unauthenticated {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] flowstate::EngineError),
+    /// The examples could not be registered.
+    #[error("registering the examples failed: {0}")]
+    Examples(String),
+    /// Binding or serving failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A server that is running: its address, its engine, and how to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    engine: flowstate::Engine,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    worker: tokio::task::JoinHandle<Result<flowstate::worker::WorkerStats, flowstate::EngineError>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl RunningServer {
+    /// Where it listens (the port chosen when the configuration said 0).
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its engine.
+    #[must_use]
+    pub fn engine(&self) -> &flowstate::Engine {
+        &self.engine
+    }
+
+    /// Stops accepting requests, lets the worker finish or release its flows, and closes
+    /// the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.engine.shutdown_handle().shutdown();
+        let _ = self.http.await;
+        if let Ok(Err(error)) = self.worker.await {
+            tracing::warn!(%error, "the worker stopped with an error");
+        }
+        if let Err(error) = self.engine.store().close().await {
+            tracing::warn!(%error, "closing the store failed");
+        }
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Builds the engine, starts its worker and the HTTP server, and returns once it listens.
+pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    if config.tokens.is_empty() && !config.addr.ip().is_loopback() {
+        return Err(ServerError::Unauthenticated { addr: config.addr });
+    }
+    let mut builder = flowstate::Engine::builder(config.store.clone());
+    if config.examples {
+        builder = examples::steps()
+            .into_iter()
+            .fold(builder, flowstate::EngineBuilder::step);
+        builder = examples::task_graphs()
+            .into_iter()
+            .fold(builder, flowstate::EngineBuilder::task_graph);
+    }
+    if let Some(archive) = &config.archive {
+        builder = builder.archive(
+            archive.clone(),
+            flowstate::archive::ArchivePolicy::default(),
+            flowstate::archive::DEFAULT_INTERVAL,
+        );
+    }
+    let engine = builder.build().await?;
+    if config.examples {
+        examples::register_functions(engine.functions()).map_err(ServerError::Examples)?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.addr,
+            source,
+        })?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let state = ApiState::new(engine.clone(), config.tokens.clone(), stopped.clone());
+    let app = router(state);
+    let mut http_stop = stopped;
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let running = engine.clone();
+    let worker = tokio::spawn(async move { running.run().await });
+    tracing::info!(%addr, store = %config.store, "flowstate server listening");
+    Ok(RunningServer {
+        addr,
+        engine,
+        http,
+        worker,
+        stop,
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// How often the event streams look for new events (they also wake on the store's
+/// wake-ups).
+pub const STREAM_POLL: Duration = Duration::from_millis(250);
+
+/// Shared handle type for the state.
+pub(crate) type Shared = Arc<api::Inner>;

@@ -1,0 +1,136 @@
+//! The OpenAPI document the server serves at `/api/v1/openapi.json`. Written by hand and
+//! checked by a test against the router's routes.
+
+use serde_json::{json, Value};
+
+fn problem_responses() -> Value {
+    json!({
+        "400": { "$ref": "#/components/responses/Problem" },
+        "401": { "$ref": "#/components/responses/Problem" },
+        "404": { "$ref": "#/components/responses/Problem" },
+        "409": { "$ref": "#/components/responses/Problem" },
+        "413": { "$ref": "#/components/responses/Problem" },
+        "415": { "$ref": "#/components/responses/Problem" }
+    })
+}
+
+fn with_problems(ok: Value) -> Value {
+    let mut responses = problem_responses();
+    if let (Value::Object(all), Value::Object(ok)) = (&mut responses, ok) {
+        all.extend(ok);
+    }
+    responses
+}
+
+fn id_param() -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+}
+
+/// The document.
+pub(crate) fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "flowstate",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A durable flow engine: task graphs, goal-driven plans and durable functions on an append-only event log. Errors are RFC 9457 problem details with a stable `code`."
+        },
+        "security": [{ "bearer": [] }, {}],
+        "paths": {
+            "/api/v1/flows": {
+                "get": {
+                    "summary": "List live flows (archived ones only with status=archived)",
+                    "parameters": [
+                        { "name": "kind", "in": "query", "schema": { "enum": ["task_graph", "plan", "function"] } },
+                        { "name": "status", "in": "query", "schema": { "type": "string" } },
+                        { "name": "definition", "in": "query", "schema": { "type": "string" } },
+                        { "name": "after", "in": "query", "schema": { "type": "string", "format": "uuid" } },
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 1000 } }
+                    ],
+                    "responses": with_problems(json!({ "200": { "description": "A page of flows and the cursor of the next" } }))
+                },
+                "post": {
+                    "summary": "Start a flow: a plan by goals and inputs, or a registered task graph or durable function by name",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/StartRequest" } } } },
+                    "responses": with_problems(json!({ "201": { "description": "Started: {\"id\": ...}" } }))
+                }
+            },
+            "/api/v1/flows/{id}": {
+                "get": {
+                    "summary": "A flow's state (now, or as of a sequence number or time), with its plan or graph, attributes and provenance",
+                    "parameters": [id_param(), { "name": "at", "in": "query", "schema": { "type": "string" }, "description": "SEQ or an RFC 3339 time" }],
+                    "responses": with_problems(json!({ "200": { "description": "The folded record, plus total_seq" } }))
+                }
+            },
+            "/api/v1/flows/{id}/events": {
+                "get": {
+                    "summary": "A flow's events after a sequence number",
+                    "parameters": [id_param(), { "name": "after", "in": "query", "schema": { "type": "integer" } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }],
+                    "responses": with_problems(json!({ "200": { "description": "{\"events\": [{seq, time, type, body}]}" } }))
+                }
+            },
+            "/api/v1/flows/{id}/stream": {
+                "get": {
+                    "summary": "Server-Sent Events: the flow's events as they are recorded (event `flow_event`)",
+                    "parameters": [id_param(), { "name": "after", "in": "query", "schema": { "type": "integer" } }],
+                    "responses": with_problems(json!({ "200": { "description": "text/event-stream" } }))
+                }
+            },
+            "/api/v1/events/stream": {
+                "get": {
+                    "summary": "Server-Sent Events: every change of a flow (event `flow_event`, type `changed`)",
+                    "responses": with_problems(json!({ "200": { "description": "text/event-stream" } }))
+                }
+            },
+            "/api/v1/flows/{id}/signals": {
+                "post": {
+                    "summary": "Send a signal to a durable function",
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "value": {} } } } } },
+                    "responses": with_problems(json!({ "202": { "description": "Delivered" } }))
+                }
+            },
+            "/api/v1/flows/{id}/cancel": {
+                "post": {
+                    "summary": "Ask a durable function to stop",
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "reason": { "type": "string" } } } } } },
+                    "responses": with_problems(json!({ "202": { "description": "Requested" } }))
+                }
+            },
+            "/api/v1/steps": {
+                "get": {
+                    "summary": "The registered plan steps (newest versions)",
+                    "responses": with_problems(json!({ "200": { "description": "{\"steps\": [StepSpec]}" } }))
+                }
+            }
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "responses": {
+                "Problem": {
+                    "description": "A problem (RFC 9457)",
+                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                }
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status", "detail", "code"],
+                    "properties": {
+                        "type": { "type": "string" }, "title": { "type": "string" },
+                        "status": { "type": "integer" }, "detail": { "type": "string" },
+                        "code": { "enum": ["invalid_request", "not_found", "invalid_state", "unauthorized", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
+                    }
+                },
+                "StartRequest": {
+                    "oneOf": [
+                        { "type": "object", "required": ["kind", "goals"], "properties": { "kind": { "const": "plan" }, "goals": { "type": "array", "items": { "type": "string" } }, "inputs": { "type": "object" }, "choices": { "type": "object" }, "name": { "type": "string" } } },
+                        { "type": "object", "required": ["kind", "name"], "properties": { "kind": { "const": "task_graph" }, "name": { "type": "string" }, "inputs": { "type": "object" } } },
+                        { "type": "object", "required": ["kind", "name"], "properties": { "kind": { "const": "function" }, "name": { "type": "string" }, "input": {} } }
+                    ]
+                }
+            }
+        }
+    })
+}

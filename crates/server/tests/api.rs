@@ -1,0 +1,437 @@
+//! The HTTP API against a real server on a temporary SQLite store: starting each kind of
+//! flow, reading state (now and as of an event), events, signals, cancels, streams, and the
+//! contract for bad input (problem details with a stable code, the store unchanged).
+
+use std::time::Duration;
+
+use flowstate_server::{serve, RunningServer, ServerConfig, ServerError};
+use serde_json::{json, Value};
+
+async fn start(tokens: Vec<String>) -> (RunningServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = ServerConfig {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        store: dir.path().join("flows.db").display().to_string(),
+        archive: None,
+        tokens,
+        examples: true,
+    };
+    (serve(config).await.expect("serve"), dir)
+}
+
+fn url(server: &RunningServer, path: &str) -> String {
+    format!("http://{}{path}", server.addr())
+}
+
+async fn wait_for_status(
+    client: &reqwest::Client,
+    server: &RunningServer,
+    id: &str,
+    status: &str,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flow: Value = client
+            .get(url(server, &format!("/api/v1/flows/{id}")))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if flow["status"]["state"] == status {
+            return flow;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not {status} in 30 s: {flow}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_started_over_http_runs_and_its_state_is_readable_at_any_event() {
+    let (server, _dir) = start(Vec::new()).await;
+    let client = reqwest::Client::new();
+    let started = client
+        .post(url(&server, "/api/v1/flows"))
+        .json(&json!({"kind": "plan", "goals": ["confirmation_id"], "inputs": {"customer_id": 42}}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(started.status(), 201);
+    let id = started.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let done = wait_for_status(&client, &server, &id, "deactivated").await;
+    let attributes = &done["plan"]["attributes"];
+    assert_eq!(attributes["customer_name"]["value"], "Customer 42");
+    assert_eq!(attributes["amount"]["step"], "calculate_total");
+    let total = done["total_seq"].as_u64().expect("total");
+    assert_eq!(done["last_seq"].as_u64(), Some(total));
+    // As of event 2 (the plan started), nothing ran yet.
+    let early: Value = client
+        .get(url(&server, &format!("/api/v1/flows/{id}?at=2")))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(early["status"]["state"], "active");
+    assert_eq!(
+        early["plan"]["steps"]["lookup_customer"]["state"],
+        "pending"
+    );
+    assert_eq!(early["total_seq"].as_u64(), Some(total));
+    let events: Value = client
+        .get(url(
+            &server,
+            &format!("/api/v1/flows/{id}/events?after=1&limit=2"),
+        ))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["plan_started", "step_started"]);
+    // The flow's stream replays its events from the start.
+    let mut stream = client
+        .get(url(&server, &format!("/api/v1/flows/{id}/stream")))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(
+        stream.headers()["content-type"].to_str().expect("type"),
+        "text/event-stream"
+    );
+    let mut text = String::new();
+    while !text.contains("\"seq\":3") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("chunk")
+            .expect("not ended");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: flow_event"), "{text}");
+    assert!(text.contains("plan_started"), "{text}");
+    drop(stream);
+    let steps: Value = client
+        .get(url(&server, "/api/v1/steps"))
+        .send()
+        .await
+        .expect("steps")
+        .json()
+        .await
+        .expect("json");
+    assert!(steps["steps"].as_array().expect("steps").len() >= 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_graphs_and_functions_start_by_name_and_functions_take_signals_and_cancels() {
+    let (server, _dir) = start(Vec::new()).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| client.post(url(&server, path)).json(&body).send();
+    let graph = post(
+        "/api/v1/flows",
+        json!({"kind": "task_graph", "name": "greet", "inputs": {"name": "ada"}}),
+    )
+    .await
+    .expect("post");
+    assert_eq!(graph.status(), 201);
+    let graph = graph.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    wait_for_status(&client, &server, &graph, "success").await;
+    for (approve, outcome) in [(true, "approved 14"), (false, "rejected 14")] {
+        let function = post(
+            "/api/v1/flows",
+            json!({"kind": "function", "name": "approval", "input": 7}),
+        )
+        .await
+        .expect("post")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        wait_for_status(&client, &server, &function, "sleeping").await;
+        let sent = post(
+            &format!("/api/v1/flows/{function}/signals"),
+            json!({"name": "approve", "value": approve}),
+        )
+        .await
+        .expect("signal");
+        assert_eq!(sent.status(), 202);
+        let done = wait_for_status(&client, &server, &function, "done").await;
+        assert_eq!(done["function"]["outcome"]["Ok"], outcome, "{done}");
+    }
+    let function = post(
+        "/api/v1/flows",
+        json!({"kind": "function", "name": "approval", "input": 1}),
+    )
+    .await
+    .expect("post")
+    .json::<Value>()
+    .await
+    .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    wait_for_status(&client, &server, &function, "sleeping").await;
+    let cancelled = post(
+        &format!("/api/v1/flows/{function}/cancel"),
+        json!({"reason": "test"}),
+    )
+    .await
+    .expect("cancel");
+    assert_eq!(cancelled.status(), 202);
+    let done = wait_for_status(&client, &server, &function, "done").await;
+    assert_eq!(
+        done["function"]["outcome"]["Err"]["kind"], "Cancelled",
+        "{done}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_needs_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let refused = serve(ServerConfig {
+        addr: "0.0.0.0:0".parse().expect("addr"),
+        store: dir.path().join("flows.db").display().to_string(),
+        archive: None,
+        tokens: Vec::new(),
+        examples: false,
+    })
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(refused, ServerError::Unauthenticated { .. }),
+        "{refused}"
+    );
+    let (server, _dir) = start(vec!["s3cret".to_owned()]).await;
+    let client = reqwest::Client::new();
+    let none = client
+        .get(url(&server, "/api/v1/flows"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(none.status(), 401);
+    let problem: Value = none.json().await.expect("json");
+    assert_eq!(problem["code"], "unauthorized");
+    let wrong = client
+        .get(url(&server, "/api/v1/flows"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(url(&server, "/api/v1/flows"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(right.status(), 200);
+    server.shutdown().await;
+}
+
+/// 1,000 malformed or hostile requests: each gets the right 4xx with a problem body, and the
+/// store is unchanged afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
+    let (server, _dir) = start(vec!["t0ken".to_owned()]).await;
+    let client = reqwest::Client::new();
+    // One real flow, finished, to check that nothing touches it.
+    let id = client
+        .post(url(&server, "/api/v1/flows"))
+        .bearer_auth("t0ken")
+        .json(&json!({"kind": "task_graph", "name": "greet", "inputs": {}}))
+        .send()
+        .await
+        .expect("post")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flow: Value = client
+            .get(url(&server, &format!("/api/v1/flows/{id}")))
+            .bearer_auth("t0ken")
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if flow["status"]["state"] == "success" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snapshot = || async {
+        client
+            .get(url(&server, "/api/v1/flows?limit=1000"))
+            .bearer_auth("t0ken")
+            .send()
+            .await
+            .expect("list")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    let before = snapshot().await;
+    let unknown = "01a214b4-2e9c-7b72-978c-140b5819b08a";
+    let big = "x".repeat(flowstate_server::MAX_REQUEST_BYTES + 10);
+    let mut counts = std::collections::BTreeMap::<(u16, String), usize>::new();
+    for n in 0..1_000_usize {
+        let flows = url(&server, "/api/v1/flows");
+        let request = match n % 20 {
+            0 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .header("content-type", "application/json")
+                .body("{not json"),
+            1 => client.post(&flows).bearer_auth("t0ken").body("{}"),
+            2 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .json(&json!({"kind": "rocket"})),
+            3 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .json(&json!({"kind": "plan", "goals": "not a list"})),
+            4 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .json(&json!({"kind": "plan", "goals": [format!("ghost{n}")]})),
+            5 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .json(&json!({"kind": "task_graph", "name": format!("nope{n}")})),
+            6 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .json(&json!({"kind": "function", "name": "nope"})),
+            7 => client
+                .post(&flows)
+                .bearer_auth("t0ken")
+                .header("content-type", "application/json")
+                .body(big.clone()),
+            8 => client
+                .get(url(&server, &format!("/api/v1/flows/not-an-id-{n}")))
+                .bearer_auth("t0ken"),
+            9 => client
+                .get(url(&server, &format!("/api/v1/flows/{unknown}")))
+                .bearer_auth("t0ken"),
+            10 => client
+                .get(url(&server, &format!("/api/v1/flows/{id}?at=yesterday")))
+                .bearer_auth("t0ken"),
+            11 => client
+                .get(url(&server, &format!("/api/v1/flows/{id}/events?limit=0")))
+                .bearer_auth("t0ken"),
+            12 => client
+                .get(url(&server, "/api/v1/flows?kind=spaceship"))
+                .bearer_auth("t0ken"),
+            13 => client
+                .get(url(&server, "/api/v1/flows?limit=5000"))
+                .bearer_auth("t0ken"),
+            14 => client
+                .post(url(&server, &format!("/api/v1/flows/{id}/signals")))
+                .bearer_auth("t0ken")
+                .json(&json!({"name": "x"})),
+            15 => client
+                .post(url(&server, &format!("/api/v1/flows/{unknown}/cancel")))
+                .bearer_auth("t0ken")
+                .json(&json!({})),
+            16 => client
+                .post(url(&server, &format!("/api/v1/flows/{id}/signals")))
+                .bearer_auth("t0ken")
+                .json(&json!({"name": ""})),
+            17 => client.get(&flows).bearer_auth(format!("bad{n}")),
+            18 => client
+                .post(&flows)
+                .json(&json!({"kind": "task_graph", "name": "greet"})),
+            _ => client
+                .get(url(&server, "/api/v1/nothing-here"))
+                .bearer_auth("t0ken"),
+        };
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!((400..500).contains(&status), "request {n}: {status} {body}");
+        assert_eq!(
+            content_type, "application/problem+json",
+            "request {n}: {body}"
+        );
+        let code = body["code"].as_str().unwrap_or("").to_owned();
+        let expected = match n % 20 {
+            0 | 2 | 3 | 8 | 10 | 11 | 12 | 13 | 16 => "invalid_request",
+            1 => "unsupported_media_type",
+            4 => "planning_failed",
+            5 | 6 => "unknown_definition",
+            7 => "too_large",
+            9 | 15 | 19 => "not_found",
+            14 => "invalid_state",
+            _ => "unauthorized",
+        };
+        assert_eq!(code, expected, "request {n}: {status} {body}");
+        *counts.entry((status, code)).or_default() += 1;
+    }
+    let after = snapshot().await;
+    assert_eq!(before, after, "the store changed");
+    println!("{counts:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let (server, _dir) = start(Vec::new()).await;
+    let document: Value = reqwest::get(url(&server, "/api/v1/openapi.json"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in [
+        "/api/v1/flows",
+        "/api/v1/flows/{id}",
+        "/api/v1/flows/{id}/events",
+        "/api/v1/flows/{id}/stream",
+        "/api/v1/flows/{id}/signals",
+        "/api/v1/flows/{id}/cancel",
+        "/api/v1/events/stream",
+        "/api/v1/steps",
+    ] {
+        assert!(
+            document["paths"][path].is_object(),
+            "{path} is not described"
+        );
+    }
+    server.shutdown().await;
+}
