@@ -13,6 +13,7 @@
 //! SQLite to a local directory, in flows per second (see `archive.rs`).
 
 mod archive;
+mod http;
 mod plan;
 
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ enum Bench {
     Archive(archive::ArchiveArgs),
     /// Goal-driven plans: planning time in a large catalog, and W1 as a plan on SQLite.
     Plan(plan::PlanArgs),
+    /// Flows started per second over HTTP (64 concurrent clients, one-step plans).
+    Http(http::HttpArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -428,6 +431,7 @@ fn main() {
         Bench::Sleepers(args) => runtime.block_on(sleepers(args)),
         Bench::Archive(args) => runtime.block_on(archive::archive(args)),
         Bench::Plan(args) => runtime.block_on(plan::plan(args)),
+        Bench::Http(args) => runtime.block_on(http::http(args)),
     }
 }
 

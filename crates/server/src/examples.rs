@@ -13,9 +13,17 @@ use serde_json::json;
 /// How long each example step takes.
 const STEP_TIME: Duration = Duration::from_millis(300);
 
-/// Plan steps: `customer_id → customer_name → amount → confirmation_id`.
+/// Plan steps: `customer_id → customer_name → amount → confirmation_id`, and `echo`
+/// (`text → echo`, at once: the one-step plan of the HTTP benchmark).
 pub(crate) fn steps() -> Vec<Step> {
     vec![
+        Step::new("echo")
+            .input("text")
+            .output("echo")
+            .body(|ctx| async move {
+                let text: serde_json::Value = ctx.input("text")?;
+                Ok(json!({ "echo": text }))
+            }),
         Step::new("lookup_customer")
             .input("customer_id")
             .output("customer_name")
