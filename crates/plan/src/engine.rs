@@ -182,6 +182,22 @@ impl Plans {
             .register(step)
     }
 
+    /// Removes `name` from the steps new flows are planned from; running flows that use it
+    /// keep its code. Returns whether it was there.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unregister(name)
+    }
+
+    /// The newest version registered for `name` (also one removed from the catalog).
+    #[must_use]
+    pub fn newest_version(&self, name: &str) -> Option<u32> {
+        self.registry().newest_version(name)
+    }
+
     /// The newest version of every registered step, by name.
     #[must_use]
     pub fn steps(&self) -> Vec<flowstate_core::StepSpec> {

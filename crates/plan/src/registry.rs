@@ -95,6 +95,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes a step from the catalog (new flows can no longer plan it); its versions stay
+    /// registered, so that running flows that use them go on.
+    pub(crate) fn unregister(&mut self, name: &str) -> bool {
+        self.catalog.remove(name).is_some()
+    }
+
+    /// The newest registered version of `name`, if any.
+    pub(crate) fn newest_version(&self, name: &str) -> Option<u32> {
+        self.versions
+            .keys()
+            .filter(|(step, _)| step == name)
+            .map(|(_, version)| *version)
+            .max()
+    }
+
     pub(crate) fn version(&self, name: &str, version: u32) -> Option<Arc<Registered>> {
         self.versions.get(&(name.to_owned(), version)).cloned()
     }

@@ -56,6 +56,7 @@ pub(crate) struct Inner {
     engine: Engine,
     tokens: Vec<String>,
     stopped: tokio::sync::watch::Receiver<bool>,
+    http: reqwest::Client,
 }
 
 impl ApiState {
@@ -72,6 +73,7 @@ impl ApiState {
                 engine,
                 tokens,
                 stopped,
+                http: reqwest::Client::new(),
             }),
         }
     }
@@ -87,7 +89,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/flows/{id}/signals", post(signal))
         .route("/flows/{id}/cancel", post(cancel))
         .route("/events/stream", get(all_stream))
-        .route("/steps", get(steps))
+        .route("/steps", get(steps).post(register_step))
+        .route("/steps/{name}", axum::routing::delete(remove_step))
         .fallback(|| async { Problem::not_found("no such API route") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -518,6 +521,41 @@ async fn cancel(
         .await
         .map_err(|error| function_problem(&error))?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Registers an HTTP step (a new version if the name is registered already).
+async fn register_step(
+    State(state): State<ApiState>,
+    ApiJson(request): ApiJson<crate::http_steps::HttpStepRequest>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    if let Some(reason) = crate::http_steps::invalid_url(&request.url) {
+        return Err(Problem::invalid(reason));
+    }
+    let plans = state.inner.engine.plans();
+    let version = plans.newest_version(&request.name).map_or(1, |v| v + 1);
+    let name = request.name.clone();
+    let step = crate::http_steps::step(request, version, state.inner.http.clone());
+    plans
+        .register(step)
+        .map_err(|error| Problem::invalid(error.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "version": version })),
+    ))
+}
+
+/// Removes a step from what new flows are planned from (running flows keep it).
+async fn remove_step(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    if state.inner.engine.plans().unregister(&name) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!(
+            "no step named {name:?} is registered"
+        )))
+    }
 }
 
 async fn steps(State(state): State<ApiState>) -> Json<Value> {

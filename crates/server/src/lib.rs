@@ -11,6 +11,7 @@
 
 mod api;
 mod examples;
+pub mod http_steps;
 mod openapi;
 mod problem;
 

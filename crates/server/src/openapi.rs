@@ -102,6 +102,18 @@ pub(crate) fn document() -> Value {
                 "get": {
                     "summary": "The registered plan steps (newest versions)",
                     "responses": with_problems(json!({ "200": { "description": "{\"steps\": [StepSpec]}" } }))
+                },
+                "post": {
+                    "summary": "Register an HTTP step: the engine POSTs each work item's inputs (and its Idempotency-Key) to `url` and reads the outputs from the JSON object it answers; 408, 429, 5xx and transport errors are retried",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/HttpStep" } } } },
+                    "responses": with_problems(json!({ "201": { "description": "{\"name\", \"version\"}" } }))
+                }
+            },
+            "/api/v1/steps/{name}": {
+                "delete": {
+                    "summary": "Remove a step from what new flows are planned from (running flows keep it)",
+                    "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "responses": with_problems(json!({ "204": { "description": "Removed" } }))
                 }
             }
         },
@@ -121,6 +133,21 @@ pub(crate) fn document() -> Value {
                         "type": { "type": "string" }, "title": { "type": "string" },
                         "status": { "type": "integer" }, "detail": { "type": "string" },
                         "code": { "enum": ["invalid_request", "not_found", "invalid_state", "unauthorized", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
+                    }
+                },
+                "HttpStep": {
+                    "type": "object",
+                    "required": ["name", "outputs", "url"],
+                    "properties": {
+                        "name": { "type": "string" },
+                        "inputs": { "type": "array", "items": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "optional": { "type": "boolean" }, "default": {} } } },
+                        "outputs": { "type": "array", "items": { "type": "string" } },
+                        "url": { "type": "string", "format": "uri" },
+                        "map_over": { "type": "string" },
+                        "parallelism": { "type": "integer", "minimum": 1 },
+                        "predicate": { "type": "object" },
+                        "retry": { "type": "object", "properties": { "max_attempts": { "type": "integer" }, "initial_backoff_ms": { "type": "integer" }, "max_backoff_ms": { "type": "integer" }, "jitter": { "type": "boolean" } } },
+                        "timeout_ms": { "type": "integer" }
                     }
                 },
                 "StartRequest": {

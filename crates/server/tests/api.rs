@@ -427,11 +427,137 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/flows/{id}/cancel",
         "/api/v1/events/stream",
         "/api/v1/steps",
+        "/api/v1/steps/{name}",
     ] {
         assert!(
             document["paths"][path].is_object(),
             "{path} is not described"
         );
     }
+    server.shutdown().await;
+}
+
+/// HTTP steps registered over the API: the engine POSTs the inputs with the idempotency key,
+/// retries a 503, and fails the item on a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_steps_are_called_with_their_inputs_and_retried_on_server_errors() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    let calls = Arc::new(AtomicU32::new(0));
+    let keys = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (counter, seen) = (calls.clone(), keys.clone());
+    let endpoint = axum::Router::new()
+        .route(
+            "/quote",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                    let (counter, seen) = (counter.clone(), seen.clone());
+                    async move {
+                        seen.lock()
+                            .expect("lock")
+                            .push(headers["idempotency-key"].to_str().expect("key").to_owned());
+                        // The first call fails with 503: retried.
+                        if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                axum::Json(json!({})),
+                            );
+                        }
+                        let weight = body["inputs"]["weight"].as_f64().unwrap_or(0.0);
+                        (
+                            axum::http::StatusCode::OK,
+                            axum::Json(json!({ "price": weight * 2.0 })),
+                        )
+                    }
+                },
+            ),
+        )
+        .route(
+            "/refuse",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "no such parcel",
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, endpoint).await });
+    let (server, _dir) = start(Vec::new()).await;
+    let client = reqwest::Client::new();
+    for (name, path) in [("quote", "quote"), ("refuse", "refuse")] {
+        let registered = client
+            .post(url(&server, "/api/v1/steps"))
+            .json(&json!({
+                "name": name,
+                "inputs": [{"name": "weight"}],
+                "outputs": [if name == "quote" { "price" } else { "refusal" }],
+                "url": format!("http://{endpoint_addr}/{path}"),
+                "retry": {"max_attempts": 3, "initial_backoff_ms": 10, "max_backoff_ms": 50, "jitter": true},
+                "timeout_ms": 5000
+            }))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(registered.status(), 201, "{:?}", registered.text().await);
+    }
+    let bad_url = client
+        .post(url(&server, "/api/v1/steps"))
+        .json(&json!({"name": "x", "outputs": ["y"], "url": "ftp://nope"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(bad_url.status(), 400);
+    let start_plan = |goal: &'static str| {
+        client
+            .post(url(&server, "/api/v1/flows"))
+            .json(&json!({"kind": "plan", "goals": [goal], "inputs": {"weight": 21}}))
+            .send()
+    };
+    let id = start_plan("price")
+        .await
+        .expect("start")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let done = wait_for_status(&client, &server, &id, "deactivated").await;
+    assert_eq!(done["plan"]["attributes"]["price"]["value"], 42.0);
+    assert_eq!(done["plan"]["attributes"]["price"]["attempt"], 2);
+    let keys = keys.lock().expect("lock").clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        keys[0], keys[1],
+        "both attempts carry the same idempotency key"
+    );
+    assert_eq!(keys[0], format!("{id}/quote/0"));
+    let id = start_plan("refusal")
+        .await
+        .expect("start")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let failed = wait_for_status(&client, &server, &id, "deactivated").await;
+    assert_eq!(
+        failed["plan"]["steps"]["refuse"]["failure"]["kind"], "Http422",
+        "{failed}"
+    );
+    // Removed: new flows can no longer plan it.
+    let removed = client
+        .delete(url(&server, "/api/v1/steps/quote"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(removed.status(), 204);
+    let refused = start_plan("price").await.expect("start");
+    assert_eq!(refused.status(), 400);
     server.shutdown().await;
 }
