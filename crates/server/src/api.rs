@@ -57,14 +57,17 @@ pub(crate) struct Inner {
     tokens: Vec<String>,
     stopped: tokio::sync::watch::Receiver<bool>,
     http: reqwest::Client,
+    waiting: Arc<crate::http_steps::Waiting>,
+    report_base: String,
 }
 
 impl ApiState {
-    /// State over `engine`, accepting `tokens` (none: no authentication); streams end when
-    /// `stopped` turns true.
+    /// State over `engine`, served at `addr`, accepting `tokens` (none: no authentication);
+    /// streams end when `stopped` turns true.
     #[must_use]
     pub fn new(
         engine: Engine,
+        addr: std::net::SocketAddr,
         tokens: Vec<String>,
         stopped: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
@@ -74,6 +77,8 @@ impl ApiState {
                 tokens,
                 stopped,
                 http: reqwest::Client::new(),
+                waiting: Arc::default(),
+                report_base: format!("http://{addr}/api/v1/work"),
             }),
         }
     }
@@ -91,6 +96,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/events/stream", get(all_stream))
         .route("/steps", get(steps).post(register_step))
         .route("/steps/{name}", axum::routing::delete(remove_step))
+        .route("/work/{token}", post(report_work))
         .fallback(|| async { Problem::not_found("no such API route") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -531,10 +537,21 @@ async fn register_step(
     if let Some(reason) = crate::http_steps::invalid_url(&request.url) {
         return Err(Problem::invalid(reason));
     }
+    if request.name.contains('~') {
+        return Err(Problem::invalid(
+            "an HTTP step's name may not contain '~' (it separates report URLs)",
+        ));
+    }
     let plans = state.inner.engine.plans();
     let version = plans.newest_version(&request.name).map_or(1, |v| v + 1);
     let name = request.name.clone();
-    let step = crate::http_steps::step(request, version, state.inner.http.clone());
+    let step = crate::http_steps::step(
+        request,
+        version,
+        state.inner.http.clone(),
+        state.inner.waiting.clone(),
+        state.inner.report_base.clone(),
+    );
     plans
         .register(step)
         .map_err(|error| Problem::invalid(error.to_string()))?;
@@ -542,6 +559,22 @@ async fn register_step(
         StatusCode::CREATED,
         Json(json!({ "name": name, "version": version })),
     ))
+}
+
+/// The report of an asynchronous HTTP step's attempt, by its completion token (`/` as `~`).
+async fn report_work(
+    State(state): State<ApiState>,
+    Path(token): Path<String>,
+    ApiJson(report): ApiJson<crate::http_steps::Report>,
+) -> Result<StatusCode, Problem> {
+    let token = crate::http_steps::decode_token(&token);
+    match state.inner.waiting.report(&token, report) {
+        Ok(true) => Ok(StatusCode::ACCEPTED),
+        Ok(false) => Err(Problem::conflict(format!(
+            "no attempt waits for a report with token {token:?}: it was reported already, it is stale (another attempt runs), or it timed out"
+        ))),
+        Err(reason) => Err(Problem::invalid(reason)),
+    }
 }
 
 /// Removes a step from what new flows are planned from (running flows keep it).

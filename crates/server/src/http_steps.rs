@@ -3,6 +3,15 @@
 //! outputs from the JSON object it answers. Transport errors, 408, 429 and 5xx are retried
 //! under the step's policy; any other answer that is not a 2xx JSON object fails the item.
 //!
+//! An **asynchronous** HTTP step (`"mode": "async"`) is POSTed the same, with a `report_url`;
+//! its 2xx answer only accepts the work, and the worker reports later by POSTing
+//! `{"outputs": {...}}` or `{"error": {"kind", "message", "retryable"}}` to that URL, which
+//! carries the attempt's completion token. The attempt waits for the report (under the
+//! step's timeout, which covers the whole wait); a report for an attempt that is not waiting
+//! (stale, duplicate, or after the attempt timed out) is refused with 409 and changes
+//! nothing. If the server restarts meanwhile, the attempt is run again with the same token
+//! and idempotency key, so the worker is asked again and its report finds it waiting.
+//!
 //! Registered over the API, an HTTP step lives in this process's registry (a new version
 //! each time its name is registered again); a restarted server needs it registered again,
 //! and until then flows that use it wait (parked) rather than fail.
@@ -45,9 +54,99 @@ pub struct HttpStepRequest {
     /// Retries (default: none).
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
-    /// Longest an attempt (the HTTP call) may take.
+    /// Longest an attempt (the HTTP call, and for an async step the wait for its report)
+    /// may take.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// `sync` (the answer holds the outputs) or `async` (reported later).
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// How an HTTP step answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The answer holds the outputs.
+    #[default]
+    Sync,
+    /// The answer accepts the work; the outputs are reported later.
+    Async,
+}
+
+/// A report of an asynchronous HTTP step's attempt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The outputs, on success.
+    #[serde(default)]
+    pub outputs: Option<serde_json::Map<String, Value>>,
+    /// The failure, otherwise.
+    #[serde(default)]
+    pub error: Option<ReportedError>,
+}
+
+/// A failure reported by an asynchronous HTTP step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedError {
+    /// Its kind.
+    pub kind: String,
+    /// What happened.
+    #[serde(default)]
+    pub message: String,
+    /// Whether another attempt may succeed.
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+/// Attempts of asynchronous HTTP steps waiting for their report, by completion token.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    by_token: std::sync::Mutex<
+        std::collections::HashMap<String, tokio::sync::oneshot::Sender<Result<Value, StepError>>>,
+    >,
+}
+
+impl Waiting {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio::sync::oneshot::Sender<Result<Value, StepError>>>,
+    > {
+        self.by_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands a report to the attempt waiting for it; `false` if none waits for `token`.
+    pub(crate) fn report(&self, token: &str, report: Report) -> Result<bool, String> {
+        let result = match (report.outputs, report.error) {
+            (Some(outputs), None) => Ok(Value::Object(outputs)),
+            (None, Some(error)) if error.retryable => {
+                Err(StepError::retryable(error.kind, error.message))
+            }
+            (None, Some(error)) => Err(StepError::permanent(error.kind, error.message)),
+            _ => return Err("a report holds either \"outputs\" or \"error\"".to_owned()),
+        };
+        let Some(sender) = self.lock().remove(token) else {
+            return Ok(false);
+        };
+        Ok(sender.send(result).is_ok())
+    }
+}
+
+/// Removes a waiting attempt's entry when the attempt ends (reported, timed out, aborted).
+struct Registration<'a> {
+    waiting: &'a Waiting,
+    token: String,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.waiting.lock().remove(&self.token);
+    }
 }
 
 /// Why an HTTP step was refused.
@@ -67,8 +166,15 @@ pub(crate) fn invalid_url(url: &str) -> Option<String> {
     }
 }
 
-/// The step, as version `version`, calling its URL with `client`.
-pub(crate) fn step(request: HttpStepRequest, version: u32, client: reqwest::Client) -> Step {
+/// The step, as version `version`, calling its URL with `client`; an asynchronous one
+/// waits in `waiting` for the report to `{report_base}/{token}`.
+pub(crate) fn step(
+    request: HttpStepRequest,
+    version: u32,
+    client: reqwest::Client,
+    waiting: std::sync::Arc<Waiting>,
+    report_base: String,
+) -> Step {
     let timeout = request
         .timeout_ms
         .unwrap_or(u64::try_from(DEFAULT_HTTP_TIMEOUT.as_millis()).unwrap_or(30_000));
@@ -84,13 +190,58 @@ pub(crate) fn step(request: HttpStepRequest, version: u32, client: reqwest::Clie
         timeout_ms: Some(timeout),
         compensable: false,
     };
-    let url = request.url;
-    Step::from_spec(spec).body(move |ctx| call(client.clone(), url.clone(), ctx))
+    let (url, mode) = (request.url, request.mode);
+    Step::from_spec(spec).body(move |ctx| {
+        let (client, url, waiting, report_base) = (
+            client.clone(),
+            url.clone(),
+            waiting.clone(),
+            report_base.clone(),
+        );
+        async move {
+            match mode {
+                Mode::Sync => call(&client, &url, &ctx, None).await,
+                Mode::Async => {
+                    let token = ctx.completion_token();
+                    let (sender, receiver) = tokio::sync::oneshot::channel();
+                    waiting.lock().insert(token.clone(), sender);
+                    let _registered = Registration {
+                        waiting: &waiting,
+                        token: token.clone(),
+                    };
+                    let report_url = format!("{report_base}/{}", encode_token(&token));
+                    call(&client, &url, &ctx, Some(&report_url)).await?;
+                    receiver.await.unwrap_or_else(|_| {
+                        Err(StepError::retryable(
+                            "Abandoned",
+                            "the report was never delivered",
+                        ))
+                    })
+                }
+            }
+        }
+    })
 }
 
-async fn call(client: reqwest::Client, url: String, ctx: StepContext) -> Result<Value, StepError> {
+/// A completion token as one path segment (`/` becomes `~`; flow ids, item and attempt
+/// numbers have no `~`, and step names are refused with one at registration).
+pub(crate) fn encode_token(token: &str) -> String {
+    token.replace('/', "~")
+}
+
+/// The completion token of a path segment.
+pub(crate) fn decode_token(segment: &str) -> String {
+    segment.replace('~', "/")
+}
+
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    ctx: &StepContext,
+    report_url: Option<&str>,
+) -> Result<Value, StepError> {
     let key = ctx.idempotency_key();
-    let body = json!({
+    let mut body = json!({
         "flow": ctx.flow,
         "step": ctx.step,
         "item": ctx.item,
@@ -99,8 +250,11 @@ async fn call(client: reqwest::Client, url: String, ctx: StepContext) -> Result<
         "idempotency_key": key,
         "completion_token": ctx.completion_token(),
     });
+    if let (Some(report_url), Value::Object(fields)) = (report_url, &mut body) {
+        fields.insert("report_url".to_owned(), json!(report_url));
+    }
     let response = client
-        .post(&url)
+        .post(url)
         .header("Idempotency-Key", &key)
         .json(&body)
         .send()
@@ -123,6 +277,9 @@ async fn call(client: reqwest::Client, url: String, ctx: StepContext) -> Result<
             format!("Http{}", status.as_u16()),
             format!("{url} answered {status}: {excerpt}"),
         ));
+    }
+    if report_url.is_some() {
+        return Ok(Value::Null); // Accepted; the outputs come with the report.
     }
     match serde_json::from_str::<Value>(&text) {
         Ok(outputs @ Value::Object(_)) => Ok(outputs),

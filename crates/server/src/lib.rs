@@ -149,7 +149,7 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             source,
         })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let state = ApiState::new(engine.clone(), config.tokens.clone(), stopped.clone());
+    let state = ApiState::new(engine.clone(), addr, config.tokens.clone(), stopped.clone());
     let app = router(state);
     let mut http_stop = stopped;
     let http = tokio::spawn(async move {

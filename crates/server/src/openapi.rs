@@ -109,6 +109,14 @@ pub(crate) fn document() -> Value {
                     "responses": with_problems(json!({ "201": { "description": "{\"name\", \"version\"}" } }))
                 }
             },
+            "/api/v1/work/{token}": {
+                "post": {
+                    "summary": "Report the outcome of an asynchronous HTTP step's attempt (the token is the report URL's last segment)",
+                    "parameters": [{ "name": "token", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "outputs": { "type": "object" }, "error": { "type": "object", "required": ["kind"], "properties": { "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } } } } } } },
+                    "responses": with_problems(json!({ "202": { "description": "Handed to the waiting attempt" } }))
+                }
+            },
             "/api/v1/steps/{name}": {
                 "delete": {
                     "summary": "Remove a step from what new flows are planned from (running flows keep it)",
@@ -147,7 +155,8 @@ pub(crate) fn document() -> Value {
                         "parallelism": { "type": "integer", "minimum": 1 },
                         "predicate": { "type": "object" },
                         "retry": { "type": "object", "properties": { "max_attempts": { "type": "integer" }, "initial_backoff_ms": { "type": "integer" }, "max_backoff_ms": { "type": "integer" }, "jitter": { "type": "boolean" } } },
-                        "timeout_ms": { "type": "integer" }
+                        "timeout_ms": { "type": "integer" },
+                        "mode": { "enum": ["sync", "async"] }
                     }
                 },
                 "StartRequest": {

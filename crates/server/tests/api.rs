@@ -428,6 +428,7 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/events/stream",
         "/api/v1/steps",
         "/api/v1/steps/{name}",
+        "/api/v1/work/{token}",
     ] {
         assert!(
             document["paths"][path].is_object(),
@@ -559,5 +560,117 @@ async fn http_steps_are_called_with_their_inputs_and_retried_on_server_errors() 
     assert_eq!(removed.status(), 204);
     let refused = start_plan("price").await.expect("start");
     assert_eq!(refused.status(), 400);
+    server.shutdown().await;
+}
+
+/// An asynchronous HTTP step: its endpoint accepts the work at once, and its worker reports
+/// later to the report URL (which carries the attempt's completion token); a second report
+/// of the same attempt is refused with 409 and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_http_steps_complete_by_report_and_duplicate_reports_are_refused() {
+    use std::sync::{Arc, Mutex};
+    let report_urls = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+    let seen = report_urls.clone();
+    let endpoint = axum::Router::new().route(
+        "/label",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let report_url = body["report_url"].as_str().expect("report url").to_owned();
+                seen.lock()
+                    .expect("lock")
+                    .push((report_url, body["inputs"].clone()));
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, endpoint).await });
+    let (server, _dir) = start(Vec::new()).await;
+    let client = reqwest::Client::new();
+    let registered = client
+        .post(url(&server, "/api/v1/steps"))
+        .json(&json!({
+            "name": "label",
+            "inputs": [{"name": "parcel"}],
+            "outputs": ["label"],
+            "url": format!("http://{endpoint_addr}/label"),
+            "mode": "async",
+            "timeout_ms": 20000
+        }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(registered.status(), 201);
+    let id = client
+        .post(url(&server, "/api/v1/flows"))
+        .json(&json!({"kind": "plan", "goals": ["label"], "inputs": {"parcel": "p-7"}}))
+        .send()
+        .await
+        .expect("start")
+        .json::<Value>()
+        .await
+        .expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (report_url, inputs) = loop {
+        if let Some(first) = report_urls.lock().expect("lock").first().cloned() {
+            break first;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the step was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(inputs["parcel"], "p-7");
+    assert!(
+        report_url.ends_with(&format!("{id}~label~0~1")),
+        "{report_url}"
+    );
+    // The worker reports, once; a duplicate is refused.
+    let report = json!({"outputs": {"label": "L-p-7"}});
+    let first = client
+        .post(&report_url)
+        .json(&report)
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(first.status(), 202);
+    let done = wait_for_status(&client, &server, &id, "deactivated").await;
+    assert_eq!(done["plan"]["attributes"]["label"]["value"], "L-p-7");
+    let before = done["last_seq"].clone();
+    let duplicate = client
+        .post(&report_url)
+        .json(&report)
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(duplicate.status(), 409);
+    assert_eq!(
+        duplicate.json::<Value>().await.expect("json")["code"],
+        "invalid_state"
+    );
+    let malformed = client
+        .post(&report_url)
+        .json(&json!({"outputs": {}, "error": {"kind": "X"}}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(malformed.status(), 400);
+    let after: Value = client
+        .get(url(&server, &format!("/api/v1/flows/{id}")))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(after["last_seq"], before, "refused reports change nothing");
     server.shutdown().await;
 }
