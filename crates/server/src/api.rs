@@ -697,21 +697,33 @@ async fn all_stream(State(state): State<ApiState>) -> EventStream {
 
 async fn index() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // No version in the file names: browsers must revalidate after an upgrade.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         include_str!("../ui/index.html"),
     )
 }
 
 async fn app_js() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            // No version in the file names: browsers must revalidate after an upgrade.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         include_str!("../ui/app.js"),
     )
 }
 
 async fn app_css() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            // No version in the file names: browsers must revalidate after an upgrade.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         include_str!("../ui/app.css"),
     )
 }
