@@ -66,16 +66,31 @@ enum Line {
 }
 
 fn read_log(log: &Path) -> Vec<Line> {
-    log_lines(log)
-        .into_iter()
-        .map(|(kind, rest)| match kind.as_str() {
-            "kill" => Line::Kill,
+    let lines = log_lines(log);
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (kind, rest))| match kind.as_str() {
+            "kill" => Some(Line::Kill),
             "start" | "done" | "fail" => {
-                let (key, attempt) = rest.rsplit_once(' ').expect("KEY ATTEMPT");
-                Line::Call {
-                    kind,
-                    key: key.to_owned(),
-                    attempt: attempt.parse().expect("attempt"),
+                let parsed = rest.rsplit_once(' ').and_then(|(key, attempt)| {
+                    Some((key.to_owned(), attempt.parse::<u32>().ok()?))
+                });
+                match parsed {
+                    Some((key, attempt)) => Some(Line::Call {
+                        kind: kind.clone(),
+                        key,
+                        attempt,
+                    }),
+                    // Only a line torn by a kill may be incomplete: the next line must be
+                    // that kill's marker.
+                    None => {
+                        assert!(
+                            lines.get(index + 1).is_some_and(|(next, _)| next == "kill"),
+                            "a malformed call line not torn by a kill: {kind} {rest}"
+                        );
+                        None
+                    }
                 }
             }
             other => panic!("unexpected call log line {other} {rest}"),
@@ -603,7 +618,10 @@ async fn killed_plans_resume_without_rerunning_completed_work() {
             }
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
-            append_line(&log, &format!("kill {kill}")).expect("mark the kill");
+            // On a line of its own: a SIGKILL can tear the child's last line (a write that
+            // crosses a page boundary may stop half way), and the marker must not be glued
+            // to it.
+            append_line(&log, &format!("\nkill {kill}")).expect("mark the kill");
             seen.kills += 1;
             let loaded = load(&db, &flows).await;
             let snapshot = items(&loaded);
