@@ -19,6 +19,18 @@ async fn start(tokens: Vec<String>) -> (RunningServer, tempfile::TempDir) {
     (serve(config).await.expect("serve"), dir)
 }
 
+/// The id in a `201 {"id": ...}` answer.
+trait StartedId {
+    async fn id(self) -> String;
+}
+
+impl StartedId for reqwest::Response {
+    async fn id(self) -> String {
+        let body: Value = self.json().await.expect("json");
+        body["id"].as_str().expect("an id").to_owned()
+    }
+}
+
 fn url(server: &RunningServer, path: &str) -> String {
     format!("http://{}{path}", server.addr())
 }
@@ -61,10 +73,7 @@ async fn a_plan_started_over_http_runs_and_its_state_is_readable_at_any_event() 
         .await
         .expect("post");
     assert_eq!(started.status(), 201);
-    let id = started.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = started.id().await;
     let done = wait_for_status(&client, &server, &id, "deactivated").await;
     let attributes = &done["plan"]["attributes"];
     assert_eq!(attributes["customer_name"]["value"], "Customer 42");
@@ -150,10 +159,7 @@ async fn task_graphs_and_functions_start_by_name_and_functions_take_signals_and_
     .await
     .expect("post");
     assert_eq!(graph.status(), 201);
-    let graph = graph.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let graph = graph.id().await;
     wait_for_status(&client, &server, &graph, "success").await;
     for (approve, outcome) in [(true, "approved 14"), (false, "rejected 14")] {
         let function = post(
@@ -162,12 +168,8 @@ async fn task_graphs_and_functions_start_by_name_and_functions_take_signals_and_
         )
         .await
         .expect("post")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
+        .id()
+        .await;
         wait_for_status(&client, &server, &function, "sleeping").await;
         let sent = post(
             &format!("/api/v1/flows/{function}/signals"),
@@ -185,12 +187,8 @@ async fn task_graphs_and_functions_start_by_name_and_functions_take_signals_and_
     )
     .await
     .expect("post")
-    .json::<Value>()
-    .await
-    .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    .id()
+    .await;
     wait_for_status(&client, &server, &function, "sleeping").await;
     let cancelled = post(
         &format!("/api/v1/flows/{function}/cancel"),
@@ -264,12 +262,8 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
         .send()
         .await
         .expect("post")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+        .id()
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let flow: Value = client
@@ -518,15 +512,7 @@ async fn http_steps_are_called_with_their_inputs_and_retried_on_server_errors() 
             .json(&json!({"kind": "plan", "goals": [goal], "inputs": {"weight": 21}}))
             .send()
     };
-    let id = start_plan("price")
-        .await
-        .expect("start")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = start_plan("price").await.expect("start").id().await;
     let done = wait_for_status(&client, &server, &id, "deactivated").await;
     assert_eq!(done["plan"]["attributes"]["price"]["value"], 42.0);
     assert_eq!(done["plan"]["attributes"]["price"]["attempt"], 2);
@@ -537,15 +523,7 @@ async fn http_steps_are_called_with_their_inputs_and_retried_on_server_errors() 
         "both attempts carry the same idempotency key"
     );
     assert_eq!(keys[0], format!("{id}/quote/0"));
-    let id = start_plan("refusal")
-        .await
-        .expect("start")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = start_plan("refusal").await.expect("start").id().await;
     let failed = wait_for_status(&client, &server, &id, "deactivated").await;
     assert_eq!(
         failed["plan"]["steps"]["refuse"]["failure"]["kind"], "Http422",
@@ -611,12 +589,8 @@ async fn async_http_steps_complete_by_report_and_duplicate_reports_are_refused()
         .send()
         .await
         .expect("start")
-        .json::<Value>()
-        .await
-        .expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+        .id()
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (report_url, inputs) = loop {
         if let Some(first) = report_urls.lock().expect("lock").first().cloned() {
