@@ -76,7 +76,11 @@ impl ApiState {
                 engine,
                 tokens,
                 stopped,
-                http: reqwest::Client::new(),
+                // No redirects: an HTTP step calls exactly the URL it was registered with.
+                http: reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default(),
                 waiting: Arc::default(),
                 report_base: format!("http://{addr}/api/v1/work"),
             }),
@@ -96,12 +100,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/events/stream", get(all_stream))
         .route("/steps", get(steps).post(register_step))
         .route("/steps/{name}", axum::routing::delete(remove_step))
-        .route("/work/{token}", post(report_work))
         .fallback(|| async { Problem::not_found("no such API route") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/api/v1", api)
         .route("/api/v1/openapi.json", get(openapi))
+        // Reports carry their own secret (the attempt's key in the URL), not a bearer token:
+        // the worker that reports was given only the report URL.
+        .route("/api/v1/work/{token}", post(report_work))
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
@@ -116,15 +122,40 @@ pub fn router(state: ApiState) -> Router {
 /// Requires `Authorization: Bearer TOKEN` when tokens are configured.
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     if state.inner.tokens.is_empty() {
+        // Without tokens the server listens on loopback only; a Host that is not a loopback
+        // name is a page that rebound its DNS name to 127.0.0.1 (DNS rebinding).
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        if !loopback_host(host) {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!("without tokens this server answers only requests to a loopback name, not {host:?}"),
+            )
+            .into_response();
+        }
         return next.run(request).await;
     }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    // Every configured token is compared, each in constant time.
+    let valid = |token: &str| {
+        state
+            .inner
+            .tokens
+            .iter()
+            .fold(false, |found, known| found | same_secret(known, token))
+    };
     match given {
-        Some(token) if state.inner.tokens.iter().any(|t| t == token) => next.run(request).await,
+        Some(token) if valid(token) => next.run(request).await,
         Some(_) => Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -138,6 +169,32 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
         )
         .into_response(),
     }
+}
+
+/// Whether two secrets are equal, in time that depends only on their lengths.
+pub(crate) fn same_secret(known: &str, given: &str) -> bool {
+    known.len() == given.len()
+        && known
+            .bytes()
+            .zip(given.bytes())
+            .fold(0_u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// Whether a Host header names this machine's loopback interface (`localhost`, `127.0.0.1`,
+/// `[::1]`, with or without a port).
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A JSON body whose rejections are problems.
@@ -321,6 +378,8 @@ async fn start_flow(
                         "planning_failed",
                         planning.to_string(),
                     ),
+                    PlanEngineError::Write(write) => write_problem(&write),
+                    PlanEngineError::Store(store) => store_problem(&store),
                     other => Problem::internal(other.to_string()),
                 })?
         }
@@ -337,6 +396,7 @@ async fn start_flow(
                 flowstate::taskgraph::EngineError::Compile(_) => {
                     Problem::invalid(error.to_string())
                 }
+                flowstate::taskgraph::EngineError::Write(write) => write_problem(&write),
                 other => Problem::internal(other.to_string()),
             })?,
         StartRequest::Function { name, input } => engine
@@ -346,6 +406,19 @@ async fn start_flow(
             .map_err(|error| function_problem(&error))?,
     };
     Ok((StatusCode::CREATED, Json(json!({ "id": flow }))))
+}
+
+/// A refused write caused by the request (inputs over a limit) is the client's problem.
+fn write_problem(error: &flowstate::store::WriteError) -> Problem {
+    match error {
+        flowstate::store::WriteError::Store(store) => store_problem(store),
+        flowstate::store::WriteError::Encode(encode) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            encode.to_string(),
+        ),
+        other => Problem::internal(other.to_string()),
+    }
 }
 
 fn function_problem(error: &flowstate::durable::StartError) -> Problem {
@@ -537,11 +610,7 @@ async fn register_step(
     if let Some(reason) = crate::http_steps::invalid_url(&request.url) {
         return Err(Problem::invalid(reason));
     }
-    if request.name.contains('~') {
-        return Err(Problem::invalid(
-            "an HTTP step's name may not contain '~' (it separates report URLs)",
-        ));
-    }
+
     let plans = state.inner.engine.plans();
     let version = plans.newest_version(&request.name).map_or(1, |v| v + 1);
     let name = request.name.clone();
@@ -561,14 +630,26 @@ async fn register_step(
     ))
 }
 
-/// The report of an asynchronous HTTP step's attempt, by its completion token (`/` as `~`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportKey {
+    key: String,
+}
+
+/// The report of an asynchronous HTTP step's attempt, by its completion token (hex) and the
+/// attempt's secret key.
 async fn report_work(
     State(state): State<ApiState>,
     Path(token): Path<String>,
+    ApiQuery(key): ApiQuery<ReportKey>,
     ApiJson(report): ApiJson<crate::http_steps::Report>,
 ) -> Result<StatusCode, Problem> {
-    let token = crate::http_steps::decode_token(&token);
-    match state.inner.waiting.report(&token, report) {
+    let Some(token) = crate::http_steps::decode_token(&token) else {
+        return Err(Problem::invalid(
+            "the report URL's token is not one this server made",
+        ));
+    };
+    match state.inner.waiting.report(&token, &key.key, report) {
         Ok(true) => Ok(StatusCode::ACCEPTED),
         Ok(false) => Err(Problem::conflict(format!(
             "no attempt waits for a report with token {token:?}: it was reported already, it is stale (another attempt runs), or it timed out"
@@ -625,6 +706,17 @@ async fn flow_stream(
     ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<EventStream, Problem> {
     let flow = flow_id(&id)?;
+    if state
+        .inner
+        .engine
+        .store()
+        .flow(flow)
+        .await
+        .map_err(|error| store_problem(&error))?
+        .is_none()
+    {
+        return Err(Problem::not_found(format!("flow {flow} does not exist")));
+    }
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     let mut stopped = state.inner.stopped.clone();
     let store = state.inner.engine.store().clone();

@@ -3,10 +3,15 @@
 //! outputs from the JSON object it answers. Transport errors, 408, 429 and 5xx are retried
 //! under the step's policy; any other answer that is not a 2xx JSON object fails the item.
 //!
+//! The server calls whatever URL a step was registered with (no redirects are followed):
+//! registering a step is a way to make the server POST to any address it can reach, which
+//! is why registration needs a token on any non-loopback server.
+//!
 //! An **asynchronous** HTTP step (`"mode": "async"`) is POSTed the same, with a `report_url`;
 //! its 2xx answer only accepts the work, and the worker reports later by POSTing
 //! `{"outputs": {...}}` or `{"error": {"kind", "message", "retryable"}}` to that URL, which
-//! carries the attempt's completion token. The attempt waits for the report (under the
+//! carries the attempt's completion token and a random key of that attempt (the URL is the
+//! worker's only credential: reports need no bearer token). The attempt waits for the report (under the
 //! step's timeout, which covers the whole wait); a report for an attempt that is not waiting
 //! (stale, duplicate, or after the attempt timed out) is refused with 409 and changes
 //! nothing. If the server restarts meanwhile, the attempt is run again with the same token
@@ -100,28 +105,29 @@ pub struct ReportedError {
     pub retryable: bool,
 }
 
+/// An attempt waiting for its report: the secret its report URL carries, and where to hand
+/// the report.
+type Waiter = (
+    String,
+    tokio::sync::oneshot::Sender<Result<Value, StepError>>,
+);
+
 /// Attempts of asynchronous HTTP steps waiting for their report, by completion token.
 #[derive(Debug, Default)]
 pub(crate) struct Waiting {
-    by_token: std::sync::Mutex<
-        std::collections::HashMap<String, tokio::sync::oneshot::Sender<Result<Value, StepError>>>,
-    >,
+    by_token: std::sync::Mutex<std::collections::HashMap<String, Waiter>>,
 }
 
 impl Waiting {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, tokio::sync::oneshot::Sender<Result<Value, StepError>>>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Waiter>> {
         self.by_token
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Hands a report to the attempt waiting for it; `false` if none waits for `token`.
-    pub(crate) fn report(&self, token: &str, report: Report) -> Result<bool, String> {
+    /// Hands a report to the attempt waiting for it; `false` if none waits for `token`
+    /// with this `key` (the secret of its report URL).
+    pub(crate) fn report(&self, token: &str, key: &str, report: Report) -> Result<bool, String> {
         let result = match (report.outputs, report.error) {
             (Some(outputs), None) => Ok(Value::Object(outputs)),
             (None, Some(error)) if error.retryable => {
@@ -130,22 +136,37 @@ impl Waiting {
             (None, Some(error)) => Err(StepError::permanent(error.kind, error.message)),
             _ => return Err("a report holds either \"outputs\" or \"error\"".to_owned()),
         };
-        let Some(sender) = self.lock().remove(token) else {
+        let mut waiting = self.lock();
+        let Some((secret, _)) = waiting.get(token) else {
+            return Ok(false);
+        };
+        if !crate::api::same_secret(secret, key) {
+            return Ok(false);
+        }
+        let Some((_, sender)) = waiting.remove(token) else {
             return Ok(false);
         };
         Ok(sender.send(result).is_ok())
     }
 }
 
-/// Removes a waiting attempt's entry when the attempt ends (reported, timed out, aborted).
+/// Removes a waiting attempt's entry when the attempt ends (reported, timed out, aborted),
+/// unless a newer run of the same attempt registered since (its secret differs).
 struct Registration<'a> {
     waiting: &'a Waiting,
     token: String,
+    secret: String,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.waiting.lock().remove(&self.token);
+        let mut waiting = self.waiting.lock();
+        if waiting
+            .get(&self.token)
+            .is_some_and(|(secret, _)| *secret == self.secret)
+        {
+            waiting.remove(&self.token);
+        }
     }
 }
 
@@ -203,13 +224,17 @@ pub(crate) fn step(
                 Mode::Sync => call(&client, &url, &ctx, None).await,
                 Mode::Async => {
                     let token = ctx.completion_token();
+                    let secret = format!("{:032x}", rand::random::<u128>());
                     let (sender, receiver) = tokio::sync::oneshot::channel();
-                    waiting.lock().insert(token.clone(), sender);
+                    waiting
+                        .lock()
+                        .insert(token.clone(), (secret.clone(), sender));
                     let _registered = Registration {
                         waiting: &waiting,
                         token: token.clone(),
+                        secret: secret.clone(),
                     };
-                    let report_url = format!("{report_base}/{}", encode_token(&token));
+                    let report_url = format!("{report_base}/{}?key={secret}", encode_token(&token));
                     call(&client, &url, &ctx, Some(&report_url)).await?;
                     receiver.await.unwrap_or_else(|_| {
                         Err(StepError::retryable(
@@ -223,15 +248,44 @@ pub(crate) fn step(
     })
 }
 
-/// A completion token as one path segment (`/` becomes `~`; flow ids, item and attempt
-/// numbers have no `~`, and step names are refused with one at registration).
+/// A completion token as one path segment: its bytes in hex (a step name may hold any
+/// character a URL would need escaped).
 pub(crate) fn encode_token(token: &str) -> String {
-    token.replace('/', "~")
+    token.bytes().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// The completion token of a path segment.
-pub(crate) fn decode_token(segment: &str) -> String {
-    segment.replace('~', "/")
+/// The completion token of a path segment, if it is one [`encode_token`] made.
+pub(crate) fn decode_token(segment: &str) -> Option<String> {
+    if segment.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..segment.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(segment.get(at..at + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Largest answer read from a step's URL: what a result may hold.
+pub const MAX_RESPONSE_BYTES: usize = flowstate::core::limits::MAX_RESULT_BYTES;
+
+/// The answer's body, refused (permanently) past [`MAX_RESPONSE_BYTES`].
+async fn read_capped(mut response: reqwest::Response, url: &str) -> Result<String, StepError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| StepError::retryable("HttpTransport", error.to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(StepError::permanent(
+                "HttpTooLarge",
+                format!("{url} answered more than {MAX_RESPONSE_BYTES} bytes (MAX_RESPONSE_BYTES)"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn call(
@@ -261,10 +315,7 @@ async fn call(
         .await
         .map_err(|error| StepError::retryable("HttpTransport", error.to_string()))?;
     let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|error| StepError::retryable("HttpTransport", error.to_string()))?;
+    let text = read_capped(response, url).await?;
     let excerpt: String = text.chars().take(512).collect();
     if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
         return Err(StepError::retryable(

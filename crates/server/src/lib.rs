@@ -22,6 +22,9 @@ use std::time::Duration;
 pub use api::{router, ApiState, MAX_REQUEST_BYTES};
 pub use problem::Problem;
 
+/// Shortest bearer token accepted.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
 /// The default address: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7280";
 
@@ -49,6 +52,12 @@ pub enum ServerError {
     Unauthenticated {
         /// The address asked for.
         addr: SocketAddr,
+    },
+    /// A token too short to be a secret (an empty one would still count as configured).
+    #[error("a token of {length} bytes is too short; use at least {MIN_TOKEN_BYTES} (MIN_TOKEN_BYTES), for example 32 random hex digits")]
+    WeakToken {
+        /// Its length.
+        length: usize,
     },
     /// The engine could not be built.
     #[error(transparent)]
@@ -115,6 +124,11 @@ impl RunningServer {
 pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
     if config.tokens.is_empty() && !config.addr.ip().is_loopback() {
         return Err(ServerError::Unauthenticated { addr: config.addr });
+    }
+    if let Some(short) = config.tokens.iter().find(|t| t.len() < MIN_TOKEN_BYTES) {
+        return Err(ServerError::WeakToken {
+            length: short.len(),
+        });
     }
     let mut builder = flowstate::Engine::builder(config.store.clone());
     if config.examples {

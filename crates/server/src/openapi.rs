@@ -111,8 +111,9 @@ pub(crate) fn document() -> Value {
             },
             "/api/v1/work/{token}": {
                 "post": {
+                    "security": [],
                     "summary": "Report the outcome of an asynchronous HTTP step's attempt (the token is the report URL's last segment)",
-                    "parameters": [{ "name": "token", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "parameters": [{ "name": "token", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "key", "in": "query", "required": true, "schema": { "type": "string" }, "description": "The attempt's secret, part of the report URL it was given" }],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "outputs": { "type": "object" }, "error": { "type": "object", "required": ["kind"], "properties": { "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } } } } } } },
                     "responses": with_problems(json!({ "202": { "description": "Handed to the waiting attempt" } }))
                 }
@@ -140,7 +141,7 @@ pub(crate) fn document() -> Value {
                     "properties": {
                         "type": { "type": "string" }, "title": { "type": "string" },
                         "status": { "type": "integer" }, "detail": { "type": "string" },
-                        "code": { "enum": ["invalid_request", "not_found", "invalid_state", "unauthorized", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
+                        "code": { "enum": ["invalid_request", "not_found", "invalid_state", "unauthorized", "forbidden_host", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
                     }
                 },
                 "HttpStep": {

@@ -221,7 +221,30 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
         matches!(refused, ServerError::Unauthenticated { .. }),
         "{refused}"
     );
-    let (server, _dir) = start(vec!["s3cret".to_owned()]).await;
+    let weak = serve(ServerConfig {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        store: dir.path().join("weak.db").display().to_string(),
+        archive: None,
+        tokens: vec![String::new()],
+        examples: false,
+    })
+    .await
+    .expect_err("refused");
+    assert!(
+        matches!(weak, ServerError::WeakToken { length: 0 }),
+        "{weak}"
+    );
+    // Without tokens, a request for another host name (a DNS-rebinding page) is refused.
+    let (open, _open_dir) = start(Vec::new()).await;
+    let rebound = reqwest::Client::new()
+        .get(url(&open, "/api/v1/flows"))
+        .header("host", "evil.example:7280")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(rebound.status(), 403);
+    open.shutdown().await;
+    let (server, _dir) = start(vec!["s3cret-s3cret-s3cret".to_owned()]).await;
     let client = reqwest::Client::new();
     let none = client
         .get(url(&server, "/api/v1/flows"))
@@ -240,7 +263,7 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
     assert_eq!(wrong.status(), 401);
     let right = client
         .get(url(&server, "/api/v1/flows"))
-        .bearer_auth("s3cret")
+        .bearer_auth("s3cret-s3cret-s3cret")
         .send()
         .await
         .expect("get");
@@ -252,12 +275,12 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
 /// store is unchanged afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
-    let (server, _dir) = start(vec!["t0ken".to_owned()]).await;
+    let (server, _dir) = start(vec!["t0ken-t0ken-t0ken".to_owned()]).await;
     let client = reqwest::Client::new();
     // One real flow, finished, to check that nothing touches it.
     let id = client
         .post(url(&server, "/api/v1/flows"))
-        .bearer_auth("t0ken")
+        .bearer_auth("t0ken-t0ken-t0ken")
         .json(&json!({"kind": "task_graph", "name": "greet", "inputs": {}}))
         .send()
         .await
@@ -268,7 +291,7 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
     loop {
         let flow: Value = client
             .get(url(&server, &format!("/api/v1/flows/{id}")))
-            .bearer_auth("t0ken")
+            .bearer_auth("t0ken-t0ken-t0ken")
             .send()
             .await
             .expect("get")
@@ -284,7 +307,7 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
     let snapshot = || async {
         client
             .get(url(&server, "/api/v1/flows?limit=1000"))
-            .bearer_auth("t0ken")
+            .bearer_auth("t0ken-t0ken-t0ken")
             .send()
             .await
             .expect("list")
@@ -301,64 +324,67 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
         let request = match n % 20 {
             0 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .header("content-type", "application/json")
                 .body("{not json"),
-            1 => client.post(&flows).bearer_auth("t0ken").body("{}"),
+            1 => client
+                .post(&flows)
+                .bearer_auth("t0ken-t0ken-t0ken")
+                .body("{}"),
             2 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"kind": "rocket"})),
             3 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"kind": "plan", "goals": "not a list"})),
             4 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"kind": "plan", "goals": [format!("ghost{n}")]})),
             5 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"kind": "task_graph", "name": format!("nope{n}")})),
             6 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"kind": "function", "name": "nope"})),
             7 => client
                 .post(&flows)
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .header("content-type", "application/json")
                 .body(big.clone()),
             8 => client
                 .get(url(&server, &format!("/api/v1/flows/not-an-id-{n}")))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
             9 => client
                 .get(url(&server, &format!("/api/v1/flows/{unknown}")))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
             10 => client
                 .get(url(&server, &format!("/api/v1/flows/{id}?at=yesterday")))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
             11 => client
                 .get(url(&server, &format!("/api/v1/flows/{id}/events?limit=0")))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
             12 => client
                 .get(url(&server, "/api/v1/flows?kind=spaceship"))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
             13 => client
                 .get(url(&server, "/api/v1/flows?limit=5000"))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
             14 => client
                 .post(url(&server, &format!("/api/v1/flows/{id}/signals")))
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"name": "x"})),
             15 => client
                 .post(url(&server, &format!("/api/v1/flows/{unknown}/cancel")))
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({})),
             16 => client
                 .post(url(&server, &format!("/api/v1/flows/{id}/signals")))
-                .bearer_auth("t0ken")
+                .bearer_auth("t0ken-t0ken-t0ken")
                 .json(&json!({"name": ""})),
             17 => client.get(&flows).bearer_auth(format!("bad{n}")),
             18 => client
@@ -366,7 +392,7 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
                 .json(&json!({"kind": "task_graph", "name": "greet"})),
             _ => client
                 .get(url(&server, "/api/v1/nothing-here"))
-                .bearer_auth("t0ken"),
+                .bearer_auth("t0ken-t0ken-t0ken"),
         };
         let response = request.send().await.expect("send");
         let status = response.status().as_u16();
@@ -603,10 +629,23 @@ async fn async_http_steps_complete_by_report_and_duplicate_reports_are_refused()
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(inputs["parcel"], "p-7");
+    let token: String = format!("{id}/label/0/1")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert!(
-        report_url.ends_with(&format!("{id}~label~0~1")),
+        report_url.contains(&format!("/api/v1/work/{token}?key=")),
         "{report_url}"
     );
+    // A report with a wrong key is refused like one nobody waits for.
+    let (base, _) = report_url.split_once("?key=").expect("key");
+    let forged = client
+        .post(format!("{base}?key=00000000000000000000000000000000"))
+        .json(&json!({"outputs": {"label": "forged"}}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(forged.status(), 409);
     // The worker reports, once; a duplicate is refused.
     let report = json!({"outputs": {"label": "L-p-7"}});
     let first = client
