@@ -691,6 +691,22 @@ fn sse(receiver: tokio::sync::mpsc::Receiver<Value>) -> EventStream {
         .into_response()
 }
 
+/// Sends one stream message; false when the client went away or the server stops (a client
+/// that stopped reading must not keep the task, and the server's shutdown, waiting).
+async fn send_or_stop(
+    sender: &tokio::sync::mpsc::Sender<Value>,
+    data: Value,
+    stopped: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    if *stopped.borrow() {
+        return false;
+    }
+    tokio::select! {
+        sent = sender.send(data) => sent.is_ok(),
+        _ = stopped.changed() => false,
+    }
+}
+
 /// Waits for the next poll, or returns false when the server stops.
 async fn next_poll(stopped: &mut tokio::sync::watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -731,7 +747,7 @@ async fn flow_stream(
                             .map(|event| event.body.type_name())
                             .unwrap_or("undecodable");
                         let data = json!({ "flow": flow, "seq": raw.seq, "type": kind });
-                        if sender.send(data).await.is_err() {
+                        if !send_or_stop(&sender, data, &mut stopped).await {
                             return; // the client went away
                         }
                     }
@@ -772,7 +788,7 @@ async fn all_stream(State(state): State<ApiState>) -> EventStream {
                             "type": "changed",
                             "status": flow.status.key(),
                         });
-                        if sender.send(data).await.is_err() {
+                        if !send_or_stop(&sender, data, &mut stopped).await {
                             return;
                         }
                     }

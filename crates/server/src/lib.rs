@@ -101,11 +101,17 @@ impl RunningServer {
     /// Stops accepting requests, lets the worker finish or release its flows, and closes
     /// the store.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        // The worker first: while its runs finish (within its grace), the API stays up, so
+        // that asynchronous steps can still report.
         self.engine.shutdown_handle().shutdown();
-        let _ = self.http.await;
         if let Ok(Err(error)) = self.worker.await {
             tracing::warn!(%error, "the worker stopped with an error");
+        }
+        let _ = self.stop.send(true);
+        let mut http = self.http;
+        if tokio::time::timeout(HTTP_DRAIN, &mut http).await.is_err() {
+            tracing::warn!("requests still open after {HTTP_DRAIN:?}; closing them");
+            http.abort();
         }
         if let Err(error) = self.engine.store().close().await {
             tracing::warn!(%error, "closing the store failed");
@@ -202,6 +208,9 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// Longest the HTTP server may take to finish open requests at shutdown.
+pub const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often the event streams look for new events (they also wake on the store's
 /// wake-ups).
