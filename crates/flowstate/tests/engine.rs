@@ -66,6 +66,25 @@ async fn an_unknown_store_scheme_is_refused_with_the_accepted_forms() {
     assert!(refused.to_string().contains("postgres://"), "{refused}");
 }
 
+/// The outcome of a durable function, once it has one (at most 30 s).
+async fn outcome_within_30s(
+    functions: &flowstate::durable::Functions,
+    flow: flowstate::FlowId,
+) -> Result<String, flowstate::durable::FunctionError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(outcome) = functions.outcome::<String>(flow).await.expect("read") {
+            return outcome;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not done in 30 s: {:?}",
+            functions.state(flow).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn shipping_quote(
     ctx: flowstate::durable::Ctx,
     weight: u32,
@@ -119,18 +138,7 @@ async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
     let parent = functions.start("checkout", 4).await.expect("start");
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let outcome = loop {
-        if let Some(outcome) = functions.outcome::<String>(parent).await.expect("read") {
-            break outcome;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not done in 30 s: {:?}",
-            functions.state(parent).await
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let outcome = outcome_within_30s(functions, parent).await;
     assert_eq!(outcome, Ok("12 \"hello\" Declined".to_owned()));
     assert_eq!(
         functions.state(parent).await.expect("state").0,
@@ -302,18 +310,7 @@ async fn a_durable_function_starts_and_joins_child_plans() {
     let parent = functions.start("fulfil", 9).await.expect("start");
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let outcome = loop {
-        if let Some(outcome) = functions.outcome::<String>(parent).await.expect("read") {
-            break outcome;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not done in 30 s: {:?}",
-            functions.state(parent).await
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let outcome = outcome_within_30s(functions, parent).await;
     assert_eq!(
         outcome,
         Ok("\"label for parcel-9\" PlanFailed PlanningFailed".to_owned())

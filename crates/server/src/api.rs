@@ -508,6 +508,15 @@ struct EventParams {
     limit: Option<usize>,
 }
 
+/// 404 unless the live store has `flow`.
+async fn require_flow(state: &ApiState, flow: FlowId) -> Result<(), Problem> {
+    match state.inner.engine.store().flow(flow).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Problem::not_found(format!("flow {flow} does not exist"))),
+        Err(error) => Err(store_problem(&error)),
+    }
+}
+
 fn event_json(event: &Event) -> Value {
     json!({
         "seq": event.seq,
@@ -529,16 +538,11 @@ async fn flow_events(
             "limit must be 1 to {MAX_EVENTS_PER_REQUEST} (MAX_EVENTS_PER_REQUEST)"
         )));
     }
-    let store = state.inner.engine.store();
-    if store
-        .flow(flow)
-        .await
-        .map_err(|error| store_problem(&error))?
-        .is_none()
-    {
-        return Err(Problem::not_found(format!("flow {flow} does not exist")));
-    }
-    let raw = store
+    require_flow(&state, flow).await?;
+    let raw = state
+        .inner
+        .engine
+        .store()
         .read(flow, params.after.saturating_add(1), limit)
         .await
         .map_err(|error| store_problem(&error))?;
@@ -722,17 +726,7 @@ async fn flow_stream(
     ApiQuery(params): ApiQuery<EventParams>,
 ) -> Result<EventStream, Problem> {
     let flow = flow_id(&id)?;
-    if state
-        .inner
-        .engine
-        .store()
-        .flow(flow)
-        .await
-        .map_err(|error| store_problem(&error))?
-        .is_none()
-    {
-        return Err(Problem::not_found(format!("flow {flow} does not exist")));
-    }
+    require_flow(&state, flow).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     let mut stopped = state.inner.stopped.clone();
     let store = state.inner.engine.store().clone();
