@@ -5,7 +5,8 @@
 //!   the inputs), planned again and again: the median and p99 of one `Catalog::plan`.
 //! - **W1 as a plan**: flows of 10 chained steps (each reads the previous step's output),
 //!   every transition durable on SQLite (`synchronous=FULL`): one flow at a time, and 256
-//!   flows at once. Each flow is started (planned and recorded) and run in this process.
+//!   flows at once. Each flow is planned, recorded and run in this process
+//!   (`Plans::execute`, the plan counterpart of the task graph benchmark's `Engine::start`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -182,11 +183,10 @@ fn w1_engine(store: Arc<dyn Store>, steps: usize) -> Plans {
 async fn w1_once(plans: &Plans, steps: usize) -> u64 {
     let began = Instant::now();
     let goal = format!("v{}", steps - 1);
-    let flow = plans
-        .start(PlanRequest::new([goal]).input("x", json!(0)))
+    match plans
+        .execute(PlanRequest::new([goal]).input("x", json!(0)))
         .await
-        .unwrap_or_else(|error| fail(error));
-    match plans.run(flow).await {
+    {
         Ok(record) if record.status == FlowStatus::Plan(PlanState::Deactivated) => {}
         other => fail(format!("flow did not complete: {other:?}")),
     }

@@ -10,7 +10,7 @@
 //! runs again with the same attempt number, so with the same token and idempotency key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -135,10 +135,21 @@ pub enum PlanEngineError {
     },
 }
 
+/// Most plans [`Plans`] keeps computed (by goals, input names and choices); when full, it
+/// starts again empty.
+pub const PLAN_CACHE_ENTRIES: usize = 256;
+
+/// What a plan depends on besides the registry: the goals, the names of the inputs (never
+/// their values) and the choices.
+type PlanKey = (Vec<String>, Vec<String>, BTreeMap<String, String>);
+
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     registry: RwLock<Registry>,
+    /// Plans computed for the registry as it is: cleared by every (un)registration, under
+    /// the registry's write lock, so a plan computed under its read lock is never stale.
+    plans: Mutex<HashMap<PlanKey, ExecutionPlan>>,
 }
 
 /// The plan engine. Cheap to clone.
@@ -161,6 +172,7 @@ impl Plans {
                 store,
                 clock,
                 registry: RwLock::new(Registry::default()),
+                plans: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -175,21 +187,34 @@ impl Plans {
     /// Registers a step (a new name, or a new version of one). New flows are planned with
     /// the newest version of each step; running flows keep theirs.
     pub fn register(&self, step: Step) -> Result<(), RegistrationError> {
-        self.inner
+        let mut registry = self
+            .inner
             .registry
             .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forget_plans();
+        registry.register(step)
+    }
+
+    /// Empties the plan cache; called with the registry's write lock held.
+    fn forget_plans(&self) {
+        self.inner
+            .plans
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .register(step)
+            .clear();
     }
 
     /// Removes `name` from the steps new flows are planned from; running flows that use it
     /// keep its code. Returns whether it was there.
     pub fn unregister(&self, name: &str) -> bool {
-        self.inner
+        let mut registry = self
+            .inner
             .registry
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .unregister(name)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forget_plans();
+        registry.unregister(name)
     }
 
     /// The newest version registered for `name` (also one removed from the catalog).
@@ -206,9 +231,30 @@ impl Plans {
 
     /// The plan a request would run, without starting anything.
     pub fn preview(&self, request: &PlanRequest) -> Result<ExecutionPlan, PlanningError> {
-        self.registry()
+        let registry = self.registry();
+        let mut input_names: Vec<String> = request.inputs.keys().cloned().collect();
+        input_names.sort_unstable();
+        let key: PlanKey = (request.goals.clone(), input_names, request.choices.clone());
+        let plans = || {
+            self.inner
+                .plans
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(plan) = plans().get(&key) {
+            return Ok(plan.clone());
+        }
+        // Planned under the registry's read lock, so no (un)registration can come between
+        // the planning and the caching.
+        let plan = registry
             .catalog
-            .plan(&request.goals, &request.inputs, &request.choices)
+            .plan(&request.goals, &request.inputs, &request.choices)?;
+        let mut plans = plans();
+        if plans.len() >= PLAN_CACHE_ENTRIES {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+        Ok(plan)
     }
 
     /// Plans and records a new flow, ready for whichever worker claims it. Refused, with
@@ -224,11 +270,36 @@ impl Plans {
         self.record(request, false).await
     }
 
+    /// Plans a flow, records it and runs it in this process, the way
+    /// `taskgraph::Engine::start` does: the flow's creation and plan are committed with its
+    /// first decisions (one append, no read back). Returns the state the run left, as
+    /// [`Plans::run`] does. Like [`Plans::create`], the flow is not offered to workers: after
+    /// a crash it continues when [`Plans::run`] is called for it. Nothing is recorded when
+    /// the goals cannot be planned.
+    pub async fn execute(&self, request: PlanRequest) -> Result<FlowRecord, PlanEngineError> {
+        let writer = self.new_flow(request)?;
+        self.run_writer(writer).await
+    }
+
     async fn record(&self, request: PlanRequest, ready: bool) -> Result<FlowId, PlanEngineError> {
+        let mut writer = self.new_flow(request)?;
+        writer
+            .commit(
+                &*self.inner.store,
+                AppendExtras {
+                    ready: Some(ready),
+                    timers: Vec::new(),
+                },
+            )
+            .await?;
+        Ok(writer.flow())
+    }
+
+    /// A writer for a new flow with its creation and plan staged (not yet recorded).
+    fn new_flow(&self, request: PlanRequest) -> Result<FlowWriter, PlanEngineError> {
         let plan = self.preview(&request)?;
         let clock = &*self.inner.clock;
-        let flow = FlowId::from_parts(clock.now(), rand::random());
-        let mut writer = FlowWriter::new(flow);
+        let mut writer = FlowWriter::new(FlowId::from_parts(clock.now(), rand::random()));
         let created = EventBody::FlowCreated {
             kind: FlowKind::Plan,
             definition: if request.name.is_empty() {
@@ -238,18 +309,8 @@ impl Plans {
             },
             input: serde_json::Value::Object(request.inputs),
         };
-        writer
-            .append_with(
-                &*self.inner.store,
-                clock,
-                vec![created, EventBody::PlanStarted { plan }],
-                AppendExtras {
-                    ready: Some(ready),
-                    timers: Vec::new(),
-                },
-            )
-            .await?;
-        Ok(flow)
+        writer.stage(clock, vec![created, EventBody::PlanStarted { plan }])?;
+        Ok(writer)
     }
 
     /// The flow's state as of a sequence number or a time (time travel).
@@ -269,9 +330,15 @@ impl Plans {
     /// flow never both record: the log's sequence check refuses the second; but both may
     /// run an attempt, which is why attempts get idempotency keys.)
     pub async fn run(&self, flow: FlowId) -> Result<FlowRecord, PlanEngineError> {
+        let writer = FlowWriter::load(&*self.inner.store, flow).await?;
+        self.run_writer(writer).await
+    }
+
+    /// [`Plans::run`] on a loaded (or new, staged) writer.
+    async fn run_writer(&self, mut writer: FlowWriter) -> Result<FlowRecord, PlanEngineError> {
         let store = &*self.inner.store;
         let clock = &*self.inner.clock;
-        let mut writer = FlowWriter::load(store, flow).await?;
+        let flow = writer.flow();
         let record = writer
             .record()
             .ok_or(PlanEngineError::UnknownFlow { flow })?;
@@ -345,7 +412,7 @@ impl Plans {
                         )
                         .await?;
                 }
-                return Ok(record.clone());
+                return Ok(writer.into_record()?);
             }
             // Wait for the next retry only if it is still to come: one already due that the
             // runtime did not start waits for a free slot, that is for an attempt to end.

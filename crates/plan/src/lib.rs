@@ -22,7 +22,10 @@ mod registry;
 pub mod runtime;
 mod step;
 
-pub use engine::{outcome, PlanEngineError, PlanRequest, Plans, MAX_DECISION_BATCHES, RETRY_TIMER};
+pub use engine::{
+    outcome, PlanEngineError, PlanRequest, Plans, MAX_DECISION_BATCHES, PLAN_CACHE_ENTRIES,
+    RETRY_TIMER,
+};
 pub use planner::{Catalog, PlanningError, MAX_GOALS};
 pub use registry::{RegistrationError, MAX_STEP_ATTRIBUTES};
 pub use step::{Body, Compensation, Step, StepContext, StepError, StepFuture, StepResult};

@@ -12,7 +12,8 @@
 //!    terminal flow, pending and waiting items are abandoned. Items start (and retries whose
 //!    time came) up to the step's parallelism, only while the flow is active.
 //! 2. **Pending steps start** when their inputs are there: the predicate decides between
-//!    started and skipped; a required input that can no longer be produced fails the step
+//!    started and skipped (a started step's first items start with it, up to its
+//!    parallelism); a required input that can no longer be produced fails the step
 //!    ("unreachable"), which cascades round by round.
 //! 3. **Goals:** all met completes the flow; a goal step failed or skipped, or a goal
 //!    attribute whose provider failed, fails it.
@@ -100,44 +101,60 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
         .count();
     let mut budget = MAX_ACTIVE_WORK_PER_FLOW.saturating_sub(running);
     let mut set_now = std::collections::BTreeSet::new();
-    for (name, step) in &plan_record.steps {
+    for (name, step, spec) in steps_with_specs(plan_record, plan) {
         if step.state == StepState::Failed {
             // A failed step's waiting work never runs (an item may have failed for good or
             // been scheduled for a retry after its step failed).
             abandon_waiting(name, step, "its step failed", &mut events);
         }
         if step.state == StepState::Active {
-            if let Some(spec) = plan.steps.get(name) {
-                let settle = Settle {
-                    name,
-                    spec,
-                    step,
-                    plan_record,
-                    active,
-                    now,
-                };
-                settle.decide(&mut budget, &mut set_now, &mut events);
-            }
+            let settle = Settle {
+                name,
+                spec,
+                step,
+                plan_record,
+                active,
+                now,
+            };
+            settle.decide(&mut budget, &mut set_now, &mut events);
         }
     }
     if !events.is_empty() {
         return events;
     }
     if active {
-        for (name, step) in &plan_record.steps {
+        for (name, step, spec) in steps_with_specs(plan_record, plan) {
             if step.state != StepState::Pending {
                 continue;
             }
-            let Some(spec) = plan.steps.get(name) else {
-                continue;
-            };
             match readiness(spec, plan_record, plan) {
                 Readiness::Wait => {}
                 Readiness::Unreachable(failure) => events.push(EventBody::StepFailed {
                     step: name.clone(),
                     failure,
                 }),
-                Readiness::Ready(inputs) => events.push(start_step(spec, inputs)),
+                Readiness::Ready(inputs) => {
+                    let started = start_step(spec, inputs);
+                    let items = match &started {
+                        EventBody::StepStarted { items, .. } => *items,
+                        _ => 0,
+                    };
+                    events.push(started);
+                    // Its first items start in the same batch: exactly what the next call
+                    // would decide for a step whose items are all pending (see `Settle`),
+                    // one rescan of every step less per step started.
+                    let first = (spec.parallelism.max(1) as usize)
+                        .min(items as usize)
+                        .min(budget);
+                    budget -= first;
+                    for item in (0_u32..).take(first) {
+                        events.push(EventBody::WorkStarted {
+                            step: name.clone(),
+                            item,
+                            attempt: 1,
+                        });
+                    }
+                }
             }
         }
         if !events.is_empty() {
@@ -168,6 +185,23 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
         });
     }
     events
+}
+
+/// The plan's steps with their records and specs, in name order. The fold makes one record
+/// per step of the plan at `plan_started` (and refuses a spec stored under another name), so
+/// the two maps have the same keys: walking them side by side spares a lookup per step in
+/// every decision batch. Were the keys ever to differ (a record not made by the fold), pairs
+/// whose names differ are left out: never a step decided with another step's spec.
+fn steps_with_specs<'a>(
+    plan_record: &'a PlanRecord,
+    plan: &'a flowstate_core::ExecutionPlan,
+) -> impl Iterator<Item = (&'a String, &'a StepRecord, &'a StepSpec)> {
+    plan_record
+        .steps
+        .iter()
+        .zip(plan.steps.values())
+        .filter(|((name, _), spec)| **name == spec.name)
+        .map(|((name, step), spec)| (name, step, spec))
 }
 
 /// One active step and what its decisions depend on.

@@ -243,6 +243,11 @@ impl FlowWriter {
         self.folder.record()
     }
 
+    /// Its state including staged events, taking the writer (no copy of the state).
+    pub fn into_record(self) -> Result<FlowRecord, FoldError> {
+        self.folder.finish()
+    }
+
     /// The log's next sequence number as this writer last saw it durable (staged events not
     /// counted): where its next commit goes.
     #[must_use]
