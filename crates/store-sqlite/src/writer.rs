@@ -167,9 +167,58 @@ fn hold<T: Send + 'static>(
     (deliver, failed)
 }
 
+/// Most flows whose index rows [`FlowRows`] keeps; when full it starts again empty.
+pub const MAX_CACHED_FLOW_ROWS: usize = 4096;
+
+/// The index rows (`find_flow`'s answers) of the flows this connection appended to last, so
+/// that the next append to one of them needs no lookup (it is most of an append's reads).
+/// Valid only while the file holds what this connection committed: emptied when another
+/// connection has committed since (SQLite's `data_version` changed), when a group rolls
+/// back, and per flow when its log is compacted or deleted.
+#[derive(Default)]
+struct FlowRows {
+    /// `PRAGMA data_version` when the rows were last known valid.
+    data_version: Option<i64>,
+    rows: std::collections::HashMap<FlowId, FlowRow>,
+}
+
+impl FlowRows {
+    /// At the start of a group (the write lock held): forgets everything if another
+    /// connection has committed since the last group.
+    fn check(&mut self, conn: &Connection) -> Result<(), rusqlite::Error> {
+        let version: i64 = conn.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.data_version != Some(version) {
+            self.rows.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn forget_all(&mut self) {
+        self.rows.clear();
+        self.data_version = None;
+    }
+
+    fn remember(&mut self, flow: FlowId, row: FlowRow) {
+        if self.rows.len() >= MAX_CACHED_FLOW_ROWS && !self.rows.contains_key(&flow) {
+            self.rows.clear();
+        }
+        self.rows.insert(flow, row);
+    }
+
+    /// The flow's row, from memory or from the file.
+    fn find(&self, conn: &Connection, flow: FlowId) -> Result<Option<FlowRow>, OpError> {
+        match self.rows.get(&flow) {
+            Some(row) => Ok(Some(row.clone())),
+            None => find_flow(conn, flow),
+        }
+    }
+}
+
 /// Runs until every sender is gone or a Close command is processed.
 pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<Command>) {
     let mut poisoned: Option<String> = None;
+    let mut rows = FlowRows::default();
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -179,7 +228,7 @@ pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        if commit_group(&mut conn, &mut batch, &mut poisoned) {
+        if commit_group(&mut conn, &mut batch, &mut poisoned, &mut rows) {
             break;
         }
     }
@@ -199,6 +248,7 @@ fn commit_group(
     conn: &mut Connection,
     batch: &mut Vec<Command>,
     poisoned: &mut Option<String>,
+    rows: &mut FlowRows,
 ) -> bool {
     let mut closing = false;
     if let Some(cause) = poisoned.as_ref() {
@@ -219,14 +269,14 @@ fn commit_group(
         return closing;
     }
     let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
-    let mut failed: Option<rusqlite::Error> = None;
+    let mut failed: Option<rusqlite::Error> = rows.check(conn).err();
     for command in batch.drain(..) {
         if let Some(error) = &failed {
             // The transaction is lost; answer the rest without running them.
             closing |= refuse(command, io(error));
             continue;
         }
-        let (deliver, outcome) = execute(conn, command, &mut closing);
+        let (deliver, outcome) = execute(conn, command, &mut closing, rows);
         delivers.push(deliver);
         if let Some(error) = outcome {
             failed = Some(error);
@@ -240,6 +290,7 @@ fn commit_group(
         Ok(()) => delivers.into_iter().for_each(|deliver| deliver(None)),
         Err(error) => {
             let _rolled_back = conn.execute_batch("ROLLBACK");
+            rows.forget_all();
             if is_fatal(&error) {
                 let cause = error.to_string();
                 tracing::error!(%cause, "a write failed with an I/O error; the store stops writing");
@@ -283,19 +334,23 @@ fn execute(
     conn: &Connection,
     command: Command,
     closing: &mut bool,
+    rows: &mut FlowRows,
 ) -> (Deliver, Option<rusqlite::Error>) {
     match command {
-        Command::Append { batch, now, reply } => hold(reply, append(conn, batch, now)),
+        Command::Append { batch, now, reply } => hold(reply, append(conn, batch, now, rows)),
         Command::Compact {
             flow,
             expected_next_seq,
             events,
             status,
             reply,
-        } => hold(
-            reply,
-            compact(conn, flow, expected_next_seq, &events, status),
-        ),
+        } => {
+            rows.rows.remove(&flow);
+            hold(
+                reply,
+                compact(conn, flow, expected_next_seq, &events, status),
+            )
+        }
         Command::MarkReady { flow, now, reply } => hold(reply, mark_ready(conn, flow, now)),
         Command::Claim {
             worker,
@@ -334,7 +389,10 @@ fn execute(
             reply,
         } => hold(reply, complete_timer(conn, &worker, &timer)),
         Command::FireTimers { limit, now, reply } => hold(reply, fire_timers(conn, limit, now)),
-        Command::DeleteFlow { flow, reply } => hold(reply, delete_flow(conn, flow)),
+        Command::DeleteFlow { flow, reply } => {
+            rows.rows.remove(&flow);
+            hold(reply, delete_flow(conn, flow))
+        }
         Command::Close { reply } => {
             *closing = true;
             hold(reply, Ok(()))
@@ -347,6 +405,7 @@ fn seq_param(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+#[derive(Clone)]
 struct FlowRow {
     flow_no: i64,
     next_seq: u64,
@@ -383,8 +442,13 @@ fn flow_no(conn: &Connection, flow: FlowId) -> Result<Option<i64>, OpError> {
         .optional()?)
 }
 
-fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<AppendOutcome, OpError> {
-    let existing = find_flow(conn, batch.flow)?;
+fn append(
+    conn: &Connection,
+    batch: AppendBatch,
+    now: Timestamp,
+    rows: &mut FlowRows,
+) -> Result<AppendOutcome, OpError> {
+    let existing = rows.find(conn, batch.flow)?;
     let actual = existing.as_ref().map_or(1, |row| row.next_seq);
     if actual != batch.expected_next_seq {
         if existing.is_none() {
@@ -457,6 +521,15 @@ fn append(conn: &Connection, batch: AppendBatch, now: Timestamp) -> Result<Appen
     for timer in &batch.timers {
         upsert_timer(conn, flow_no, timer)?;
     }
+    rows.remember(
+        batch.flow,
+        FlowRow {
+            flow_no,
+            next_seq,
+            kind,
+            last_event,
+        },
+    );
     Ok(AppendOutcome {
         first_seq: actual,
         next_seq,
@@ -861,7 +934,12 @@ mod tests {
             reply,
         }];
         let mut poisoned = Some("disk I/O error".to_owned());
-        assert!(!commit_group(&mut conn, &mut batch, &mut poisoned));
+        assert!(!commit_group(
+            &mut conn,
+            &mut batch,
+            &mut poisoned,
+            &mut FlowRows::default()
+        ));
         let refused = outcome.try_recv().expect("answered");
         assert!(
             matches!(&refused, Err(StoreError::Poisoned { cause }) if cause == "disk I/O error"),
