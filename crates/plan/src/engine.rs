@@ -365,7 +365,10 @@ impl Plans {
             let mut batches = 0;
             loop {
                 let record = writer.record().ok_or(FoldError::EmptyLog)?;
-                let mut events = runtime::next_events(record, clock.now());
+                let runtime::Decision {
+                    mut events,
+                    settled,
+                } = runtime::decide(record, clock.now());
                 if events.is_empty() {
                     break;
                 }
@@ -385,6 +388,9 @@ impl Plans {
                         writer.commit(store, AppendExtras::default()).await?;
                         staged = 0;
                     }
+                }
+                if settled {
+                    break;
                 }
             }
             writer.commit(store, AppendExtras::default()).await?;

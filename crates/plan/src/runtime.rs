@@ -85,11 +85,39 @@ fn parts(record: &FlowRecord) -> Option<(PlanState, &PlanRecord, &flowstate_core
 /// follows until an attempt reports or time passes.
 #[must_use]
 pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
+    decide(record, now).events
+}
+
+/// A batch of decisions, and whether it is the last until an attempt reports or time passes.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct Decision {
+    /// What to record (empty: nothing follows now).
+    pub events: Vec<EventBody>,
+    /// Once `events` are folded in, [`next_events`] would return nothing: the caller may
+    /// stop asking. (`false` only means "ask again".)
+    pub settled: bool,
+}
+
+impl Decision {
+    fn more(events: Vec<EventBody>) -> Self {
+        let settled = events.is_empty();
+        Self { events, settled }
+    }
+}
+
+/// [`next_events`], telling also whether the batch settles the flow for now. A batch that
+/// only starts steps (each with at least one item) and items, while the goals are still
+/// pending, does: starting changes no attribute and no step's outcome, so no other step
+/// becomes ready or unreachable and the goals stay pending; and the started steps' items
+/// were started up to their parallelism and the flow's budget already. One call less per
+/// step of a linear plan (the seeded simulation checks the claim on every batch).
+pub fn decide(record: &FlowRecord, now: Timestamp) -> Decision {
     let Some((state, plan_record, plan)) = parts(record) else {
-        return Vec::new();
+        return Decision::more(Vec::new());
     };
     if matches!(state, PlanState::Deactivated | PlanState::Archived) {
-        return Vec::new();
+        return Decision::more(Vec::new());
     }
     let active = state == PlanState::Active;
     let mut events = Vec::new();
@@ -120,7 +148,7 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
         }
     }
     if !events.is_empty() {
-        return events;
+        return Decision::more(events);
     }
     if active {
         for (name, step, spec) in steps_with_specs(plan_record, plan) {
@@ -157,10 +185,16 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
                 }
             }
         }
+        let goals = goals(plan_record, plan);
         if !events.is_empty() {
-            return events;
+            let only_starts = events.iter().all(|event| {
+                matches!(event, EventBody::StepStarted { items, .. } if *items > 0)
+                    || matches!(event, EventBody::WorkStarted { .. })
+            });
+            let settled = only_starts && matches!(goals, Goals::Pending);
+            return Decision { events, settled };
         }
-        match goals(plan_record, plan) {
+        match goals {
             Goals::Met => events.push(EventBody::PlanStateChanged {
                 to: PlanState::Completed,
                 reason: None,
@@ -171,11 +205,11 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
             }),
             Goals::Pending => {}
         }
-        return events;
+        return Decision::more(events);
     }
     if state == PlanState::Failed {
         if let Some(event) = compensate(plan_record, plan, now) {
-            return vec![event];
+            return Decision::more(vec![event]);
         }
     }
     if plan_record.first_in_flight().is_none() && !owes_compensation(state, plan_record, plan) {
@@ -184,7 +218,7 @@ pub fn next_events(record: &FlowRecord, now: Timestamp) -> Vec<EventBody> {
             reason: None,
         });
     }
-    events
+    Decision::more(events)
 }
 
 /// The plan's steps with their records and specs, in name order. The fold makes one record

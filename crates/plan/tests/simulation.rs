@@ -9,7 +9,8 @@
 //! Checked for every seed: the flow deactivates; it is completed exactly when the model says
 //! every goal is produced; no step or attempt starts after it is terminal (the fold refuses
 //! those); a failed flow compensates every succeeded compensable item, in reverse order of
-//! success; no attempt runs twice. `FLOWSTATE_SIM_SEED=N` replays one seed.
+//! success; no attempt runs twice; a batch the runtime calls settled is followed by nothing.
+//! `FLOWSTATE_SIM_SEED=N` replays one seed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -216,8 +217,19 @@ fn simulate(seed: u64) {
     let mut terminal_seen = false;
     let mut compensations: Vec<(u64, String)> = Vec::new();
     for _round in 0..10_000 {
+        let mut settled = false;
         loop {
-            let events = runtime::next_events(record(&folder), now);
+            let decision = runtime::decide(record(&folder), now);
+            if settled {
+                // The batch before said nothing would follow it.
+                assert!(
+                    decision.events.is_empty(),
+                    "seed {seed}: a settled batch was followed by {:?}",
+                    decision.events
+                );
+            }
+            settled = decision.settled;
+            let events = decision.events;
             if events.is_empty() {
                 break;
             }
