@@ -384,7 +384,9 @@ pub enum EventBody {
         child: FlowId,
     },
     /// Someone asked a durable function to stop: it stops at its next effect (a step in
-    /// flight finishes first) and is done with a `Cancelled` failure.
+    /// flight finishes first) and is done with a `Cancelled` failure. In a task graph (not
+    /// finished): no new atom starts, running atoms finish, and everything done is reverted
+    /// (the flow ends REVERTED, or FAILURE if a revert fails).
     CancelRequested {
         /// Why, as the one who cancelled said.
         #[serde(default)]

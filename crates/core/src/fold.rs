@@ -202,6 +202,10 @@ pub struct FlowRecord {
     /// A plan's steps, work items and attributes with provenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanRecord>,
+    /// A task graph someone asked to cancel (`cancel_requested`, the first request's reason):
+    /// its engine reverts it. Cleared when the flow runs again after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested: Option<String>,
 }
 
 /// The first sequence number of a log that was never compacted.
@@ -363,6 +367,15 @@ pub enum FoldError {
         /// The requested state.
         to: &'static str,
     },
+    /// A task graph asked to cancel after it finished (SUCCESS, FAILURE or REVERTED): there
+    /// is nothing left to stop.
+    #[error("event {seq} requests the cancellation of a task graph that is {state}")]
+    CancelWhenFinished {
+        /// The event's position.
+        seq: u64,
+        /// The flow's state, as the spec names it.
+        state: &'static str,
+    },
 }
 
 /// Applies events one by one; see the module docs.
@@ -456,6 +469,7 @@ impl Folder {
                 function: (*kind == FlowKind::Function).then(FunctionRecord::default),
                 parent: None,
                 plan: (*kind == FlowKind::Plan).then(PlanRecord::default),
+                cancel_requested: None,
             });
             return Ok(());
         };
@@ -469,7 +483,30 @@ impl Folder {
             (EventBody::FlowCreated { .. }, _) => return Err(FoldError::CreatedTwice { seq }),
             (EventBody::ChildOf { parent }, _) => record.parent = Some(*parent),
             (EventBody::FlowStateChanged { to }, FlowStatus::TaskGraph(state)) => {
+                let finished = matches!(
+                    state,
+                    FlowState::Success | FlowState::Failure | FlowState::Reverted
+                );
                 advance(seq, state, *to)?;
+                if finished {
+                    // A finished flow that runs again starts without the old request.
+                    record.cancel_requested = None;
+                }
+            }
+            (EventBody::CancelRequested { reason }, FlowStatus::TaskGraph(state)) => {
+                if matches!(
+                    state,
+                    FlowState::Success | FlowState::Failure | FlowState::Reverted
+                ) {
+                    return Err(FoldError::CancelWhenFinished {
+                        seq,
+                        state: state.label(),
+                    });
+                }
+                // Asked twice: the first reason stands.
+                record
+                    .cancel_requested
+                    .get_or_insert_with(|| reason.clone());
             }
             (EventBody::PlanStateChanged { to, reason }, FlowStatus::Plan(state)) => {
                 let mut next = *state;

@@ -505,6 +505,68 @@ impl Plans {
             })
             .collect()
     }
+
+    /// Cancels the plan `flow`, from any process: an active plan becomes failed with the
+    /// reason `cancelled: REASON` (a `Cancelled` failure; the lifecycle allows active →
+    /// failed), and is marked ready, so that whichever worker runs it goes on as for any
+    /// failed plan: nothing new starts, work in flight is recorded when it ends, succeeded
+    /// compensable work is compensated, and the plan deactivates. A run in progress
+    /// elsewhere meets the cancellation as a conflict on its next append and runs again from
+    /// the log (see [`FlowRunner`]).
+    ///
+    /// Returns [`flowstate_core::Transition::Ignored`] (nothing recorded) for a plan that
+    /// has failed already (failed → failed is a no-op by the table). A completed,
+    /// deactivated or archived plan is refused with the table's error
+    /// ([`PlanEngineError::Write`] of a [`FoldError::Transition`]), and nothing is recorded.
+    pub async fn cancel(
+        &self,
+        flow: FlowId,
+        reason: &str,
+    ) -> Result<flowstate_core::Transition, PlanEngineError> {
+        use flowstate_core::{Machine, Transition};
+        let ignored = std::sync::atomic::AtomicBool::new(false);
+        let message = if reason.is_empty() {
+            "cancelled".to_owned()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        flowstate_store::deliver(
+            &*self.inner.store,
+            &*self.inner.clock,
+            flow,
+            |record| -> Result<Option<EventBody>, PlanEngineError> {
+                let FlowStatus::Plan(state) = record.status else {
+                    return Err(PlanEngineError::NotAPlan {
+                        flow,
+                        kind: record.kind,
+                    });
+                };
+                let transition =
+                    PlanState::transition(state, PlanState::Failed).map_err(|source| {
+                        PlanEngineError::Write(WriteError::Refused(FoldError::Transition {
+                            seq: record.last_seq + 1,
+                            source,
+                        }))
+                    })?;
+                ignored.store(
+                    transition == Transition::Ignored,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                Ok(
+                    (transition == Transition::Allowed).then(|| EventBody::PlanStateChanged {
+                        to: PlanState::Failed,
+                        reason: Some(Failure::new("Cancelled", message.clone())),
+                    }),
+                )
+            },
+        )
+        .await?;
+        Ok(if ignored.load(std::sync::atomic::Ordering::Relaxed) {
+            Transition::Ignored
+        } else {
+            Transition::Allowed
+        })
+    }
 }
 
 /// How a terminal plan ended, as a parent sees it: an object of its goals' attributes (a

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowstate::core::fold::{fold, StopAt};
-use flowstate::core::{Event, FlowId, FlowKind, Timestamp};
+use flowstate::core::{Event, FlowId, FlowKind, Timestamp, Transition};
 use flowstate::plan::{PlanEngineError, PlanRequest};
 use flowstate::store::{FlowQuery, FlowSummary, StoreError};
 use flowstate::Engine;
@@ -35,8 +35,20 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Most events one `GET …/events` returns.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1_000;
 
-/// Most flows the all-flows stream watches (the newest pages are not followed beyond).
+/// Most flows the all-flows stream watches for changes: the newest ones (by id, that is by
+/// creation time), plus every flow created while it runs (the window slides forward).
 pub const MAX_WATCHED_FLOWS: usize = 1_000;
+
+/// Most flows one poll of the all-flows stream reads; after a burst of more new flows than
+/// this it looks for the newest ones again instead of reading its way through the burst.
+pub const MAX_STREAM_READ: usize = 4 * MAX_WATCHED_FLOWS;
+
+// The window is found with listings of `MAX_WATCHED_FLOWS` flows.
+const _: () = assert!(MAX_WATCHED_FLOWS <= flowstate::core::limits::MAX_PAGE_SIZE);
+
+/// The Content-Security-Policy of every answer: the UI loads its script, style and data
+/// from this server only, runs no inline script or style, and is never framed.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What handlers share.
 #[derive(Clone)]
@@ -97,10 +109,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/flows/{id}/stream", get(flow_stream))
         .route("/flows/{id}/signals", post(signal))
         .route("/flows/{id}/cancel", post(cancel))
+        .route("/flows/{id}/suspend", post(suspend))
+        .route("/flows/{id}/resume", post(resume))
         .route("/events/stream", get(all_stream))
         .route("/steps", get(steps).post(register_step))
         .route("/steps/{name}", axum::routing::delete(remove_step))
         .fallback(|| async { Problem::not_found("no such API route") })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/api/v1", api)
@@ -115,8 +130,38 @@ pub fn router(state: ApiState) -> Router {
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/app.css", get(app_css))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// 405 as a problem: the path exists, the method does not.
+async fn method_not_allowed(request: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not a method of {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Headers on every answer: no MIME sniffing, and the content security policy.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    response
 }
 
 /// Requires `Authorization: Bearer TOKEN` when tokens are configured.
@@ -494,10 +539,78 @@ async fn get_flow(
         other => Problem::internal(format!("flow {flow}'s log does not fold: {other}")),
     })?;
     let mut body = serde_json::to_value(&record).map_err(|e| Problem::internal(e.to_string()))?;
+    record_times(&mut body);
     if let Value::Object(fields) = &mut body {
         fields.insert("total_seq".to_owned(), json!(total));
     }
     Ok(Json(body))
+}
+
+/// Turns a timestamp as the log serializes it (µs since the epoch) into RFC 3339, as every
+/// time in the API's JSON is written.
+fn rfc3339(value: &mut Value) {
+    if let Some(micros) = value.as_i64() {
+        *value = Value::String(Timestamp::from_micros(micros).to_string());
+    }
+}
+
+/// The times of a journal entry (`now`, `sleep`) in RFC 3339.
+fn journal_entry_times(entry: &mut Value) {
+    match entry.get("effect").and_then(Value::as_str) {
+        Some("now") => entry.get_mut("time").map(rfc3339),
+        Some("sleep") => entry.get_mut("until").map(rfc3339),
+        _ => None,
+    };
+}
+
+/// The times of a folded record in RFC 3339: only the fields that are timestamps (never a
+/// value a flow produced).
+fn record_times(record: &mut Value) {
+    for field in ["created_at", "updated_at"] {
+        if let Some(value) = record.get_mut(field) {
+            rfc3339(value);
+        }
+    }
+    if let Some(plan) = record.get_mut("plan") {
+        if let Some(Value::Object(attributes)) = plan.get_mut("attributes") {
+            for attribute in attributes.values_mut() {
+                if let Some(time) = attribute.get_mut("time") {
+                    rfc3339(time);
+                }
+            }
+        }
+        if let Some(Value::Object(steps)) = plan.get_mut("steps") {
+            for step in steps.values_mut() {
+                if let Some(Value::Array(items)) = step.get_mut("items") {
+                    for item in items {
+                        for field in ["retry_due", "compensation_due"] {
+                            if let Some(value) = item.get_mut(field) {
+                                rfc3339(value);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(journal)) = record
+        .get_mut("function")
+        .and_then(|function| function.get_mut("journal"))
+    {
+        journal.iter_mut().for_each(journal_entry_times);
+    }
+}
+
+/// The times of an event body in RFC 3339.
+fn event_body_times(body: &mut Value) {
+    match body.get("type").and_then(Value::as_str) {
+        Some("retry_scheduled") => body.get_mut("due").map(rfc3339),
+        Some("compensation_failed") => body.get_mut("retry_due").map(rfc3339),
+        Some("journal_entry_recorded" | "branch_entry_recorded") => {
+            body.get_mut("entry").map(journal_entry_times)
+        }
+        _ => None,
+    };
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,11 +631,13 @@ async fn require_flow(state: &ApiState, flow: FlowId) -> Result<(), Problem> {
 }
 
 fn event_json(event: &Event) -> Value {
+    let mut body = serde_json::to_value(&event.body).unwrap_or(Value::Null);
+    event_body_times(&mut body);
     json!({
         "seq": event.seq,
         "time": event.time.to_string(),
         "type": event.body.type_name(),
-        "body": event.body,
+        "body": body,
     })
 }
 
@@ -583,27 +698,168 @@ async fn signal(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// The body of suspend, resume and cancel: `{}` or `{"reason": "..."}`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct CancelRequest {
+struct ReasonRequest {
     #[serde(default)]
     reason: String,
 }
 
+/// The kind of a flow of the live store (404 if it has none).
+async fn flow_kind(state: &ApiState, flow: FlowId) -> Result<FlowKind, Problem> {
+    match state.inner.engine.store().flow(flow).await {
+        Ok(Some(summary)) => Ok(summary.kind),
+        Ok(None) => Err(Problem::not_found(format!("flow {flow} does not exist"))),
+        Err(error) => Err(store_problem(&error)),
+    }
+}
+
+/// 202: what a request did, `{"outcome": "recorded"}` (in the flow's log) or
+/// `{"outcome": "ignored"}` (a no-op by the state table: nothing recorded).
+fn requested(transition: Transition) -> (StatusCode, Json<Value>) {
+    let outcome = match transition {
+        Transition::Allowed => "recorded",
+        Transition::Ignored => "ignored",
+    };
+    (StatusCode::ACCEPTED, Json(json!({ "outcome": outcome })))
+}
+
+fn task_graph_problem(error: &flowstate::taskgraph::EngineError) -> Problem {
+    use flowstate::taskgraph::EngineError;
+    match error {
+        EngineError::NotAllowed { .. } | EngineError::NotATaskGraph { .. } => {
+            Problem::conflict(error.to_string())
+        }
+        EngineError::Write(write) => write_problem(write),
+        other => Problem::internal(other.to_string()),
+    }
+}
+
+fn plan_problem(error: &PlanEngineError) -> Problem {
+    use flowstate::core::FoldError;
+    use flowstate::store::WriteError;
+    match error {
+        PlanEngineError::Write(WriteError::Refused(FoldError::Transition { source, .. })) => {
+            Problem::conflict(format!(
+                "{source}: a plan that completed, deactivated or was archived cannot be cancelled"
+            ))
+        }
+        PlanEngineError::NotAPlan { .. } => Problem::conflict(error.to_string()),
+        PlanEngineError::Store(store) => store_problem(store),
+        PlanEngineError::Write(write) => write_problem(write),
+        other => Problem::internal(other.to_string()),
+    }
+}
+
+/// 409 `not_suspendable`: plans and durable functions have no suspended state.
+fn not_suspendable(flow: FlowId, kind: FlowKind, request: &str) -> Problem {
+    let lifecycle = match kind {
+        FlowKind::Plan => {
+            "a plan, and the goal-driven flow lifecycle (active, completed | failed, deactivated, archived) has no suspended state"
+        }
+        FlowKind::Function => {
+            "a durable function, and the activation lifecycle (active current, sleeping, active replay, replay failure, done) has no suspended state: a function sleeps only when it awaits a timer, a signal or a child"
+        }
+        _ => "not a task graph, and only task graphs have a suspended state",
+    };
+    Problem::new(
+        StatusCode::CONFLICT,
+        "not_suspendable",
+        format!(
+            "cannot {request} flow {flow}: it is {lifecycle}; to stop it, cancel it (POST /api/v1/flows/{flow}/cancel)"
+        ),
+    )
+}
+
+/// Suspends a task graph: running atoms finish, nothing new starts, it ends SUSPENDED and
+/// no worker takes it until it is resumed. Plans and functions cannot be suspended.
+async fn suspend(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ReasonRequest>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let flow = flow_id(&id)?;
+    match flow_kind(&state, flow).await? {
+        FlowKind::TaskGraph => {
+            let done = state
+                .inner
+                .engine
+                .task_graphs()
+                .request_suspend(flow)
+                .await
+                .map_err(|error| task_graph_problem(&error))?;
+            tracing::info!(%flow, reason = %request.reason, ?done, "suspend requested");
+            Ok(requested(done))
+        }
+        kind => Err(not_suspendable(flow, kind, "suspend")),
+    }
+}
+
+/// Resumes a SUSPENDED task graph (ready for the workers again).
+async fn resume(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<ReasonRequest>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let flow = flow_id(&id)?;
+    match flow_kind(&state, flow).await? {
+        FlowKind::TaskGraph => {
+            let done = state
+                .inner
+                .engine
+                .task_graphs()
+                .resume(flow)
+                .await
+                .map_err(|error| task_graph_problem(&error))?;
+            tracing::info!(%flow, reason = %request.reason, ?done, "resume requested");
+            Ok(requested(done))
+        }
+        kind => Err(not_suspendable(flow, kind, "resume")),
+    }
+}
+
+/// Cancels a flow of any kind: a function stops at its next effect; a plan fails
+/// (`cancelled: REASON`), compensates and deactivates; a task graph reverts what ran.
 async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    ApiJson(request): ApiJson<CancelRequest>,
-) -> Result<StatusCode, Problem> {
+    ApiJson(request): ApiJson<ReasonRequest>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
     let flow = flow_id(&id)?;
-    state
-        .inner
-        .engine
-        .functions()
-        .cancel(flow, &request.reason)
-        .await
-        .map_err(|error| function_problem(&error))?;
-    Ok(StatusCode::ACCEPTED)
+    let engine = &state.inner.engine;
+    let done = match flow_kind(&state, flow).await? {
+        FlowKind::TaskGraph => engine
+            .task_graphs()
+            .cancel(flow, &request.reason)
+            .await
+            .map_err(|error| task_graph_problem(&error))?,
+        FlowKind::Plan => engine
+            .plans()
+            .cancel(flow, &request.reason)
+            .await
+            .map_err(|error| plan_problem(&error))?,
+        _ => {
+            // A function keeps the first request's reason: a second one records nothing.
+            let asked = read_log(&state, flow)
+                .await
+                .ok()
+                .and_then(|events| fold(&events, StopAt::End).ok())
+                .and_then(|record| record.function)
+                .is_some_and(|function| function.cancel_requested.is_some());
+            engine
+                .functions()
+                .cancel(flow, &request.reason)
+                .await
+                .map_err(|error| function_problem(&error))?;
+            if asked {
+                Transition::Ignored
+            } else {
+                Transition::Allowed
+            }
+        }
+    };
+    Ok(requested(done))
 }
 
 /// Registers an HTTP step (a new version if the name is registered already).
@@ -758,43 +1014,121 @@ async fn flow_stream(
     Ok(sse(receiver))
 }
 
-/// A change of any flow (its last sequence number moved), for live lists.
+/// A change of any recent flow (its last sequence number moved), for live lists: the
+/// newest [`MAX_WATCHED_FLOWS`] flows when the stream opens, and every flow created while it
+/// runs (the window slides forward). A poll lists only that window (an index range by id),
+/// never every flow; changes of older flows are followed by their own streams.
 async fn all_stream(State(state): State<ApiState>) -> EventStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     let mut stopped = state.inner.stopped.clone();
     let store = state.inner.engine.store().clone();
     tokio::spawn(async move {
         let mut seen: HashMap<FlowId, u64> = HashMap::new();
+        // `None`: find the newest flows; `Some(after)`: the window is the flows after it.
+        let mut floor: Option<Option<FlowId>> = None;
         let mut first = true;
         loop {
-            let query = FlowQuery {
-                limit: MAX_WATCHED_FLOWS,
-                ..FlowQuery::default()
-            };
-            if let Ok(page) = store.list(&query).await {
-                for flow in page.flows {
-                    let last = flow.next_seq - 1;
-                    let before = seen.insert(flow.id, last);
-                    if !first && before != Some(last) {
-                        let data = json!({
-                            "flow": flow.id,
-                            "seq": last,
-                            "type": "changed",
-                            "status": flow.status.key(),
-                        });
-                        if !send_or_stop(&sender, data, &mut stopped).await {
-                            return;
-                        }
+            if floor.is_none() {
+                match newest_floor(store.as_ref()).await {
+                    Ok(found) => floor = Some(found),
+                    Err(error) => {
+                        tracing::warn!(%error, "the all-flows stream could not list flows")
                     }
                 }
             }
-            first = false;
+            if let Some(after) = floor {
+                match watched(store.as_ref(), after).await {
+                    Ok((flows, complete)) => {
+                        for flow in &flows {
+                            let last = flow.next_seq - 1;
+                            let before = seen.insert(flow.id, last);
+                            if !first && before != Some(last) {
+                                let data = json!({
+                                    "flow": flow.id,
+                                    "seq": last,
+                                    "type": "changed",
+                                    "status": flow.status.key(),
+                                });
+                                if !send_or_stop(&sender, data, &mut stopped).await {
+                                    return;
+                                }
+                            }
+                        }
+                        // Slide the window: keep the newest, forget the rest.
+                        if flows.len() > MAX_WATCHED_FLOWS {
+                            let edge = flows[flows.len() - MAX_WATCHED_FLOWS - 1].id;
+                            floor = Some(Some(edge));
+                            seen.retain(|id, _| *id > edge);
+                        }
+                        if !complete {
+                            // More new flows than one poll reads: find the newest again.
+                            floor = None;
+                        }
+                        first = false;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the all-flows stream could not list flows")
+                    }
+                }
+            }
             if sender.is_closed() || !next_poll(&mut stopped).await {
                 return;
             }
         }
     });
     sse(receiver)
+}
+
+/// The flows after `after` in id order, at most [`MAX_STREAM_READ`], and whether that was
+/// all of them.
+async fn watched(
+    store: &dyn flowstate::store::Store,
+    after: Option<FlowId>,
+) -> Result<(Vec<FlowSummary>, bool), StoreError> {
+    let mut flows = Vec::new();
+    let mut query = FlowQuery {
+        after,
+        limit: flowstate::core::limits::MAX_PAGE_SIZE,
+        ..FlowQuery::default()
+    };
+    loop {
+        let page = store.list(&query).await?;
+        flows.extend(page.flows);
+        match page.next_after {
+            None => return Ok((flows, true)),
+            Some(_) if flows.len() >= MAX_STREAM_READ => return Ok((flows, false)),
+            Some(next) => query.after = Some(next),
+        }
+    }
+}
+
+/// Where the newest flows begin: an `after` id with at most [`MAX_WATCHED_FLOWS`] flows
+/// after it (`None`: all flows are that few). Ids are UUIDv7, ordered by creation time, so
+/// the smallest id of a moment is a bound; it looks back from now in doubling spans (1 s,
+/// 2 s, 4 s, …), each a listing of at most `MAX_WATCHED_FLOWS + 1` flows.
+async fn newest_floor(store: &dyn flowstate::store::Store) -> Result<Option<FlowId>, StoreError> {
+    use flowstate::core::Clock as _;
+    let now = flowstate::store::SystemClock.now();
+    let mut best = FlowId::from_parts(now, [0; 10]);
+    let mut span: i64 = 1_000_000;
+    loop {
+        let start = now.as_micros().saturating_sub(span);
+        let candidate =
+            (start > 0).then(|| FlowId::from_parts(Timestamp::from_micros(start), [0; 10]));
+        let query = FlowQuery {
+            after: candidate,
+            limit: MAX_WATCHED_FLOWS,
+            ..FlowQuery::default()
+        };
+        if store.list(&query).await?.next_after.is_some() {
+            return Ok(Some(best));
+        }
+        match candidate {
+            None => return Ok(None),
+            Some(candidate) => best = candidate,
+        }
+        span = span.saturating_mul(2);
+    }
 }
 
 async fn index() -> impl IntoResponse {

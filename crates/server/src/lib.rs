@@ -19,7 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::{router, ApiState, MAX_REQUEST_BYTES};
+pub use api::{
+    router, ApiState, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES, MAX_STREAM_READ,
+    MAX_WATCHED_FLOWS,
+};
 pub use problem::Problem;
 
 /// Shortest bearer token accepted.

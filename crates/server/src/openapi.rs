@@ -8,9 +8,11 @@ fn problem_responses() -> Value {
         "400": { "$ref": "#/components/responses/Problem" },
         "401": { "$ref": "#/components/responses/Problem" },
         "404": { "$ref": "#/components/responses/Problem" },
+        "405": { "$ref": "#/components/responses/Problem" },
         "409": { "$ref": "#/components/responses/Problem" },
         "413": { "$ref": "#/components/responses/Problem" },
-        "415": { "$ref": "#/components/responses/Problem" }
+        "415": { "$ref": "#/components/responses/Problem" },
+        "500": { "$ref": "#/components/responses/Problem" }
     })
 }
 
@@ -20,6 +22,21 @@ fn with_problems(ok: Value) -> Value {
         all.extend(ok);
     }
     responses
+}
+
+/// A request body of `schema` (a `$ref` name under `components/schemas`).
+fn body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+/// The 202 of suspend, resume and cancel.
+fn requested() -> Value {
+    with_problems(json!({
+        "202": {
+            "description": "Accepted: `recorded` in the flow's log, or `ignored` (a no-op by the state table; nothing recorded)",
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/RequestOutcome" } } }
+        }
+    }))
 }
 
 fn id_param() -> Value {
@@ -33,7 +50,7 @@ pub(crate) fn document() -> Value {
         "info": {
             "title": "flowstate",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "A durable flow engine: task graphs, goal-driven plans and durable functions on an append-only event log. Errors are RFC 9457 problem details with a stable `code`."
+            "description": "A durable flow engine: task graphs, goal-driven plans and durable functions on an append-only event log. Errors are RFC 9457 problem details with a stable `code`. Every time in a JSON answer is an RFC 3339 string (UTC, microseconds)."
         },
         "security": [{ "bearer": [] }, {}],
         "paths": {
@@ -86,16 +103,35 @@ pub(crate) fn document() -> Value {
                 "post": {
                     "summary": "Send a signal to a durable function",
                     "parameters": [id_param()],
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" }, "value": {} } } } } },
+                    "requestBody": body("Signal"),
                     "responses": with_problems(json!({ "202": { "description": "Delivered" } }))
                 }
             },
             "/api/v1/flows/{id}/cancel": {
                 "post": {
-                    "summary": "Ask a durable function to stop",
+                    "summary": "Cancel a flow of any kind",
+                    "description": "A durable function stops at its next effect (a step in flight finishes first) and is done with a `Cancelled` failure. A plan that is active fails with the reason `cancelled: REASON`, compensates what succeeded and deactivates; one that failed already is `ignored`; a completed, deactivated or archived plan is 409 `invalid_state`. A task graph that has not finished reverts: no new atom starts, running atoms finish, every atom that ran is reverted and the flow ends REVERTED (FAILURE if a revert fails); a SUSPENDED one is handed to the workers for it; REVERTED, or cancelled already, is `ignored`; SUCCESS or FAILURE is 409 `invalid_state`.",
                     "parameters": [id_param()],
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "reason": { "type": "string" } } } } } },
-                    "responses": with_problems(json!({ "202": { "description": "Requested" } }))
+                    "requestBody": body("Reason"),
+                    "responses": requested()
+                }
+            },
+            "/api/v1/flows/{id}/suspend": {
+                "post": {
+                    "summary": "Suspend a task graph: running atoms finish, nothing new starts, it ends SUSPENDED and no worker takes it until it is resumed",
+                    "description": "RUNNING → SUSPENDING is recorded and honoured by whichever engine process runs the flow, at its next task boundary. PENDING, SUSPENDING, SUSPENDED and finished flows: `ignored` (the flow table's no-ops). A flow being loaded after a crash (RESUMING): 409 `invalid_state`. Plans and durable functions have no suspended state: 409 `not_suspendable` (cancel them instead). The reason is logged, not recorded.",
+                    "parameters": [id_param()],
+                    "requestBody": body("Reason"),
+                    "responses": requested()
+                }
+            },
+            "/api/v1/flows/{id}/resume": {
+                "post": {
+                    "summary": "Resume a SUSPENDED task graph (SUSPENDED → RUNNING; ready for the workers again)",
+                    "description": "A RUNNING flow: `ignored`. Any other state: 409 `invalid_state`. Plans and durable functions: 409 `not_suspendable`. The reason is logged, not recorded.",
+                    "parameters": [id_param()],
+                    "requestBody": body("Reason"),
+                    "responses": requested()
                 }
             },
             "/api/v1/steps": {
@@ -114,7 +150,7 @@ pub(crate) fn document() -> Value {
                     "security": [],
                     "summary": "Report the outcome of an asynchronous HTTP step's attempt (the token is the report URL's last segment)",
                     "parameters": [{ "name": "token", "in": "path", "required": true, "schema": { "type": "string" } }, { "name": "key", "in": "query", "required": true, "schema": { "type": "string" }, "description": "The attempt's secret, part of the report URL it was given" }],
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "properties": { "outputs": { "type": "object" }, "error": { "type": "object", "required": ["kind"], "properties": { "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } } } } } } } },
+                    "requestBody": body("Report"),
                     "responses": with_problems(json!({ "202": { "description": "Handed to the waiting attempt" } }))
                 }
             },
@@ -141,11 +177,41 @@ pub(crate) fn document() -> Value {
                     "properties": {
                         "type": { "type": "string" }, "title": { "type": "string" },
                         "status": { "type": "integer" }, "detail": { "type": "string" },
-                        "code": { "enum": ["invalid_request", "not_found", "invalid_state", "unauthorized", "forbidden_host", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
+                        "code": { "enum": ["invalid_request", "not_found", "method_not_allowed", "invalid_state", "not_suspendable", "unauthorized", "forbidden_host", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
+                    }
+                },
+                "Reason": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": { "reason": { "type": "string" } }
+                },
+                "RequestOutcome": {
+                    "type": "object",
+                    "required": ["outcome"],
+                    "properties": { "outcome": { "enum": ["recorded", "ignored"] } }
+                },
+                "Signal": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["name"],
+                    "properties": { "name": { "type": "string", "minLength": 1, "maxLength": 256 }, "value": {} }
+                },
+                "Report": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "outputs": { "type": "object" },
+                        "error": {
+                            "type": "object",
+                            "additionalProperties": false,
+                            "required": ["kind"],
+                            "properties": { "kind": { "type": "string" }, "message": { "type": "string" }, "retryable": { "type": "boolean" } }
+                        }
                     }
                 },
                 "HttpStep": {
                     "type": "object",
+                    "additionalProperties": false,
                     "required": ["name", "outputs", "url"],
                     "properties": {
                         "name": { "type": "string" },

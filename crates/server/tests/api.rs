@@ -271,8 +271,8 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
     server.shutdown().await;
 }
 
-/// 1,000 malformed or hostile requests: each gets the right 4xx with a problem body, and the
-/// store is unchanged afterwards.
+/// 1,000 malformed or hostile requests (invalid suspend, resume and cancel among them): each
+/// gets the right 4xx with a problem body, and the store is unchanged afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
     let (server, _dir) = start(vec!["t0ken-t0ken-t0ken".to_owned()]).await;
@@ -321,7 +321,7 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
     let mut counts = std::collections::BTreeMap::<(u16, String), usize>::new();
     for n in 0..1_000_usize {
         let flows = url(&server, "/api/v1/flows");
-        let request = match n % 20 {
+        let request = match n % 24 {
             0 => client
                 .post(&flows)
                 .bearer_auth("t0ken-t0ken-t0ken")
@@ -390,6 +390,23 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
             18 => client
                 .post(&flows)
                 .json(&json!({"kind": "task_graph", "name": "greet"})),
+            // Suspend, resume and cancel that the flow's state, or the request, refuses.
+            20 => client
+                .post(url(&server, &format!("/api/v1/flows/{id}/resume")))
+                .bearer_auth("t0ken-t0ken-t0ken")
+                .json(&json!({})),
+            21 => client
+                .post(url(&server, &format!("/api/v1/flows/{unknown}/suspend")))
+                .bearer_auth("t0ken-t0ken-t0ken")
+                .json(&json!({"reason": "x"})),
+            22 => client
+                .post(url(&server, &format!("/api/v1/flows/{id}/cancel")))
+                .bearer_auth("t0ken-t0ken-t0ken")
+                .json(&json!({"reason": format!("late {n}")})),
+            23 => client
+                .post(url(&server, &format!("/api/v1/flows/{id}/suspend")))
+                .bearer_auth("t0ken-t0ken-t0ken")
+                .json(&json!({"reason": n})),
             _ => client
                 .get(url(&server, "/api/v1/nothing-here"))
                 .bearer_auth("t0ken-t0ken-t0ken"),
@@ -409,14 +426,14 @@ async fn a_thousand_bad_requests_get_the_right_4xx_and_change_nothing() {
             "request {n}: {body}"
         );
         let code = body["code"].as_str().unwrap_or("").to_owned();
-        let expected = match n % 20 {
-            0 | 2 | 3 | 8 | 10 | 11 | 12 | 13 | 16 => "invalid_request",
+        let expected = match n % 24 {
+            0 | 2 | 3 | 8 | 10 | 11 | 12 | 13 | 16 | 23 => "invalid_request",
             1 => "unsupported_media_type",
             4 => "planning_failed",
             5 | 6 => "unknown_definition",
             7 => "too_large",
-            9 | 15 | 19 => "not_found",
-            14 => "invalid_state",
+            9 | 15 | 19 | 21 => "not_found",
+            14 | 20 | 22 => "invalid_state",
             _ => "unauthorized",
         };
         assert_eq!(code, expected, "request {n}: {status} {body}");
@@ -445,6 +462,8 @@ async fn the_openapi_document_describes_every_route() {
         "/api/v1/flows/{id}/stream",
         "/api/v1/flows/{id}/signals",
         "/api/v1/flows/{id}/cancel",
+        "/api/v1/flows/{id}/suspend",
+        "/api/v1/flows/{id}/resume",
         "/api/v1/events/stream",
         "/api/v1/steps",
         "/api/v1/steps/{name}",

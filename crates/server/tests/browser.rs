@@ -6,7 +6,11 @@
 //! `{"customer_id": 42}`) from the start form, and waits until the flow page shows the plan
 //! deactivated, every diagram node completed and a `plan_state_changed` last in the timeline.
 //! Then it moves the time slider back to event 2 and checks that every node is pending, and
-//! that the flow list shows the flow deactivated.
+//! that the flow list shows the flow deactivated. Last, on a task graph whose second task
+//! waits until the test lets it finish, it presses Suspend (the flow stops after that task,
+//! SUSPENDED), then Resume (it runs to SUCCESS), and checks that each button is shown only
+//! when the flow's state allows it. The page reports any Content-Security-Policy violation
+//! in its error box, which fails the test.
 //!
 //! Without `chromium` and `chromedriver` the test says it was skipped and passes, except with
 //! `CI=true`, where it fails (`.ci/run` installs them). `FLOWSTATE_CHROMIUM` and
@@ -45,6 +49,9 @@ struct Snapshot {
     slider: Option<Slider>,
     error: Option<String>,
     rows: Vec<(String, String)>,
+    /// The action buttons shown (their test ids).
+    #[serde(default)]
+    actions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +79,9 @@ return {
   error: error && !error.hidden ? error.textContent : null,
   rows: all('[data-testid=flow-list] [data-testid=flow-row]')
     .map((row) => [row.getAttribute('data-id'), row.getAttribute('data-state')]),
+  actions: all('[data-testid=actions] button')
+    .filter((button) => button.offsetParent !== null)
+    .map((button) => button.getAttribute('data-testid') || button.textContent.trim()),
 };
 "#;
 
@@ -214,8 +224,13 @@ async fn find(client: &Client, testid: &str) -> Result<fantoccini::elements::Ele
         .map_err(|error| format!("no element {selector}: {error}"))
 }
 
-/// The scenario; an `Err` says what the page showed instead.
-async fn scenario(client: &Client, base: &str) -> Result<(), String> {
+/// The scenario; an `Err` says what the page showed instead. `gate` lets the second task
+/// of the task graph `held` finish.
+async fn scenario(
+    client: &Client,
+    base: &str,
+    gate: &tokio::sync::watch::Sender<bool>,
+) -> Result<(), String> {
     let fail = |what: &str| {
         let what = what.to_owned();
         move |error: fantoccini::error::CmdError| format!("{what}: {error}")
@@ -355,6 +370,64 @@ async fn scenario(client: &Client, base: &str) -> Result<(), String> {
             .any(|(row, state)| *row == id && state == "deactivated")
     })
     .await?;
+
+    // A task graph, suspended and resumed with the flow page's buttons.
+    let started: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/flows"))
+        .json(&json!({"kind": "task_graph", "name": "held"}))
+        .send()
+        .await
+        .map_err(|error| format!("starting the task graph: {error}"))?
+        .json()
+        .await
+        .map_err(|error| format!("starting the task graph: {error}"))?;
+    let graph = started["id"].as_str().unwrap_or_default().to_owned();
+    client
+        .goto(&format!("{base}/#/flows/{graph}"))
+        .await
+        .map_err(fail("opening the task graph"))?;
+    let running = wait_for(client, "the task graph running, Suspend shown", |page| {
+        page.state.as_deref() == Some("running")
+            && page.actions.iter().any(|a| a == "suspend-button")
+    })
+    .await?;
+    if running.actions.iter().any(|a| a == "resume-button") {
+        return Err(format!("Resume shown for a running flow: {running:#?}"));
+    }
+    find(client, "suspend-button")
+        .await?
+        .click()
+        .await
+        .map_err(fail("pressing Suspend"))?;
+    wait_for(client, "the task graph suspending", |page| {
+        page.state.as_deref() == Some("suspending")
+    })
+    .await?;
+    gate.send_replace(true);
+    let suspended = wait_for(client, "the task graph suspended, Resume shown", |page| {
+        page.state.as_deref() == Some("suspended")
+            && page.actions.iter().any(|a| a == "resume-button")
+    })
+    .await?;
+    if suspended.actions.iter().any(|a| a == "suspend-button") {
+        return Err(format!(
+            "Suspend shown for a suspended flow: {suspended:#?}"
+        ));
+    }
+    find(client, "resume-button")
+        .await?
+        .click()
+        .await
+        .map_err(fail("pressing Resume"))?;
+    let finished = wait_for(client, "the task graph resumed to success", |page| {
+        page.state.as_deref() == Some("success")
+    })
+    .await?;
+    if !finished.actions.is_empty() {
+        return Err(format!(
+            "actions shown for a finished task graph: {finished:#?}"
+        ));
+    }
     Ok(())
 }
 
@@ -388,10 +461,33 @@ async fn the_ui_starts_a_plan_and_shows_it_run_and_travel_back() {
     .await
     .expect("the server starts");
     let base = format!("http://{}", server.addr());
+    // `held`: `first`; `second`, which finishes only once the gate opens; `third`.
+    let (gate, open) = tokio::sync::watch::channel(false);
+    server.engine().task_graphs().register(
+        flowstate::taskgraph::Flow::linear("held")
+            .add(flowstate::taskgraph::task_fn(
+                "first",
+                |_ctx, _inputs| async { Ok(json!(1)) },
+            ))
+            .add(flowstate::taskgraph::task_fn(
+                "second",
+                move |_ctx, _inputs| {
+                    let mut open = open.clone();
+                    async move {
+                        let _ = open.wait_for(|open| *open).await;
+                        Ok(json!(2))
+                    }
+                },
+            ))
+            .add(flowstate::taskgraph::task_fn(
+                "third",
+                |_ctx, _inputs| async { Ok(json!(3)) },
+            )),
+    );
 
     let driver = start_driver(&chromedriver, &dir.path().join("chromedriver.log")).await;
     let client = connect(&driver, &chromium, &dir.path().join("profile")).await;
-    let outcome = tokio::time::timeout(Duration::from_secs(180), scenario(&client, &base))
+    let outcome = tokio::time::timeout(Duration::from_secs(180), scenario(&client, &base, &gate))
         .await
         .unwrap_or_else(|_| Err("the scenario took over 180 s".to_owned()));
     let screenshot = if outcome.is_err() {

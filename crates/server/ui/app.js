@@ -60,10 +60,9 @@
 
   // ---------------------------------------------------------------- formatting
 
-  /** A Date from an RFC 3339 string or a number of microseconds since the epoch. */
+  /** A Date from an RFC 3339 string (every time the API answers is one). */
   function toDate(value) {
-    if (value === null || value === undefined || value === '') return null;
-    if (typeof value === 'number') return new Date(value / 1000);
+    if (typeof value !== 'string' || value === '') return null;
     const parsed = Date.parse(value);
     return Number.isNaN(parsed) ? null : new Date(parsed);
   }
@@ -234,6 +233,11 @@
     errorBox.dataset.code = problem.code || '';
     errorBox.hidden = false;
   }
+
+  // Whatever the server's Content-Security-Policy blocks is a bug of this page: show it.
+  document.addEventListener('securitypolicyviolation', (event) => {
+    showError(new Error(`the Content-Security-Policy blocked ${event.blockedURI || 'inline code'} (${event.violatedDirective})`));
+  });
 
   function clearError() {
     errorBox.hidden = true;
@@ -827,6 +831,12 @@
           h('p', {}, 'The function\'s code no longer reproduces its journal. Fix the code (or guard the change with ctx.patched), then the flow can run on.'),
           h('pre', { class: 'json' }, record.diagnostic)));
       }
+      if (record.kind === 'task_graph' && record.cancel_requested !== undefined && record.cancel_requested !== null) {
+        items.push(h('div', { class: 'banner warn', testid: 'cancel-requested' },
+          h('strong', {}, 'Cancel requested: '),
+          record.cancel_requested || '(no reason)',
+          ' — no new atom starts, and what ran is reverted.'));
+      }
       const plan = record.plan;
       if (plan && plan.failure) {
         items.push(h('div', { class: 'banner bad', testid: 'flow-failure' },
@@ -1384,15 +1394,55 @@
       }
     }
 
-    function renderActions(record) {
-      if (record.kind !== 'function') {
-        actions.replaceChildren();
-        return;
+    // What each kind lets a user do, by state (the server refuses anything else with a
+    // problem, which is shown): task graphs suspend, resume and cancel; plans cancel while
+    // active; functions take signals and cancel until done.
+    function allowedActions(record) {
+      const state = stateKey(record.status);
+      switch (record.kind) {
+        case 'task_graph':
+          return {
+            suspend: state === 'running',
+            resume: state === 'suspended',
+            cancel: !['success', 'failure', 'reverted'].includes(state) && !record.cancel_requested,
+            signal: false,
+          };
+        case 'plan':
+          return { suspend: false, resume: false, cancel: state === 'active', signal: false };
+        case 'function':
+          return { suspend: false, resume: false, cancel: state !== 'done', signal: state !== 'done' };
+        default:
+          return { suspend: false, resume: false, cancel: false, signal: false };
       }
-      if (actions.childElementCount) return; // keep what the user typed
+    }
+
+    let controls = null; // built once, so that what the user typed survives refreshes
+
+    function buildControls() {
+      const outcome = h('p', { class: 'muted small', testid: 'action-outcome' });
+      const post = async (action, body) => {
+        clearError();
+        outcome.textContent = '';
+        try {
+          const answer = await api(`/api/v1/flows/${q(id)}/${action}`, { method: 'POST', body });
+          if (answer && answer.outcome === 'ignored') {
+            outcome.textContent = `${action}: nothing to do in this state (ignored)`;
+          } else if (answer && answer.outcome) {
+            outcome.textContent = `${action}: ${answer.outcome}`;
+          }
+          refresh();
+        } catch (error) {
+          showError(error);
+        }
+      };
+      const suspend = h('button', { type: 'button', class: 'secondary', testid: 'suspend-button', title: 'Running atoms finish; nothing new starts' }, 'Suspend');
+      suspend.addEventListener('click', () => post('suspend', {}));
+      const resume = h('button', { type: 'button', class: 'secondary', testid: 'resume-button', title: 'Hand the flow to the workers again' }, 'Resume');
+      resume.addEventListener('click', () => post('resume', {}));
+      const stateButtons = h('div', { class: 'row' }, suspend, resume);
+
       const name = h('input', { testid: 'signal-name', placeholder: 'signal name', value: 'approve' });
       const value = h('input', { testid: 'signal-value', placeholder: 'JSON value', value: 'true' });
-      const reason = h('input', { testid: 'cancel-reason', placeholder: 'reason' });
       const signalForm = h('form', { class: 'row', testid: 'signal-form' },
         name, value, h('button', { type: 'submit', class: 'secondary' }, 'Send signal'));
       signalForm.addEventListener('submit', async (event) => {
@@ -1412,19 +1462,29 @@
           showError(error);
         }
       });
+
+      const reason = h('input', { testid: 'cancel-reason', placeholder: 'reason' });
       const cancelForm = h('form', { class: 'row', testid: 'cancel-form' },
-        reason, h('button', { type: 'submit', class: 'danger' }, 'Cancel'));
-      cancelForm.addEventListener('submit', async (event) => {
+        reason, h('button', { type: 'submit', class: 'danger', testid: 'cancel-button' }, 'Cancel'));
+      cancelForm.addEventListener('submit', (event) => {
         event.preventDefault();
-        clearError();
-        try {
-          await api(`/api/v1/flows/${q(id)}/cancel`, { method: 'POST', body: { reason: reason.value } });
-          refresh();
-        } catch (error) {
-          showError(error);
-        }
+        post('cancel', { reason: reason.value });
       });
-      append(actions, [h('section', { class: 'card' }, h('h2', {}, 'Signal or cancel'), signalForm, cancelForm)]);
+      const card = h('section', { class: 'card', testid: 'actions' }, h('h2', {}, 'Actions'), stateButtons, signalForm, cancelForm, outcome);
+      append(actions, [card]);
+      return { card, stateButtons, suspend, resume, signalForm, cancelForm };
+    }
+
+    function renderActions(record) {
+      // Actions act on the flow now: none while looking back in time.
+      const allowed = page.at === null ? allowedActions(record) : {};
+      if (!controls) controls = buildControls();
+      controls.suspend.hidden = !allowed.suspend;
+      controls.resume.hidden = !allowed.resume;
+      controls.stateButtons.hidden = !allowed.suspend && !allowed.resume;
+      controls.signalForm.hidden = !allowed.signal;
+      controls.cancelForm.hidden = !allowed.cancel;
+      controls.card.hidden = !(allowed.suspend || allowed.resume || allowed.signal || allowed.cancel);
     }
 
     // New events: follow them when live; when looking back, only the slider's range grows.

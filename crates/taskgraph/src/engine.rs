@@ -7,15 +7,26 @@
 //! One append per scheduling round: the results analysed since the last round and the
 //! transitions of the atoms that start now share one atomic append, so a linear flow costs
 //! one durable commit per task.
+//!
+//! **Requests from anywhere.** A suspension or a cancellation is recorded in the flow's log by
+//! whoever asks ([`Engine::request_suspend`], [`Engine::cancel`]; the server does), while
+//! possibly another process runs the flow. That run's next append then conflicts. When all
+//! that was appended meanwhile are such requests, the run reloads the log, stages again the
+//! outcomes it had not recorded yet (work in flight stays in flight), and decides the rest
+//! again on top of the requests: they are honoured at that step boundary, and no result is
+//! lost or work run twice. Before the run's opening transitions are recorded it simply
+//! starts over from the log. Anything else appended meanwhile is another run: the conflict
+//! goes to the caller, as before.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use flowstate_core::machine::{EngineState, FlowState};
 use flowstate_core::{
-    Clock, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
+    Clock, Event, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
+    Transition,
 };
-use flowstate_store::{AppendExtras, FlowWriter, Store, WriteError};
+use flowstate_store::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
@@ -67,6 +78,19 @@ pub enum EngineError {
     /// The engine state machine refused a step: a bug.
     #[error(transparent)]
     Engine(#[from] flowstate_core::InvalidState),
+    /// A request (suspend, resume, cancel) that the flow's state does not allow; nothing was
+    /// recorded.
+    #[error("cannot {request} flow {flow}: it is {state}; {detail}")]
+    NotAllowed {
+        /// The flow.
+        flow: FlowId,
+        /// What was asked: "suspend", "resume" or "cancel".
+        request: &'static str,
+        /// The flow's state.
+        state: FlowState,
+        /// Why not, and what can be done instead.
+        detail: String,
+    },
 }
 
 /// How a run ended.
@@ -203,7 +227,10 @@ impl Engine {
         self.run_exclusively(writer).await
     }
 
-    /// Asks a running flow to suspend: running atoms finish, nothing new starts.
+    /// Asks a flow this engine is running to suspend: running atoms finish, nothing new
+    /// starts. In this process only, and void if the flow is not running here (as in
+    /// TaskFlow); [`Engine::request_suspend`] records the request for whichever process runs
+    /// the flow.
     pub fn suspend(&self, flow: FlowId) {
         if let Ok(mut suspends) = self.suspends.lock() {
             suspends.insert(flow);
@@ -217,6 +244,146 @@ impl Engine {
             .unwrap_or(false)
     }
 
+    /// Asks the flow to suspend, durably and from any process: RUNNING → SUSPENDING is
+    /// recorded in its log, and whichever engine runs it (here or in another process) honours
+    /// it at its next step boundary: running atoms finish, nothing new starts, the flow ends
+    /// SUSPENDED and no worker takes it up again until [`Engine::resume`]. A flow found
+    /// SUSPENDING by a new run (its runner died) is loaded through RESUMING to SUSPENDED.
+    ///
+    /// Returns [`Transition::Ignored`] (nothing recorded) where the flow table makes
+    /// suspending a no-op: a flow that is PENDING, SUSPENDING, SUSPENDED or finished. A flow
+    /// being loaded after a crash (RESUMING) is [`EngineError::NotAllowed`].
+    pub async fn request_suspend(&self, flow: FlowId) -> Result<Transition, EngineError> {
+        self.request(flow, |_, state| {
+            match FlowState::transition(state, FlowState::Suspending) {
+                Ok(Transition::Allowed) => Ok(Some((
+                    EventBody::FlowStateChanged {
+                        to: FlowState::Suspending,
+                    },
+                    None,
+                ))),
+                Ok(Transition::Ignored) => Ok(None),
+                Err(invalid) => Err(EngineError::NotAllowed {
+                    flow,
+                    request: "suspend",
+                    state,
+                    detail: format!(
+                        "{invalid}; it is being loaded after its engine stopped, try again once it runs"
+                    ),
+                }),
+            }
+        })
+        .await
+    }
+
+    /// Resumes a SUSPENDED flow, from any process: SUSPENDED → RUNNING is recorded and the
+    /// flow is marked ready, so a worker (of any process with its definition) runs it on; that
+    /// run loads it as the spec loads every flow it finds RUNNING (RESUMING, SUSPENDED,
+    /// RUNNING). Resuming a RUNNING flow is a no-op ([`Transition::Ignored`]); any other
+    /// state is [`EngineError::NotAllowed`] (a finished flow runs again only through
+    /// [`Engine::run`]).
+    pub async fn resume(&self, flow: FlowId) -> Result<Transition, EngineError> {
+        self.request(flow, |_, state| match state {
+            FlowState::Suspended => Ok(Some((
+                EventBody::FlowStateChanged {
+                    to: FlowState::Running,
+                },
+                Some(true),
+            ))),
+            FlowState::Running => Ok(None),
+            FlowState::Suspending => Err(EngineError::NotAllowed {
+                flow,
+                request: "resume",
+                state,
+                detail: "the flow table has no SUSPENDING → RUNNING: wait until it is SUSPENDED"
+                    .to_owned(),
+            }),
+            _ => Err(EngineError::NotAllowed {
+                flow,
+                request: "resume",
+                state,
+                detail: "only a SUSPENDED flow resumes (SUSPENDED → RUNNING)".to_owned(),
+            }),
+        })
+        .await
+    }
+
+    /// Cancels a flow that has not finished, from any process: `cancel_requested` is recorded
+    /// (with `reason`) and the engine that runs it reverts it, at its next step boundary: no
+    /// new atom starts, running atoms finish, and every atom that ran is reverted (in reverse
+    /// order, as after a failure that nothing retries), so the flow ends REVERTED (FAILURE if
+    /// a revert fails), through transitions the tables allow. A SUSPENDED flow is marked
+    /// ready so that a worker runs it to its revert (SUSPENDED → RUNNING → REVERTED).
+    ///
+    /// Cancelling a REVERTED flow, or one already cancelled, is a no-op
+    /// ([`Transition::Ignored`]: the first reason stands); a SUCCESS or FAILURE flow is
+    /// [`EngineError::NotAllowed`] (the flow table has no way from there to REVERTED).
+    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, EngineError> {
+        self.request(flow, |record, state| match state {
+            FlowState::Success | FlowState::Failure => Err(EngineError::NotAllowed {
+                flow,
+                request: "cancel",
+                state,
+                detail: format!(
+                    "it finished, and the flow table has no {} → REVERTED",
+                    state.label()
+                ),
+            }),
+            FlowState::Reverted => Ok(None),
+            _ if record.cancel_requested.is_some() => Ok(None),
+            _ => Ok(Some((
+                EventBody::CancelRequested {
+                    reason: reason.to_owned(),
+                },
+                // Nobody runs a suspended flow: hand it to the workers. Any other flow is
+                // run (or will be claimed) by someone already; marking it ready would let a
+                // worker take a flow this process runs without a lease.
+                (state == FlowState::Suspended).then_some(true),
+            ))),
+        })
+        .await
+    }
+
+    /// Appends what `decide` says to the task graph `flow` (with the ready flag it gives),
+    /// reading the log again and deciding again when a run appended meanwhile.
+    async fn request(
+        &self,
+        flow: FlowId,
+        decide: impl Fn(
+            &FlowRecord,
+            FlowState,
+        ) -> Result<Option<(EventBody, Option<bool>)>, EngineError>,
+    ) -> Result<Transition, EngineError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut writer = FlowWriter::load(self.store.as_ref(), flow).await?;
+            let Some(record) = writer.record() else {
+                return Err(WriteError::Store(StoreError::UnknownFlow { flow }).into());
+            };
+            let FlowStatus::TaskGraph(state) = record.status else {
+                return Err(EngineError::NotATaskGraph {
+                    flow,
+                    kind: record.kind,
+                });
+            };
+            let Some((body, ready)) = decide(record, state)? else {
+                return Ok(Transition::Ignored);
+            };
+            writer.stage(self.clock.as_ref(), vec![body])?;
+            let extras = AppendExtras {
+                ready,
+                ..AppendExtras::default()
+            };
+            match writer.commit(self.store.as_ref(), extras).await {
+                Ok(_) => return Ok(Transition::Allowed),
+                Err(WriteError::Store(StoreError::Conflict { .. }))
+                    if attempt < flowstate_store::DELIVERY_ATTEMPTS => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
     /// Runs (or resumes, or re-runs) a flow until it is SUCCESS, FAILURE, REVERTED or
     /// SUSPENDED. A flow found mid-run (its process died) is loaded through RESUMING and
     /// SUSPENDED; atoms that were running run again with the same attempt number.
@@ -226,22 +393,22 @@ impl Engine {
     }
 
     /// What a worker does with a claimed flow: runs it if it is unfinished (PENDING, or
-    /// RUNNING, SUSPENDING or RESUMING because the process that ran it died), and leaves it
-    /// alone otherwise. Re-running a finished or suspended flow is a deliberate act
-    /// ([`Engine::run`]), never a side effect of a spurious wake-up or a lease that ran out
-    /// after the final append. Returns `None` when there was nothing to do.
+    /// RUNNING, SUSPENDING or RESUMING because the process that ran it died or because it
+    /// was resumed, or SUSPENDED with a cancellation to carry out), and leaves it alone
+    /// otherwise. Re-running a finished or suspended flow is a deliberate act
+    /// ([`Engine::run`], [`Engine::resume`]), never a side effect of a spurious wake-up or a
+    /// lease that ran out after the final append. Returns `None` when there was nothing to do.
     pub async fn run_unfinished(&self, flow: FlowId) -> Result<Option<RunOutcome>, EngineError> {
         let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
-        let unfinished = writer.record().is_some_and(|record| {
-            matches!(
-                record.status,
-                FlowStatus::TaskGraph(
-                    FlowState::Pending
-                        | FlowState::Running
-                        | FlowState::Suspending
-                        | FlowState::Resuming
-                )
-            )
+        let unfinished = writer.record().is_some_and(|record| match record.status {
+            FlowStatus::TaskGraph(
+                FlowState::Pending
+                | FlowState::Running
+                | FlowState::Suspending
+                | FlowState::Resuming,
+            ) => true,
+            FlowStatus::TaskGraph(FlowState::Suspended) => record.cancel_requested.is_some(),
+            _ => false,
         });
         if !unfinished {
             // A child flow whose run died between its last commit and telling its parent
@@ -269,15 +436,37 @@ impl Engine {
         self.run_claimed(writer).await
     }
 
+    /// Runs a loaded flow; starts over from the log when requests (a suspension, a
+    /// cancellation) were appended before its opening transitions were recorded.
     async fn run_claimed(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
         let flow = writer.flow();
+        let mut writer = writer;
+        let mut rebases = 0;
+        loop {
+            match self.run_loaded(writer, &mut rebases).await? {
+                Some(outcome) => return Ok(outcome),
+                None => writer = FlowWriter::load(self.store.as_ref(), flow).await?,
+            }
+        }
+    }
+
+    /// One run of a loaded flow (the engine machine from RESUMING to a final state). `None`:
+    /// requests were appended before anything was recorded or launched; load and run again.
+    #[allow(clippy::too_many_lines)] // one engine machine, read top to bottom
+    async fn run_loaded(
+        &self,
+        writer: FlowWriter,
+        rebases: &mut usize,
+    ) -> Result<Option<RunOutcome>, EngineError> {
+        let flow = writer.flow();
         let mut engine = EngineState::INITIAL;
-        let mut run = Run {
-            engine: self,
-            writer,
-        };
         self.step_engine(flow, &mut engine, EngineState::Resuming)?;
-        let record = run.record()?.clone();
+        let record = writer
+            .record()
+            .ok_or(EngineError::Write(WriteError::Refused(
+                flowstate_core::FoldError::EmptyLog,
+            )))?
+            .clone();
         let FlowStatus::TaskGraph(state) = record.status else {
             return Err(EngineError::NotATaskGraph {
                 flow,
@@ -287,7 +476,8 @@ impl Engine {
         let definition = self.definition(&record.definition)?;
         let initial = input_names(&record);
         let graph = Arc::new(compile(&definition, &initial)?);
-        let mut runtime = Runtime::new(graph.clone());
+        let mut run = Run::new(self, writer, graph.clone(), *rebases);
+        let mut tasks = InFlight::default();
         let mut opening = Vec::new();
         match state {
             FlowState::Pending | FlowState::Suspended | FlowState::Success | FlowState::Failure => {
@@ -299,8 +489,41 @@ impl Engine {
                 });
                 opening.extend(reset_atoms(&graph, &record)?);
             }
+            FlowState::Suspending if record.cancel_requested.is_none() => {
+                // A suspension was asked for and nobody carried it out (its runner died, or
+                // the flow waited for a worker): it is honoured as the flow is loaded,
+                // RESUMING then SUSPENDED, and nothing runs until it is resumed.
+                run.stage(vec![
+                    EventBody::FlowStateChanged {
+                        to: FlowState::Resuming,
+                    },
+                    EventBody::FlowStateChanged {
+                        to: FlowState::Suspended,
+                    },
+                ])?;
+                if run.flush_suspended(&tasks).await? == Flushed::Restart {
+                    *rebases = run.rebases;
+                    return Ok(None);
+                }
+                for next in [
+                    EngineState::Scheduling,
+                    EngineState::Waiting,
+                    EngineState::Analyzing,
+                    EngineState::GameOver,
+                    EngineState::Suspended,
+                ] {
+                    self.step_engine(flow, &mut engine, next)?;
+                }
+                return Ok(Some(outcome(
+                    flow,
+                    &graph,
+                    run.record()?,
+                    FlowState::Suspended,
+                )));
+            }
             FlowState::Running | FlowState::Suspending | FlowState::Resuming => {
-                // The process that ran it died: load it the way the spec says.
+                // The process that ran it died (or it was resumed): load it the way the
+                // spec says.
                 if state != FlowState::Resuming {
                     opening.push(EventBody::FlowStateChanged {
                         to: FlowState::Resuming,
@@ -317,90 +540,120 @@ impl Engine {
         run.stage(opening)?;
         // Work the log shows in flight when its process died runs again once the opening
         // transitions are durable.
-        let mut resumed = runtime.resume_in_flight(run.record()?);
+        let mut resumed = run.runtime.resume_in_flight(record_of(&run.writer)?);
         if state == FlowState::Failure {
             // Re-running a failed flow really runs it: the reverts that failed run again, and
             // each that succeeds now is recorded as repaired, so the rest can revert.
-            run.flush().await?;
-            for work in runtime.failed_reverts(run.record()?) {
+            if run.flush(&tasks).await? == Flushed::Restart {
+                *rebases = run.rebases;
+                return Ok(None);
+            }
+            let retried = run.runtime.failed_reverts(record_of(&run.writer)?);
+            for work in retried {
                 let atom = match &work {
                     Work::Revert { atom, .. } | Work::Execute { atom, .. } => *atom,
                 };
                 let mut once = InFlight::default();
                 self.launch(&mut once, &graph, flow, work);
                 if let Some((_, Finished::Reverted(result))) = once.next().await {
-                    let events = runtime.revert_retried(atom, result);
-                    run.stage(events)?;
+                    run.record_outcome(atom, Finished::RevertRetried(result))?;
                 }
             }
         }
-        let mut tasks = InFlight::default();
-        let mut stopping = false;
-        let mut held_back;
         self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
-        loop {
-            // SCHEDULING
-            if !stopping && self.take_suspend(flow) {
-                stopping = true;
-                run.stage(vec![EventBody::FlowStateChanged {
-                    to: FlowState::Suspending,
-                }])?;
-            }
-            let capacity = self
-                .max_concurrency
-                .saturating_sub(tasks.len() + resumed.len());
-            let step = runtime.schedule(run.record()?, capacity, stopping);
-            held_back = step.held_back && stopping;
-            run.stage(step.events)?;
-            if step.again && step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
-                run.flush().await?;
+        let final_state = 'run: loop {
+            let mut held_back;
+            loop {
+                // SCHEDULING: a suspension (asked in this process, or recorded by a request)
+                // and a cancellation are taken into account at every step boundary.
+                run.take_requests()?;
+                let capacity = self
+                    .max_concurrency
+                    .saturating_sub(tasks.len() + resumed.len());
+                let step = run
+                    .runtime
+                    .schedule(record_of(&run.writer)?, capacity, run.stopping);
+                held_back = step.held_back && run.stopping;
+                run.stage(step.events)?;
+                if step.again && step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
+                    if run.flush(&tasks).await? == Flushed::Restart {
+                        *rebases = run.rebases;
+                        return Ok(None);
+                    }
+                    self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+                    self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                    self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
+                    continue;
+                }
+                if step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
+                    // The run is over: what is staged goes out with the final state.
+                    self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+                    self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                    break;
+                }
+                // Every transition is durable before the work it allows starts.
+                match run.flush(&tasks).await? {
+                    Flushed::Committed => {}
+                    Flushed::Restart => {
+                        *rebases = run.rebases;
+                        return Ok(None);
+                    }
+                    // Requests came first: decide again on top of them (nothing of this
+                    // round was launched).
+                    Flushed::Rebased => continue,
+                }
+                for work in resumed.drain(..).chain(step.launch) {
+                    self.launch(&mut tasks, &graph, flow, work);
+                }
+                // WAITING (something was launched above or is still running).
                 self.step_engine(flow, &mut engine, EngineState::Waiting)?;
+                let first = tasks.next().await;
+                // ANALYZING: this completion and every other one already finished.
                 self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
+                let mut finished: Vec<(usize, Finished)> = first.into_iter().collect();
+                while let Some(more) = tasks.try_next() {
+                    finished.extend(more);
+                }
+                for (atom, outcome) in finished {
+                    run.record_outcome(atom, outcome)?;
+                }
+                if self.notifier.wants() {
+                    // Listeners see each result before anything it unblocks starts (so a
+                    // listener can suspend the flow right after an atom, as in TaskFlow).
+                    // Without listeners results and the next starts share one commit.
+                    if run.flush(&tasks).await? == Flushed::Restart {
+                        *rebases = run.rebases;
+                        return Ok(None);
+                    }
+                }
                 self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
-                continue;
             }
-            if step.launch.is_empty() && resumed.is_empty() && tasks.is_empty() {
-                // The run is over: what is staged goes out with the final state.
-                self.step_engine(flow, &mut engine, EngineState::Waiting)?;
-                self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
-                break;
+            // GAME_OVER: the final flow state.
+            self.step_engine(flow, &mut engine, EngineState::GameOver)?;
+            let final_state = run.runtime.outcome(run.record()?, held_back);
+            if state_of(run.record()?) != Some(final_state) {
+                run.stage(vec![EventBody::FlowStateChanged { to: final_state }])?;
             }
-            // Every transition is durable before the work it allows starts.
-            run.flush().await?;
-            for work in resumed.drain(..).chain(step.launch) {
-                self.launch(&mut tasks, &graph, flow, work);
+            let flushed = if final_state == FlowState::Suspended {
+                run.flush_suspended(&tasks).await?
+            } else {
+                run.flush(&tasks).await?
+            };
+            match flushed {
+                Flushed::Committed => break 'run final_state,
+                Flushed::Restart => {
+                    *rebases = run.rebases;
+                    return Ok(None);
+                }
+                Flushed::Rebased => {
+                    // Requests came before the final state could be recorded: this run of
+                    // the engine machine ends unrecorded and a new one goes on from the log.
+                    engine = EngineState::INITIAL;
+                    self.step_engine(flow, &mut engine, EngineState::Resuming)?;
+                    self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
+                }
             }
-            // WAITING (something was launched above or is still running).
-            self.step_engine(flow, &mut engine, EngineState::Waiting)?;
-            let first = tasks.next().await;
-            // ANALYZING: this completion and every other one already finished.
-            self.step_engine(flow, &mut engine, EngineState::Analyzing)?;
-            let mut finished: Vec<(usize, Finished)> = first.into_iter().collect();
-            while let Some(more) = tasks.try_next() {
-                finished.extend(more);
-            }
-            for (atom, outcome) in finished {
-                let events = match outcome {
-                    Finished::Executed(result) => runtime.executed(run.record()?, atom, result),
-                    Finished::Reverted(result) => runtime.reverted(atom, result),
-                };
-                run.stage(events)?;
-            }
-            if self.notifier.wants() {
-                // Listeners see each result before anything it unblocks starts (so a listener
-                // can suspend the flow right after an atom, as in TaskFlow). Without listeners
-                // results and the next starts share one commit.
-                run.flush().await?;
-            }
-            self.step_engine(flow, &mut engine, EngineState::Scheduling)?;
-        }
-        // GAME_OVER: the final flow state.
-        self.step_engine(flow, &mut engine, EngineState::GameOver)?;
-        let final_state = runtime.outcome(run.record()?, held_back);
-        if state_of(run.record()?) != Some(final_state) {
-            run.stage(vec![EventBody::FlowStateChanged { to: final_state }])?;
-        }
-        run.flush().await?;
+        };
         let final_engine = match final_state {
             FlowState::Success => EngineState::Success,
             FlowState::Failure => EngineState::Failure,
@@ -410,7 +663,7 @@ impl Engine {
         self.step_engine(flow, &mut engine, final_engine)?;
         let finished = outcome(flow, &graph, run.record()?, final_state);
         self.tell_parent(run.record()?, &finished).await?;
-        Ok(finished)
+        Ok(Some(finished))
     }
 
     /// Tells the durable function that started this flow as its child (if one did) how the
@@ -426,11 +679,14 @@ impl Engine {
         let ended = match outcome.state {
             FlowState::Success => Ok(Value::Object(outcome.results.clone().into_iter().collect())),
             FlowState::Failure | FlowState::Reverted => {
-                let failed: Vec<String> = outcome
+                let mut failed: Vec<String> = outcome
                     .failures
                     .iter()
                     .map(|(atom, failure)| format!("{atom}: {failure}"))
                     .collect();
+                if let Some(reason) = &record.cancel_requested {
+                    failed.push(format!("cancelled: {reason}"));
+                }
                 Err(Failure::new(
                     "TaskGraphFailed",
                     format!(
@@ -543,6 +799,11 @@ impl InFlight {
         self.set.len()
     }
 
+    /// The atoms whose work is in flight.
+    fn atoms(&self) -> impl Iterator<Item = usize> + '_ {
+        self.launched.values().map(|(atom, _)| *atom)
+    }
+
     /// Turns a joined task into its atom's outcome; a panicking task is a failing task, not
     /// a dead engine.
     fn outcome(
@@ -577,26 +838,74 @@ impl InFlight {
     }
 }
 
+/// How an atom's work ended.
+#[derive(Clone)]
 enum Finished {
     Executed(Result<Value, Failure>),
     Reverted(Result<(), Failure>),
+    /// A failed revert run again (re-running a FAILURE flow).
+    RevertRetried(Result<(), Failure>),
 }
 
-/// One run's writer: decisions are staged (checked and folded at once) and committed as one
-/// append per scheduling round.
+/// Most times one run may start over or decide again because requests (a suspension, a
+/// cancellation) were appended while it ran; beyond that the conflict goes to the caller.
+pub const MAX_REQUEST_REBASES: usize = 64;
+
+/// What a commit of one run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    /// Recorded (or nothing was staged).
+    Committed,
+    /// Requests (a suspension, a cancellation) were appended since the run last read the
+    /// log: it now stands on top of them, with the outcomes it had not recorded yet staged
+    /// again, and decides the rest again. Nothing staged for launching was launched.
+    Rebased,
+    /// Requests were appended before the run's opening transitions were recorded: load the
+    /// flow and run it again (nothing ran yet).
+    Restart,
+}
+
+/// One run's writer and scheduler: decisions are staged (checked and folded at once) and
+/// committed as one append per scheduling round.
 struct Run<'a> {
     engine: &'a Engine,
     writer: FlowWriter,
+    graph: Arc<Graph>,
+    runtime: Runtime,
+    /// Outcomes whose events are staged but not durable yet, in the order they were staged
+    /// (staged again on top of requests after a rebase).
+    unrecorded: Vec<(usize, Finished)>,
+    /// Whether the run's first append (its opening transitions) is durable.
+    opened: bool,
+    /// Rebases and restarts so far (at most [`MAX_REQUEST_REBASES`]).
+    rebases: usize,
+    /// Nothing new starts: a suspension was asked for (in this process or in the log).
+    stopping: bool,
+    /// A suspension asked for in this process ([`Engine::suspend`]).
+    suspend_asked: bool,
+    /// The cancellation in the log has been turned into reverts.
+    cancelling: bool,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(engine: &'a Engine, writer: FlowWriter, graph: Arc<Graph>, rebases: usize) -> Self {
+        Self {
+            engine,
+            writer,
+            runtime: Runtime::new(graph.clone()),
+            graph,
+            unrecorded: Vec::new(),
+            opened: false,
+            rebases,
+            stopping: false,
+            suspend_asked: false,
+            cancelling: false,
+        }
+    }
+
     /// The flow's state, including staged decisions.
     fn record(&self) -> Result<&FlowRecord, EngineError> {
-        self.writer
-            .record()
-            .ok_or(EngineError::Write(WriteError::Refused(
-                flowstate_core::FoldError::EmptyLog,
-            )))
+        record_of(&self.writer)
     }
 
     fn stage(&mut self, events: Vec<EventBody>) -> Result<(), EngineError> {
@@ -612,19 +921,155 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Appends everything staged as one atomic append, then notifies listeners.
-    async fn flush(&mut self) -> Result<(), EngineError> {
-        if !self.writer.has_staged() {
-            return Ok(());
+    /// Stages what an atom's finished work means (and remembers it until it is durable).
+    fn record_outcome(&mut self, atom: usize, finished: Finished) -> Result<(), EngineError> {
+        let events = match finished.clone() {
+            Finished::Executed(result) => {
+                self.runtime
+                    .executed(record_of(&self.writer)?, atom, result)
+            }
+            Finished::Reverted(result) => self.runtime.reverted(atom, result),
+            Finished::RevertRetried(result) => self.runtime.revert_retried(atom, result),
+        };
+        self.stage(events)?;
+        self.unrecorded.push((atom, finished));
+        Ok(())
+    }
+
+    /// At a step boundary: a suspension asked for in this process or recorded in the log
+    /// stops new work (recording SUSPENDING if the log does not say it yet), and a
+    /// cancellation in the log marks everything for revert.
+    fn take_requests(&mut self) -> Result<(), EngineError> {
+        let flow = self.writer.flow();
+        if !self.suspend_asked {
+            self.suspend_asked = self.engine.take_suspend(flow);
         }
-        self.writer
-            .commit(self.engine.store.as_ref(), AppendExtras::default())
-            .await?;
-        if self.engine.notifier.wants() {
-            self.engine.notifier.flush(self.writer.flow());
+        let suspending = state_of(self.record()?) == Some(FlowState::Suspending);
+        if !self.stopping && (suspending || self.suspend_asked) {
+            self.stopping = true;
+            if !suspending {
+                self.stage(vec![EventBody::FlowStateChanged {
+                    to: FlowState::Suspending,
+                }])?;
+            }
+        }
+        if !self.cancelling && self.record()?.cancel_requested.is_some() {
+            self.cancelling = true;
+            let events = self.runtime.cancel(record_of(&self.writer)?);
+            self.stage(events)?;
         }
         Ok(())
     }
+
+    /// Appends everything staged as one atomic append, then notifies listeners.
+    async fn flush(&mut self, in_flight: &InFlight) -> Result<Flushed, EngineError> {
+        self.flush_with(in_flight, AppendExtras::default()).await
+    }
+
+    /// The append that records SUSPENDED: it also clears the ready flag, so that no worker
+    /// takes the flow up again until it is resumed (or cancelled).
+    async fn flush_suspended(&mut self, in_flight: &InFlight) -> Result<Flushed, EngineError> {
+        let extras = AppendExtras {
+            ready: Some(false),
+            ..AppendExtras::default()
+        };
+        self.flush_with(in_flight, extras).await
+    }
+
+    async fn flush_with(
+        &mut self,
+        in_flight: &InFlight,
+        extras: AppendExtras,
+    ) -> Result<Flushed, EngineError> {
+        if !self.writer.has_staged() {
+            return Ok(Flushed::Committed);
+        }
+        let flow = self.writer.flow();
+        let store = self.engine.store.as_ref();
+        let from = self.writer.durable_next_seq();
+        let conflict = match self.writer.commit(store, extras).await {
+            Ok(_) => {
+                self.opened = true;
+                self.unrecorded.clear();
+                if self.engine.notifier.wants() {
+                    self.engine.notifier.flush(flow);
+                }
+                return Ok(Flushed::Committed);
+            }
+            Err(error @ WriteError::Store(StoreError::Conflict { .. })) => error,
+            Err(error) => return Err(error.into()),
+        };
+        // Someone appended first. Requests (a suspension, a cancellation) are expected: a
+        // client records them in the log while this run runs the flow, and the run goes on
+        // on top of them. Anything else is another run: the caller gets the conflict.
+        self.engine.notifier.discard(flow);
+        if self.rebases >= MAX_REQUEST_REBASES {
+            return Err(conflict.into());
+        }
+        self.rebases += 1;
+        let reloaded = FlowWriter::load(store, flow).await?;
+        if !only_requests(store, flow, from, reloaded.durable_next_seq()).await? {
+            return Err(conflict.into());
+        }
+        self.writer = reloaded;
+        if !self.opened {
+            return Ok(Flushed::Restart);
+        }
+        // A new scheduler for the new state: what runs stays running, outcomes not yet
+        // recorded are staged again, everything else is decided again.
+        self.runtime = Runtime::new(self.graph.clone());
+        self.runtime.in_flight(in_flight.atoms());
+        self.stopping = false;
+        self.cancelling = false;
+        for (atom, finished) in std::mem::take(&mut self.unrecorded) {
+            self.record_outcome(atom, finished)?;
+        }
+        Ok(Flushed::Rebased)
+    }
+}
+
+/// Whether the events `from..to` of `flow` are all requests a client may append while an
+/// engine runs the flow: a suspension (→ SUSPENDING) or a cancellation.
+async fn only_requests(
+    store: &dyn Store,
+    flow: FlowId,
+    from: u64,
+    to: u64,
+) -> Result<bool, EngineError> {
+    let wanted = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
+    if wanted == 0 || wanted > MAX_REQUEST_REBASES {
+        return Ok(false);
+    }
+    let raw = store
+        .read(flow, from, wanted)
+        .await
+        .map_err(WriteError::from)?;
+    if raw.len() != wanted {
+        return Ok(false);
+    }
+    for raw in &raw {
+        let Ok(event) = Event::decode(raw) else {
+            return Ok(false);
+        };
+        if !matches!(
+            event.body,
+            EventBody::FlowStateChanged {
+                to: FlowState::Suspending
+            } | EventBody::CancelRequested { .. }
+        ) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The state a writer holds, including staged events.
+fn record_of(writer: &FlowWriter) -> Result<&FlowRecord, EngineError> {
+    writer
+        .record()
+        .ok_or(EngineError::Write(WriteError::Refused(
+            flowstate_core::FoldError::EmptyLog,
+        )))
 }
 
 fn state_of(record: &FlowRecord) -> Option<FlowState> {

@@ -105,6 +105,13 @@ impl Notifier {
         }
     }
 
+    /// Forgets the staged transitions of `flow`: their append was refused.
+    pub(crate) fn discard(&self, flow: FlowId) {
+        if let Ok(mut staged) = self.staged.lock() {
+            staged.remove(&flow);
+        }
+    }
+
     /// Delivers the staged transitions of `flow`, now durable.
     pub(crate) fn flush(&self, flow: FlowId) {
         let ready = match self.staged.lock() {

@@ -254,6 +254,30 @@ impl Runtime {
         self.candidates = candidates;
     }
 
+    /// Marks atoms whose work is in flight (a scheduler rebuilt while they run): they are
+    /// not examined until their outcome is recorded.
+    pub fn in_flight(&mut self, atoms: impl IntoIterator<Item = usize>) {
+        self.running.extend(atoms);
+    }
+
+    /// A cancellation: every atom that is not reverted or ignored gets the intention REVERT,
+    /// as when a failure at the top reverts everything. Nothing new executes, atoms that run
+    /// are reverted once they finish, and done atoms revert in reverse order.
+    pub fn cancel(&mut self, record: &FlowRecord) -> Vec<EventBody> {
+        let mut view = View {
+            record,
+            overlay: BTreeMap::new(),
+            results: BTreeMap::new(),
+            graph: self.graph.clone(),
+        };
+        let mut step = Step::default();
+        let every: Vec<usize> = (0..self.graph.atoms.len()).collect();
+        for changed in self.mark_revert(&mut view, &mut step, &every) {
+            self.touch(changed);
+        }
+        step.events
+    }
+
     /// Reverts that failed and were not repaired: re-running a FAILURE flow runs them again.
     pub fn failed_reverts(&mut self, record: &FlowRecord) -> Vec<Work> {
         let view = View {
