@@ -3,18 +3,44 @@
 //!
 //! Like every command, arguments are parsed before anything is opened, and inspection opens
 //! the archive with [`ArchiveAccess::MustExist`]: a mistyped directory is an error, never a
-//! new empty archive.
+//! new empty archive. A pass shows the flows it has moved so far, and replaying a long
+//! archived log shows a bar (on a terminal, see [`crate::progress`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use flowstate::core::Event;
-use flowstate::{Access, SystemClock};
-use flowstate_archive::{ArchiveAccess, ArchivePolicy, ArchiveQuery, ArchiveStore, Archiver};
+use flowstate::{Access, FlowId, SystemClock};
+use flowstate_archive::{
+    ArchiveAccess, ArchiveObserver, ArchivePolicy, ArchiveQuery, ArchiveStep, ArchiveStore,
+    Archiver,
+};
 
-use crate::commands::{flow_args, parse_id, within_log};
+use crate::commands::{flow_args, parse_duration, parse_id, within_log};
+use crate::progress::{self, Bar, Progress};
 use crate::render::{self, Output};
 use crate::{ArchiveCommand, ArchiveRunArgs, CliError};
+
+/// Counts the flows a pass has moved (deleted from the live store) on a spinner.
+#[derive(Debug)]
+struct PassProgress {
+    spinner: Bar,
+    moved: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl ArchiveObserver for PassProgress {
+    async fn step(&self, _flow: FlowId, step: ArchiveStep) {
+        if step == ArchiveStep::Deleted {
+            let moved = self
+                .moved
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            self.spinner
+                .message(format!("archiving: {moved} flows moved"));
+        }
+    }
+}
 
 /// Runs one `archive` command.
 pub(crate) async fn run(
@@ -22,6 +48,7 @@ pub(crate) async fn run(
     store: &str,
     archive: &str,
     json: bool,
+    progress: Progress,
 ) -> Result<Output, CliError> {
     match command {
         ArchiveCommand::Ls(args) => {
@@ -42,7 +69,8 @@ pub(crate) async fn run(
                 .read(id)
                 .await?;
             let stop = within_log(id, &flow.events, at)?;
-            let record = flow.replay(stop)?;
+            let record = progress::fold(&flow.events, stop, progress)
+                .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
             render::record(&record, at.is_some().then_some(flow.events.len()), json)
         }
         ArchiveCommand::Events(args) => {
@@ -64,10 +92,19 @@ pub(crate) async fn run(
             let archive = ArchiveStore::open(archive, ArchiveAccess::CreateIfMissing)?;
             let clock = Arc::new(SystemClock);
             let store = flowstate::open_store(store, clock.clone(), Access::MustExist).await?;
+            let observer = Arc::new(PassProgress {
+                spinner: progress.spinner("archiving: 0 flows moved"),
+                moved: 0.into(),
+            });
             let pass = match Archiver::new(store.clone(), archive, policy, clock) {
-                Ok(archiver) => archiver.run_once().await.map_err(CliError::from),
+                Ok(archiver) => archiver
+                    .with_observer(observer.clone())
+                    .run_once()
+                    .await
+                    .map_err(CliError::from),
                 Err(error) => Err(error.into()),
             };
+            drop(observer);
             let closed = store.close().await;
             let report = pass?;
             closed?;
@@ -90,7 +127,7 @@ fn policy(args: &ArchiveRunArgs) -> Result<ArchivePolicy, CliError> {
         max_age: args
             .max_age
             .as_deref()
-            .map(parse_duration)
+            .map(|text| parse_duration("max-age", text))
             .transpose()?
             .unwrap_or(defaults.max_age),
         max_live_flows: args.max_live_flows,
@@ -101,56 +138,4 @@ fn policy(args: &ArchiveRunArgs) -> Result<ArchivePolicy, CliError> {
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(defaults.batch_size),
     })
-}
-
-/// A duration: a whole number with a unit, `s`, `m`, `h` or `d` (`0` needs none).
-fn parse_duration(text: &str) -> Result<Duration, CliError> {
-    let invalid = || {
-        CliError::new(format!(
-            "--max-age {text:?} is not a duration such as 90s, 30m, 12h or 7d"
-        ))
-    };
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = text.split_at(unit_at);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(invalid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_have_units() {
-        assert_eq!(parse_duration("0").ok(), Some(Duration::ZERO));
-        assert_eq!(parse_duration("90s").ok(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m").ok(), Some(Duration::from_secs(1_800)));
-        assert_eq!(
-            parse_duration("12h").ok(),
-            Some(Duration::from_secs(43_200))
-        );
-        assert_eq!(
-            parse_duration("7d").ok(),
-            Some(Duration::from_secs(604_800))
-        );
-        for bad in ["", "7", "d", "-1d", "1w", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -1,20 +1,30 @@
-//! What each command does: parse its arguments, open the store for reading, ask the store and
-//! the fold, and hand the result to [`crate::render`].
+//! What the store-side commands do (`flows ls | show | events | signal | cancel`): parse
+//! their arguments, open the store, ask the store and the fold, and hand the result to
+//! [`crate::render`]. Also the parsers of values every command shares (ids, `--at`,
+//! durations).
 //!
 //! Every argument is parsed before the store is opened, so a typo never touches a file. The
 //! store is always opened with [`Access::MustExist`]: inspecting a mistyped path must be an
-//! error, never a new empty store that then lists no flows.
+//! error, never a new empty store that then lists no flows. `flows signal` and `flows cancel`
+//! append to the store directly, without a server (for a store no server is running on; any
+//! engine on the store still sees them, as the append marks the flow ready); `flowstate
+//! signal` and `flowstate cancel` go through the server ([`crate::remote`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use flowstate::core::machine::{ActivationState, FlowState, PlanState};
-use flowstate::core::{fold, Event, FlowStatus, Machine, RawEvent, StopAt};
-use flowstate::store::{read_all, FlowQuery};
+use flowstate::core::{Event, FlowStatus, Machine, RawEvent, StopAt};
+use flowstate::store::FlowQuery;
 use flowstate::{Access, FlowId, FlowKind, Store, StoreError, SystemClock, Timestamp};
 use flowstate_archive::{ArchiveAccess, ArchiveStore};
 
+use crate::progress::{self, Progress};
 use crate::render::{self, Output};
 use crate::{Cli, CliError, Command, FlowArgs, FlowsCommand, LsArgs};
+
+/// Events read from the store per request when reading a whole log.
+const READ_BATCH: usize = 10_000;
 
 /// A command with its arguments parsed.
 #[derive(Debug)]
@@ -41,12 +51,22 @@ enum Request {
 
 /// Runs one command and closes the store, whatever the command's outcome.
 pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
+    let progress = Progress::for_people(cli.json);
     let request = match cli.command {
         Command::Archive(command) => {
-            return crate::archive::run(command, &cli.store, &cli.archive, cli.json).await
+            return crate::archive::run(command, &cli.store, &cli.archive, cli.json, progress).await
         }
         // `main` runs the server itself, on a multi-threaded runtime.
         Command::Serve(_) => return Err(CliError::new("serve is run by main")),
+        Command::Start(_)
+        | Command::Signal(_)
+        | Command::Cancel(_)
+        | Command::Suspend(_)
+        | Command::Resume(_)
+        | Command::Steps(_)
+        | Command::Flows(FlowsCommand::Watch(_)) => {
+            return Err(CliError::new("this command goes through the server"))
+        }
         Command::Flows(FlowsCommand::Ls(args)) => Request::List(list_query(args)?),
         Command::Flows(FlowsCommand::Show(args)) => {
             let (id, at) = flow_args(&args)?;
@@ -71,7 +91,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
         },
     };
     let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist).await?;
-    let result = execute(store.as_ref(), &cli.archive, request, cli.json).await;
+    let result = execute(store.as_ref(), &cli.archive, request, cli.json, progress).await;
     let closed = store.close().await;
     // The command's own error says more than a failure to close after it.
     let output = result?;
@@ -84,6 +104,7 @@ async fn execute(
     archive: &str,
     request: Request,
     json: bool,
+    progress: Progress,
 ) -> Result<Output, CliError> {
     match request {
         Request::List(query) => {
@@ -92,9 +113,9 @@ async fn execute(
             render::flows(&page, json)
         }
         Request::Show { id, at } => {
-            let (events, stop) = read_log(store, archive, id, at).await?;
-            let record =
-                fold(&events, stop).map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
+            let (events, stop) = read_log(store, archive, id, at, progress).await?;
+            let record = progress::fold(&events, stop, progress)
+                .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
             let mut output = render::record(&record, at.is_some().then_some(events.len()), json)?;
             if !json && flowstate_archive::is_archived(record.status) {
                 output.hint = Some(format!(
@@ -104,7 +125,7 @@ async fn execute(
             Ok(output)
         }
         Request::Events { id, at } => {
-            let (events, stop) = read_log(store, archive, id, at).await?;
+            let (events, stop) = read_log(store, archive, id, at, progress).await?;
             let decoded = events
                 .iter()
                 .take_while(|raw| !stop.excludes(raw.seq, raw.time))
@@ -136,8 +157,9 @@ async fn read_log(
     archive: &str,
     id: FlowId,
     at: Option<StopAt>,
+    progress: Progress,
 ) -> Result<(Vec<RawEvent>, StopAt), CliError> {
-    let events = match read_all(store, id).await {
+    let events = match read_events(store, id, progress).await {
         Ok(events) => events,
         Err(error @ StoreError::UnknownFlow { .. }) => {
             return Err(not_live(archive, id, error).await)
@@ -146,6 +168,37 @@ async fn read_log(
     };
     let stop = within_log(id, &events, at)?;
     Ok((events, stop))
+}
+
+/// A flow's whole log (what `flowstate::store::read_all` reads), with a bar once it turns out
+/// to be long: the first batch is read without one, and only a full first batch asks the
+/// store how long the log is.
+async fn read_events(
+    store: &dyn Store,
+    id: FlowId,
+    progress: Progress,
+) -> Result<Vec<RawEvent>, StoreError> {
+    let mut events = store.read(id, 1, READ_BATCH).await?;
+    if events.len() < READ_BATCH {
+        return Ok(events);
+    }
+    let first = events.first().map_or(1, |event| event.seq);
+    let last = store
+        .flow(id)
+        .await?
+        .map_or(first, |summary| summary.events());
+    let bar = progress.bar(last.saturating_sub(first) + 1, "reading events");
+    bar.inc(events.len() as u64);
+    loop {
+        let next = events.last().map_or(1, |event| event.seq + 1);
+        let batch = store.read(id, next, READ_BATCH).await?;
+        let done = batch.len() < READ_BATCH;
+        bar.inc(batch.len() as u64);
+        events.extend(batch);
+        if done {
+            return Ok(events);
+        }
+    }
 }
 
 /// The error for a flow the store does not have: if the archive has it, say so and where to
@@ -215,6 +268,37 @@ fn parse_at(text: &str) -> Result<StopAt, CliError> {
                 "--at {text:?} is neither an event sequence number (such as 3) nor an RFC 3339 time (such as 2026-11-25T04:20:00Z)"
             ))
         })
+}
+
+/// A duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d` (`0` needs none), as
+/// `--flag` takes it.
+pub(crate) fn parse_duration(flag: &str, text: &str) -> Result<Duration, CliError> {
+    let invalid = || {
+        CliError::new(format!(
+            "--{flag} {text:?} is not a duration such as 250ms, 90s, 30m, 12h or 7d"
+        ))
+    };
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let millis: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(invalid)
 }
 
 fn parse_time(flag: &str, text: &str) -> Result<Timestamp, CliError> {
@@ -301,6 +385,33 @@ fn list_query(args: LsArgs) -> Result<FlowQuery, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_have_units() {
+        let parse = |text| parse_duration("max-age", text).ok();
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(parse("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse("30m"), Some(Duration::from_secs(1_800)));
+        assert_eq!(parse("12h"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse("7d"), Some(Duration::from_secs(604_800)));
+        for bad in [
+            "",
+            "7",
+            "d",
+            "-1d",
+            "1w",
+            "1.5h",
+            "99999999999999999999d",
+            "1 s",
+        ] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+        let Err(CliError(message)) = parse_duration("timeout", "soon") else {
+            panic!("soon is not a duration");
+        };
+        assert!(message.starts_with("--timeout \"soon\""), "{message}");
+    }
 
     #[test]
     fn at_is_a_sequence_number_or_a_time() {

@@ -1,22 +1,35 @@
-//! The `flowstate` command line: inspect the flows in a store.
+//! The `flowstate` command line: run the server, drive flows through it, inspect the flows in
+//! a store and its archive.
 //!
 //! This file owns the grammar (clap), the runtime and the error contract: every failure is one
-//! `error: <message>` line on stderr and exit status 1; only clap's own usage errors keep their
-//! usual status 2. What each command does lives in [`commands`], how results look (tables or
-//! JSON) in [`render`].
+//! `error: <message>` line on stderr and exit status 1 (a server's problem details become
+//! `error: <detail> (<code>)`); only clap's own usage errors keep their usual status 2. Where
+//! settings come from is [`config`]'s; what the store-side commands do lives in [`commands`]
+//! and [`archive`], the commands that go through a server in [`remote`] (over [`client`]), how
+//! results look (tables or JSON) in [`render`], progress bars in [`progress`].
 
 mod archive;
+mod client;
 mod commands;
+mod config;
+mod progress;
+mod remote;
 mod render;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use flowstate::core::limits::MAX_PAGE_SIZE;
 
-/// Inspect durable flows: list them, show their state at any point, read their logs; send
-/// signals to durable functions, and cancels them; list, show and replay archived flows.
+/// Run and drive durable flows: serve the engine, start flows and follow them, send signals,
+/// suspend, resume and cancel them through the server; list flows, show their state at any
+/// point and read their logs from the store; list, show and replay archived flows.
+///
+/// Settings come from flags, then the environment, then the configuration file (--config or
+/// FLOWSTATE_CONFIG: TOML with the keys store, archive, server, tokens, addr, examples,
+/// archive_deactivated), then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "flowstate", version)]
 pub(crate) struct Cli {
@@ -41,6 +54,34 @@ pub(crate) struct Cli {
     )]
     pub(crate) archive: String,
 
+    /// A TOML configuration file (no file is read unless one is named).
+    #[arg(long, global = true, value_name = "PATH", env = config::CONFIG_ENV)]
+    pub(crate) config: Option<PathBuf>,
+
+    /// The server commands go through: start, signal, cancel, suspend, resume, steps, flows
+    /// watch.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = client::SERVER_ENV,
+        default_value = client::DEFAULT_SERVER
+    )]
+    pub(crate) server: String,
+
+    /// A bearer token. `serve` accepts every one given (comma separated in the environment);
+    /// commands that go through a server send the first.
+    #[arg(
+        long = "token",
+        id = "tokens",
+        global = true,
+        value_name = "TOKEN",
+        env = "FLOWSTATE_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) tokens: Vec<String>,
+
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -51,7 +92,7 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Inspect flows.
+    /// Inspect flows (in the store), or watch them (through the server).
     #[command(subcommand)]
     Flows(FlowsCommand),
     /// Archived flows: list them, show and replay them, move deactivated flows there.
@@ -59,22 +100,33 @@ pub(crate) enum Command {
     Archive(ArchiveCommand),
     /// Run the engine with its HTTP API and web UI (on the store given by --store).
     Serve(ServeArgs),
+    /// Start a flow through the server: a plan by goals, or a task graph or durable function
+    /// by name. Prints its id.
+    Start(StartArgs),
+    /// Send a signal to a durable function through the server.
+    Signal(SignalArgs),
+    /// Cancel a flow through the server: a durable function stops at its next effect and is
+    /// done with a `Cancelled` failure; an active plan fails, compensates and deactivates; an
+    /// unfinished task graph reverts what ran.
+    Cancel(CancelArgs),
+    /// Suspend a task graph through the server: running atoms finish, nothing new starts, and
+    /// it stays SUSPENDED until resumed (plans and functions have no suspended state).
+    Suspend(ControlArgs),
+    /// Resume a SUSPENDED task graph through the server.
+    Resume(ControlArgs),
+    /// The server's plan steps: list them, register HTTP steps, remove them.
+    #[command(subcommand)]
+    Steps(StepsCommand),
 }
 
-/// `serve [--addr ADDR] [--token T]... [--no-examples] [--archive-deactivated]`.
+/// `serve [--addr ADDR] [--no-examples] [--archive-deactivated]` (tokens: the global
+/// `--token`).
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Where to listen; without a token only a loopback address is accepted.
+    /// Where to listen (port 0: any free port, printed); without a token only a loopback
+    /// address is accepted.
     #[arg(long, value_name = "ADDR", env = "FLOWSTATE_ADDR", default_value = flowstate_server::DEFAULT_ADDR)]
     pub(crate) addr: std::net::SocketAddr,
-    /// Bearer tokens every API call must carry (comma separated in the environment).
-    #[arg(
-        long = "token",
-        value_name = "TOKEN",
-        env = "FLOWSTATE_TOKEN",
-        value_delimiter = ','
-    )]
-    pub(crate) tokens: Vec<String>,
     /// Do not register the example steps, task graph and function.
     #[arg(long)]
     pub(crate) no_examples: bool,
@@ -138,24 +190,155 @@ pub(crate) enum FlowsCommand {
     Show(FlowArgs),
     /// Print a flow's events, all of them or up to a point.
     Events(FlowArgs),
-    /// Send a signal to a durable function (it waits in the function's inbox and wakes it).
+    /// Follow a flow's events as they are recorded, until it ends (through the server); with
+    /// no id, follow changes of every flow.
+    Watch(WatchArgs),
+    /// Send a signal to a durable function by writing to the store directly, without a
+    /// server (`flowstate signal` goes through one).
     Signal(SignalArgs),
-    /// Cancel a durable function: it stops at its next effect and is done with a
-    /// `Cancelled` failure.
+    /// Cancel a durable function by writing to the store directly, without a server
+    /// (`flowstate cancel` goes through one).
     Cancel(CancelArgs),
 }
 
-/// `flows cancel ID [--reason TEXT]`.
+/// `flows watch [ID]`.
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// The flow; without one, every flow's changes (until the server stops).
+    pub(crate) id: Option<String>,
+}
+
+/// `start (--goal G... | --graph NAME | --function NAME) [--input ...]... [--wait]`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["goals", "graph", "function"])))]
+pub(crate) struct StartArgs {
+    /// A plan's goal: an attribute or a step name (repeat for several).
+    #[arg(long = "goal", id = "goals", value_name = "GOAL")]
+    pub(crate) goals: Vec<String>,
+    /// A registered task graph to run.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) graph: Option<String>,
+    /// A registered durable function to run.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) function: Option<String>,
+    /// Input. A plan or task graph takes KEY=JSON (repeat; name='"text"' for a string) or a
+    /// JSON object; a function takes one JSON value.
+    #[arg(long = "input", id = "inputs", value_name = "KEY=JSON|JSON")]
+    pub(crate) inputs: Vec<String>,
+    /// For a plan: which step provides an attribute several steps could provide.
+    #[arg(
+        long = "choose",
+        id = "choices",
+        value_name = "ATTR=STEP",
+        requires = "goals"
+    )]
+    pub(crate) choices: Vec<String>,
+    /// For a plan: its definition name (default "plan").
+    #[arg(long, value_name = "NAME", requires = "goals")]
+    pub(crate) name: Option<String>,
+    /// Follow the flow to its end, then print its final state (exit status 1 if it failed).
+    #[arg(long)]
+    pub(crate) wait: bool,
+}
+
+/// `suspend ID [--reason TEXT]`, `resume ID [--reason TEXT]`.
+#[derive(Debug, Args)]
+pub(crate) struct ControlArgs {
+    /// The flow's id.
+    pub(crate) id: String,
+    /// Why (the server logs it).
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StepsCommand {
+    /// List the steps new plans are planned from.
+    Ls,
+    /// Register an HTTP step: the server POSTs each work item to URL (registering a name
+    /// again makes a new version). It lives until the server stops.
+    Register(Box<RegisterArgs>),
+    /// Remove a step from what new plans are planned from (running flows keep it).
+    Rm(RemoveArgs),
+}
+
+/// `steps register NAME --url URL --output O... [...]`.
+#[derive(Debug, Args)]
+pub(crate) struct RegisterArgs {
+    /// The step's name.
+    pub(crate) name: String,
+    /// Where the server POSTs each work item (http or https).
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: String,
+    /// A required input attribute (repeat).
+    #[arg(long = "input", id = "inputs", value_name = "ATTR")]
+    pub(crate) inputs: Vec<String>,
+    /// An optional input attribute, with the JSON value used when nothing provides it
+    /// (repeat).
+    #[arg(long = "optional", id = "optional", value_name = "ATTR[=JSON]")]
+    pub(crate) optional: Vec<String>,
+    /// An attribute it produces (repeat; at least one).
+    #[arg(long = "output", id = "outputs", value_name = "ATTR", required = true)]
+    pub(crate) outputs: Vec<String>,
+    /// sync: the answer holds the outputs; async: the answer accepts the work and the outputs
+    /// are reported later to the report_url the server sends.
+    #[arg(long, value_enum, default_value = "sync")]
+    pub(crate) mode: StepMode,
+    /// Attempts in all (1: no retry).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) attempts: Option<u32>,
+    /// Delay before the second attempt, doubling each time: 250ms, 2s, 1m (default 100ms).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) backoff: Option<String>,
+    /// Longest delay between attempts (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) max_backoff: Option<String>,
+    /// Retry after exactly the backoff, without jitter.
+    #[arg(long)]
+    pub(crate) no_jitter: bool,
+    /// Longest an attempt may take (for an async step: until its report): 500ms, 30s, 10m
+    /// (the server's default is 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) timeout: Option<String>,
+    /// A mapped step: the list input that gives one work item per element.
+    #[arg(long, value_name = "ATTR")]
+    pub(crate) map_over: Option<String>,
+    /// For a mapped step: most work items at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) parallelism: Option<u32>,
+    /// Run only if this predicate over its inputs holds, as JSON, e.g.
+    /// '{"op":"greater_than","input":"amount","value":100}'.
+    #[arg(long, value_name = "JSON")]
+    pub(crate) predicate: Option<String>,
+}
+
+/// How an HTTP step answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StepMode {
+    /// The answer holds the outputs.
+    Sync,
+    /// The answer accepts the work; the outputs are reported later.
+    Async,
+}
+
+/// `steps rm NAME`.
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    /// The step's name.
+    pub(crate) name: String,
+}
+
+/// `cancel ID [--reason TEXT]`, `flows cancel ID [--reason TEXT]`.
 #[derive(Debug, Args)]
 pub(crate) struct CancelArgs {
-    /// The durable function's flow id.
+    /// The flow's id (`flows cancel`: a durable function's).
     pub(crate) id: String,
-    /// Why (kept in the function's outcome).
+    /// Why (kept in a function's outcome, in a plan's failure).
     #[arg(long, default_value = "cancelled by the operator")]
     pub(crate) reason: String,
 }
 
-/// `flows signal ID NAME [--value JSON]`.
+/// `signal ID NAME [--value JSON]`, `flows signal ID NAME [--value JSON]`.
 #[derive(Debug, Args)]
 pub(crate) struct SignalArgs {
     /// The durable function's flow id.
@@ -246,12 +429,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             addr: args.addr,
             store: cli.store.clone(),
             archive: args.archive_deactivated.then(|| cli.archive.clone()),
-            tokens: args.tokens.clone(),
+            tokens: cli.tokens.clone(),
             examples: !args.no_examples,
         };
         let server = flowstate_server::serve(config)
             .await
             .map_err(|e| CliError::new(e.to_string()))?;
+        // The first line says where it listens (with port 0, the port chosen), for people and
+        // for programs that start it.
         let _unreported = writeln!(
             std::io::stdout(),
             "flowstate listening on http://{} (store {}); Ctrl-C stops it",
@@ -265,8 +450,14 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
 
 fn main() -> ExitCode {
     // Usage errors (unknown flag, missing argument, --help) are printed by clap, which exits.
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let result = Cli::from_arg_matches(&matches)
+        .map_err(CliError::from)
+        .and_then(|mut cli| {
+            config::apply(&mut cli, &matches)?;
+            run(cli)
+        });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError(message)) => {
             // One line, always: a message that carries a newline (a parser's, say) would
@@ -292,17 +483,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::new(format!("cannot start the async runtime: {e}")))?;
-    let output = runtime.block_on(commands::run(cli))?;
-    // Output is written only after the store is closed, so a reader that stops early
-    // (`flowstate flows ls | head`) never cuts a store operation short.
+    let output = if remote::goes_through_server(&cli.command) {
+        runtime.block_on(remote::run(cli))?
+    } else {
+        runtime.block_on(commands::run(cli))?
+    };
+    write_output(&output)
+}
+
+/// Prints a command's result on stdout and its hint on stderr.
+///
+/// Store commands' output is written only after the store is closed, so a reader that stops
+/// early (`flowstate flows ls | head`) never cuts a store operation short.
+fn write_output(output: &render::Output) -> Result<(), CliError> {
     match std::io::stdout().lock().write_all(output.stdout.as_bytes()) {
         Ok(()) => {}
         // The reader went away: that is its choice, not a failure of ours.
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
         Err(error) => return Err(CliError::new(format!("cannot write the output: {error}"))),
     }
-    if let Some(hint) = output.hint {
+    if let Some(hint) = &output.hint {
         let _unreported = writeln!(std::io::stderr(), "{hint}");
+    }
+    if let Some(failure) = &output.failure {
+        return Err(CliError::new(failure.clone()));
     }
     Ok(())
 }

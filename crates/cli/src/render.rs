@@ -1,6 +1,7 @@
 //! How results look: borderless tables for people, and with `--json` the serde form of the
-//! library's own types, so scripts see exactly what the library means and nothing the CLI
-//! invented.
+//! library's own types (or, for commands that go through a server, the server's own JSON), so
+//! scripts see exactly what the library or the API means and nothing the CLI invented.
+//! Followed streams (`flows watch`) print one line per event, or one JSON object per line.
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{CellAlignment, Table};
@@ -9,6 +10,7 @@ use flowstate::store::{FlowPage, FlowSummary};
 use flowstate::FlowId;
 use flowstate_archive::{ArchivePage, ArchiveReport};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::CliError;
 
@@ -22,12 +24,154 @@ pub(crate) struct Output {
     pub(crate) stdout: String,
     /// A hint for the next command (never in JSON mode, whose readers want data only).
     pub(crate) hint: Option<String>,
+    /// A failure to report (as the one `error:` line, exit status 1) after the result: what
+    /// `start --wait` says of a flow that ended without succeeding.
+    pub(crate) failure: Option<String>,
 }
 
 impl Output {
     fn text(stdout: String) -> Self {
-        Self { stdout, hint: None }
+        Self {
+            stdout,
+            ..Self::default()
+        }
     }
+}
+
+/// The answer of a command that asked the server for something: `value` as JSON for
+/// scripts, `text` for people.
+pub(crate) fn accepted(value: Value, text: String, json: bool) -> Result<Output, CliError> {
+    if json {
+        to_json(&value)
+    } else {
+        Ok(Output::text(text))
+    }
+}
+
+/// What the server did with a request to change a flow (`cancel`, `suspend`, `resume`):
+/// its answer's `outcome`, `recorded` (in the flow's log) or `ignored` (nothing to change in
+/// the flow's state); an answer without one says only that it was accepted.
+pub(crate) fn requested(
+    flow: FlowId,
+    what: &str,
+    answer: &Value,
+    json: bool,
+) -> Result<Output, CliError> {
+    let outcome = answer.get("outcome").and_then(Value::as_str);
+    if json {
+        let mut value = serde_json::json!({ "flow": flow, "requested": what });
+        if let (Some(outcome), Value::Object(fields)) = (outcome, &mut value) {
+            fields.insert("outcome".to_owned(), Value::from(outcome));
+        }
+        return to_json(&value);
+    }
+    Ok(Output::text(match outcome {
+        Some("ignored") => {
+            format!("{what} of flow {flow} ignored: there is nothing to {what} in its state\n")
+        }
+        Some(outcome) => format!("{what} of flow {flow} {outcome}\n"),
+        None => format!("{what} requested for flow {flow}\n"),
+    }))
+}
+
+/// `steps ls`: the server's `{"steps": [StepSpec...]}`.
+pub(crate) fn steps(answer: &Value, json: bool) -> Result<Output, CliError> {
+    if json {
+        return to_json(answer);
+    }
+    let mut steps: Vec<&Value> = answer
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().collect())
+        .unwrap_or_default();
+    steps.sort_by_key(|step| text_of(step, "name"));
+    let mut table = table(&[
+        "NAME", "VERSION", "INPUTS", "OUTPUTS", "ATTEMPTS", "TIMEOUT",
+    ]);
+    align_right(&mut table, 1);
+    align_right(&mut table, 4);
+    for step in &steps {
+        let inputs: Vec<String> = list_of(step, "inputs")
+            .iter()
+            .map(|input| {
+                let name = text_of(input, "name");
+                match (
+                    input.get("optional").and_then(Value::as_bool),
+                    input.get("default"),
+                ) {
+                    (Some(true), Some(default)) => format!("{name}?={default}"),
+                    (Some(true), None) => format!("{name}?"),
+                    _ => name,
+                }
+            })
+            .collect();
+        let outputs: Vec<String> = list_of(step, "outputs")
+            .iter()
+            .filter_map(|output| output.as_str().map(str::to_owned))
+            .collect();
+        let attempts = step
+            .get("retry")
+            .and_then(|retry| retry.get("max_attempts"))
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let timeout = step
+            .get("timeout_ms")
+            .and_then(Value::as_u64)
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms"));
+        let mut name = text_of(step, "name");
+        if let Some(over) = step.get("map_over").and_then(Value::as_str) {
+            name.push_str(&format!(" (each {over})"));
+        }
+        table.add_row(vec![
+            name,
+            step.get("version")
+                .map_or_else(String::new, Value::to_string),
+            inputs.join(", "),
+            outputs.join(", "),
+            attempts.to_string(),
+            timeout,
+        ]);
+    }
+    Ok(Output {
+        stdout: finish(&table),
+        hint: steps
+            .is_empty()
+            .then(|| "no steps are registered".to_owned()),
+        failure: None,
+    })
+}
+
+fn text_of(value: &Value, field: &str) -> String {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn list_of<'a>(value: &'a Value, field: &str) -> &'a [Value] {
+    value
+        .get(field)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// `flows watch ID`: one event of the API (`{seq, time, type, body}`) as a line, its columns
+/// those of `flows events`.
+pub(crate) fn event_line(event: &Value) -> String {
+    let seq = event.get("seq").map_or_else(String::new, Value::to_string);
+    let time = text_of(event, "time");
+    let kind = text_of(event, "type");
+    let detail = event.get("body").map_or_else(String::new, body_detail);
+    format!("{seq:>6}  {time}  {kind}  {detail}")
+}
+
+/// `flows watch`: one change of the all-flows stream (`{flow, seq, type, status}`) as a line.
+pub(crate) fn change_line(change: &Value) -> String {
+    let flow = text_of(change, "flow");
+    let seq = change.get("seq").map_or_else(String::new, Value::to_string);
+    let status = text_of(change, "status");
+    format!("{flow}  {seq:>6}  {status}")
 }
 
 /// `flows ls`.
@@ -72,6 +216,7 @@ pub(crate) fn flows(page: &FlowPage, json: bool) -> Result<Output, CliError> {
     Ok(Output {
         stdout: finish(&table),
         hint,
+        failure: None,
     })
 }
 
@@ -97,6 +242,7 @@ pub(crate) fn archived(page: &ArchivePage, json: bool) -> Result<Output, CliErro
     Ok(Output {
         stdout: finish(&table),
         hint,
+        failure: None,
     })
 }
 
@@ -339,18 +485,24 @@ pub(crate) fn events(events: &[Event], json: bool) -> Result<Output, CliError> {
 
 /// The body as compact JSON without its type tag (the TYPE column already says it).
 fn detail(event: &Event) -> Result<String, CliError> {
-    let mut body = serde_json::to_value(&event.body)
+    let body = serde_json::to_value(&event.body)
         .map_err(|e| CliError::new(format!("event {}: {e}", event.seq)))?;
+    Ok(body_detail(&body))
+}
+
+/// An event body as compact JSON without its type tag, cut at [`MAX_DETAIL_CHARS`].
+fn body_detail(body: &Value) -> String {
+    let mut body = body.clone();
     if let Some(fields) = body.as_object_mut() {
         fields.remove("type");
     }
     let text = body.to_string();
     if text.chars().count() <= MAX_DETAIL_CHARS {
-        return Ok(text);
+        return text;
     }
     let mut cut: String = text.chars().take(MAX_DETAIL_CHARS - 1).collect();
     cut.push('…');
-    Ok(cut)
+    cut
 }
 
 /// A unit enum's serde name ("execute", "revert", ...), which is how logs and JSON spell it.

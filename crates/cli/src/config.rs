@@ -1,0 +1,241 @@
+//! The configuration file and the precedence of settings: a flag beats the environment, which
+//! beats the configuration file, which beats the built-in default.
+//!
+//! The file is read only when named, by `--config PATH` or `FLOWSTATE_CONFIG`; there is no
+//! implicit one (a `flowstate.toml` picked up from whatever directory the command runs in
+//! could point the CLI, and the token from the environment, at another server). It is TOML:
+//!
+//! ```toml
+//! store = "flows.db"                 # --store / FLOWSTATE_STORE
+//! archive = "flowstate-archive"      # --archive / FLOWSTATE_ARCHIVE
+//! server = "http://127.0.0.1:7280"   # --server / FLOWSTATE_SERVER
+//! tokens = ["0123456789abcdef0123"]  # --token / FLOWSTATE_TOKEN (the client sends the first)
+//! addr = "127.0.0.1:7280"            # serve --addr / FLOWSTATE_ADDR
+//! examples = true                    # serve: false is --no-examples
+//! archive_deactivated = false        # serve --archive-deactivated
+//! ```
+//!
+//! An unknown key, a value of the wrong type and a file that cannot be read are each a
+//! one-line error naming the file and the key. Paths in it mean what they would on the command
+//! line (relative to the working directory).
+
+use std::path::Path;
+
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use serde::Deserialize;
+
+use crate::{Cli, CliError, Command};
+
+/// The environment variable naming the configuration file.
+pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
+
+/// Largest configuration file read.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// Every key the file may hold.
+pub(crate) const KEYS: [&str; 7] = [
+    "store",
+    "archive",
+    "server",
+    "tokens",
+    "addr",
+    "examples",
+    "archive_deactivated",
+];
+
+/// The file's contents; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    store: Option<String>,
+    archive: Option<String>,
+    server: Option<String>,
+    tokens: Option<Tokens>,
+    addr: Option<String>,
+    examples: Option<bool>,
+    archive_deactivated: Option<bool>,
+}
+
+/// `tokens`: a list, or one string (comma separated, as in `FLOWSTATE_TOKEN`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Tokens {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Tokens {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Self::Many(list) => list,
+        }
+    }
+}
+
+/// Reads and checks the file at `path`.
+pub(crate) fn load(path: &Path) -> Result<ConfigFile, CliError> {
+    let shown = path.display();
+    let size = std::fs::metadata(path)
+        .map_err(|e| CliError::new(format!("cannot read the config file {shown}: {e}")))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(CliError::new(format!(
+            "the config file {shown} is {size} bytes; at most {MAX_CONFIG_BYTES} (MAX_CONFIG_BYTES) are read"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::new(format!("cannot read the config file {shown}: {e}")))?;
+    parse(&text).map_err(|reason| CliError::new(format!("config file {shown}: {reason}")))
+}
+
+/// Parses a file's text: unknown keys first (named, with the known ones), then types.
+fn parse(text: &str) -> Result<ConfigFile, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| toml_message(&e))?;
+    if let Some(key) = table.keys().find(|key| !KEYS.contains(&key.as_str())) {
+        return Err(format!(
+            "unknown key {key:?} (known keys: {})",
+            KEYS.join(", ")
+        ));
+    }
+    for (key, value) in &table {
+        let fits = match key.as_str() {
+            "examples" | "archive_deactivated" => value.is_bool(),
+            "tokens" => {
+                value.is_str()
+                    || value
+                        .as_array()
+                        .is_some_and(|list| list.iter().all(toml::Value::is_str))
+            }
+            _ => value.is_str(),
+        };
+        if !fits {
+            let expected = match key.as_str() {
+                "examples" | "archive_deactivated" => "true or false",
+                "tokens" => "a list of strings (or one string)",
+                _ => "a string",
+            };
+            return Err(format!(
+                "key {key:?} is a {}; expected {expected}",
+                value.type_str()
+            ));
+        }
+    }
+    table.try_into().map_err(|e| toml_message(&e))
+}
+
+/// A TOML error's message without the source excerpt it draws over several lines.
+fn toml_message(error: &toml::de::Error) -> String {
+    let message = error.message().trim().to_owned();
+    match error.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message,
+    }
+}
+
+/// Whether the user gave `id` (on the command line or in the environment).
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// Fills in from the configuration file (if one is named) every setting the command line and
+/// the environment left at its default.
+pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError> {
+    let Some(path) = cli.config.clone() else {
+        return Ok(());
+    };
+    let file = load(&path)?;
+    if let Some(store) = file.store.filter(|_| !given(matches, "store")) {
+        cli.store = store;
+    }
+    if let Some(archive) = file.archive.filter(|_| !given(matches, "archive")) {
+        cli.archive = archive;
+    }
+    if let Some(server) = file.server.filter(|_| !given(matches, "server")) {
+        cli.server = server;
+    }
+    if let Some(tokens) = file.tokens.filter(|_| !given(matches, "tokens")) {
+        cli.tokens = tokens.into_vec();
+    }
+    if let (Command::Serve(args), Some(serve)) =
+        (&mut cli.command, matches.subcommand_matches("serve"))
+    {
+        if let Some(addr) = file.addr.filter(|_| !given(serve, "addr")) {
+            args.addr = addr.trim().parse().map_err(|e| {
+                CliError::new(format!(
+                    "config file {}: addr {addr:?} is not an address such as 127.0.0.1:7280 ({e})",
+                    path.display()
+                ))
+            })?;
+        }
+        if let Some(examples) = file.examples.filter(|_| !given(serve, "no_examples")) {
+            args.no_examples = !examples;
+        }
+        if let Some(archive) = file
+            .archive_deactivated
+            .filter(|_| !given(serve, "archive_deactivated"))
+        {
+            args.archive_deactivated = archive;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_parses() {
+        let file = parse(
+            r#"
+            store = "a.db"
+            archive = "arch"
+            server = "http://127.0.0.1:1"
+            tokens = ["x", "y"]
+            addr = "127.0.0.1:0"
+            examples = false
+            archive_deactivated = true
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(file.store.as_deref(), Some("a.db"));
+        assert_eq!(
+            file.tokens.map(Tokens::into_vec),
+            Some(vec!["x".to_owned(), "y".to_owned()])
+        );
+        assert_eq!(file.examples, Some(false));
+        let one = parse(r#"tokens = "a, b""#).expect("valid");
+        assert_eq!(
+            one.tokens.map(Tokens::into_vec),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert!(parse("").is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let error = parse("store = \"a\"\nstroe = \"b\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("unknown key \"stroe\""), "{error}");
+        assert!(error.contains("known keys: store"), "{error}");
+        let error = parse("examples = \"no\"").err().unwrap_or_default();
+        assert!(error.contains("key \"examples\" is a string"), "{error}");
+        let error = parse("tokens = [1]").err().unwrap_or_default();
+        assert!(error.contains("key \"tokens\""), "{error}");
+        let error = parse("[store]\nx = 1").err().unwrap_or_default();
+        assert!(error.contains("key \"store\" is a table"), "{error}");
+        let error = parse("store = ").err().unwrap_or_default();
+        assert!(!error.is_empty() && !error.contains('\n'), "{error}");
+    }
+}
