@@ -29,6 +29,44 @@ use crate::registry::{Registered, RegistrationError, Registry};
 use crate::runtime::{self, AttemptResult, Launch, LaunchKind};
 use crate::step::{Step, StepContext, StepError};
 
+/// Most times one run goes on on top of cancellations appended while it ran (one is all a
+/// plan can take: a second is ignored and appends nothing).
+const MAX_CANCEL_REBASES: usize = 4;
+
+/// What a run needs to go on on top of a cancellation: the results staged since its last
+/// commit, and how many times it went on already.
+#[derive(Default)]
+struct Rebase {
+    unrecorded: Vec<(Launch, AttemptResult)>,
+    count: usize,
+}
+
+/// Whether the events `from..to` of `flow` are all cancellations ([`Plans::cancel`]).
+async fn only_cancellations(
+    store: &dyn Store,
+    flow: FlowId,
+    from: u64,
+    to: u64,
+) -> Result<bool, PlanEngineError> {
+    let wanted = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
+    if wanted == 0 || wanted > MAX_CANCEL_REBASES {
+        return Ok(false);
+    }
+    let raw = store.read(flow, from, wanted).await?;
+    if raw.len() != wanted {
+        return Ok(false);
+    }
+    Ok(raw.iter().all(|raw| {
+        matches!(
+            flowstate_core::Event::decode(raw).map(|event| event.body),
+            Ok(EventBody::PlanStateChanged {
+                to: PlanState::Failed,
+                reason: Some(failure),
+            }) if failure.kind == runtime::CANCELLED
+        )
+    }))
+}
+
 /// Most events one commit of a round carries (half the append limit, so that the results
 /// staged before the decisions always fit).
 const COMMIT_CHUNK: usize = flowstate_core::limits::MAX_EVENTS_PER_APPEND / 2;
@@ -322,6 +360,51 @@ impl Plans {
         Ok(fold(&events, at)?)
     }
 
+    /// Commits what `writer` staged. When someone appended first and all they appended is a
+    /// cancellation ([`Plans::cancel`], which a client records while a run runs the flow),
+    /// the run goes on on top of it: the log is reloaded, the results not yet recorded are
+    /// staged again (the attempts still running keep running), and the caller decides the
+    /// rest again (returns `true`). Any other conflict is another run's: an error.
+    async fn commit(
+        &self,
+        writer: &mut FlowWriter,
+        rebase: &mut Rebase,
+    ) -> Result<bool, PlanEngineError> {
+        let store = &*self.inner.store;
+        let clock = &*self.inner.clock;
+        let flow = writer.flow();
+        let from = writer.durable_next_seq();
+        let conflict = match writer.commit(store, AppendExtras::default()).await {
+            Ok(_) => {
+                rebase.unrecorded.clear();
+                return Ok(false);
+            }
+            Err(conflict @ WriteError::Store(StoreError::Conflict { .. })) => conflict,
+            Err(error) => return Err(error.into()),
+        };
+        if rebase.count >= MAX_CANCEL_REBASES {
+            return Err(conflict.into());
+        }
+        rebase.count += 1;
+        let mut reloaded = FlowWriter::load(store, flow).await?;
+        if !only_cancellations(store, flow, from, reloaded.durable_next_seq()).await? {
+            return Err(conflict.into());
+        }
+        for (launch, result) in &rebase.unrecorded {
+            let record = reloaded.record().ok_or(FoldError::EmptyLog)?;
+            let event = runtime::attempt_finished(
+                record,
+                launch,
+                result.clone(),
+                clock.now(),
+                rand::random(),
+            );
+            reloaded.stage(clock, vec![event])?;
+        }
+        *writer = reloaded;
+        Ok(true)
+    }
+
     /// Runs what can run now, in this process, until nothing runs: the flow deactivated, or
     /// it waits for a retry (a store timer is set for it). Returns the state it left.
     ///
@@ -361,7 +444,8 @@ impl Plans {
         let mut running: JoinSet<AttemptResult> = JoinSet::new();
         let mut in_process: HashMap<tokio::task::Id, Launch> = HashMap::new();
         let mut staged = 0_usize;
-        loop {
+        let mut rebase = Rebase::default();
+        'round: loop {
             let mut batches = 0;
             loop {
                 let record = writer.record().ok_or(FoldError::EmptyLog)?;
@@ -385,16 +469,20 @@ impl Plans {
                     staged += events.len();
                     writer.stage(clock, std::mem::replace(&mut events, rest))?;
                     if staged >= COMMIT_CHUNK {
-                        writer.commit(store, AppendExtras::default()).await?;
                         staged = 0;
+                        if self.commit(&mut writer, &mut rebase).await? {
+                            continue 'round;
+                        }
                     }
                 }
                 if settled {
                     break;
                 }
             }
-            writer.commit(store, AppendExtras::default()).await?;
             staged = 0;
+            if self.commit(&mut writer, &mut rebase).await? {
+                continue 'round;
+            }
             let record = writer.record().ok_or(FoldError::EmptyLog)?;
             for launch in runtime::launches(record) {
                 if !in_process.values().any(|running| *running == launch) {
@@ -442,9 +530,15 @@ impl Plans {
                     continue;
                 };
                 let record = writer.record().ok_or(FoldError::EmptyLog)?;
-                let event =
-                    runtime::attempt_finished(record, &launch, result, clock.now(), rand::random());
+                let event = runtime::attempt_finished(
+                    record,
+                    &launch,
+                    result.clone(),
+                    clock.now(),
+                    rand::random(),
+                );
                 writer.stage(clock, vec![event])?;
+                rebase.unrecorded.push((launch, result));
                 staged += 1;
             }
         }
@@ -555,7 +649,7 @@ impl Plans {
                 Ok(
                     (transition == Transition::Allowed).then(|| EventBody::PlanStateChanged {
                         to: PlanState::Failed,
-                        reason: Some(Failure::new("Cancelled", message.clone())),
+                        reason: Some(Failure::new(runtime::CANCELLED, message.clone())),
                     }),
                 )
             },

@@ -158,6 +158,13 @@ async fn a_cancelled_active_plan_fails_compensates_and_deactivates_under_its_wor
         !log.contains(&"ship".to_owned()),
         "nothing new started: {log:?}"
     );
+    // The run met the cancellation when it recorded `charge`'s result, and went on on top
+    // of it: the attempt in flight was not run again.
+    assert_eq!(
+        log.iter().filter(|entry| *entry == "charge").count(),
+        1,
+        "{log:?}"
+    );
     let events: Vec<EventBody> = read_all(store.as_ref(), flow)
         .await
         .expect("read")
