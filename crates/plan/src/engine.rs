@@ -471,6 +471,7 @@ impl Plans {
                     if staged >= COMMIT_CHUNK {
                         staged = 0;
                         if self.commit(&mut writer, &mut rebase).await? {
+                            staged = rebase.unrecorded.len();
                             continue 'round;
                         }
                     }
@@ -481,6 +482,7 @@ impl Plans {
             }
             staged = 0;
             if self.commit(&mut writer, &mut rebase).await? {
+                staged = rebase.unrecorded.len();
                 continue 'round;
             }
             let record = writer.record().ok_or(FoldError::EmptyLog)?;
@@ -602,11 +604,12 @@ impl Plans {
 
     /// Cancels the plan `flow`, from any process: an active plan becomes failed with the
     /// reason `cancelled: REASON` (a `Cancelled` failure; the lifecycle allows active →
-    /// failed), and is marked ready, so that whichever worker runs it goes on as for any
-    /// failed plan: nothing new starts, work in flight is recorded when it ends, succeeded
-    /// compensable work is compensated, and the plan deactivates. A run in progress
-    /// elsewhere meets the cancellation as a conflict on its next append and runs again from
-    /// the log (see [`FlowRunner`]).
+    /// failed), and from there goes on as any failed plan: nothing new starts, work in
+    /// flight is recorded when it ends, succeeded compensable work is compensated, and the
+    /// plan deactivates. A run in progress (with work in flight) meets the cancellation as a
+    /// conflict on its next commit and goes on on top of it, so the flow is marked ready only
+    /// when nothing is in flight: then a worker carries the cancellation out (marking it
+    /// ready beside a run in progress would let a worker run its attempts a second time).
     ///
     /// Returns [`flowstate_core::Transition::Ignored`] (nothing recorded) for a plan that
     /// has failed already (failed → failed is a no-op by the table). A completed,
@@ -624,11 +627,11 @@ impl Plans {
         } else {
             format!("cancelled: {reason}")
         };
-        flowstate_store::deliver(
+        flowstate_store::deliver_with(
             &*self.inner.store,
             &*self.inner.clock,
             flow,
-            |record| -> Result<Option<EventBody>, PlanEngineError> {
+            |record| -> Result<Option<(EventBody, Option<bool>)>, PlanEngineError> {
                 let FlowStatus::Plan(state) = record.status else {
                     return Err(PlanEngineError::NotAPlan {
                         flow,
@@ -646,12 +649,19 @@ impl Plans {
                     transition == Transition::Ignored,
                     std::sync::atomic::Ordering::Relaxed,
                 );
-                Ok(
-                    (transition == Transition::Allowed).then(|| EventBody::PlanStateChanged {
-                        to: PlanState::Failed,
-                        reason: Some(Failure::new(runtime::CANCELLED, message.clone())),
-                    }),
-                )
+                let nothing_in_flight = record
+                    .plan
+                    .as_ref()
+                    .is_none_or(|plan| plan.first_in_flight().is_none());
+                Ok((transition == Transition::Allowed).then(|| {
+                    (
+                        EventBody::PlanStateChanged {
+                            to: PlanState::Failed,
+                            reason: Some(Failure::new(runtime::CANCELLED, message.clone())),
+                        },
+                        nothing_in_flight.then_some(true),
+                    )
+                }))
             },
         )
         .await?;

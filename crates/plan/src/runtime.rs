@@ -232,6 +232,10 @@ fn steps_with_specs<'a>(
     plan_record: &'a PlanRecord,
     plan: &'a flowstate_core::ExecutionPlan,
 ) -> impl Iterator<Item = (&'a String, &'a StepRecord, &'a StepSpec)> {
+    debug_assert!(
+        plan_record.steps.keys().eq(plan.steps.keys()),
+        "the step records are not the plan's steps"
+    );
     plan_record
         .steps
         .iter()

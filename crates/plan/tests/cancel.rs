@@ -234,3 +234,52 @@ async fn a_cancelled_plan_that_nobody_runs_yet_deactivates_when_run() {
     assert_eq!(failure.message, "cancelled");
     assert!(log.lock().expect("lock").is_empty(), "no step ran");
 }
+
+/// A plan run in this process (no lease) while a worker serves the same store: cancelling it
+/// must not hand it to the worker while its step is in flight (the worker would run that
+/// step a second time); the run in progress carries the cancellation out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_plan_run_in_process_leaves_it_to_that_run() {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(clock.clone()));
+    let (gate, open) = watch::channel(false);
+    let log: Log = Arc::default();
+    let in_process = plans(&store, &clock, &open, &log);
+    let worker = Arc::new(
+        Worker::new(
+            store.clone(),
+            clock.clone(),
+            WorkerConfig::new(WorkerId::new("w").expect("id")),
+        )
+        .expect("config")
+        .with_runner(
+            flowstate_core::FlowKind::Plan,
+            Arc::new(plans(&store, &clock, &open, &log)),
+        ),
+    );
+    let looping = worker.clone();
+    let handle = tokio::spawn(async move { looping.run().await });
+    let flow = in_process.create(request()).await.expect("create");
+    let running = in_process.clone();
+    let run = tokio::spawn(async move { running.run_to_end(flow).await });
+    wait_until("charge runs", async || {
+        log.lock().expect("lock").contains(&"charge".to_owned())
+    })
+    .await;
+
+    assert_eq!(
+        in_process.cancel(flow, "").await.expect("cancel"),
+        Transition::Allowed
+    );
+    assert!(
+        !store.flow(flow).await.expect("flow").expect("exists").ready,
+        "not offered to the worker while its step is in flight"
+    );
+    gate.send_replace(true);
+    let done = run.await.expect("joined").expect("the run goes on");
+    assert_eq!(done.status, FlowStatus::Plan(PlanState::Deactivated));
+    let log = log.lock().expect("lock").clone();
+    assert_eq!(log, ["reserve", "charge", "unreserve"]);
+    worker.shutdown_handle().shutdown();
+    let _ = handle.await;
+}

@@ -21,6 +21,24 @@ pub async fn deliver<E>(
 where
     E: From<WriteError> + From<StoreError>,
 {
+    deliver_with(store, clock, flow, |record| {
+        Ok(make(record)?.map(|body| (body, Some(true))))
+    })
+    .await
+}
+
+/// [`deliver`], where `make` also decides the ready flag that goes with its event (`None`
+/// leaves it as it is): for a request that a run in progress honours by itself, marking the
+/// flow ready would let a worker run it beside that run.
+pub async fn deliver_with<E>(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    flow: FlowId,
+    make: impl Fn(&FlowRecord) -> Result<Option<(EventBody, Option<bool>)>, E>,
+) -> Result<(), E>
+where
+    E: From<WriteError> + From<StoreError>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -28,12 +46,12 @@ where
         let Some(record) = writer.record() else {
             return Err(StoreError::UnknownFlow { flow }.into());
         };
-        let Some(body) = make(record)? else {
+        let Some((body, ready)) = make(record)? else {
             return Ok(());
         };
         writer.stage(clock, vec![body])?;
         let ready = AppendExtras {
-            ready: Some(true),
+            ready,
             ..AppendExtras::default()
         };
         match writer.commit(store, ready).await {

@@ -30,7 +30,7 @@ mod wake;
 mod writer;
 
 pub use clock::SystemClock;
-pub use deliver::{deliver, notify_parent, DELIVERY_ATTEMPTS};
+pub use deliver::{deliver, deliver_with, notify_parent, DELIVERY_ATTEMPTS};
 pub use error::{InvalidInput, StoreError};
 pub use memory::{MemoryStorage, MemoryStore};
 pub use types::{

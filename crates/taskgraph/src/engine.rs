@@ -967,10 +967,14 @@ impl<'a> Run<'a> {
     }
 
     /// The append that records SUSPENDED: it also clears the ready flag, so that no worker
-    /// takes the flow up again until it is resumed (or cancelled).
+    /// takes the flow up again until it is resumed (or cancelled). A flow cancelled while it
+    /// was suspending stays ready instead: the suspension held its reverts back, and a worker
+    /// carries the cancellation out (SUSPENDED → RUNNING → REVERTED), as for a flow cancelled
+    /// once suspended.
     async fn flush_suspended(&mut self, in_flight: &InFlight) -> Result<Flushed, EngineError> {
+        let cancelled = self.record()?.cancel_requested.is_some();
         let extras = AppendExtras {
-            ready: Some(false),
+            ready: Some(cancelled),
             ..AppendExtras::default()
         };
         self.flush_with(in_flight, extras).await

@@ -372,6 +372,37 @@ async fn a_cancelled_suspended_flow_is_handed_to_the_workers_and_reverted() {
     assert_eq!(record.cancel_requested.as_deref(), Some("no longer needed"));
 }
 
+/// Cancelled while suspending: the suspension holds the reverts back and the run ends
+/// SUSPENDED, but the flow stays ready, so a worker carries the cancellation out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_cancelled_while_suspending_is_left_ready_and_reverted() {
+    let t = setup();
+    let (flow, run) = t.running().await;
+    assert_eq!(
+        t.other.request_suspend(flow).await.expect("suspend"),
+        Transition::Allowed
+    );
+    assert_eq!(
+        t.other
+            .cancel(flow, "changed my mind")
+            .await
+            .expect("cancel"),
+        Transition::Allowed
+    );
+    t.gate.send_replace(true);
+    assert_eq!(run.await.expect("joined").expect("runs").state, Suspended);
+    assert!(t.summary(flow).await.ready, "a worker must carry it out");
+    let outcome = t
+        .other
+        .run_unfinished(flow)
+        .await
+        .expect("run")
+        .expect("work");
+    assert_eq!(outcome.state, FlowState::Reverted);
+    assert_eq!(t.count("execute c"), 0);
+    assert_eq!(t.count("revert"), 2);
+}
+
 /// Sends a suspend request (through an engine of its own, as another process would) the
 /// first time the engine it listens to reaches SCHEDULING: before that run's opening
 /// transitions are recorded.
