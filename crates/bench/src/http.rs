@@ -40,8 +40,10 @@ pub(crate) async fn http(args: HttpArgs) {
         addr: "127.0.0.1:0".parse().unwrap_or_else(|error| fail(error)),
         store: temp.path().join("http.db").display().to_string(),
         archive: None,
+        archive_deactivated: false,
         tokens: Vec::new(),
         examples: true,
+        steps_file: None,
     };
     let server = flowstate_server::serve(config)
         .await

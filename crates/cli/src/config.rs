@@ -13,6 +13,7 @@
 //! addr = "127.0.0.1:7280"            # serve --addr / FLOWSTATE_ADDR
 //! examples = true                    # serve: false is --no-examples
 //! archive_deactivated = false        # serve --archive-deactivated
+//! steps_file = "flows.db.http-steps.json"  # serve --steps-file / FLOWSTATE_STEPS_FILE
 //! ```
 //!
 //! An unknown key, a value of the wrong type and a file that cannot be read are each a
@@ -34,7 +35,7 @@ pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
 pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Every key the file may hold.
-pub(crate) const KEYS: [&str; 7] = [
+pub(crate) const KEYS: [&str; 8] = [
     "store",
     "archive",
     "server",
@@ -42,6 +43,7 @@ pub(crate) const KEYS: [&str; 7] = [
     "addr",
     "examples",
     "archive_deactivated",
+    "steps_file",
 ];
 
 /// The file's contents; every key is optional.
@@ -55,6 +57,7 @@ pub(crate) struct ConfigFile {
     addr: Option<String>,
     examples: Option<bool>,
     archive_deactivated: Option<bool>,
+    steps_file: Option<String>,
 }
 
 /// `tokens`: a list, or one string (comma separated, as in `FLOWSTATE_TOKEN`).
@@ -186,6 +189,9 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
         {
             args.archive_deactivated = archive;
         }
+        if let Some(steps_file) = file.steps_file.filter(|_| !given(serve, "steps_file")) {
+            args.steps_file = Some(steps_file.into());
+        }
     }
     Ok(())
 }
@@ -205,10 +211,12 @@ mod tests {
             addr = "127.0.0.1:0"
             examples = false
             archive_deactivated = true
+            steps_file = "a.db.steps.json"
             "#,
         )
         .expect("valid");
         assert_eq!(file.store.as_deref(), Some("a.db"));
+        assert_eq!(file.steps_file.as_deref(), Some("a.db.steps.json"));
         assert_eq!(
             file.tokens.map(Tokens::into_vec),
             Some(vec!["x".to_owned(), "y".to_owned()])

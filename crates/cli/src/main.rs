@@ -29,7 +29,7 @@ use flowstate::core::limits::MAX_PAGE_SIZE;
 ///
 /// Settings come from flags, then the environment, then the configuration file (--config or
 /// FLOWSTATE_CONFIG: TOML with the keys store, archive, server, tokens, addr, examples,
-/// archive_deactivated), then the defaults.
+/// archive_deactivated, steps_file), then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "flowstate", version)]
 pub(crate) struct Cli {
@@ -119,8 +119,8 @@ pub(crate) enum Command {
     Steps(StepsCommand),
 }
 
-/// `serve [--addr ADDR] [--no-examples] [--archive-deactivated]` (tokens: the global
-/// `--token`).
+/// `serve [--addr ADDR] [--no-examples] [--archive-deactivated] [--steps-file PATH]`
+/// (tokens: the global `--token`).
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Where to listen (port 0: any free port, printed); without a token only a loopback
@@ -133,6 +133,11 @@ pub(crate) struct ServeArgs {
     /// Move deactivated plans to --archive (after a week, checked every minute).
     #[arg(long)]
     pub(crate) archive_deactivated: bool,
+    /// Where HTTP step registrations are kept across restarts (default: next to an SQLite
+    /// store, STORE.http-steps.json; none for PostgreSQL, where registrations then last as
+    /// long as the process).
+    #[arg(long, value_name = "PATH", env = "FLOWSTATE_STEPS_FILE")]
+    pub(crate) steps_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,7 +261,8 @@ pub(crate) enum StepsCommand {
     /// List the steps new plans are planned from.
     Ls,
     /// Register an HTTP step: the server POSTs each work item to URL (registering a name
-    /// again makes a new version). It lives until the server stops.
+    /// again makes a new version). The server keeps it across restarts in its registrations
+    /// file (serve --steps-file).
     Register(Box<RegisterArgs>),
     /// Remove a step from what new plans are planned from (running flows keep it).
     Rm(RemoveArgs),
@@ -428,9 +434,11 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
         let config = flowstate_server::ServerConfig {
             addr: args.addr,
             store: cli.store.clone(),
-            archive: args.archive_deactivated.then(|| cli.archive.clone()),
+            archive: Some(cli.archive.clone()),
+            archive_deactivated: args.archive_deactivated,
             tokens: cli.tokens.clone(),
             examples: !args.no_examples,
+            steps_file: args.steps_file.clone(),
         };
         let server = flowstate_server::serve(config)
             .await

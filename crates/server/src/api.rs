@@ -71,6 +71,11 @@ pub(crate) struct Inner {
     http: reqwest::Client,
     waiting: Arc<crate::http_steps::Waiting>,
     report_base: String,
+    /// The HTTP step registrations, and the lock that serializes registering and removing
+    /// (choosing the version, writing the file, changing the registry).
+    steps: tokio::sync::Mutex<crate::registrations::StepsFile>,
+    /// The archive's URL, if the server has one: read for archived flows.
+    archive: Option<String>,
 }
 
 impl ApiState {
@@ -95,8 +100,67 @@ impl ApiState {
                     .unwrap_or_default(),
                 waiting: Arc::default(),
                 report_base: format!("http://{addr}/api/v1/work"),
+                steps: tokio::sync::Mutex::default(),
+                archive: None,
             }),
         }
+    }
+
+    /// Reads archived flows from the archive at `url` (see `ServerConfig::archive`). Call it
+    /// on a new state, before it is shared.
+    #[must_use]
+    pub fn with_archive(mut self, url: Option<String>) -> Self {
+        let unshared = Arc::get_mut(&mut self.inner).map(|inner| inner.archive = url);
+        debug_assert!(unshared.is_some(), "with_archive on a shared state");
+        self
+    }
+
+    /// The archive, opened for reading (opening is cheap: no I/O but a directory check);
+    /// `None` when the server has none, or when it is a local directory that does not exist
+    /// yet (nothing was ever archived there). A `memory://` archive opened here is empty: the
+    /// archiver's lives in the engine.
+    fn archive(&self) -> Result<Option<flowstate::archive::ArchiveStore>, Problem> {
+        let Some(url) = &self.inner.archive else {
+            return Ok(None);
+        };
+        let local = url.strip_prefix("file://").unwrap_or(url);
+        if (!url.contains("://") || url.starts_with("file://"))
+            && !std::path::Path::new(local).exists()
+        {
+            return Ok(None);
+        }
+        flowstate::archive::ArchiveStore::open(url, flowstate::archive::ArchiveAccess::MustExist)
+            .map(Some)
+            .map_err(|error| Problem::internal(format!("the archive {url}: {error}")))
+    }
+
+    /// The HTTP step of `request`, as version `version`, calling out with this state's
+    /// client and reporting to this server.
+    fn http_step(
+        &self,
+        request: crate::http_steps::HttpStepRequest,
+        version: u32,
+    ) -> flowstate::plan::Step {
+        crate::http_steps::step(
+            request,
+            version,
+            self.inner.http.clone(),
+            self.inner.waiting.clone(),
+            self.inner.report_base.clone(),
+        )
+    }
+
+    /// Registers every HTTP step version kept in the registrations file at `path` (none
+    /// yet: nothing) and keeps later registrations and removals there. Called once, before
+    /// the API serves and the worker runs.
+    pub(crate) async fn load_steps(&self, path: std::path::PathBuf) -> Result<(), String> {
+        let mut steps = self.inner.steps.lock().await;
+        *steps = crate::registrations::StepsFile::load(
+            path,
+            self.inner.engine.plans(),
+            |request, version| self.http_step(request, version),
+        )?;
+        Ok(())
     }
 }
 
@@ -325,6 +389,9 @@ struct ListParams {
     after: Option<String>,
     #[serde(default)]
     limit: usize,
+    /// Include archived flows (from the archive), merged by id.
+    #[serde(default)]
+    archived: bool,
 }
 
 fn summary(flow: &FlowSummary) -> Value {
@@ -362,13 +429,37 @@ async fn list_flows(
         ..FlowQuery::default()
     };
     let store = state.inner.engine.store();
-    let page = flowstate::archive::list_live(store.as_ref(), &query)
+    if params.archived {
+        let Some(archive) = state.archive()? else {
+            if state.inner.archive.is_none() {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "no_archive",
+                    "this server has no archive configured (serve --archive URL)",
+                ));
+            }
+            // An archive that was never written to: the live flows are all there is.
+            return list_live_json(store.as_ref(), &query).await.map(Json);
+        };
+        return crate::archived::list_with_archived(store.as_ref(), &archive, &query, summary)
+            .await
+            .map(Json);
+    }
+    list_live_json(store.as_ref(), &query).await.map(Json)
+}
+
+/// A page of live flows (archived ones left out), as the listing shows it.
+async fn list_live_json(
+    store: &dyn flowstate::store::Store,
+    query: &FlowQuery,
+) -> Result<Value, Problem> {
+    let page = flowstate::archive::list_live(store, query)
         .await
         .map_err(|error| store_problem(&error))?;
-    Ok(Json(json!({
+    Ok(json!({
         "flows": page.flows.iter().map(summary).collect::<Vec<_>>(),
         "next_after": page.next_after,
-    })))
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -517,7 +608,7 @@ async fn read_log(
         .map_err(|error| store_problem(&error))?;
     if events.is_empty() {
         return Err(Problem::not_found(format!(
-            "flow {flow} is not in the live store (it may have been archived: see `flowstate archive show`)"
+            "flow {flow} is not in the live store, nor in this server's archive if it has one"
         )));
     }
     Ok(events)
@@ -530,6 +621,16 @@ async fn get_flow(
 ) -> Result<Json<Value>, Problem> {
     let flow = flow_id(&id)?;
     let at = stop_at(params.at.as_deref())?;
+    if let Some(file) = archived_only(&state, flow).await? {
+        let mut body = crate::archived::state(&file, at)?;
+        record_times(&mut body);
+        if let Value::Object(fields) = &mut body {
+            let total = file.events.last().map_or(0, |event| event.seq);
+            fields.insert("total_seq".to_owned(), json!(total));
+            fields.insert("archived".to_owned(), json!(true));
+        }
+        return Ok(Json(body));
+    }
     let events = read_log(&state, flow).await?;
     let total = events.last().map_or(0, |event| event.seq);
     let record = fold(&events, at).map_err(|error| match error {
@@ -622,6 +723,27 @@ struct EventParams {
 }
 
 /// 404 unless the live store has `flow`.
+/// `flow` from the archive when it is no longer in the live store (and the archive has it).
+async fn archived_only(
+    state: &ApiState,
+    flow: FlowId,
+) -> Result<Option<flowstate::archive::ArchivedFlow>, Problem> {
+    let live = state
+        .inner
+        .engine
+        .store()
+        .flow(flow)
+        .await
+        .map_err(|error| store_problem(&error))?;
+    if live.is_some() {
+        return Ok(None);
+    }
+    match state.archive()? {
+        Some(archive) => crate::archived::read(&archive, flow).await,
+        None => Ok(None),
+    }
+}
+
 async fn require_flow(state: &ApiState, flow: FlowId) -> Result<(), Problem> {
     match state.inner.engine.store().flow(flow).await {
         Ok(Some(_)) => Ok(()),
@@ -652,6 +774,11 @@ async fn flow_events(
         return Err(Problem::invalid(format!(
             "limit must be 1 to {MAX_EVENTS_PER_REQUEST} (MAX_EVENTS_PER_REQUEST)"
         )));
+    }
+    if let Some(file) = archived_only(&state, flow).await? {
+        let events = crate::archived::events(&file, params.after, limit)?;
+        let events: Vec<Value> = events.iter().map(event_json).collect();
+        return Ok(Json(json!({ "events": events, "archived": true })));
     }
     require_flow(&state, flow).await?;
     let raw = state
@@ -862,7 +989,10 @@ async fn cancel(
     Ok(requested(done))
 }
 
-/// Registers an HTTP step (a new version if the name is registered already).
+/// Registers an HTTP step (a new version if the name is registered already), once the
+/// registration is kept in the registrations file: a failed write is a 500 and changes
+/// nothing. One lock covers choosing the version, writing and registering, so concurrent
+/// registrations of one name get different versions.
 async fn register_step(
     State(state): State<ApiState>,
     ApiJson(request): ApiJson<crate::http_steps::HttpStepRequest>,
@@ -870,24 +1000,52 @@ async fn register_step(
     if let Some(reason) = crate::http_steps::invalid_url(&request.url) {
         return Err(Problem::invalid(reason));
     }
-
-    let plans = state.inner.engine.plans();
-    let version = plans.newest_version(&request.name).map_or(1, |v| v + 1);
-    let name = request.name.clone();
-    let step = crate::http_steps::step(
-        request,
-        version,
-        state.inner.http.clone(),
-        state.inner.waiting.clone(),
-        state.inner.report_base.clone(),
+    let engine = &state.inner.engine;
+    let plans = engine.plans();
+    let mut steps = state.inner.steps.lock().await;
+    let version = plans
+        .newest_version(&request.name)
+        .max(steps.newest_version(&request.name))
+        .map_or(1, |v| v + 1);
+    // Checked on a scratch registry first, so that nothing is written for a step the
+    // registry would refuse.
+    let scratch = flowstate::plan::Plans::new(
+        engine.store().clone(),
+        Arc::new(flowstate::store::SystemClock),
     );
-    plans
-        .register(step)
+    scratch
+        .register(state.http_step(request.clone(), version))
         .map_err(|error| Problem::invalid(error.to_string()))?;
+    steps
+        .add(version, &request)
+        .await
+        .map_err(|error| save_problem(error, "nothing was registered"))?;
+    let name = request.name.clone();
+    plans
+        .register(state.http_step(request, version))
+        .map_err(|error| {
+            tracing::error!(%error, step = %name, version, "a registration kept in the file was refused");
+            Problem::internal(error.to_string())
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "name": name, "version": version })),
     ))
+}
+
+/// The problem of a registration or removal that could not be kept.
+fn save_problem(error: crate::registrations::SaveError, outcome: &str) -> Problem {
+    match error {
+        crate::registrations::SaveError::Limit(reason) => Problem::new(
+            StatusCode::CONFLICT,
+            "limit_reached",
+            format!("{reason}; {outcome}"),
+        ),
+        crate::registrations::SaveError::Write(reason) => {
+            tracing::error!(%reason, "keeping an HTTP step registration failed");
+            Problem::internal(format!("{reason}; {outcome}"))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -918,18 +1076,25 @@ async fn report_work(
     }
 }
 
-/// Removes a step from what new flows are planned from (running flows keep it).
+/// Removes a step from what new flows are planned from (running flows keep it), once the
+/// removal is kept in the registrations file.
 async fn remove_step(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    if state.inner.engine.plans().unregister(&name) {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Problem::not_found(format!(
+    let plans = state.inner.engine.plans();
+    let mut steps = state.inner.steps.lock().await;
+    if !plans.steps().iter().any(|step| step.name == name) {
+        return Err(Problem::not_found(format!(
             "no step named {name:?} is registered"
-        )))
+        )));
     }
+    steps
+        .remove(&name)
+        .await
+        .map_err(|error| save_problem(error, "the step is still registered"))?;
+    plans.unregister(&name);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn steps(State(state): State<ApiState>) -> Json<Value> {

@@ -17,15 +17,18 @@
 //! nothing. If the server restarts meanwhile, the attempt is run again with the same token
 //! and idempotency key, so the worker is asked again and its report finds it waiting.
 //!
-//! Registered over the API, an HTTP step lives in this process's registry (a new version
-//! each time its name is registered again); a restarted server needs it registered again,
-//! and until then flows that use it wait (parked) rather than fail.
+//! Registered over the API, an HTTP step gets a new version each time its name is
+//! registered again, and every registration and removal is kept in the server's
+//! registrations file (see [`crate::registrations`]) before it is answered, so a restarted
+//! server has every version again before its worker runs a flow. Without a file (a
+//! PostgreSQL store with no `steps_file`) they live in this process only, and flows that use
+//! them wait (parked) after a restart until they are registered again.
 
 use std::time::Duration;
 
 use flowstate::core::{InputSpec, Predicate, RetryPolicy, StepSpec};
 use flowstate::plan::{Step, StepContext, StepError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The timeout of an HTTP step that sets none (as Argyll's `STEP_TIMEOUT`).
@@ -34,8 +37,8 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest step URL accepted.
 pub const MAX_URL_BYTES: usize = 2_048;
 
-/// An HTTP step as the API receives it.
-#[derive(Debug, Clone, Deserialize)]
+/// An HTTP step as the API receives it (and as the registrations file keeps it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpStepRequest {
     /// Its name.
@@ -69,7 +72,7 @@ pub struct HttpStepRequest {
 }
 
 /// How an HTTP step answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// The answer holds the outputs.

@@ -2,20 +2,24 @@
 //! and the web UI (issue 7, in progress).
 //!
 //! **What it owns:** the HTTP surface (routes, request limits, bearer-token authentication,
-//! problem-details errors, the OpenAPI document), the event streams, and serving the UI. It
-//! assembles a [`flowstate::Engine`] (store by URL, example definitions, worker) and runs it.
+//! problem-details errors, the OpenAPI document), the event streams, serving the UI, and the
+//! HTTP step registrations file ([`registrations`]). It assembles a [`flowstate::Engine`]
+//! (store by URL, example definitions, the kept HTTP steps, worker) and runs it.
 //!
 //! **What it must never do:** decide anything about a flow. Every request goes through the
 //! engines' public API (`Plans`, task graphs, `Functions`) or reads the store; a refused
 //! request changes nothing.
 
 mod api;
+mod archived;
 mod examples;
 pub mod http_steps;
 mod openapi;
 mod problem;
+pub mod registrations;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +42,21 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// The store URL (a path or `sqlite://…`, or `postgres://…`).
     pub store: String,
-    /// Where deactivated plans are archived, if anywhere.
+    /// The archive (a directory, `file://`, `memory://` or `s3://BUCKET/PREFIX`), if any:
+    /// where the API reads archived flows (`GET /flows?archived=true`, and a flow no longer
+    /// in the live store), and where deactivated plans go when `archive_deactivated`.
     pub archive: Option<String>,
+    /// Whether the engine moves deactivated plans to `archive` (after the default policy's
+    /// age, checked every `DEFAULT_INTERVAL`).
+    pub archive_deactivated: bool,
     /// Bearer tokens accepted; empty means no authentication, allowed on loopback only.
     pub tokens: Vec<String>,
     /// Whether to register the example steps, task graphs and functions.
     pub examples: bool,
+    /// Where HTTP step registrations are kept across restarts (see [`registrations`]).
+    /// `None`: next to an SQLite store's file ([`registrations::default_steps_file`]); for a
+    /// PostgreSQL store, nowhere: registrations then live as long as the process.
+    pub steps_file: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -68,6 +81,14 @@ pub enum ServerError {
     /// The examples could not be registered.
     #[error("registering the examples failed: {0}")]
     Examples(String),
+    /// The HTTP step registrations file could not be read, or its steps registered.
+    #[error("the HTTP step registrations file {}: {reason}", path.display())]
+    StepsFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Binding or serving failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -82,6 +103,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    steps_file: Option<PathBuf>,
     engine: flowstate::Engine,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     worker: tokio::task::JoinHandle<Result<flowstate::worker::WorkerStats, flowstate::EngineError>>,
@@ -93,6 +115,12 @@ impl RunningServer {
     #[must_use]
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where its HTTP step registrations are kept, if anywhere.
+    #[must_use]
+    pub fn steps_file(&self) -> Option<&Path> {
+        self.steps_file.as_deref()
     }
 
     /// Its engine.
@@ -148,7 +176,11 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .into_iter()
             .fold(builder, flowstate::EngineBuilder::task_graph);
     }
-    if let Some(archive) = &config.archive {
+    if let Some(archive) = config
+        .archive
+        .as_ref()
+        .filter(|_| config.archive_deactivated)
+    {
         builder = builder.archive(
             archive.clone(),
             flowstate::archive::ArchivePolicy::default(),
@@ -172,7 +204,25 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             source,
         })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let state = ApiState::new(engine.clone(), addr, config.tokens.clone(), stopped.clone());
+    let state = ApiState::new(engine.clone(), addr, config.tokens.clone(), stopped.clone())
+        .with_archive(config.archive.clone());
+    // Every kept HTTP step version is registered again before the API serves and the worker
+    // runs a flow, so flows planned with them find them.
+    let steps_file = config
+        .steps_file
+        .clone()
+        .or_else(|| registrations::default_steps_file(&config.store));
+    if let Some(path) = &steps_file {
+        if let Err(reason) = state.load_steps(path.clone()).await {
+            if let Err(error) = engine.store().close().await {
+                tracing::warn!(%error, "closing the store failed");
+            }
+            return Err(ServerError::StepsFile {
+                path: path.clone(),
+                reason,
+            });
+        }
+    }
     let app = router(state);
     let mut http_stop = stopped;
     let http = tokio::spawn(async move {
@@ -184,9 +234,15 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
     });
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
-    tracing::info!(%addr, store = %config.store, "flowstate server listening");
+    tracing::info!(
+        %addr,
+        store = %config.store,
+        steps_file = ?steps_file,
+        "flowstate server listening"
+    );
     Ok(RunningServer {
         addr,
+        steps_file,
         engine,
         http,
         worker,

@@ -56,13 +56,14 @@ pub(crate) fn document() -> Value {
         "paths": {
             "/api/v1/flows": {
                 "get": {
-                    "summary": "List live flows (archived ones only with status=archived)",
+                    "summary": "List live flows; with archived=true, archived flows too (read from the archive, merged by id; time filters refused; 409 no_archive when the server has no archive)",
                     "parameters": [
                         { "name": "kind", "in": "query", "schema": { "enum": ["task_graph", "plan", "function"] } },
                         { "name": "status", "in": "query", "schema": { "type": "string" } },
                         { "name": "definition", "in": "query", "schema": { "type": "string" } },
                         { "name": "after", "in": "query", "schema": { "type": "string", "format": "uuid" } },
-                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 1000 } }
+                        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 1000 } },
+                        { "name": "archived", "in": "query", "schema": { "type": "boolean", "default": false } }
                     ],
                     "responses": with_problems(json!({ "200": { "description": "A page of flows and the cursor of the next" } }))
                 },
@@ -76,14 +77,14 @@ pub(crate) fn document() -> Value {
                 "get": {
                     "summary": "A flow's state (now, or as of a sequence number or time), with its plan or graph, attributes and provenance",
                     "parameters": [id_param(), { "name": "at", "in": "query", "schema": { "type": "string" }, "description": "SEQ or an RFC 3339 time" }],
-                    "responses": with_problems(json!({ "200": { "description": "The folded record, plus total_seq" } }))
+                    "responses": with_problems(json!({ "200": { "description": "The folded record, plus total_seq; read from the archive (and marked archived: true) when the flow is no longer in the live store" } }))
                 }
             },
             "/api/v1/flows/{id}/events": {
                 "get": {
                     "summary": "A flow's events after a sequence number",
                     "parameters": [id_param(), { "name": "after", "in": "query", "schema": { "type": "integer" } }, { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }],
-                    "responses": with_problems(json!({ "200": { "description": "{\"events\": [{seq, time, type, body}]}" } }))
+                    "responses": with_problems(json!({ "200": { "description": "{\"events\": [{seq, time, type, body}]}, from the archive (with archived: true) when the flow is no longer in the live store" } }))
                 }
             },
             "/api/v1/flows/{id}/stream": {
@@ -141,6 +142,7 @@ pub(crate) fn document() -> Value {
                 },
                 "post": {
                     "summary": "Register an HTTP step: the engine POSTs each work item's inputs (and its Idempotency-Key) to `url` and reads the outputs from the JSON object it answers; 408, 429, 5xx and transport errors are retried",
+                    "description": "Answered 201 once the registration is kept in the server's registrations file (durable across restarts); a write that fails is 500 `internal` and registers nothing; past MAX_STEP_REGISTRATIONS versions (or the file's size limit), 409 `limit_reached`.",
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/HttpStep" } } } },
                     "responses": with_problems(json!({ "201": { "description": "{\"name\", \"version\"}" } }))
                 }
@@ -157,6 +159,7 @@ pub(crate) fn document() -> Value {
             "/api/v1/steps/{name}": {
                 "delete": {
                     "summary": "Remove a step from what new flows are planned from (running flows keep it)",
+                    "description": "Kept in the registrations file before 204; a write that fails is 500 `internal` and the step stays registered.",
                     "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }],
                     "responses": with_problems(json!({ "204": { "description": "Removed" } }))
                 }
@@ -177,7 +180,7 @@ pub(crate) fn document() -> Value {
                     "properties": {
                         "type": { "type": "string" }, "title": { "type": "string" },
                         "status": { "type": "integer" }, "detail": { "type": "string" },
-                        "code": { "enum": ["invalid_request", "not_found", "method_not_allowed", "invalid_state", "not_suspendable", "unauthorized", "forbidden_host", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "internal"] }
+                        "code": { "enum": ["invalid_request", "not_found", "method_not_allowed", "invalid_state", "not_suspendable", "unauthorized", "forbidden_host", "too_large", "unsupported_media_type", "planning_failed", "unknown_definition", "limit_reached", "no_archive", "internal"] }
                     }
                 },
                 "Reason": {

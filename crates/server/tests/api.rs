@@ -13,8 +13,10 @@ async fn start(tokens: Vec<String>) -> (RunningServer, tempfile::TempDir) {
         addr: "127.0.0.1:0".parse().expect("addr"),
         store: dir.path().join("flows.db").display().to_string(),
         archive: None,
+        archive_deactivated: false,
         tokens,
         examples: true,
+        steps_file: None,
     };
     (serve(config).await.expect("serve"), dir)
 }
@@ -212,8 +214,10 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
         addr: "0.0.0.0:0".parse().expect("addr"),
         store: dir.path().join("flows.db").display().to_string(),
         archive: None,
+        archive_deactivated: false,
         tokens: Vec::new(),
         examples: false,
+        steps_file: None,
     })
     .await
     .expect_err("refused");
@@ -225,8 +229,10 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
         addr: "127.0.0.1:0".parse().expect("addr"),
         store: dir.path().join("weak.db").display().to_string(),
         archive: None,
+        archive_deactivated: false,
         tokens: vec![String::new()],
         examples: false,
+        steps_file: None,
     })
     .await
     .expect_err("refused");

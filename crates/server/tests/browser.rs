@@ -455,8 +455,10 @@ async fn the_ui_starts_a_plan_and_shows_it_run_and_travel_back() {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         store: dir.path().join("store.db").display().to_string(),
         archive: None,
+        archive_deactivated: false,
         tokens: Vec::new(),
         examples: true,
+        steps_file: None,
     })
     .await
     .expect("the server starts");

@@ -21,8 +21,10 @@ async fn start() -> (RunningServer, tempfile::TempDir) {
         addr: "127.0.0.1:0".parse().expect("addr"),
         store: dir.path().join("flows.db").display().to_string(),
         archive: None,
+        archive_deactivated: false,
         tokens: Vec::new(),
         examples: true,
+        steps_file: None,
     };
     (serve(config).await.expect("serve"), dir)
 }
