@@ -20,6 +20,9 @@
 //! 4. **Terminal flows:** a failed flow compensates its succeeded compensable items one at a
 //!    time, in reverse order of success, once no compensable work is still running (a late
 //!    success is compensated first); a terminal flow with nothing in flight deactivates.
+//!
+//! [`decide`] is [`next_events`] plus whether the batch settles the flow for now (nothing
+//! would follow it), so that the engine need not ask once more to hear "nothing".
 
 use std::collections::BTreeMap;
 
