@@ -510,9 +510,15 @@ impl Plans {
                 }
                 return Ok(writer.into_record()?);
             }
-            // Wait for the next retry only if it is still to come: one already due that the
-            // runtime did not start waits for a free slot, that is for an attempt to end.
+            // Wait for the next retry only if it is still to come. One that came due after
+            // this round's decisions (the clock moved on meanwhile) is decided now, rather
+            // than after some unrelated attempt ends (which may take hours); one already due
+            // that the runtime still does not start waits for a free slot, that is for an
+            // attempt to end.
             let now = clock.now();
+            if due.is_some_and(|due| due <= now) && !runtime::next_events(record, now).is_empty() {
+                continue 'round;
+            }
             let wait = due.filter(|due| *due > now).map(|due| until(now, due));
             let finished = tokio::select! {
                 joined = running.join_next_with_id() => joined,
