@@ -261,6 +261,13 @@ impl Plans {
         self.registry().newest_version(name)
     }
 
+    /// Whether version `version` of step `name` is registered (removed from the catalog or
+    /// not: running flows may still use it).
+    #[must_use]
+    pub fn version_registered(&self, name: &str, version: u32) -> bool {
+        self.registry().version(name, version).is_some()
+    }
+
     /// The newest version of every registered step, by name.
     #[must_use]
     pub fn steps(&self) -> Vec<flowstate_core::StepSpec> {

@@ -76,6 +76,8 @@ pub(crate) struct Inner {
     steps: tokio::sync::Mutex<crate::registrations::StepsFile>,
     /// The archive's URL, if the server has one: read for archived flows.
     archive: Option<String>,
+    /// The archive, once opened (an S3 client is built once, not per request).
+    opened_archive: std::sync::OnceLock<flowstate::archive::ArchiveStore>,
 }
 
 impl ApiState {
@@ -102,6 +104,7 @@ impl ApiState {
                 report_base: format!("http://{addr}/api/v1/work"),
                 steps: tokio::sync::Mutex::default(),
                 archive: None,
+                opened_archive: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -115,23 +118,32 @@ impl ApiState {
         self
     }
 
-    /// The archive, opened for reading (opening is cheap: no I/O but a directory check);
-    /// `None` when the server has none, or when it is a local directory that does not exist
-    /// yet (nothing was ever archived there). A `memory://` archive opened here is empty: the
-    /// archiver's lives in the engine.
+    /// The archive, opened for reading once it exists; `None` when the server has none, or
+    /// when it is a local directory that does not exist yet (nothing was ever archived
+    /// there). A `memory://` archive opened here is empty: the archiver's lives in the engine.
     fn archive(&self) -> Result<Option<flowstate::archive::ArchiveStore>, Problem> {
         let Some(url) = &self.inner.archive else {
             return Ok(None);
         };
-        let local = url.strip_prefix("file://").unwrap_or(url);
-        if (!url.contains("://") || url.starts_with("file://"))
-            && !std::path::Path::new(local).exists()
-        {
-            return Ok(None);
+        if let Some(archive) = self.inner.opened_archive.get() {
+            return Ok(Some(archive.clone()));
         }
-        flowstate::archive::ArchiveStore::open(url, flowstate::archive::ArchiveAccess::MustExist)
-            .map(Some)
-            .map_err(|error| Problem::internal(format!("the archive {url}: {error}")))
+        let local = url.strip_prefix("file://").unwrap_or(url);
+        if !url.contains("://") || url.starts_with("file://") {
+            match std::fs::metadata(local) {
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(Problem::internal(format!("the archive {url}: {error}"))),
+                Ok(_) => {}
+            }
+        }
+        let archive = flowstate::archive::ArchiveStore::open(
+            url,
+            flowstate::archive::ArchiveAccess::MustExist,
+        )
+        .map_err(|error| Problem::internal(format!("the archive {url}: {error}")))?;
+        Ok(Some(
+            self.inner.opened_archive.get_or_init(|| archive).clone(),
+        ))
     }
 
     /// The HTTP step of `request`, as version `version`, calling out with this state's
@@ -598,20 +610,10 @@ fn stop_at(text: Option<&str>) -> Result<StopAt, Problem> {
         })
 }
 
-async fn read_log(
-    state: &ApiState,
-    flow: FlowId,
-) -> Result<Vec<flowstate::core::RawEvent>, Problem> {
-    let store = state.inner.engine.store();
-    let events = flowstate::store::read_all(store.as_ref(), flow)
-        .await
-        .map_err(|error| store_problem(&error))?;
-    if events.is_empty() {
-        return Err(Problem::not_found(format!(
-            "flow {flow} is not in the live store, nor in this server's archive if it has one"
-        )));
-    }
-    Ok(events)
+fn not_anywhere(flow: FlowId) -> Problem {
+    Problem::not_found(format!(
+        "flow {flow} is not in the live store, nor in this server's archive if it has one"
+    ))
 }
 
 async fn get_flow(
@@ -621,7 +623,18 @@ async fn get_flow(
 ) -> Result<Json<Value>, Problem> {
     let flow = flow_id(&id)?;
     let at = stop_at(params.at.as_deref())?;
-    if let Some(file) = archived_only(&state, flow).await? {
+    let store = state.inner.engine.store();
+    let events = match flowstate::store::read_all(store.as_ref(), flow).await {
+        Ok(events) => events,
+        Err(flowstate::store::StoreError::UnknownFlow { .. }) => Vec::new(),
+        Err(error) => return Err(store_problem(&error)),
+    };
+    if events.is_empty() {
+        // Not live (any more: the archiver deletes a flow only once its file is written, so
+        // the archive is asked after the live store, never before).
+        let Some(file) = from_archive(&state, flow).await? else {
+            return Err(not_anywhere(flow));
+        };
         let mut body = crate::archived::state(&file, at)?;
         record_times(&mut body);
         if let Value::Object(fields) = &mut body {
@@ -631,7 +644,6 @@ async fn get_flow(
         }
         return Ok(Json(body));
     }
-    let events = read_log(&state, flow).await?;
     let total = events.last().map_or(0, |event| event.seq);
     let record = fold(&events, at).map_err(|error| match error {
         flowstate::core::FoldError::EmptyLog => {
@@ -722,26 +734,29 @@ struct EventParams {
     limit: Option<usize>,
 }
 
-/// 404 unless the live store has `flow`.
-/// `flow` from the archive when it is no longer in the live store (and the archive has it).
-async fn archived_only(
+/// `flow` from the archive, if the server has one and the flow is there. Ask it after the
+/// live store said the flow is not there: the archiver writes a flow's file before it
+/// deletes the flow from the live store.
+async fn from_archive(
     state: &ApiState,
     flow: FlowId,
 ) -> Result<Option<flowstate::archive::ArchivedFlow>, Problem> {
-    let live = state
+    match state.archive()? {
+        Some(archive) => crate::archived::read(&archive, flow).await,
+        None => Ok(None),
+    }
+}
+
+/// Whether the live store has `flow`.
+async fn is_live(state: &ApiState, flow: FlowId) -> Result<bool, Problem> {
+    state
         .inner
         .engine
         .store()
         .flow(flow)
         .await
-        .map_err(|error| store_problem(&error))?;
-    if live.is_some() {
-        return Ok(None);
-    }
-    match state.archive()? {
-        Some(archive) => crate::archived::read(&archive, flow).await,
-        None => Ok(None),
-    }
+        .map(|found| found.is_some())
+        .map_err(|error| store_problem(&error))
 }
 
 async fn require_flow(state: &ApiState, flow: FlowId) -> Result<(), Problem> {
@@ -775,12 +790,17 @@ async fn flow_events(
             "limit must be 1 to {MAX_EVENTS_PER_REQUEST} (MAX_EVENTS_PER_REQUEST)"
         )));
     }
-    if let Some(file) = archived_only(&state, flow).await? {
+    let archived = |file: flowstate::archive::ArchivedFlow| {
         let events = crate::archived::events(&file, params.after, limit)?;
         let events: Vec<Value> = events.iter().map(event_json).collect();
-        return Ok(Json(json!({ "events": events, "archived": true })));
+        Ok(Json(json!({ "events": events, "archived": true })))
+    };
+    if !is_live(&state, flow).await? {
+        return match from_archive(&state, flow).await? {
+            Some(file) => archived(file),
+            None => Err(not_anywhere(flow)),
+        };
     }
-    require_flow(&state, flow).await?;
     let raw = state
         .inner
         .engine
@@ -788,6 +808,12 @@ async fn flow_events(
         .read(flow, params.after.saturating_add(1), limit)
         .await
         .map_err(|error| store_problem(&error))?;
+    if raw.is_empty() && !is_live(&state, flow).await? {
+        // Archived between the two reads.
+        if let Some(file) = from_archive(&state, flow).await? {
+            return archived(file);
+        }
+    }
     let events = raw
         .iter()
         .map(|raw| Event::decode(raw).map(|event| event_json(&event)))
@@ -968,7 +994,7 @@ async fn cancel(
             .map_err(|error| plan_problem(&error))?,
         _ => {
             // A function keeps the first request's reason: a second one records nothing.
-            let asked = read_log(&state, flow)
+            let asked = flowstate::store::read_all(engine.store().as_ref(), flow)
                 .await
                 .ok()
                 .and_then(|events| fold(&events, StopAt::End).ok())
@@ -1000,6 +1026,26 @@ async fn register_step(
     if let Some(reason) = crate::http_steps::invalid_url(&request.url) {
         return Err(Problem::invalid(reason));
     }
+    uncancelled(async move { register_locked(&state, request).await }).await
+}
+
+/// Runs `work` on a task of its own, so that a request dropped meanwhile (the client went
+/// away, or shutdown ended it) cannot stop it between writing the registrations file and
+/// updating the registry: a lock released halfway would let the next registration choose
+/// the same version and overwrite this one's file entry.
+async fn uncancelled<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, Problem>> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::spawn(work)
+        .await
+        .map_err(|error| Problem::internal(format!("the registration's task failed: {error}")))?
+}
+
+/// [`register_step`] under the registrations lock.
+async fn register_locked(
+    state: &ApiState,
+    request: crate::http_steps::HttpStepRequest,
+) -> Result<(StatusCode, Json<Value>), Problem> {
     let engine = &state.inner.engine;
     let plans = engine.plans();
     let mut steps = state.inner.steps.lock().await;
@@ -1082,6 +1128,11 @@ async fn remove_step(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
+    uncancelled(async move { remove_locked(&state, name).await }).await
+}
+
+/// [`remove_step`] under the registrations lock.
+async fn remove_locked(state: &ApiState, name: String) -> Result<StatusCode, Problem> {
     let plans = state.inner.engine.plans();
     let mut steps = state.inner.steps.lock().await;
     if !plans.steps().iter().any(|step| step.name == name) {

@@ -66,10 +66,15 @@ pub(crate) async fn list_with_archived(
     let size = query
         .page_size()
         .map_err(|error| Problem::invalid(error.to_string()))?;
+    // A status other than `archived`, or a kind other than plans (only deactivated plans
+    // are archived), leaves every archived flow out: no need to list them.
     let only_live = query
         .status
         .as_deref()
-        .is_some_and(|status| status != "archived");
+        .is_some_and(|status| status != "archived")
+        || query
+            .kind
+            .is_some_and(|kind| kind != flowstate::core::FlowKind::Plan);
     let live = flowstate::archive::list_live(store, query)
         .await
         .map_err(|error| Problem::internal(format!("the store failed: {error}")))?;
@@ -110,15 +115,22 @@ pub(crate) async fn list_with_archived(
     for (id, live, bytes) in merged {
         match (live, bytes) {
             (Some(flow), _) => flows.push(summary(flow)),
-            (None, Some(bytes)) => {
-                let file = archive
-                    .read(id)
-                    .await
-                    .map_err(|error| archive_problem(&error))?;
-                if matches(&file, query) {
-                    flows.push(entry(&file, bytes));
-                }
-            }
+            (None, Some(bytes)) => match archive.read(id).await {
+                Ok(file) if matches(&file, query) => flows.push(entry(&file, bytes)),
+                Ok(_) => {}
+                // Removed from the archive since it was listed (a retention rule, say).
+                Err(flowstate::archive::ArchiveError::NotArchived { .. }) => {}
+                // One damaged file does not hide the rest of the page: it is listed with its
+                // error (and without what only its contents say).
+                Err(error) => flows.push(json!({
+                    "id": id,
+                    "status": "archived",
+                    "created_at": id.created_at().to_string(),
+                    "bytes": bytes,
+                    "archived": true,
+                    "error": error.to_string(),
+                })),
+            },
             (None, None) => {}
         }
     }

@@ -223,6 +223,12 @@ impl StepsFile {
             if let Some(reason) = crate::http_steps::invalid_url(&registration.request.url) {
                 return Err(format!("{at}: {reason}"));
             }
+            if plans.version_registered(&registration.name, registration.version) {
+                return Err(format!(
+                    "{at}: this version of {:?} is registered already, by the server itself (an example step of that name; was this HTTP step registered while the examples were off?): start with the examples off (--no-examples), or remove the step from the file",
+                    registration.name
+                ));
+            }
             plans
                 .register(build(registration.request.clone(), registration.version))
                 .map_err(|error| format!("{at}: {error}"))?;

@@ -169,6 +169,26 @@ async fn archived_flows_are_listed_on_request_and_read_from_the_archive() {
     assert_eq!(events[0]["seq"], 2);
     assert_eq!(events[0]["type"], "plan_started");
     assert_eq!(events.last().expect("last")["type"], "plan_state_changed");
+
+    // A damaged archive file is listed with its error; it does not hide the rest.
+    let damaged = "01a215ca-0000-7000-8000-000000000001";
+    std::fs::write(
+        archive_dir.join("flows").join(format!("{damaged}.json")),
+        b"not an archive",
+    )
+    .expect("write");
+    let (status, all) = get(&server, "/api/v1/flows?archived=true").await;
+    assert_eq!(status, 200, "{all}");
+    let listed = ids(&all);
+    assert_eq!(listed.len(), 3, "{all}");
+    assert!(listed.contains(&plan) && listed.contains(&graph));
+    let broken = all["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .find(|flow| flow["id"] == damaged)
+        .expect("listed");
+    assert!(broken["error"].is_string(), "{broken}");
     server.shutdown().await;
 }
 

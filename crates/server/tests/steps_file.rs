@@ -420,3 +420,29 @@ async fn a_registration_that_cannot_be_written_is_a_500_and_changes_nothing() {
     assert!(!api.steps().await.contains_key("b"));
     server.shutdown().await;
 }
+
+/// An HTTP step named like an example step, registered while the examples were off, takes
+/// the example's version 1: a later start with the examples on says so and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_step_that_shadows_an_example_is_named_when_the_examples_come_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start(dir.path(), None).await;
+    let api = Api::new(&server);
+    let mut echo = quote("http://127.0.0.1:9/");
+    echo["name"] = json!("echo");
+    let (status, _, body) = api.post("/steps", &echo).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 1);
+    server.shutdown().await;
+
+    let error = serve(ServerConfig {
+        examples: true,
+        ..config(dir.path(), None)
+    })
+    .await
+    .expect_err("refused to start");
+    let message = error.to_string();
+    assert!(matches!(error, ServerError::StepsFile { .. }), "{error:?}");
+    assert!(message.contains("\"echo\""), "{message}");
+    assert!(message.contains("--no-examples"), "{message}");
+}
