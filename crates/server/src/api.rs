@@ -43,6 +43,15 @@ pub const MAX_WATCHED_FLOWS: usize = 1_000;
 /// this it looks for the newest ones again instead of reading its way through the burst.
 pub const MAX_STREAM_READ: usize = 4 * MAX_WATCHED_FLOWS;
 
+/// Most flows below its window the all-flows stream follows: flows created while it runs
+/// whose ids sort before the window (a child flow's id carries its parent's creation time; a
+/// process whose clock lags makes ids in the past). The one found first is dropped first.
+pub const MAX_STRAY_FLOWS: usize = 256;
+
+/// How far before its previous poll the all-flows stream looks for flows created since
+/// (creation times come from the clock of the process that created the flow).
+const STRAY_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
 // The window is found with listings of `MAX_WATCHED_FLOWS` flows.
 const _: () = assert!(MAX_WATCHED_FLOWS <= flowstate::core::limits::MAX_PAGE_SIZE);
 
@@ -1232,8 +1241,10 @@ async fn flow_stream(
 
 /// A change of any recent flow (its last sequence number moved), for live lists: the
 /// newest [`MAX_WATCHED_FLOWS`] flows when the stream opens, and every flow created while it
-/// runs (the window slides forward). A poll lists only that window (an index range by id),
-/// never every flow; changes of older flows are followed by their own streams.
+/// runs (the window slides forward; a new flow whose id sorts below the window is found by
+/// its creation time and followed too, up to [`MAX_STRAY_FLOWS`]). A poll lists only that
+/// window (an index range by id) and the flows created since the previous poll, never
+/// every flow; changes of older flows are followed by their own streams.
 async fn all_stream(State(state): State<ApiState>) -> EventStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     let mut stopped = state.inner.stopped.clone();
@@ -1243,6 +1254,7 @@ async fn all_stream(State(state): State<ApiState>) -> EventStream {
         // `None`: find the newest flows; `Some(after)`: the window is the flows after it.
         let mut floor: Option<Option<FlowId>> = None;
         let mut first = true;
+        let mut strays = Strays::default();
         loop {
             if floor.is_none() {
                 match newest_floor(store.as_ref()).await {
@@ -1287,12 +1299,93 @@ async fn all_stream(State(state): State<ApiState>) -> EventStream {
                     }
                 }
             }
+            if let Some(Some(edge)) = floor {
+                match strays.poll(store.as_ref(), edge).await {
+                    Ok(changed) => {
+                        for data in changed {
+                            if !send_or_stop(&sender, data, &mut stopped).await {
+                                return;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the all-flows stream could not list new flows")
+                    }
+                }
+            }
             if sender.is_closed() || !next_poll(&mut stopped).await {
                 return;
             }
         }
     });
     sse(receiver)
+}
+
+/// The flows below the all-flows stream's window that it follows (see [`MAX_STRAY_FLOWS`]).
+#[derive(Default)]
+struct Strays {
+    /// Each flow's last sequence number as last reported (`None`: not reported yet).
+    last: HashMap<FlowId, Option<u64>>,
+    /// In the order they were found, for dropping the oldest.
+    found: std::collections::VecDeque<FlowId>,
+    /// When the previous poll looked for new flows.
+    since: Option<Timestamp>,
+}
+
+impl Strays {
+    /// Finds the flows created since the previous poll whose ids sort at or below `edge`,
+    /// then reads every followed flow's index row: the changes to report.
+    async fn poll(
+        &mut self,
+        store: &dyn flowstate::store::Store,
+        edge: FlowId,
+    ) -> Result<Vec<Value>, StoreError> {
+        use flowstate::core::Clock as _;
+        let now = flowstate::store::SystemClock.now();
+        let since = self.since.unwrap_or(now);
+        self.since = Some(now);
+        let slack = i64::try_from(STRAY_SLACK.as_micros()).unwrap_or(i64::MAX);
+        let created = store
+            .list(&FlowQuery {
+                created_from: Some(Timestamp::from_micros(
+                    since.as_micros().saturating_sub(slack),
+                )),
+                limit: flowstate::core::limits::MAX_PAGE_SIZE,
+                ..FlowQuery::default()
+            })
+            .await?;
+        for flow in created.flows.iter().filter(|flow| flow.id <= edge) {
+            if self.last.contains_key(&flow.id) {
+                continue;
+            }
+            if self.found.len() >= MAX_STRAY_FLOWS {
+                if let Some(oldest) = self.found.pop_front() {
+                    self.last.remove(&oldest);
+                }
+            }
+            self.found.push_back(flow.id);
+            self.last.insert(flow.id, None);
+        }
+        let mut changed = Vec::new();
+        for id in self.found.clone() {
+            let Some(flow) = store.flow(id).await? else {
+                // Deleted (archived): no longer followed.
+                self.last.remove(&id);
+                self.found.retain(|found| *found != id);
+                continue;
+            };
+            let last = flow.next_seq - 1;
+            if self.last.insert(id, Some(last)) != Some(Some(last)) {
+                changed.push(json!({
+                    "flow": id,
+                    "seq": last,
+                    "type": "changed",
+                    "status": flow.status.key(),
+                }));
+            }
+        }
+        Ok(changed)
+    }
 }
 
 /// The flows after `after` in id order, at most [`MAX_STREAM_READ`], and whether that was

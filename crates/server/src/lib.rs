@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{
-    router, ApiState, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES, MAX_STREAM_READ,
+    router, ApiState, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES, MAX_STRAY_FLOWS, MAX_STREAM_READ,
     MAX_WATCHED_FLOWS,
 };
 pub use problem::Problem;

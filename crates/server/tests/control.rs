@@ -521,6 +521,51 @@ async fn the_all_flows_stream_follows_new_flows_past_the_watched_window() {
         }
     }
     assert!(text.contains("\"type\":\"changed\""), "{text}");
+
+    // A flow created now whose id sorts an hour back (as a child flow's id carries its
+    // parent's creation time): below the window, found by its creation time.
+    use flowstate::core::Clock as _;
+    let now = flowstate::store::SystemClock.now();
+    let stray = flowstate::core::FlowId::from_parts(
+        flowstate::core::Timestamp::from_micros(now.as_micros() - 3_600_000_000),
+        [7; 10],
+    );
+    let created = flowstate::core::EventBody::FlowCreated {
+        kind: flowstate::core::FlowKind::Plan,
+        definition: "stray".to_owned(),
+        input: json!({}),
+    };
+    server
+        .engine()
+        .store()
+        .append(flowstate::store::AppendBatch {
+            flow: stray,
+            expected_next_seq: 1,
+            events: vec![flowstate::store::NewEvent {
+                time: now,
+                format: flowstate::core::EVENT_FORMAT_VERSION,
+                body: created.encode().expect("encode"),
+            }],
+            create: Some(flowstate::store::NewFlow {
+                kind: flowstate::core::FlowKind::Plan,
+                definition: "stray".to_owned(),
+            }),
+            status: None,
+            ready: None,
+            timers: Vec::new(),
+        })
+        .await
+        .expect("append");
+    let stray = stray.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !text.contains(&stray) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "the stray flow was not reported: {text}");
+        if let Ok(chunk) = tokio::time::timeout(left, stream.chunk()).await {
+            let chunk = chunk.expect("chunk").expect("not ended");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
     drop(stream);
     server.shutdown().await;
 }
