@@ -140,9 +140,10 @@ async fn execute(
             Ok(render::sent(id, &name))
         }
         Request::Cancel { id, reason } => {
-            flowstate::durable::request_cancel(store, &SystemClock, id, &reason)
-                .await
-                .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
+            let _recorded_or_asked_already =
+                flowstate::durable::request_cancel(store, &SystemClock, id, &reason)
+                    .await
+                    .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
             Ok(render::cancel_requested(id))
         }
     }

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use flowstate_core::machine::ActivationState;
-use flowstate_core::{Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord};
+use flowstate_core::{
+    Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord, Transition,
+};
 use flowstate_store::{AppendExtras, FlowQuery, FlowWriter, Store, StoreError, WriteError};
 use flowstate_worker::{FlowRunner, RunError};
 use serde::de::DeserializeOwned;
@@ -232,8 +234,9 @@ impl Functions {
     /// in flight finishes first; a sleeping one is woken for it), its code is dropped (so its
     /// cleanup runs), and it is done with a `Cancelled` failure carrying `reason`. An
     /// activation in replay failure stays there until a version that replays it is
-    /// deployed, then stops. Cancelling twice keeps the first reason.
-    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<(), StartError> {
+    /// deployed, then stops. Cancelling twice keeps the first reason: the second records
+    /// nothing and returns [`Transition::Ignored`].
+    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, StartError> {
         request_cancel(
             self.shared.store.as_ref(),
             self.shared.clock.as_ref(),
@@ -351,7 +354,9 @@ pub async fn send_signal(
         name: name.to_owned(),
         value,
     };
-    deliver(store, clock, flow, |_| Some(signal.clone())).await
+    deliver(store, clock, flow, |_| Some(signal.clone()))
+        .await
+        .map(|_| ())
 }
 
 /// Asks the durable function `flow` to stop, through its store alone (the CLI and other
@@ -361,8 +366,8 @@ pub async fn request_cancel(
     clock: &dyn Clock,
     flow: FlowId,
     reason: &str,
-) -> Result<(), StartError> {
-    deliver(store, clock, flow, |function| {
+) -> Result<Transition, StartError> {
+    let asked = deliver(store, clock, flow, |function| {
         // Asked already: the first request stands.
         function
             .cancel_requested
@@ -371,7 +376,12 @@ pub async fn request_cancel(
                 reason: reason.to_owned(),
             })
     })
-    .await
+    .await?;
+    Ok(if asked {
+        Transition::Allowed
+    } else {
+        Transition::Ignored
+    })
 }
 
 /// Appends what `make` says (nothing if `None`) to a function that is not done, and marks
@@ -381,7 +391,7 @@ async fn deliver(
     clock: &dyn Clock,
     flow: FlowId,
     make: impl Fn(&FunctionRecord) -> Option<EventBody>,
-) -> Result<(), StartError> {
+) -> Result<bool, StartError> {
     flowstate_store::deliver(store, clock, flow, |record| {
         let function = record
             .function

@@ -672,11 +672,14 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
         .await
         .expect("start");
     wait_for_state(&process.functions, asleep, ActivationState::Sleeping).await;
-    process
-        .functions
-        .cancel(asleep, "the customer changed their mind")
-        .await
-        .expect("cancel");
+    assert_eq!(
+        process
+            .functions
+            .cancel(asleep, "the customer changed their mind")
+            .await
+            .expect("cancel"),
+        flowstate_core::Transition::Allowed
+    );
     wait_for_state(&process.functions, asleep, ActivationState::Done).await;
     let outcome = process
         .functions
@@ -696,16 +699,23 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
         .await
         .expect("start");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    process
-        .functions
-        .cancel(busy, "first")
-        .await
-        .expect("cancel");
-    process
-        .functions
-        .cancel(busy, "second")
-        .await
-        .expect("again");
+    assert_eq!(
+        process
+            .functions
+            .cancel(busy, "first")
+            .await
+            .expect("cancel"),
+        flowstate_core::Transition::Allowed
+    );
+    // The first reason stands: the second request records nothing.
+    assert_eq!(
+        process
+            .functions
+            .cancel(busy, "second")
+            .await
+            .expect("again"),
+        flowstate_core::Transition::Ignored
+    );
     wait_for_state(&process.functions, busy, ActivationState::Done).await;
     let outcome = process.functions.outcome::<u32>(busy).await.expect("read");
     let Some(Err(FunctionError::Failed(failure))) = outcome else {

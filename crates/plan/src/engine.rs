@@ -41,32 +41,6 @@ struct Rebase {
     count: usize,
 }
 
-/// Whether the events `from..to` of `flow` are all cancellations ([`Plans::cancel`]).
-async fn only_cancellations(
-    store: &dyn Store,
-    flow: FlowId,
-    from: u64,
-    to: u64,
-) -> Result<bool, PlanEngineError> {
-    let wanted = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
-    if wanted == 0 || wanted > MAX_CANCEL_REBASES {
-        return Ok(false);
-    }
-    let raw = store.read(flow, from, wanted).await?;
-    if raw.len() != wanted {
-        return Ok(false);
-    }
-    Ok(raw.iter().all(|raw| {
-        matches!(
-            flowstate_core::Event::decode(raw).map(|event| event.body),
-            Ok(EventBody::PlanStateChanged {
-                to: PlanState::Failed,
-                reason: Some(failure),
-            }) if failure.kind == runtime::CANCELLED
-        )
-    }))
-}
-
 /// Most events one commit of a round carries (half the append limit, so that the results
 /// staged before the decisions always fit).
 const COMMIT_CHUNK: usize = flowstate_core::limits::MAX_EVENTS_PER_APPEND / 2;
@@ -394,7 +368,23 @@ impl Plans {
         }
         rebase.count += 1;
         let mut reloaded = FlowWriter::load(store, flow).await?;
-        if !only_cancellations(store, flow, from, reloaded.durable_next_seq()).await? {
+        let cancellations = flowstate_store::appended_only(
+            store,
+            flow,
+            from,
+            reloaded.durable_next_seq(),
+            |body| {
+                matches!(
+                    body,
+                    EventBody::PlanStateChanged {
+                        to: PlanState::Failed,
+                        reason: Some(failure),
+                    } if failure.kind == runtime::CANCELLED
+                )
+            },
+        )
+        .await?;
+        if !cancellations {
             return Err(conflict.into());
         }
         for (launch, result) in &rebase.unrecorded {
@@ -634,13 +624,12 @@ impl Plans {
         reason: &str,
     ) -> Result<flowstate_core::Transition, PlanEngineError> {
         use flowstate_core::{Machine, Transition};
-        let ignored = std::sync::atomic::AtomicBool::new(false);
         let message = if reason.is_empty() {
             "cancelled".to_owned()
         } else {
             format!("cancelled: {reason}")
         };
-        flowstate_store::deliver_with(
+        let recorded = flowstate_store::deliver_with(
             &*self.inner.store,
             &*self.inner.clock,
             flow,
@@ -658,10 +647,6 @@ impl Plans {
                             source,
                         }))
                     })?;
-                ignored.store(
-                    transition == Transition::Ignored,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
                 let nothing_in_flight = record
                     .plan
                     .as_ref()
@@ -678,10 +663,10 @@ impl Plans {
             },
         )
         .await?;
-        Ok(if ignored.load(std::sync::atomic::Ordering::Relaxed) {
-            Transition::Ignored
-        } else {
+        Ok(if recorded {
             Transition::Allowed
+        } else {
+            Transition::Ignored
         })
     }
 }

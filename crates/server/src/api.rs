@@ -1001,25 +1001,12 @@ async fn cancel(
             .cancel(flow, &request.reason)
             .await
             .map_err(|error| plan_problem(&error))?,
-        _ => {
-            // A function keeps the first request's reason: a second one records nothing.
-            let asked = flowstate::store::read_all(engine.store().as_ref(), flow)
-                .await
-                .ok()
-                .and_then(|events| fold(&events, StopAt::End).ok())
-                .and_then(|record| record.function)
-                .is_some_and(|function| function.cancel_requested.is_some());
-            engine
-                .functions()
-                .cancel(flow, &request.reason)
-                .await
-                .map_err(|error| function_problem(&error))?;
-            if asked {
-                Transition::Ignored
-            } else {
-                Transition::Allowed
-            }
-        }
+        // A function keeps the first request's reason: a second one records nothing.
+        _ => engine
+            .functions()
+            .cancel(flow, &request.reason)
+            .await
+            .map_err(|error| function_problem(&error))?,
     };
     Ok(requested(done))
 }

@@ -11,13 +11,13 @@ pub const DELIVERY_ATTEMPTS: usize = 16;
 
 /// Appends what `make` decides from the flow's state (nothing, for `Ok(None)`) and marks the
 /// flow ready, in one commit; reads the log again and decides again when something was
-/// appended meanwhile.
+/// appended meanwhile. Returns whether an event was appended.
 pub async fn deliver<E>(
     store: &dyn Store,
     clock: &dyn Clock,
     flow: FlowId,
     make: impl Fn(&FlowRecord) -> Result<Option<EventBody>, E>,
-) -> Result<(), E>
+) -> Result<bool, E>
 where
     E: From<WriteError> + From<StoreError>,
 {
@@ -35,7 +35,7 @@ pub async fn deliver_with<E>(
     clock: &dyn Clock,
     flow: FlowId,
     make: impl Fn(&FlowRecord) -> Result<Option<(EventBody, Option<bool>)>, E>,
-) -> Result<(), E>
+) -> Result<bool, E>
 where
     E: From<WriteError> + From<StoreError>,
 {
@@ -47,7 +47,7 @@ where
             return Err(StoreError::UnknownFlow { flow }.into());
         };
         let Some((body, ready)) = make(record)? else {
-            return Ok(());
+            return Ok(false);
         };
         writer.stage(clock, vec![body])?;
         let ready = AppendExtras {
@@ -55,11 +55,37 @@ where
             ..AppendExtras::default()
         };
         match writer.commit(store, ready).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(WriteError::Store(StoreError::Conflict { .. })) if attempt < DELIVERY_ATTEMPTS => {}
             Err(error) => return Err(error.into()),
         }
     }
+}
+
+/// Most events [`appended_only`] reads: more than this appended meanwhile is never only
+/// requests (a flow takes one suspension and one cancellation at a time).
+pub const MAX_REQUESTS_APPENDED: usize = 64;
+
+/// Whether the events `from..to` of `flow` (appended by others while a run held the flow)
+/// are all requests that `is_request` accepts, at most [`MAX_REQUESTS_APPENDED`] of them: the
+/// test a run makes before it goes on on top of them instead of giving the flow up. Events
+/// that do not decode are not requests.
+pub async fn appended_only(
+    store: &dyn Store,
+    flow: FlowId,
+    from: u64,
+    to: u64,
+    is_request: impl Fn(&EventBody) -> bool,
+) -> Result<bool, StoreError> {
+    let wanted = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
+    if wanted == 0 || wanted > MAX_REQUESTS_APPENDED {
+        return Ok(false);
+    }
+    let raw = store.read(flow, from, wanted).await?;
+    Ok(raw.len() == wanted
+        && raw.iter().all(|raw| {
+            flowstate_core::Event::decode(raw).is_ok_and(|event| is_request(&event.body))
+        }))
 }
 
 /// Tells the parent of `child` (if it has one) that the child ended with `outcome`: the end
@@ -95,6 +121,6 @@ pub async fn notify_parent(
     match delivered {
         // The parent is gone (deleted, or archived): there is nobody to tell.
         Err(WriteError::Store(StoreError::UnknownFlow { .. })) => Ok(()),
-        other => other,
+        other => other.map(|_| ()),
     }
 }

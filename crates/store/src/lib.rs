@@ -30,7 +30,9 @@ mod wake;
 mod writer;
 
 pub use clock::SystemClock;
-pub use deliver::{deliver, deliver_with, notify_parent, DELIVERY_ATTEMPTS};
+pub use deliver::{
+    appended_only, deliver, deliver_with, notify_parent, DELIVERY_ATTEMPTS, MAX_REQUESTS_APPENDED,
+};
 pub use error::{InvalidInput, StoreError};
 pub use memory::{MemoryStorage, MemoryStore};
 pub use types::{

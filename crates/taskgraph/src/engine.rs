@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use flowstate_core::machine::{EngineState, FlowState};
 use flowstate_core::{
-    Clock, Event, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
+    Clock, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
     Transition,
 };
 use flowstate_store::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
@@ -91,6 +91,12 @@ pub enum EngineError {
         /// Why not, and what can be done instead.
         detail: String,
     },
+}
+
+impl From<StoreError> for EngineError {
+    fn from(error: StoreError) -> Self {
+        Self::Write(WriteError::Store(error))
+    }
 }
 
 /// How a run ended.
@@ -354,34 +360,26 @@ impl Engine {
             FlowState,
         ) -> Result<Option<(EventBody, Option<bool>)>, EngineError>,
     ) -> Result<Transition, EngineError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut writer = FlowWriter::load(self.store.as_ref(), flow).await?;
-            let Some(record) = writer.record() else {
-                return Err(WriteError::Store(StoreError::UnknownFlow { flow }).into());
-            };
-            let FlowStatus::TaskGraph(state) = record.status else {
-                return Err(EngineError::NotATaskGraph {
-                    flow,
-                    kind: record.kind,
-                });
-            };
-            let Some((body, ready)) = decide(record, state)? else {
-                return Ok(Transition::Ignored);
-            };
-            writer.stage(self.clock.as_ref(), vec![body])?;
-            let extras = AppendExtras {
-                ready,
-                ..AppendExtras::default()
-            };
-            match writer.commit(self.store.as_ref(), extras).await {
-                Ok(_) => return Ok(Transition::Allowed),
-                Err(WriteError::Store(StoreError::Conflict { .. }))
-                    if attempt < flowstate_store::DELIVERY_ATTEMPTS => {}
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let recorded = flowstate_store::deliver_with(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            flow,
+            |record| {
+                let FlowStatus::TaskGraph(state) = record.status else {
+                    return Err(EngineError::NotATaskGraph {
+                        flow,
+                        kind: record.kind,
+                    });
+                };
+                decide(record, state)
+            },
+        )
+        .await?;
+        Ok(if recorded {
+            Transition::Allowed
+        } else {
+            Transition::Ignored
+        })
     }
 
     /// Runs (or resumes, or re-runs) a flow until it is SUCCESS, FAILURE, REVERTED or
@@ -461,12 +459,7 @@ impl Engine {
         let flow = writer.flow();
         let mut engine = EngineState::INITIAL;
         self.step_engine(flow, &mut engine, EngineState::Resuming)?;
-        let record = writer
-            .record()
-            .ok_or(EngineError::Write(WriteError::Refused(
-                flowstate_core::FoldError::EmptyLog,
-            )))?
-            .clone();
+        let record = record_of(&writer)?.clone();
         let FlowStatus::TaskGraph(state) = record.status else {
             return Err(EngineError::NotATaskGraph {
                 flow,
@@ -1012,7 +1005,22 @@ impl<'a> Run<'a> {
         }
         self.rebases += 1;
         let reloaded = FlowWriter::load(store, flow).await?;
-        if !only_requests(store, flow, from, reloaded.durable_next_seq()).await? {
+        let requests = flowstate_store::appended_only(
+            store,
+            flow,
+            from,
+            reloaded.durable_next_seq(),
+            |body| {
+                matches!(
+                    body,
+                    EventBody::FlowStateChanged {
+                        to: FlowState::Suspending
+                    } | EventBody::CancelRequested { .. }
+                )
+            },
+        )
+        .await?;
+        if !requests {
             return Err(conflict.into());
         }
         self.writer = reloaded;
@@ -1030,41 +1038,6 @@ impl<'a> Run<'a> {
         }
         Ok(Flushed::Rebased)
     }
-}
-
-/// Whether the events `from..to` of `flow` are all requests a client may append while an
-/// engine runs the flow: a suspension (→ SUSPENDING) or a cancellation.
-async fn only_requests(
-    store: &dyn Store,
-    flow: FlowId,
-    from: u64,
-    to: u64,
-) -> Result<bool, EngineError> {
-    let wanted = usize::try_from(to.saturating_sub(from)).unwrap_or(usize::MAX);
-    if wanted == 0 || wanted > MAX_REQUEST_REBASES {
-        return Ok(false);
-    }
-    let raw = store
-        .read(flow, from, wanted)
-        .await
-        .map_err(WriteError::from)?;
-    if raw.len() != wanted {
-        return Ok(false);
-    }
-    for raw in &raw {
-        let Ok(event) = Event::decode(raw) else {
-            return Ok(false);
-        };
-        if !matches!(
-            event.body,
-            EventBody::FlowStateChanged {
-                to: FlowState::Suspending
-            } | EventBody::CancelRequested { .. }
-        ) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The state a writer holds, including staged events.
