@@ -13,8 +13,10 @@ use common::{dead_address, fails, write_file};
 
 /// Runs the CLI with `args` and extra environment.
 fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    // In an empty directory: the default store (`flowstate.db`, relative) must not exist.
+    let cwd = tempfile::tempdir().expect("dir");
     let mut command = common::command();
-    command.args(args);
+    command.current_dir(cwd.path()).args(args);
     for (name, value) in env {
         command.env(name, value);
     }

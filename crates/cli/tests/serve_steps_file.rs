@@ -11,7 +11,6 @@ use common::{fails, write_file};
 
 fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let mut command = common::command();
-    command.env_remove("FLOWSTATE_STEPS_FILE");
     command.args([
         "serve",
         "--addr",

@@ -22,13 +22,14 @@ use serde_json::Value;
 pub const DEADLOCK_GUARD: Duration = Duration::from_secs(120);
 
 /// Environment variables of the CLI that a test must not inherit from whoever runs it.
-pub const ENV: [&str; 7] = [
+pub const ENV: [&str; 8] = [
     "FLOWSTATE_STORE",
     "FLOWSTATE_ARCHIVE",
     "FLOWSTATE_SERVER",
     "FLOWSTATE_TOKEN",
     "FLOWSTATE_CONFIG",
     "FLOWSTATE_ADDR",
+    "FLOWSTATE_STEPS_FILE",
     "AWS_ENDPOINT",
 ];
 
