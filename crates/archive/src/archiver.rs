@@ -28,9 +28,8 @@ use flowstate_core::limits::MAX_PAGE_SIZE;
 use flowstate_core::machine::PlanState;
 use flowstate_core::Machine;
 use flowstate_core::{Clock, EventBody, FlowId, FlowKind, FlowStatus, RawEvent, StopAt};
-use flowstate_store::{
-    read_all, FlowQuery, FlowSummary, FlowWriter, Store, StoreError, WriteError,
-};
+use flowstate_engine::{FlowWriter, WriteError};
+use flowstate_store::{read_all, FlowQuery, FlowSummary, Store, StoreError};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use serde::Serialize;

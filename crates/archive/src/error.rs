@@ -1,7 +1,8 @@
 //! [`ArchiveError`]: why archiving, or reading the archive, failed.
 
 use flowstate_core::{FlowId, FoldError};
-use flowstate_store::{StoreError, WriteError};
+use flowstate_engine::WriteError;
+use flowstate_store::StoreError;
 
 /// Why archiving a flow, or reading one back from the archive, failed. Every variant about
 /// one flow names it.

@@ -15,7 +15,7 @@
 //! changes an archived file's meaning (the format only grows, and a newer one is refused);
 //! it never interprets event bodies beyond what the core's fold does; and it never changes
 //! the [`Store`] trait: what it needs of a store is `list`, `read`, `append` (through
-//! [`flowstate_store::FlowWriter`]), `flow` and `delete_flow`.
+//! [`flowstate_engine::FlowWriter`]), `flow` and `delete_flow`.
 
 mod archiver;
 mod error;

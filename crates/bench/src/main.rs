@@ -1107,7 +1107,7 @@ async fn w1_function(args: W1FunctionArgs) {
         .await
         .unwrap_or_else(|e| fail(e));
     let clock = SystemClock;
-    let mut writer = flowstate_store::FlowWriter::load(store.as_ref(), flow)
+    let mut writer = flowstate_engine::FlowWriter::load(store.as_ref(), flow)
         .await
         .unwrap_or_else(|e| fail(e));
     let mut written = 0;
@@ -1130,7 +1130,7 @@ async fn w1_function(args: W1FunctionArgs) {
             .collect();
         writer.stage(&clock, bodies).unwrap_or_else(|e| fail(e));
         writer
-            .commit(store.as_ref(), flowstate_store::AppendExtras::default())
+            .commit(store.as_ref(), flowstate_engine::AppendExtras::default())
             .await
             .unwrap_or_else(|e| fail(e));
         written += batch;

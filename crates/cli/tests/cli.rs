@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use flowstate::core::machine::{FlowState, PlanState, TaskState};
 use flowstate::core::{EventBody, Intention, ManualClock};
+use flowstate::kernel::FlowWriter;
 use flowstate::sqlite::{SqliteOptions, SqliteStore};
-use flowstate::store::FlowWriter;
 use flowstate::{Clock, FlowId, FlowKind, Store, Timestamp};
 use serde_json::Value;
 

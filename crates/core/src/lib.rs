@@ -18,6 +18,7 @@ pub mod journal;
 pub mod limits;
 pub mod machine;
 pub mod plan;
+pub mod sync;
 pub mod time;
 
 pub use event::{

@@ -31,7 +31,8 @@ use flowstate_core::{
     expect_end, match_call, Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowKind,
     FlowStatus, JournalEntry, Replay, Timestamp,
 };
-use flowstate_store::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
+use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_store::{Store, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -400,7 +401,7 @@ impl Activation {
                 Ok(()) => writer
                     .commit(
                         self.store.as_ref(),
-                        flowstate_store::AppendExtras::default(),
+                        flowstate_engine::AppendExtras::default(),
                     )
                     .await
                     .map(drop),

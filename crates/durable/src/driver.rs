@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{EventBody, Failure, FlowId, FlowKind, FlowStatus, StepOutcome};
+use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
 use flowstate_rt::{RemoteWake, Runtime, TaskHandle};
-use flowstate_store::{AppendExtras, FlowWriter, NewTimer, StoreError, WriteError};
+use flowstate_store::{NewTimer, StoreError};
 use flowstate_worker::RunError;
 
 use crate::ctx::{lanes, take_waits_changed, Activation, Branch, Counted, Ctx, Stop};
@@ -630,7 +631,7 @@ async fn tell_parent(shared: &Shared, writer: &FlowWriter) -> Result<(), RunErro
     let Some(outcome) = record.function.as_ref().and_then(|f| f.outcome.as_ref()) else {
         return Ok(());
     };
-    flowstate_store::notify_parent(
+    flowstate_engine::children::notify_parent(
         shared.store.as_ref(),
         shared.clock.as_ref(),
         record,

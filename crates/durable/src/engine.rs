@@ -8,7 +8,8 @@ use flowstate_core::machine::ActivationState;
 use flowstate_core::{
     Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord, Transition,
 };
-use flowstate_store::{AppendExtras, FlowQuery, FlowWriter, Store, StoreError, WriteError};
+use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_store::{FlowQuery, Store, StoreError};
 use flowstate_worker::{FlowRunner, RunError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -392,7 +393,7 @@ async fn deliver(
     flow: FlowId,
     make: impl Fn(&FunctionRecord) -> Option<EventBody>,
 ) -> Result<bool, StartError> {
-    flowstate_store::deliver(store, clock, flow, |record| {
+    flowstate_engine::deliver(store, clock, flow, |record| {
         let function = record
             .function
             .as_ref()

@@ -723,7 +723,7 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
     };
     assert_eq!(failure.message, "first", "the first request's reason stays");
     assert_eq!(AFTER_CANCEL.load(Ordering::SeqCst), 0);
-    let journal = flowstate_store::FlowWriter::load(store.as_ref(), busy)
+    let journal = flowstate_engine::FlowWriter::load(store.as_ref(), busy)
         .await
         .expect("load")
         .record()
@@ -751,7 +751,7 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
 
 /// The journal of `flow` as folded, with the branch of each entry.
 async fn journal_of(store: &Arc<dyn Store>, flow: FlowId) -> flowstate_core::FunctionRecord {
-    flowstate_store::FlowWriter::load(store.as_ref(), flow)
+    flowstate_engine::FlowWriter::load(store.as_ref(), flow)
         .await
         .expect("load")
         .record()

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use flowstate::core::machine::{ActivationState, FlowState, TaskState};
 use flowstate::core::{EventBody, Intention};
-use flowstate::store::{FlowQuery, FlowWriter};
+use flowstate::kernel::FlowWriter;
+use flowstate::store::FlowQuery;
 use flowstate::{Access, Clock, FlowKind, Store, SystemClock};
 use serde_json::json;
 

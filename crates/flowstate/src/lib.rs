@@ -13,6 +13,7 @@ pub use engine::{Engine, EngineBuilder, EngineError};
 pub use flowstate_archive as archive;
 pub use flowstate_core as core;
 pub use flowstate_durable as durable;
+pub use flowstate_engine as kernel;
 pub use flowstate_plan as plan;
 pub use flowstate_store as store;
 pub use flowstate_store_postgres as postgres;
@@ -118,7 +119,7 @@ pub async fn open_store_in(
 /// A new flow id for a flow created now (UUIDv7: time-ordered, with 74 random bits).
 #[must_use]
 pub fn new_flow_id(clock: &dyn Clock) -> FlowId {
-    FlowId::from_parts(clock.now(), rand::random())
+    flowstate_engine::create::mint_flow_id(clock)
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
         ActivationState::Done
     );
     // Each child knows its parent, and the parent's journal names each child once.
-    let record = flowstate::store::FlowWriter::load(engine.store().as_ref(), parent)
+    let record = flowstate::kernel::FlowWriter::load(engine.store().as_ref(), parent)
         .await
         .expect("load")
         .record()
@@ -154,7 +154,7 @@ async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
     let function = record.function.expect("function");
     assert_eq!(function.children_ended.len(), 3);
     for child in function.children_ended.keys() {
-        let child = flowstate::store::FlowWriter::load(engine.store().as_ref(), *child)
+        let child = flowstate::kernel::FlowWriter::load(engine.store().as_ref(), *child)
             .await
             .expect("load child")
             .record()
@@ -319,7 +319,7 @@ async fn a_durable_function_starts_and_joins_child_plans() {
         functions.state(parent).await.expect("state").0,
         ActivationState::Done
     );
-    let record = flowstate::store::FlowWriter::load(engine.store().as_ref(), parent)
+    let record = flowstate::kernel::FlowWriter::load(engine.store().as_ref(), parent)
         .await
         .expect("load")
         .record()

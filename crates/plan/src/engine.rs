@@ -20,7 +20,8 @@ use flowstate_core::{
     Clock, EventBody, ExecutionPlan, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, FoldError,
     Timestamp,
 };
-use flowstate_store::{AppendExtras, FlowWriter, NewTimer, Store, StoreError, WriteError};
+use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_store::{NewTimer, Store, StoreError};
 use flowstate_worker::{FlowRunner, RunError};
 use tokio::task::JoinSet;
 
@@ -368,7 +369,7 @@ impl Plans {
         }
         rebase.count += 1;
         let mut reloaded = FlowWriter::load(store, flow).await?;
-        let cancellations = flowstate_store::appended_only(
+        let cancellations = flowstate_engine::rebase::appended_only(
             store,
             flow,
             from,
@@ -576,8 +577,13 @@ impl Plans {
             return Ok(());
         }
         let outcome = outcome(record);
-        flowstate_store::notify_parent(&*self.inner.store, &*self.inner.clock, record, &outcome)
-            .await?;
+        flowstate_engine::children::notify_parent(
+            &*self.inner.store,
+            &*self.inner.clock,
+            record,
+            &outcome,
+        )
+        .await?;
         Ok(())
     }
 
@@ -629,7 +635,7 @@ impl Plans {
         } else {
             format!("cancelled: {reason}")
         };
-        let recorded = flowstate_store::deliver_with(
+        let recorded = flowstate_engine::deliver_with(
             &*self.inner.store,
             &*self.inner.clock,
             flow,

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use flowstate_core::machine::PlanState;
 use flowstate_core::{Clock, Event, EventBody, FlowId, FlowStatus, FoldError, Transition};
+use flowstate_engine::WriteError;
 use flowstate_plan::{PlanEngineError, PlanRequest, Plans, Step};
-use flowstate_store::{read_all, MemoryStore, Store, SystemClock, WorkerId, WriteError};
+use flowstate_store::{read_all, MemoryStore, Store, SystemClock, WorkerId};
 use flowstate_worker::{Worker, WorkerConfig};
 use serde_json::json;
 use tokio::sync::watch;

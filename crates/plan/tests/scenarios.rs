@@ -658,7 +658,7 @@ async fn the_plan_is_in_the_start_event() {
 /// second report for the same one (duplicate) is refused by the fold, and nothing is written.
 #[tokio::test]
 async fn stale_and_duplicate_reports_are_refused() {
-    use flowstate_store::FlowWriter;
+    use flowstate_engine::FlowWriter;
     let (plans, store) = engine();
     plans
         .register(

@@ -566,10 +566,10 @@ async fn start_flow(
 }
 
 /// A refused write caused by the request (inputs over a limit) is the client's problem.
-fn write_problem(error: &flowstate::store::WriteError) -> Problem {
+fn write_problem(error: &flowstate::kernel::WriteError) -> Problem {
     match error {
-        flowstate::store::WriteError::Store(store) => store_problem(store),
-        flowstate::store::WriteError::Encode(encode) => Problem::new(
+        flowstate::kernel::WriteError::Store(store) => store_problem(store),
+        flowstate::kernel::WriteError::Encode(encode) => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             encode.to_string(),
@@ -591,7 +591,7 @@ fn function_problem(error: &flowstate::durable::StartError) -> Problem {
             Problem::conflict(error.to_string())
         }
         StartError::Store(store) => store_problem(store),
-        StartError::Write(flowstate::store::WriteError::Store(store)) => store_problem(store),
+        StartError::Write(flowstate::kernel::WriteError::Store(store)) => store_problem(store),
         other => Problem::internal(other.to_string()),
     }
 }
@@ -900,7 +900,7 @@ fn task_graph_problem(error: &flowstate::taskgraph::EngineError) -> Problem {
 
 fn plan_problem(error: &PlanEngineError) -> Problem {
     use flowstate::core::FoldError;
-    use flowstate::store::WriteError;
+    use flowstate::kernel::WriteError;
     match error {
         PlanEngineError::Write(WriteError::Refused(FoldError::Transition { source, .. })) => {
             Problem::conflict(format!(

@@ -1,10 +1,11 @@
-//! Where flows live: the [`Store`] trait, the in-memory store, the log writer and the
-//! conformance suite that every store must pass.
+//! Where flows live: the [`Store`] trait, its types, the checks every store makes before a
+//! write ([`validate`]), the in-memory store, and (feature `testing`) the conformance suite
+//! that every store must pass and test wrappers.
 //!
 //! A store keeps, per flow, an append-only log of events and a small index row (kind,
 //! definition, status, times, ready flag, lease). It never interprets event bodies: the
-//! caller (an engine, through [`FlowWriter`]) validates events against the fold and tells the
-//! store the index values to keep. That keeps every store a thin, fast layer and puts all
+//! caller (an engine, through `flowstate_engine::FlowWriter`) validates events against the
+//! fold and tells the store the index values to keep. That keeps every store a thin, fast layer and puts all
 //! meaning in the sans-I/O core.
 //!
 //! **Architecture invariant:** `append` is the only way to extend a log, and `compact` (which
@@ -19,20 +20,17 @@
 //! definition (the memory store: in memory; SQLite: committed and fsynced).
 
 mod clock;
+#[cfg(feature = "testing")]
 pub mod conformance;
-mod deliver;
 mod error;
 mod memory;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod types;
 pub mod validate;
 mod wake;
-mod writer;
 
 pub use clock::SystemClock;
-pub use deliver::{
-    appended_only, deliver, deliver_with, notify_parent, DELIVERY_ATTEMPTS, MAX_REQUESTS_APPENDED,
-};
 pub use error::{InvalidInput, StoreError};
 pub use memory::{MemoryStorage, MemoryStore};
 pub use types::{
@@ -40,7 +38,6 @@ pub use types::{
     NewEvent, NewFlow, NewTimer, Release, WorkerId,
 };
 pub use wake::{WakeCounts, WakeKind, Wakeups};
-pub use writer::{AppendExtras, CompactedField, FlowWriter, WriteError};
 
 use std::time::Duration;
 
@@ -70,7 +67,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// so an append by a writer that read the log before the compaction always conflicts.
     ///
     /// This is how a finished flow's log is compacted (a durable function that is done keeps
-    /// its outcome and drops its journal); the caller ([`FlowWriter::compact`]) checks that the
+    /// its outcome and drops its journal); the caller (`flowstate_engine::FlowWriter::compact`) checks that the
     /// new log folds to the same state. The index row keeps its kind, definition, creation time,
     /// ready flag, lease, wake counter and timers; its next sequence number
     /// (`expected_next_seq + events.len()`), size in bytes, status (`status`) and update time

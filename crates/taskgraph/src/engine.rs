@@ -26,7 +26,8 @@ use flowstate_core::{
     Clock, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
     Transition,
 };
-use flowstate_store::{AppendExtras, FlowWriter, Store, StoreError, WriteError};
+use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_store::{Store, StoreError};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
@@ -360,7 +361,7 @@ impl Engine {
             FlowState,
         ) -> Result<Option<(EventBody, Option<bool>)>, EngineError>,
     ) -> Result<Transition, EngineError> {
-        let recorded = flowstate_store::deliver_with(
+        let recorded = flowstate_engine::deliver_with(
             self.store.as_ref(),
             self.clock.as_ref(),
             flow,
@@ -692,8 +693,13 @@ impl Engine {
             }
             _ => return Ok(()),
         };
-        flowstate_store::notify_parent(self.store.as_ref(), self.clock.as_ref(), record, &ended)
-            .await?;
+        flowstate_engine::children::notify_parent(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            record,
+            &ended,
+        )
+        .await?;
         Ok(())
     }
 
@@ -1005,7 +1011,7 @@ impl<'a> Run<'a> {
         }
         self.rebases += 1;
         let reloaded = FlowWriter::load(store, flow).await?;
-        let requests = flowstate_store::appended_only(
+        let requests = flowstate_engine::rebase::appended_only(
             store,
             flow,
             from,

@@ -24,7 +24,8 @@ use flowstate_archive::{
 };
 use flowstate_core::machine::{FlowState, PlanState};
 use flowstate_core::{Clock, EventBody, FlowId, FlowKind, FlowStatus, RawEvent, StopAt};
-use flowstate_store::{read_all, FlowQuery, FlowWriter, Store, SystemClock};
+use flowstate_engine::FlowWriter;
+use flowstate_store::{read_all, FlowQuery, Store, SystemClock};
 use flowstate_store_sqlite::{SqliteOptions, SqliteStore};
 use rand::{Rng, SeedableRng};
 

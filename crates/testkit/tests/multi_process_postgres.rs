@@ -27,7 +27,8 @@ use flowstate_core::{
     fold, Clock, Event, EventBody, FlowId, FlowKind, FlowStatus, JournalEntry, StopAt,
 };
 use flowstate_durable::{FunctionError, Functions};
-use flowstate_store::{read_all, FlowQuery, FlowWriter, Store, SystemClock};
+use flowstate_engine::FlowWriter;
+use flowstate_store::{read_all, FlowQuery, Store, SystemClock};
 use flowstate_store_postgres::testing::{test_database, TestSchema};
 use flowstate_store_postgres::PostgresStore;
 use flowstate_taskgraph::Engine;

@@ -16,7 +16,8 @@ use flowstate_core::machine::{FlowState, PlanState};
 use flowstate_core::{
     Clock, EventBody, FlowId, FlowKind, FlowStatus, ManualClock, RawEvent, StopAt, Timestamp,
 };
-use flowstate_store::{read_all, FlowQuery, FlowWriter, Store};
+use flowstate_engine::FlowWriter;
+use flowstate_store::{read_all, FlowQuery, Store};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{EventBody, FlowId, FlowKind, FlowStatus};
-use flowstate_store::{FlowQuery, FlowWriter, Store, SystemClock};
+use flowstate_engine::FlowWriter;
+use flowstate_store::{FlowQuery, Store, SystemClock};
 use flowstate_store_sqlite::{SqliteOptions, SqliteStore};
 
 fn next_transition(status: FlowStatus) -> ActivationState {

@@ -29,7 +29,8 @@ use std::time::Duration;
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{Clock, Failure, FlowKind, FlowStatus, Machine};
 use flowstate_durable::{Ctx, Functions};
-use flowstate_store::{FlowQuery, FlowWriter, Store, SystemClock, WorkerId};
+use flowstate_engine::FlowWriter;
+use flowstate_store::{FlowQuery, Store, SystemClock, WorkerId};
 use flowstate_store_sqlite::{SqliteOptions, SqliteStore};
 use flowstate_worker::{Worker, WorkerConfig};
 

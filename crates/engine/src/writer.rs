@@ -22,9 +22,7 @@ use flowstate_core::{
     EVENT_FORMAT_VERSION,
 };
 
-use crate::error::StoreError;
-use crate::types::{AppendBatch, AppendOutcome, NewEvent, NewFlow, NewTimer};
-use crate::Store;
+use flowstate_store::{AppendBatch, AppendOutcome, NewEvent, NewFlow, NewTimer, Store, StoreError};
 
 /// Events per read when a flow is loaded (after the first read).
 const LOAD_PAGE: usize = 2_500;
@@ -100,6 +98,15 @@ pub enum WriteError {
         /// What it changes.
         field: CompactedField,
     },
+}
+
+impl WriteError {
+    /// Whether another writer advanced the log first ([`StoreError::Conflict`]): reload and
+    /// decide again (or rebase, [`crate::rebase`]).
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Conflict { .. }))
+    }
 }
 
 /// A part of a flow's record that a compaction must keep ([`WriteError::CompactionChanges`]).
@@ -514,7 +521,7 @@ mod tests {
     use flowstate_core::{FlowKind, ManualClock, Timestamp};
 
     use super::*;
-    use crate::MemoryStore;
+    use flowstate_store::MemoryStore;
 
     fn created(definition: &str) -> EventBody {
         EventBody::FlowCreated {
@@ -557,7 +564,10 @@ mod tests {
     }
 
     async fn log_len(store: &MemoryStore, flow: FlowId) -> usize {
-        crate::read_all(store, flow).await.expect("read").len()
+        flowstate_store::read_all(store, flow)
+            .await
+            .expect("read")
+            .len()
     }
 
     #[tokio::test]
@@ -579,7 +589,7 @@ mod tests {
         let record = writer.record().expect("record");
         assert_eq!(record.status, FlowStatus::TaskGraph(FlowState::Success));
         assert_eq!((record.first_seq, record.last_seq), (5, 7));
-        let log = crate::read_all(&store, flow).await.expect("read");
+        let log = flowstate_store::read_all(&store, flow).await.expect("read");
         assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert_eq!(
             log[0].time,
@@ -619,7 +629,7 @@ mod tests {
     async fn a_compaction_that_changes_the_state_or_does_not_fold_writes_nothing() {
         let (store, clock, mut writer) = finished().await;
         let flow = writer.flow();
-        let before = crate::read_all(&store, flow).await.expect("read");
+        let before = flowstate_store::read_all(&store, flow).await.expect("read");
         let changes = writer
             .compact(
                 &store,
@@ -758,7 +768,10 @@ mod tests {
             matches!(empty, Err(WriteError::Refused(FoldError::EmptyLog))),
             "{empty:?}"
         );
-        assert_eq!(crate::read_all(&store, flow).await.expect("read"), before);
+        assert_eq!(
+            flowstate_store::read_all(&store, flow).await.expect("read"),
+            before
+        );
         // None of these touched the writer: it still appends where the log ends.
         let outcome = writer
             .append(&store, clock.as_ref(), vec![to(FlowState::Running)])
