@@ -31,8 +31,12 @@ use flowstate_core::{
     expect_end, match_call, Call, Clock, Diagnostic, EventBody, Failure, FlowId, FlowKind,
     FlowStatus, JournalEntry, Replay, Timestamp,
 };
-use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
-use flowstate_store::{Store, StoreError};
+use flowstate_engine::children::child_flow_id;
+use flowstate_engine::{
+    commit_or_rebase, create, AppendExtras, Committed, CreateError, Creation, FlowWriter, Rebases,
+    WriteError,
+};
+use flowstate_store::Store;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -390,80 +394,39 @@ impl Activation {
         let _in_flight = LiveOp::start(&self.live_ops);
         // Only a commit of just these events can be replayed on top of a delivery.
         let rebasable = !writer.has_staged();
-        let mut rebases = 0;
+        let mut rebases = Rebases::default();
         loop {
             let was_live = self.live.get();
-            let from = writer.durable_next_seq();
             let staged = self
                 .ensure_live(writer)
                 .and_then(|()| writer.stage(self.clock.as_ref(), bodies.clone()));
-            let committed = match staged {
-                Ok(()) => writer
-                    .commit(
-                        self.store.as_ref(),
-                        flowstate_engine::AppendExtras::default(),
-                    )
-                    .await
-                    .map(drop),
-                Err(error) => Err(error),
-            };
-            let error = match committed {
-                Ok(()) => return Ok(()),
-                Err(error) => error,
-            };
-            let conflict = matches!(
-                error,
-                WriteError::Store(flowstate_store::StoreError::Conflict { .. })
-            );
-            if !(conflict && rebasable && rebases < MAX_REBASES) {
+            if let Err(error) = staged {
                 self.stop_with(Stop::Write(error));
                 return Err(());
             }
-            rebases += 1;
-            match self.only_deliveries_since(from).await {
-                Some(fresh) => {
-                    let cancel = fresh
+            let store = self.store.as_ref();
+            let extras = AppendExtras::default();
+            let committed = if rebasable {
+                commit_or_rebase(writer, store, extras, &mut rebases, is_delivery).await
+            } else {
+                writer.commit(store, extras).await.map(Committed::Recorded)
+            };
+            match committed {
+                Ok(Committed::Recorded(_)) => return Ok(()),
+                Ok(Committed::Rebased) => {
+                    let cancel = writer
                         .record()
                         .and_then(|r| r.function.as_ref())
                         .and_then(|f| f.cancel_requested.clone());
                     *self.cancelled.borrow_mut() = cancel;
-                    *writer = fresh;
                     self.live.set(was_live);
                 }
-                None => {
+                Err(error) => {
                     self.stop_with(Stop::Write(error));
                     return Err(());
                 }
             }
         }
-    }
-
-    /// The log read again, if everything appended from `from` on is a delivery (a signal, a
-    /// child's end, a request to cancel).
-    async fn only_deliveries_since(&self, from: u64) -> Option<FlowWriter> {
-        let fresh = FlowWriter::load(self.store.as_ref(), self.flow)
-            .await
-            .ok()?;
-        let added = self
-            .store
-            .read(self.flow, from, flowstate_core::limits::MAX_READ_BATCH)
-            .await
-            .ok()?
-            .into_iter()
-            .map(|raw| flowstate_core::Event::decode(&raw).map(|e| e.body))
-            .collect::<Result<Vec<_>, _>>()
-            .ok()?;
-        added
-            .iter()
-            .all(|body| {
-                matches!(
-                    body,
-                    EventBody::SignalDelivered { .. }
-                        | EventBody::ChildEnded { .. }
-                        | EventBody::CancelRequested { .. }
-                )
-            })
-            .then_some(fresh)
     }
 
     /// Matches `call` by `branch` against the branch's part of the journal. `Err(())` when
@@ -672,9 +635,6 @@ impl Replayed {
         }
     }
 }
-
-/// Most times one effect's commit is staged again on top of signals delivered meanwhile.
-const MAX_REBASES: usize = 16;
 
 /// A step body that panics fails its step (recorded as `Panicked`) rather than the run.
 struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
@@ -1201,7 +1161,7 @@ impl Ctx {
                 ));
             }
             let in_flight = LiveOp::start(&act.live_ops);
-            let child = child_id(act.flow, &branch.key(act.flow));
+            let child = child_flow_id(act.flow, &branch.key(act.flow));
             if let Err(stop) = create_child(&act, child, kind, &name, input, started).await {
                 act.stop_with(stop);
                 return halted().await;
@@ -1596,20 +1556,15 @@ impl Ctx {
     }
 }
 
-/// The id of the child started by the effect with idempotency key `key`: the parent's
-/// creation time (children sort with their parent) and a stable hash of the key (FNV-1a,
-/// which no toolchain upgrade changes), so every run of that effect names the same child.
-fn child_id(parent: FlowId, key: &str) -> FlowId {
-    let fnv = |seed: u64| {
-        key.bytes().fold(seed, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        })
-    };
-    let (high, low) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4));
-    let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&high.to_be_bytes());
-    random[8..].copy_from_slice(&low.to_be_bytes()[..2]);
-    FlowId::from_parts(parent.created_at(), random)
+/// What others append to a live activation's log: a signal, a child's end, a request to
+/// cancel. A commit goes on on top of these ([`Activation::record`]).
+fn is_delivery(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::SignalDelivered { .. }
+            | EventBody::ChildEnded { .. }
+            | EventBody::CancelRequested { .. }
+    )
 }
 
 /// Creates the child flow `child`, ready for workers; if it exists already (an earlier run
@@ -1622,26 +1577,15 @@ async fn create_child(
     input: serde_json::Value,
     started: Vec<EventBody>,
 ) -> Result<(), Stop> {
-    let mut writer = FlowWriter::new(child);
-    let mut events = vec![
-        EventBody::FlowCreated {
-            kind,
-            definition: definition.to_owned(),
-            input,
-        },
-        EventBody::ChildOf { parent: act.flow },
-    ];
-    events.extend(started);
-    writer
-        .stage(act.clock.as_ref(), events)
+    let writer = Creation::new(kind, definition, input)
+        .with_id(child)
+        .child_of(act.flow)
+        .then(started)
+        .stage(act.clock.as_ref())
         .map_err(Stop::Write)?;
-    let ready = AppendExtras {
-        ready: Some(true),
-        ..AppendExtras::default()
-    };
-    match writer.commit(act.store.as_ref(), ready).await {
+    match create::record(act.store.as_ref(), writer, true).await {
         Ok(_) => Ok(()),
-        Err(WriteError::Store(StoreError::Conflict { .. })) => {
+        Err(CreateError::Exists { .. }) => {
             let existing = FlowWriter::load(act.store.as_ref(), child)
                 .await
                 .map_err(Stop::Write)?;
@@ -1653,7 +1597,7 @@ async fn create_child(
                 ))),
             }
         }
-        Err(error) => Err(Stop::Write(error)),
+        Err(CreateError::Write(error)) => Err(Stop::Write(error)),
     }
 }
 

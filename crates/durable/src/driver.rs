@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{EventBody, Failure, FlowId, FlowKind, FlowStatus, StepOutcome};
-use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_engine::{AppendExtras, FlowWriter};
 use flowstate_rt::{RemoteWake, Runtime, TaskHandle};
-use flowstate_store::{NewTimer, StoreError};
+use flowstate_store::NewTimer;
 use flowstate_worker::RunError;
 
 use crate::ctx::{lanes, take_waits_changed, Activation, Branch, Counted, Ctx, Stop};
@@ -345,7 +345,7 @@ async fn run_activation(
 ) -> Result<(), RunError> {
     let mut writer = FlowWriter::load(shared.store.as_ref(), flow)
         .await
-        .map_err(run_error)?;
+        .map_err(RunError::from)?;
     let (state, definition, input, function) = {
         let Some(record) = writer.record() else {
             return Err(failed(format!("flow {flow} has no events")));
@@ -415,11 +415,11 @@ async fn run_activation(
     });
     writer
         .stage(shared.clock.as_ref(), opening)
-        .map_err(run_error)?;
+        .map_err(RunError::from)?;
     writer
         .commit(shared.store.as_ref(), AppendExtras::default())
         .await
-        .map_err(run_error)?;
+        .map_err(RunError::from)?;
 
     let mut lanes = lanes(&function);
     let root = Rc::new(Branch::new(
@@ -481,8 +481,8 @@ async fn run_activation(
     let mut writer = activation.writer.lock().await;
     let mut extras = AppendExtras::default();
     let bodies = match (stop, outcome) {
-        (Some(Stop::Write(error)), _) => return Err(run_error(error)),
-        (Some(Stop::Misuse(message)), _) => return Err(RunError::Failed { message }),
+        (Some(Stop::Write(error)), _) => return Err(error.into()),
+        (Some(Stop::Misuse(message)), _) => return Err(failed(message)),
         (Some(Stop::Deadlocked), _) => {
             return Err(failed(format!(
                 "flow {flow}: the function waits with no effect in flight, for something no effect will settle (a durable function may only await its context's effects)"
@@ -540,11 +540,11 @@ async fn run_activation(
     };
     writer
         .stage(shared.clock.as_ref(), bodies)
-        .map_err(run_error)?;
+        .map_err(RunError::from)?;
     writer
         .commit(shared.store.as_ref(), extras)
         .await
-        .map_err(run_error)?;
+        .map_err(RunError::from)?;
     settle_done(&shared, &mut writer).await
 }
 
@@ -562,7 +562,7 @@ async fn settle_done(shared: &Shared, writer: &mut FlowWriter) -> Result<(), Run
     writer
         .compact_timed(shared.store.as_ref(), events)
         .await
-        .map_err(run_error)?;
+        .map_err(RunError::from)?;
     Ok(())
 }
 
@@ -638,7 +638,7 @@ async fn tell_parent(shared: &Shared, writer: &FlowWriter) -> Result<(), RunErro
         outcome,
     )
     .await
-    .map_err(run_error)
+    .map_err(RunError::from)
 }
 
 /// How a run that found a divergence ends: in replay failure with the diagnostic. If a
@@ -681,7 +681,7 @@ async fn rearm_timers(
                 .store
                 .schedule_timer(flow, timer)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(RunError::from)?;
         }
     }
     Ok(())
@@ -707,24 +707,7 @@ fn moved_to(to: ActivationState) -> EventBody {
 }
 
 fn failed(message: impl Into<String>) -> RunError {
-    RunError::Failed {
-        message: message.into(),
-    }
-}
-
-pub(crate) fn run_error(error: WriteError) -> RunError {
-    match error {
-        WriteError::Store(StoreError::Conflict {
-            flow,
-            expected,
-            actual,
-        }) => RunError::Conflict {
-            flow,
-            expected,
-            actual,
-        },
-        other => failed(other.to_string()),
-    }
+    RunError::failed(message.into())
 }
 
 impl Activation {

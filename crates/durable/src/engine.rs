@@ -2,13 +2,15 @@
 //! runner for durable functions, which hands runs to the driver threads (`driver`).
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use flowstate_core::sync::RwLock;
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{
     Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord, Transition,
 };
-use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_engine::{create, CreateError, Creation, FlowWriter, WriteError};
 use flowstate_store::{FlowQuery, Store, StoreError};
 use flowstate_worker::{FlowRunner, RunError};
 use serde::de::DeserializeOwned;
@@ -35,6 +37,12 @@ pub enum StartError {
     #[error("flow {flow} is done")]
     Done {
         /// The flow.
+        flow: FlowId,
+    },
+    /// A flow with the id exists already; nothing was written.
+    #[error("flow {flow} exists already")]
+    Exists {
+        /// The id.
         flow: FlowId,
     },
     /// The flow is not a durable function.
@@ -81,7 +89,7 @@ pub(crate) struct Shared {
     /// Bounds the activations running at once ([`MAX_ACTIVE_ACTIVATIONS`]).
     active: tokio::sync::Semaphore,
     /// The driver threads, started by the first run (in the tokio runtime that runs it).
-    pool: std::sync::Mutex<Option<Arc<Pool>>>,
+    pool: flowstate_core::sync::Mutex<Option<Arc<Pool>>>,
     /// The engine process running activations (recorded with each run).
     pub(crate) incarnation: String,
     /// Plans the children of `Ctx::start_plan`.
@@ -97,10 +105,7 @@ impl Shared {
     }
 
     pub(crate) fn planner(&self) -> Option<Arc<dyn ChildPlanner>> {
-        self.planner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.planner.read().clone()
     }
 }
 
@@ -137,7 +142,7 @@ impl Functions {
                 clock,
                 registry: RwLock::new(Registry::default()),
                 active: tokio::sync::Semaphore::new(MAX_ACTIVE_ACTIVATIONS),
-                pool: std::sync::Mutex::new(None),
+                pool: flowstate_core::sync::Mutex::new(None),
                 incarnation: incarnation.into(),
                 planner: RwLock::new(None),
                 keep_journals: std::sync::atomic::AtomicBool::new(false),
@@ -156,11 +161,7 @@ impl Functions {
 
     /// Wires in the plan engine that plans the children of [`Ctx::start_plan`].
     pub fn plan_with(&self, planner: Arc<dyn ChildPlanner>) {
-        *self
-            .shared
-            .planner
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(planner);
+        *self.shared.planner.write() = Some(planner);
     }
 
     /// Registers a closed function under `name`. A function that captures anything is
@@ -172,44 +173,25 @@ impl Functions {
         I: DeserializeOwned + 'static,
         O: Serialize + 'static,
     {
-        self.shared
-            .registry
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .register(name, function)
+        self.shared.registry.write().register(name, function)
     }
 
     /// Starts an activation of `name` with `input`: recorded ready, so a worker runs it.
     pub async fn start(&self, name: &str, input: impl Serialize) -> Result<FlowId, StartError> {
-        let known = self
-            .shared
-            .registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-            .is_some();
+        let known = self.shared.registry.read().get(name).is_some();
         if !known {
             return Err(StartError::Unknown {
                 name: name.to_owned(),
             });
         }
         let input = serde_json::to_value(input).map_err(|e| StartError::Input(e.to_string()))?;
-        let flow = FlowId::from_parts(self.shared.clock.now(), rand::random());
-        let mut writer = FlowWriter::new(flow);
-        writer.stage(
-            self.shared.clock.as_ref(),
-            vec![EventBody::FlowCreated {
-                kind: FlowKind::Function,
-                definition: name.to_owned(),
-                input,
-            }],
-        )?;
-        let ready = AppendExtras {
-            ready: Some(true),
-            ..AppendExtras::default()
-        };
-        writer.commit(self.shared.store.as_ref(), ready).await?;
-        Ok(flow)
+        let writer =
+            Creation::new(FlowKind::Function, name, input).stage(self.shared.clock.as_ref())?;
+        match create::record(self.shared.store.as_ref(), writer, true).await {
+            Ok(flow) => Ok(flow),
+            Err(CreateError::Exists { flow }) => Err(StartError::Exists { flow }),
+            Err(CreateError::Write(error)) => Err(error.into()),
+        }
     }
 
     /// Sends signal `name` with `value` to the activation `flow` (from any process): it
@@ -317,26 +299,17 @@ impl Functions {
 impl Shared {
     /// The code of the function `name`, if this process registered it.
     pub(crate) fn definition(&self, name: &str) -> Option<Arc<dyn Erased>> {
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
+        self.registry.read().get(name)
     }
 
     fn pool(&self) -> Result<Arc<Pool>, RunError> {
-        let mut pool = self
-            .pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pool = self.pool.lock();
         if let Some(pool) = pool.as_ref() {
             return Ok(pool.clone());
         }
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let started = Pool::start(threads, &tokio::runtime::Handle::current()).map_err(|e| {
-            RunError::Failed {
-                message: format!("the driver threads did not start: {e}"),
-            }
-        })?;
+        let started = Pool::start(threads, &tokio::runtime::Handle::current())
+            .map_err(|e| RunError::failed(format!("the driver threads did not start: {e}")))?;
         Ok(pool.insert(Arc::new(started)).clone())
     }
 }
@@ -416,9 +389,7 @@ impl FlowRunner for Functions {
             .active
             .acquire()
             .await
-            .map_err(|e| RunError::Failed {
-                message: e.to_string(),
-            })?;
+            .map_err(RunError::failed)?;
         let pool = self.shared.pool()?;
         pool.run(self.shared.clone(), flow).await
     }

@@ -83,9 +83,9 @@ impl Creation {
     }
 }
 
-/// Why a creation was not recorded.
+/// Why a creation was not recorded. Exhaustive on purpose: a creation either finds its id
+/// taken or fails to write, and every front door maps both to its own error.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum CreateError {
     /// A flow with the id exists already; nothing was written.
     #[error("flow {flow} exists already")]

@@ -3,7 +3,7 @@
 //! normally, so that the worker can tell a conflict (run again) from a missing definition
 //! (park, count) from a failure (park, retry later).
 //!
-//! **Must never:** turn an error into a string: the cause is kept as the error's source.
+//! **Must never:** turn an error into a string: the error that stopped a run is kept, typed.
 
 use async_trait::async_trait;
 use flowstate_core::{FlowId, FlowKind};
@@ -46,38 +46,18 @@ pub enum RunError {
     },
     /// Recording failed: the store failed, or the fold refused an event. The flow is parked
     /// and retried.
-    #[error("recording failed: {0}")]
-    Write(#[source] WriteError),
+    #[error(transparent)]
+    Write(WriteError),
     /// The run could not go on for another reason (its runtime did not start, it broke a
-    /// rule of its kind). The flow is parked and retried.
-    #[error("{what}")]
-    Failed {
-        /// What went wrong, in a user's words.
-        what: String,
-        /// The cause, when there is one.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
+    /// rule of its kind), said by the error that stopped it. The flow is parked and retried.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl RunError {
-    /// A run that could not go on, for the reason `what` (no underlying error).
-    pub fn failed(what: impl Into<String>) -> Self {
-        Self::Failed {
-            what: what.into(),
-            source: None,
-        }
-    }
-
-    /// A run that could not go on because of `source`, said as `what`.
-    pub fn failed_by(
-        what: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self::Failed {
-            what: what.into(),
-            source: Some(Box::new(source)),
-        }
+    /// A run that could not go on because of `cause` (an error, or a message).
+    pub fn failed(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Failed(cause.into())
     }
 }
 
@@ -106,14 +86,12 @@ impl From<StoreError> for RunError {
 
 #[cfg(test)]
 mod tests {
-    use std::error::Error as _;
-
     use flowstate_core::Timestamp;
 
     use super::*;
 
     #[test]
-    fn a_conflict_is_a_conflict_and_other_errors_keep_their_source() {
+    fn a_conflict_is_a_conflict_and_other_errors_stay_typed() {
         let flow = FlowId::from_parts(Timestamp::from_micros(1), [1; 10]);
         let conflict = RunError::from(StoreError::Conflict {
             flow,
@@ -129,7 +107,11 @@ mod tests {
             }
         ));
         let unknown = RunError::from(StoreError::UnknownFlow { flow });
-        assert!(matches!(unknown, RunError::Write(_)));
-        assert!(unknown.source().is_some(), "the store error is the source");
+        assert!(matches!(
+            unknown,
+            RunError::Write(WriteError::Store(StoreError::UnknownFlow { .. }))
+        ));
+        let failed = RunError::failed(std::io::Error::other("no threads"));
+        assert_eq!(failed.to_string(), "no threads");
     }
 }

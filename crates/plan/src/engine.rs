@@ -10,7 +10,9 @@
 //! runs again with the same attempt number, so with the same token and idempotency key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use flowstate_core::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +22,10 @@ use flowstate_core::{
     Clock, EventBody, ExecutionPlan, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, FoldError,
     Timestamp,
 };
-use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_engine::{
+    commit_or_rebase, create, AppendExtras, Committed, CreateError, Creation, FlowWriter, Rebases,
+    WriteError,
+};
 use flowstate_store::{NewTimer, Store, StoreError};
 use flowstate_worker::{FlowRunner, RunError};
 use tokio::task::JoinSet;
@@ -30,16 +35,12 @@ use crate::registry::{Registered, RegistrationError, Registry};
 use crate::runtime::{self, AttemptResult, Launch, LaunchKind};
 use crate::step::{Step, StepContext, StepError};
 
-/// Most times one run goes on on top of cancellations appended while it ran (one is all a
-/// plan can take: a second is ignored and appends nothing).
-const MAX_CANCEL_REBASES: usize = 4;
-
 /// What a run needs to go on on top of a cancellation: the results staged since its last
-/// commit, and how many times it went on already.
+/// commit, and the rebases of the commit in progress.
 #[derive(Default)]
 struct Rebase {
     unrecorded: Vec<(Launch, AttemptResult)>,
-    count: usize,
+    rebases: Rebases,
 }
 
 /// Most events one commit of a round carries (half the append limit, so that the results
@@ -113,6 +114,12 @@ pub enum PlanEngineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A flow with the id exists already; nothing was written.
+    #[error("flow {flow} exists already")]
+    FlowExists {
+        /// The id.
+        flow: FlowId,
+    },
     /// The log does not fold.
     #[error(transparent)]
     Fold(#[from] FoldError),
@@ -190,42 +197,27 @@ impl Plans {
         }
     }
 
-    fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.inner
-            .registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn registry(&self) -> flowstate_core::sync::RwLockReadGuard<'_, Registry> {
+        self.inner.registry.read()
     }
 
     /// Registers a step (a new name, or a new version of one). New flows are planned with
     /// the newest version of each step; running flows keep theirs.
     pub fn register(&self, step: Step) -> Result<(), RegistrationError> {
-        let mut registry = self
-            .inner
-            .registry
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registry = self.inner.registry.write();
         self.forget_plans();
         registry.register(step)
     }
 
     /// Empties the plan cache; called with the registry's write lock held.
     fn forget_plans(&self) {
-        self.inner
-            .plans
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.inner.plans.lock().clear();
     }
 
     /// Removes `name` from the steps new flows are planned from; running flows that use it
     /// keep its code. Returns whether it was there.
     pub fn unregister(&self, name: &str) -> bool {
-        let mut registry = self
-            .inner
-            .registry
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut registry = self.inner.registry.write();
         self.forget_plans();
         registry.unregister(name)
     }
@@ -255,12 +247,7 @@ impl Plans {
         let mut input_names: Vec<String> = request.inputs.keys().cloned().collect();
         input_names.sort_unstable();
         let key: PlanKey = (request.goals.clone(), input_names, request.choices.clone());
-        let plans = || {
-            self.inner
-                .plans
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
+        let plans = || self.inner.plans.lock();
         if let Some(plan) = plans().get(&key) {
             return Ok(plan.clone());
         }
@@ -302,35 +289,22 @@ impl Plans {
     }
 
     async fn record(&self, request: PlanRequest, ready: bool) -> Result<FlowId, PlanEngineError> {
-        let mut writer = self.new_flow(request)?;
-        writer
-            .commit(
-                &*self.inner.store,
-                AppendExtras {
-                    ready: Some(ready),
-                    timers: Vec::new(),
-                },
-            )
-            .await?;
-        Ok(writer.flow())
+        let writer = self.new_flow(request)?;
+        Ok(create::record(&*self.inner.store, writer, ready).await?)
     }
 
     /// A writer for a new flow with its creation and plan staged (not yet recorded).
     fn new_flow(&self, request: PlanRequest) -> Result<FlowWriter, PlanEngineError> {
         let plan = self.preview(&request)?;
-        let clock = &*self.inner.clock;
-        let mut writer = FlowWriter::new(FlowId::from_parts(clock.now(), rand::random()));
-        let created = EventBody::FlowCreated {
-            kind: FlowKind::Plan,
-            definition: if request.name.is_empty() {
-                "plan".to_owned()
-            } else {
-                request.name
-            },
-            input: serde_json::Value::Object(request.inputs),
+        let definition = if request.name.is_empty() {
+            "plan".to_owned()
+        } else {
+            request.name
         };
-        writer.stage(clock, vec![created, EventBody::PlanStarted { plan }])?;
-        Ok(writer)
+        let input = serde_json::Value::Object(request.inputs);
+        Ok(Creation::new(FlowKind::Plan, definition, input)
+            .then([EventBody::PlanStarted { plan }])
+            .stage(&*self.inner.clock)?)
     }
 
     /// The flow's state as of a sequence number or a time (time travel).
@@ -354,53 +328,27 @@ impl Plans {
     ) -> Result<bool, PlanEngineError> {
         let store = &*self.inner.store;
         let clock = &*self.inner.clock;
-        let flow = writer.flow();
-        let from = writer.durable_next_seq();
-        let conflict = match writer.commit(store, AppendExtras::default()).await {
-            Ok(_) => {
+        let extras = AppendExtras::default();
+        match commit_or_rebase(writer, store, extras, &mut rebase.rebases, is_cancellation).await? {
+            Committed::Recorded(_) => {
                 rebase.unrecorded.clear();
-                return Ok(false);
+                Ok(false)
             }
-            Err(conflict @ WriteError::Store(StoreError::Conflict { .. })) => conflict,
-            Err(error) => return Err(error.into()),
-        };
-        if rebase.count >= MAX_CANCEL_REBASES {
-            return Err(conflict.into());
+            Committed::Rebased => {
+                for (launch, result) in &rebase.unrecorded {
+                    let record = writer.record().ok_or(FoldError::EmptyLog)?;
+                    let event = runtime::attempt_finished(
+                        record,
+                        launch,
+                        result.clone(),
+                        clock.now(),
+                        rand::random(),
+                    );
+                    writer.stage(clock, vec![event])?;
+                }
+                Ok(true)
+            }
         }
-        rebase.count += 1;
-        let mut reloaded = FlowWriter::load(store, flow).await?;
-        let cancellations = flowstate_engine::rebase::appended_only(
-            store,
-            flow,
-            from,
-            reloaded.durable_next_seq(),
-            |body| {
-                matches!(
-                    body,
-                    EventBody::PlanStateChanged {
-                        to: PlanState::Failed,
-                        reason: Some(failure),
-                    } if failure.kind == runtime::CANCELLED
-                )
-            },
-        )
-        .await?;
-        if !cancellations {
-            return Err(conflict.into());
-        }
-        for (launch, result) in &rebase.unrecorded {
-            let record = reloaded.record().ok_or(FoldError::EmptyLog)?;
-            let event = runtime::attempt_finished(
-                record,
-                launch,
-                result.clone(),
-                clock.now(),
-                rand::random(),
-            );
-            reloaded.stage(clock, vec![event])?;
-        }
-        *writer = reloaded;
-        Ok(true)
     }
 
     /// Runs what can run now, in this process, until nothing runs: the flow deactivated, or
@@ -803,29 +751,43 @@ async fn sleep_for(wait: Option<Duration>) {
     }
 }
 
+impl From<CreateError> for PlanEngineError {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::Exists { flow } => Self::FlowExists { flow },
+            CreateError::Write(write) => Self::Write(write),
+        }
+    }
+}
+
+/// The cancellation a client appends to a plan's log while a run runs it ([`Plans::cancel`]).
+fn is_cancellation(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::PlanStateChanged {
+            to: PlanState::Failed,
+            reason: Some(failure),
+        } if failure.kind == runtime::CANCELLED
+    )
+}
+
 #[async_trait]
 impl FlowRunner for Plans {
     async fn run(&self, flow: FlowId) -> Result<(), RunError> {
-        match Plans::run(self, flow).await {
-            Ok(_) => Ok(()),
-            Err(PlanEngineError::Write(WriteError::Store(StoreError::Conflict {
-                flow,
-                expected,
-                actual,
-            }))) => Err(RunError::Conflict {
-                flow,
-                expected,
-                actual,
-            }),
-            Err(PlanEngineError::MissingStep { step, version, .. }) => {
-                Err(RunError::MissingDefinition {
-                    kind: FlowKind::Plan,
-                    definition: format!("{step} v{version}"),
-                })
-            }
-            Err(error) => Err(RunError::Failed {
-                message: error.to_string(),
-            }),
+        Plans::run(self, flow).await.map(drop).map_err(Into::into)
+    }
+}
+
+impl From<PlanEngineError> for RunError {
+    fn from(error: PlanEngineError) -> Self {
+        match error {
+            PlanEngineError::Write(write) => write.into(),
+            PlanEngineError::Store(store) => store.into(),
+            PlanEngineError::MissingStep { step, version, .. } => Self::MissingDefinition {
+                kind: FlowKind::Plan,
+                definition: format!("{step} v{version}"),
+            },
+            other => Self::failed(other),
         }
     }
 }

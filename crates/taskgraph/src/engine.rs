@@ -19,14 +19,19 @@
 //! goes to the caller, as before.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use flowstate_core::sync::{Mutex, RwLock};
 
 use flowstate_core::machine::{EngineState, FlowState};
 use flowstate_core::{
     Clock, EventBody, Failure, FlowId, FlowKind, FlowRecord, FlowStatus, Intention, Machine,
     Transition,
 };
-use flowstate_engine::{AppendExtras, FlowWriter, WriteError};
+use flowstate_engine::{
+    commit_or_rebase, create, AppendExtras, Committed, CreateError, Creation, FlowWriter, Rebases,
+    WriteError,
+};
 use flowstate_store::{Store, StoreError};
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -61,6 +66,12 @@ pub enum EngineError {
     /// Recording failed (including conflicts with another process and refused transitions).
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A flow with the id exists already; nothing was written.
+    #[error("flow {flow} exists already")]
+    FlowExists {
+        /// The id.
+        flow: FlowId,
+    },
     /// The flow is already being run by this engine.
     #[error("flow {flow} is already running in this engine")]
     AlreadyRunning {
@@ -171,16 +182,16 @@ impl Engine {
     /// Registers a flow definition under its name; flows record the name and are re-run
     /// (after a crash, in another process) with the definition registered then.
     pub fn register(&self, flow: Flow) {
-        if let Ok(mut definitions) = self.definitions.write() {
-            definitions.insert(flow.name.clone(), Arc::new(flow));
-        }
+        self.definitions
+            .write()
+            .insert(flow.name.clone(), Arc::new(flow));
     }
 
     fn definition(&self, name: &str) -> Result<Arc<Flow>, EngineError> {
         self.definitions
             .read()
-            .ok()
-            .and_then(|d| d.get(name).cloned())
+            .get(name)
+            .cloned()
             .ok_or_else(|| EngineError::UnknownDefinition {
                 name: name.to_owned(),
             })
@@ -192,39 +203,23 @@ impl Engine {
     fn new_flow(&self, name: &str, inputs: Inputs) -> Result<FlowWriter, EngineError> {
         let definition = self.definition(name)?;
         compile(&definition, &inputs.keys().cloned().collect())?;
-        let mut writer = FlowWriter::new(FlowId::from_parts(self.clock.now(), rand::random()));
-        writer.stage(
-            self.clock.as_ref(),
-            vec![EventBody::FlowCreated {
-                kind: FlowKind::TaskGraph,
-                definition: name.to_owned(),
-                input: Value::Object(inputs.into_iter().collect()),
-            }],
-        )?;
-        Ok(writer)
+        let input = Value::Object(inputs.into_iter().collect());
+        Ok(Creation::new(FlowKind::TaskGraph, name, input).stage(self.clock.as_ref())?)
     }
 
     /// Creates a flow of the registered definition `name` with `inputs`; nothing is
     /// recorded if it does not compile with them. The flow is PENDING until [`Engine::run`].
     pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
-        let mut writer = self.new_flow(name, inputs)?;
-        writer
-            .commit(self.store.as_ref(), AppendExtras::default())
-            .await?;
-        Ok(writer.flow())
+        let writer = self.new_flow(name, inputs)?;
+        Ok(create::record(self.store.as_ref(), writer, false).await?)
     }
 
     /// Creates a flow and leaves it to the workers: it is recorded ready, and the first
     /// worker (of any process on the store) with this definition claims and runs it. Nothing
     /// is recorded if it does not compile with its inputs.
     pub async fn submit(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
-        let mut writer = self.new_flow(name, inputs)?;
-        let ready = AppendExtras {
-            ready: Some(true),
-            ..AppendExtras::default()
-        };
-        writer.commit(self.store.as_ref(), ready).await?;
-        Ok(writer.flow())
+        let writer = self.new_flow(name, inputs)?;
+        Ok(create::record(self.store.as_ref(), writer, true).await?)
     }
 
     /// Creates a flow and runs it to the end (or to a suspension). The creation is durable
@@ -239,16 +234,11 @@ impl Engine {
     /// TaskFlow); [`Engine::request_suspend`] records the request for whichever process runs
     /// the flow.
     pub fn suspend(&self, flow: FlowId) {
-        if let Ok(mut suspends) = self.suspends.lock() {
-            suspends.insert(flow);
-        }
+        self.suspends.lock().insert(flow);
     }
 
     fn take_suspend(&self, flow: FlowId) -> bool {
-        self.suspends
-            .lock()
-            .map(|mut s| s.remove(&flow))
-            .unwrap_or(false)
+        self.suspends.lock().remove(&flow)
     }
 
     /// Asks the flow to suspend, durably and from any process: RUNNING → SUSPENDING is
@@ -440,7 +430,7 @@ impl Engine {
     async fn run_claimed(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
         let flow = writer.flow();
         let mut writer = writer;
-        let mut rebases = 0;
+        let mut rebases = Rebases::default();
         loop {
             match self.run_loaded(writer, &mut rebases).await? {
                 Some(outcome) => return Ok(outcome),
@@ -455,7 +445,7 @@ impl Engine {
     async fn run_loaded(
         &self,
         writer: FlowWriter,
-        rebases: &mut usize,
+        rebases: &mut Rebases,
     ) -> Result<Option<RunOutcome>, EngineError> {
         let flow = writer.flow();
         let mut engine = EngineState::INITIAL;
@@ -761,10 +751,7 @@ struct ActiveRun<'a> {
 
 impl<'a> ActiveRun<'a> {
     fn enter(active: &'a Mutex<HashSet<FlowId>>, flow: FlowId) -> Result<Self, EngineError> {
-        let inserted = active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(flow);
+        let inserted = active.lock().insert(flow);
         if !inserted {
             return Err(EngineError::AlreadyRunning { flow });
         }
@@ -774,10 +761,7 @@ impl<'a> ActiveRun<'a> {
 
 impl Drop for ActiveRun<'_> {
     fn drop(&mut self) {
-        self.active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.flow);
+        self.active.lock().remove(&self.flow);
     }
 }
 
@@ -846,10 +830,6 @@ enum Finished {
     RevertRetried(Result<(), Failure>),
 }
 
-/// Most times one run may start over or decide again because requests (a suspension, a
-/// cancellation) were appended while it ran; beyond that the conflict goes to the caller.
-pub const MAX_REQUEST_REBASES: usize = 64;
-
 /// What a commit of one run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flushed {
@@ -876,8 +856,8 @@ struct Run<'a> {
     unrecorded: Vec<(usize, Finished)>,
     /// Whether the run's first append (its opening transitions) is durable.
     opened: bool,
-    /// Rebases and restarts so far (at most [`MAX_REQUEST_REBASES`]).
-    rebases: usize,
+    /// Rebases and restarts of the commit in progress (the kernel's budget).
+    rebases: Rebases,
     /// Nothing new starts: a suspension was asked for (in this process or in the log).
     stopping: bool,
     /// A suspension asked for in this process ([`Engine::suspend`]).
@@ -887,7 +867,7 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(engine: &'a Engine, writer: FlowWriter, graph: Arc<Graph>, rebases: usize) -> Self {
+    fn new(engine: &'a Engine, writer: FlowWriter, graph: Arc<Graph>, rebases: Rebases) -> Self {
         Self {
             engine,
             writer,
@@ -989,61 +969,60 @@ impl<'a> Run<'a> {
         }
         let flow = self.writer.flow();
         let store = self.engine.store.as_ref();
-        let from = self.writer.durable_next_seq();
-        let conflict = match self.writer.commit(store, extras).await {
-            Ok(_) => {
+        // Requests (a suspension, a cancellation) are expected: a client records them in the
+        // log while this run runs the flow, and the run goes on on top of them.
+        let committed = commit_or_rebase(
+            &mut self.writer,
+            store,
+            extras,
+            &mut self.rebases,
+            is_request,
+        )
+        .await;
+        match committed {
+            Ok(Committed::Recorded(_)) => {
                 self.opened = true;
                 self.unrecorded.clear();
                 if self.engine.notifier.wants() {
                     self.engine.notifier.flush(flow);
                 }
-                return Ok(Flushed::Committed);
+                Ok(Flushed::Committed)
             }
-            Err(error @ WriteError::Store(StoreError::Conflict { .. })) => error,
-            Err(error) => return Err(error.into()),
-        };
-        // Someone appended first. Requests (a suspension, a cancellation) are expected: a
-        // client records them in the log while this run runs the flow, and the run goes on
-        // on top of them. Anything else is another run: the caller gets the conflict.
-        self.engine.notifier.discard(flow);
-        if self.rebases >= MAX_REQUEST_REBASES {
-            return Err(conflict.into());
+            Ok(Committed::Rebased) if !self.opened => {
+                self.engine.notifier.discard(flow);
+                Ok(Flushed::Restart)
+            }
+            Ok(Committed::Rebased) => {
+                self.engine.notifier.discard(flow);
+                // A new scheduler for the new state: what runs stays running, outcomes not
+                // yet recorded are staged again, everything else is decided again.
+                self.runtime = Runtime::new(self.graph.clone());
+                self.runtime.in_flight(in_flight.atoms());
+                self.stopping = false;
+                self.cancelling = false;
+                for (atom, finished) in std::mem::take(&mut self.unrecorded) {
+                    self.record_outcome(atom, finished)?;
+                }
+                Ok(Flushed::Rebased)
+            }
+            Err(error) => {
+                if error.is_conflict() {
+                    self.engine.notifier.discard(flow);
+                }
+                Err(error.into())
+            }
         }
-        self.rebases += 1;
-        let reloaded = FlowWriter::load(store, flow).await?;
-        let requests = flowstate_engine::rebase::appended_only(
-            store,
-            flow,
-            from,
-            reloaded.durable_next_seq(),
-            |body| {
-                matches!(
-                    body,
-                    EventBody::FlowStateChanged {
-                        to: FlowState::Suspending
-                    } | EventBody::CancelRequested { .. }
-                )
-            },
-        )
-        .await?;
-        if !requests {
-            return Err(conflict.into());
-        }
-        self.writer = reloaded;
-        if !self.opened {
-            return Ok(Flushed::Restart);
-        }
-        // A new scheduler for the new state: what runs stays running, outcomes not yet
-        // recorded are staged again, everything else is decided again.
-        self.runtime = Runtime::new(self.graph.clone());
-        self.runtime.in_flight(in_flight.atoms());
-        self.stopping = false;
-        self.cancelling = false;
-        for (atom, finished) in std::mem::take(&mut self.unrecorded) {
-            self.record_outcome(atom, finished)?;
-        }
-        Ok(Flushed::Rebased)
     }
+}
+
+/// The requests a client appends to a task graph's log while a run runs it.
+fn is_request(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::FlowStateChanged {
+            to: FlowState::Suspending
+        } | EventBody::CancelRequested { .. }
+    )
 }
 
 /// The state a writer holds, including staged events.
@@ -1153,29 +1132,35 @@ fn outcome(flow: FlowId, graph: &Graph, record: &FlowRecord, state: FlowState) -
     }
 }
 
+impl From<CreateError> for EngineError {
+    fn from(error: CreateError) -> Self {
+        match error {
+            CreateError::Exists { flow } => Self::FlowExists { flow },
+            CreateError::Write(write) => Self::Write(write),
+        }
+    }
+}
+
 /// Workers run task-graph flows with the engine (see [`Engine::run_unfinished`]).
 #[async_trait::async_trait]
 impl flowstate_worker::FlowRunner for Engine {
     async fn run(&self, flow: FlowId) -> Result<(), flowstate_worker::RunError> {
-        use flowstate_worker::RunError;
-        match self.run_unfinished(flow).await {
-            Ok(_) => Ok(()),
-            Err(EngineError::Write(WriteError::Store(flowstate_store::StoreError::Conflict {
-                flow,
-                expected,
-                actual,
-            }))) => Err(RunError::Conflict {
-                flow,
-                expected,
-                actual,
-            }),
-            Err(EngineError::UnknownDefinition { name }) => Err(RunError::MissingDefinition {
+        self.run_unfinished(flow)
+            .await
+            .map(drop)
+            .map_err(Into::into)
+    }
+}
+
+impl From<EngineError> for flowstate_worker::RunError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Write(write) => write.into(),
+            EngineError::UnknownDefinition { name } => Self::MissingDefinition {
                 kind: FlowKind::TaskGraph,
                 definition: name,
-            }),
-            Err(error) => Err(RunError::Failed {
-                message: error.to_string(),
-            }),
+            },
+            other => Self::failed(other),
         }
     }
 }

@@ -5,7 +5,9 @@
 //! With no listener registered the engine skips all of this: no copies, no calls.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use flowstate_core::sync::{Mutex, RwLock};
 
 use flowstate_core::machine::{EngineState, FlowState};
 use flowstate_core::{EventBody, FlowId};
@@ -50,23 +52,16 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     pub(crate) fn add(&self, listener: Arc<dyn Listener>) {
-        if let Ok(mut listeners) = self.listeners.write() {
-            listeners.push(listener);
-        }
+        self.listeners.write().push(listener);
     }
 
     pub(crate) fn wants(&self) -> bool {
-        self.listeners
-            .read()
-            .map(|l| !l.is_empty())
-            .unwrap_or(false)
+        !self.listeners.read().is_empty()
     }
 
     pub(crate) fn engine(&self, flow: FlowId, state: EngineState) {
-        if let Ok(listeners) = self.listeners.read() {
-            for listener in listeners.iter() {
-                listener.on_engine(flow, state);
-            }
+        for listener in self.listeners.read().iter() {
+            listener.on_engine(flow, state);
         }
     }
 
@@ -100,29 +95,25 @@ impl Notifier {
             }),
             _ => None,
         });
-        if let Ok(mut staged) = self.staged.lock() {
-            staged.entry(flow).or_default().extend(transitions);
-        }
+        self.staged
+            .lock()
+            .entry(flow)
+            .or_default()
+            .extend(transitions);
     }
 
     /// Forgets the staged transitions of `flow`: their append was refused.
     pub(crate) fn discard(&self, flow: FlowId) {
-        if let Ok(mut staged) = self.staged.lock() {
-            staged.remove(&flow);
-        }
+        self.staged.lock().remove(&flow);
     }
 
     /// Delivers the staged transitions of `flow`, now durable.
     pub(crate) fn flush(&self, flow: FlowId) {
-        let ready = match self.staged.lock() {
-            Ok(mut staged) => staged.remove(&flow).unwrap_or_default(),
-            Err(_) => return,
-        };
-        if let Ok(listeners) = self.listeners.read() {
-            for transition in &ready {
-                for listener in listeners.iter() {
-                    listener.on_transition(flow, transition);
-                }
+        let ready = self.staged.lock().remove(&flow).unwrap_or_default();
+        let listeners = self.listeners.read();
+        for transition in &ready {
+            for listener in listeners.iter() {
+                listener.on_transition(flow, transition);
             }
         }
     }
@@ -139,14 +130,12 @@ impl CaptureListener {
     /// What was captured so far.
     #[must_use]
     pub fn captured(&self) -> Vec<String> {
-        self.captured.lock().map(|c| c.clone()).unwrap_or_default()
+        self.captured.lock().clone()
     }
 
     /// Forgets what was captured.
     pub fn clear(&self) {
-        if let Ok(mut captured) = self.captured.lock() {
-            captured.clear();
-        }
+        self.captured.lock().clear();
     }
 }
 
@@ -163,8 +152,6 @@ impl Listener for CaptureListener {
                 _ => format!("{atom} {}", to.to_uppercase()),
             },
         };
-        if let Ok(mut captured) = self.captured.lock() {
-            captured.push(line);
-        }
+        self.captured.lock().push(line);
     }
 }

@@ -43,46 +43,5 @@ pub use worker::{
     ShutdownHandle, Worker, WorkerError, MAX_PARK, MAX_TRACKED_FAILURES, TIMER_BATCH,
 };
 
-use async_trait::async_trait;
-use flowstate_core::{FlowId, FlowKind};
-
-/// Runs the flows of one kind for a [`Worker`].
-#[async_trait]
-pub trait FlowRunner: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `flow` until it has nothing more to do now: it finished, or it waits for a timer,
-    /// a signal or a child. Called only while the worker holds the flow's lease; a flow with
-    /// nothing to do (already finished) returns `Ok` at once.
-    async fn run(&self, flow: FlowId) -> Result<(), RunError>;
-}
-
-/// Why a run did not end normally.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum RunError {
-    /// Another process appended to the flow first. The worker re-reads the log and runs the
-    /// flow again (if it still holds the lease).
-    #[error("flow {flow}: another process advanced the log (expected next sequence number {expected}, found {actual})")]
-    Conflict {
-        /// The flow.
-        flow: FlowId,
-        /// The sequence number the run expected to write.
-        expected: u64,
-        /// The log's actual next sequence number.
-        actual: u64,
-    },
-    /// This process has no definition for the flow. It stays ready (parked), for this process
-    /// once the definition is registered or for another one that has it; it never fails.
-    #[error("no {kind} definition named {definition:?} is registered in this process")]
-    MissingDefinition {
-        /// The flow's kind.
-        kind: FlowKind,
-        /// The definition it runs.
-        definition: String,
-    },
-    /// Anything else (a store error, a refused transition). The flow is parked and retried.
-    #[error("{message}")]
-    Failed {
-        /// What went wrong.
-        message: String,
-    },
-}
+/// The runner contract lives in the kernel; the worker is its caller.
+pub use flowstate_engine::{FlowRunner, RunError};

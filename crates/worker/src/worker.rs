@@ -6,7 +6,9 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use flowstate_core::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowstate_core::limits::MAX_LEASE_SECS;
@@ -477,9 +479,7 @@ impl Worker {
 impl Shared {
     fn held(&self) -> MutexGuard<'_, HashMap<FlowId, HeldFlow>> {
         // Nothing panics while holding this lock; a poisoned lock still holds valid data.
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.held.lock()
     }
 
     /// Removes `flow`'s entry if it still belongs to the run task `run`.
@@ -553,9 +553,7 @@ impl Shared {
     }
 
     fn failures(&self) -> MutexGuard<'_, HashMap<FlowId, u32>> {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.failures.lock()
     }
 
     fn succeeded(&self, flow: FlowId) {

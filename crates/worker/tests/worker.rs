@@ -163,9 +163,7 @@ impl FlowRunner for Script {
                 expected: 2,
                 actual: 3,
             }),
-            Act::Fail => Err(RunError::Failed {
-                message: "scripted failure".into(),
-            }),
+            Act::Fail => Err(RunError::failed("scripted failure")),
             Act::Panic => panic!("scripted panic"),
             Act::Hang => {
                 let _guard = DropGuard(flow, self.dropped.lock().expect("lock").clone());
