@@ -1,16 +1,22 @@
 //! Every `(from, to)` pair of every state machine, checked against the spec.
 //!
 //! `TRANSCRIPTION` below is an independent copy of the tables of
-//! `shared/spec/state-machines.md` (and of the seeds it defers to), written in one uniform
+//! `docs/spec/state-machines.md` (and of the seeds it defers to), written in one uniform
 //! notation. `every_pair_of_every_machine_matches_the_tables` asks the implementation about all
 //! n × n pairs of each machine and expects exactly: allowed for a listed pair, ignored for a
 //! listed no-op or `from == to`, `InvalidState` for everything else.
-//! `transcription_matches_the_shared_spec_documents` parses the spec documents themselves, when
-//! `shared/` sits beside the repository (it does in CI), and checks that they still say what the
-//! transcription says, so a change of the spec fails this test until the code follows.
+//! `transcription_matches_the_spec_documents` parses the spec documents themselves and checks
+//! that they still say what the transcription says, so a change of the spec fails this test
+//! until the code follows.
+//!
+//! `docs/spec/` is a byte-for-byte copy of the shared spec (`shared/spec/`, kept beside the
+//! repository), committed so that these tests always run: they never skip.
+//! `spec_copy_is_identical_to_the_shared_spec` compares the copy with `../shared/spec` when that
+//! directory exists beside the repository, so a drift of either side fails; where it is absent
+//! (a plain checkout) that one check has nothing to compare and passes without checking.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use flowstate_core::machine::{
     ActivationState, EngineState, FlowState, JobState, PairState, PlanState, RetryState, TaskState,
@@ -228,18 +234,68 @@ fn states_parse_from_keys_and_labels() {
 
 // ---- The spec documents themselves ----------------------------------------------------------
 
-fn shared_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec");
-    if dir.join("state-machines.md").exists() {
-        return Some(dir);
-    }
+/// The committed copy of the spec, `docs/spec/` at the repository root.
+fn spec_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/spec");
     assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the spec documents are missing at {}",
+        dir.join("state-machines.md").is_file(),
+        "the spec documents are missing at {}",
         dir.display()
     );
-    eprintln!("skipped: shared/spec is not beside the repository");
-    None
+    dir
+}
+
+/// The shared spec beside the repository (`../shared/spec`), where there is one.
+fn shared_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/spec");
+    dir.is_dir().then_some(dir)
+}
+
+/// Every file under `dir`, by path relative to it, with its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let entries = std::fs::read_dir(&next)
+            .unwrap_or_else(|error| panic!("read {}: {error}", next.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = std::fs::read(&path)
+                    .unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+                let relative = path.strip_prefix(dir).expect("under dir").to_path_buf();
+                found.insert(relative, bytes);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn spec_copy_is_identical_to_the_shared_spec() {
+    let copy = files(&spec_dir());
+    assert!(
+        copy.keys().any(|path| path.starts_with("seeds")),
+        "docs/spec/seeds is missing"
+    );
+    // A no-op where the shared spec is not beside the repository: nothing to compare with.
+    let Some(shared) = shared_dir() else { return };
+    let shared = files(&shared);
+    assert_eq!(
+        copy.keys().collect::<Vec<_>>(),
+        shared.keys().collect::<Vec<_>>(),
+        "docs/spec and ../shared/spec hold different files"
+    );
+    for (path, bytes) in &copy {
+        assert!(
+            shared.get(path) == Some(bytes),
+            "docs/spec/{} differs from ../shared/spec/{}: copy the shared spec again",
+            path.display(),
+            path.display()
+        );
+    }
 }
 
 fn section<'a>(document: &'a str, heading: &str) -> &'a str {
@@ -295,8 +351,8 @@ fn engine_pairs(text: &str) -> BTreeSet<(String, String)> {
 }
 
 #[test]
-fn transcription_matches_the_shared_spec_documents() {
-    let Some(dir) = shared_dir() else { return };
+fn transcription_matches_the_spec_documents() {
+    let dir = spec_dir();
     let spec = std::fs::read_to_string(dir.join("state-machines.md")).expect("read the spec");
     let machines = transcription();
     let by_name = |name: &str| machines.iter().find(|m| m.name == name).expect(name);

@@ -1,4 +1,5 @@
-//! The state machines of `shared/spec/state-machines.md`, as data.
+//! The state machines of `docs/spec/state-machines.md` (the repository's copy of the shared
+//! spec), as data.
 //!
 //! Each machine is an enum whose transitions are one table, declared with [`state_machine!`]
 //! next to the enum. [`Machine::transition`] is the only way to ask whether `from → to` may
