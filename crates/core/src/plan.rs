@@ -6,12 +6,8 @@
 //! follow. It never decides what happens next (that is `flowstate-plan`'s runtime) and never
 //! runs a step.
 //!
-//! **The step and work tables.** The spec's plan table covers the flow lifecycle only. The
-//! step and work item machines below are ours, after Argyll's `policy/transitions.go`, with
-//! two changes: a work item that will run again is `retry_waiting` (Argyll's
-//! `not_completed`), and `abandoned` is an explicit end for work that will never run (a
-//! pending item of a step that failed, a retry still waiting when the flow ended), so that
-//! every terminal flow can deactivate (Argyll's fail-fast items stayed pending forever).
+//! **The step and work tables** ([`StepState`], [`WorkState`]) live in `crate::machine` with
+//! the other machines; they are re-exported here, where they were first defined.
 //!
 //! **Invariants the fold enforces** (each a [`PlanError`]): step and work events name steps and
 //! items of the plan; no step or attempt starts unless the flow is active; a result is
@@ -24,7 +20,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
-use crate::machine::{state_machine, InvalidState, Machine, PlanState};
+use crate::machine::{InvalidState, Machine, PlanState};
+pub use crate::machine::{StepState, WorkState};
 use crate::time::Timestamp;
 
 /// Most work items one step may have (a mapped step over a longer list fails).
@@ -35,70 +32,6 @@ pub const MAX_STEP_ATTEMPTS: u32 = 1_000;
 
 /// Most steps one plan may hold.
 pub const MAX_PLAN_STEPS: usize = 10_000;
-
-state_machine! {
-    /// A step of a plan.
-    pub enum StepState as "step", initial Pending {
-        /// In the plan, not started.
-        Pending = "pending" / "pending",
-        /// Its work items were created; some may run.
-        Active = "active" / "active",
-        /// Every work item succeeded; its outputs are attributes.
-        Completed = "completed" / "completed",
-        /// Its predicate was false, or its outputs were no longer needed.
-        Skipped = "skipped" / "skipped",
-        /// A work item failed for good, or a required input can no longer be produced.
-        Failed = "failed" / "failed",
-    }
-    allowed {
-        Pending -> [Active, Skipped, Failed],
-        Active -> [Completed, Failed],
-    }
-    ignored {}
-}
-
-state_machine! {
-    /// One work item of a step (a mapped step has one per list element).
-    pub enum WorkState as "work item", initial Pending {
-        /// Created, not started.
-        Pending = "pending" / "pending",
-        /// An attempt runs (or ran in a process that died: it runs again with the same token).
-        Active = "active" / "active",
-        /// An attempt failed and another is scheduled.
-        RetryWaiting = "retry_waiting" / "retry_waiting",
-        /// An attempt succeeded.
-        Succeeded = "succeeded" / "succeeded",
-        /// Failed for good.
-        Failed = "failed" / "failed",
-        /// Will never run (its step failed or the flow ended first).
-        Abandoned = "abandoned" / "abandoned",
-        /// Its compensation runs (the flow failed after it succeeded).
-        Compensating = "compensating" / "compensating",
-        /// Its compensation succeeded.
-        Compensated = "compensated" / "compensated",
-        /// Its compensation failed for good.
-        CompensationFailed = "compensation_failed" / "compensation_failed",
-    }
-    allowed {
-        Pending -> [Active, Abandoned],
-        Active -> [Succeeded, Failed, RetryWaiting],
-        RetryWaiting -> [Active, Abandoned],
-        Succeeded -> [Compensating],
-        Compensating -> [Compensated, CompensationFailed],
-    }
-    ignored {}
-}
-
-impl WorkState {
-    /// Whether the item still has work that can run or report (it blocks deactivation).
-    #[must_use]
-    pub fn in_flight(self) -> bool {
-        matches!(
-            self,
-            Self::Pending | Self::Active | Self::RetryWaiting | Self::Compensating
-        )
-    }
-}
 
 /// An input of a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
