@@ -22,10 +22,11 @@ use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent}
 use crate::failure::Failure;
 use crate::id::FlowId;
 use crate::journal::{FunctionRecord, JournalError};
+use crate::kind::advance;
 use crate::machine::{
-    ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
+    ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState,
 };
-use crate::plan::{PlanError, PlanEvent, PlanRecord};
+use crate::plan::{PlanError, PlanRecord};
 use crate::time::Timestamp;
 
 /// The lifecycle state of a flow, in the machine of its kind.
@@ -508,29 +509,9 @@ impl Folder {
                     .cancel_requested
                     .get_or_insert_with(|| reason.clone());
             }
-            (EventBody::PlanStateChanged { to, reason }, FlowStatus::Plan(state)) => {
-                let mut next = *state;
-                advance(seq, &mut next, *to)?;
-                let change = PlanEvent::Lifecycle {
-                    to: *to,
-                    reason: reason.as_ref(),
-                };
-                record
-                    .plan
-                    .get_or_insert_with(PlanRecord::default)
-                    .apply(*state, seq, event.time, change)
-                    .map_err(|source| FoldError::Plan { seq, source })?;
-                *state = next;
-            }
-            (body, FlowStatus::Plan(state)) if plan_event(body, &record.input).is_some() => {
-                let Some(change) = plan_event(body, &record.input) else {
-                    return Err(wrong_kind());
-                };
-                record
-                    .plan
-                    .get_or_insert_with(PlanRecord::default)
-                    .apply(*state, seq, event.time, change)
-                    .map_err(|source| FoldError::Plan { seq, source })?;
+            (_, FlowStatus::Plan(state)) => {
+                let state = *state;
+                crate::kind::plan::apply(record, state, event)?;
             }
             (EventBody::ActivationStateChanged { to, diagnostic }, FlowStatus::Function(state)) => {
                 advance(seq, state, *to)?;
@@ -810,21 +791,6 @@ fn settle(
     }
 }
 
-/// Applies one recorded transition: only an allowed one may be in a log.
-fn advance<M: Machine>(seq: u64, state: &mut M, to: M) -> Result<(), FoldError> {
-    let from = *state;
-    match state.advance(to) {
-        Ok(Transition::Allowed) => Ok(()),
-        Ok(Transition::Ignored) => Err(FoldError::IgnoredRecorded {
-            seq,
-            machine: M::MACHINE,
-            from: from.label(),
-            to: to.label(),
-        }),
-        Err(source) => Err(FoldError::Transition { seq, source }),
-    }
-}
-
 /// Folds a stored log up to `stop`.
 pub fn fold<'a>(
     events: impl IntoIterator<Item = &'a RawEvent>,
@@ -838,107 +804,4 @@ pub fn fold<'a>(
         folder.apply_raw(raw)?;
     }
     folder.finish()
-}
-
-/// The plan event a body records, if it is one (the lifecycle is handled by the fold itself).
-fn plan_event<'a>(body: &'a EventBody, inputs: &'a serde_json::Value) -> Option<PlanEvent<'a>> {
-    Some(match body {
-        EventBody::PlanStarted { plan } => PlanEvent::Started { plan, inputs },
-        EventBody::StepStarted {
-            step,
-            inputs,
-            items,
-        } => PlanEvent::StepStarted {
-            step,
-            inputs,
-            items: *items,
-        },
-        EventBody::StepSkipped { step, reason } => PlanEvent::StepSkipped { step, reason },
-        EventBody::StepFailed { step, failure } => PlanEvent::StepFailed { step, failure },
-        EventBody::StepCompleted { step } => PlanEvent::StepCompleted { step },
-        EventBody::WorkStarted {
-            step,
-            item,
-            attempt,
-        } => PlanEvent::WorkStarted {
-            step,
-            item: *item,
-            attempt: *attempt,
-        },
-        EventBody::WorkSucceeded {
-            step,
-            item,
-            attempt,
-            outputs,
-        } => PlanEvent::WorkSucceeded {
-            step,
-            item: *item,
-            attempt: *attempt,
-            outputs,
-        },
-        EventBody::WorkFailed {
-            step,
-            item,
-            attempt,
-            failure,
-        } => PlanEvent::WorkFailed {
-            step,
-            item: *item,
-            attempt: *attempt,
-            failure,
-        },
-        EventBody::RetryScheduled {
-            step,
-            item,
-            attempt,
-            failure,
-            due,
-        } => PlanEvent::RetryScheduled {
-            step,
-            item: *item,
-            attempt: *attempt,
-            failure,
-            due: *due,
-        },
-        EventBody::WorkAbandoned { step, item, reason } => PlanEvent::WorkAbandoned {
-            step,
-            item: *item,
-            reason,
-        },
-        EventBody::AttributeSet {
-            name,
-            value,
-            step,
-            attempt,
-        } => PlanEvent::AttributeSet {
-            name,
-            value,
-            step,
-            attempt: *attempt,
-        },
-        EventBody::CompensationStarted {
-            step,
-            item,
-            attempt,
-        } => PlanEvent::CompensationStarted {
-            step,
-            item: *item,
-            attempt: *attempt,
-        },
-        EventBody::CompensationSucceeded { step, item } => {
-            PlanEvent::CompensationSucceeded { step, item: *item }
-        }
-        EventBody::CompensationFailed {
-            step,
-            item,
-            failure,
-            retry_due,
-        } => PlanEvent::CompensationFailed {
-            step,
-            item: *item,
-            failure,
-            retry_due: *retry_due,
-        },
-        _ => return None,
-    })
 }

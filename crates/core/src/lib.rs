@@ -16,9 +16,11 @@ pub mod failure;
 pub mod fold;
 pub mod id;
 pub mod journal;
+mod kind;
 pub mod limits;
 pub mod machine;
 pub mod plan;
+mod plan_spec;
 pub mod time;
 
 pub use event::{
