@@ -10,7 +10,9 @@
 //! flow record that belong to another kind; perform I/O, read the clock or draw randomness; or
 //! change anything when it refuses an event (`Folder::apply` is atomic).
 
+pub(crate) mod function;
 pub(crate) mod plan;
+pub(crate) mod taskgraph;
 
 use crate::event::{Event, FlowKind};
 use crate::fold::FoldError;
