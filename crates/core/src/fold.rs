@@ -11,6 +11,13 @@
 //! is accepted only if it is `flow_created` (anything else is a [`FoldError::Gap`]), and a
 //! `journal_dropped` in such a log must count exactly the sequence numbers before it.
 //!
+//! **Where the rules live.** This module checks the envelope of every event (its flow, its
+//! sequence number, its body's format, creation first and once, `child_of`) and hands the
+//! event to the module of the flow's kind, which owns that kind's record and the rules its
+//! events follow: `kind/taskgraph.rs` (atoms: [`AtomRecord`]), `kind/plan.rs` (plans:
+//! [`PlanRecord`]) and `kind/function.rs` (durable functions: [`FunctionRecord`]). An event of
+//! another kind of flow is a [`FoldError::WrongKind`].
+//!
 //! **Invariant:** `Folder::apply` either applies an event completely or leaves the state
 //! untouched, so an engine can validate an event against the current state before appending it.
 
@@ -18,14 +25,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{DecodeError, Event, EventBody, FlowKind, Intention, RawEvent};
-use crate::failure::Failure;
+use crate::event::{DecodeError, Event, EventBody, FlowKind, RawEvent};
 use crate::id::FlowId;
 use crate::journal::{FunctionRecord, JournalError};
-use crate::machine::{
-    ActivationState, FlowState, InvalidState, Machine, PlanState, RetryState, TaskState, Transition,
-};
-use crate::plan::{PlanError, PlanEvent, PlanRecord};
+use crate::kind;
+pub use crate::kind::taskgraph::{AtomRecord, AtomState, RetryAttempt};
+use crate::machine::{ActivationState, FlowState, InvalidState, Machine, PlanState};
+use crate::plan::{PlanError, PlanRecord};
 use crate::time::Timestamp;
 
 /// The lifecycle state of a flow, in the machine of its kind.
@@ -86,81 +92,6 @@ impl std::fmt::Display for FlowStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.key())
     }
-}
-
-/// An atom's state, in the machine of its kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "machine", content = "state", rename_all = "snake_case")]
-pub enum AtomState {
-    /// A task.
-    Task(TaskState),
-    /// A retry controller.
-    Retry(RetryState),
-}
-
-impl AtomState {
-    /// The state's key.
-    #[must_use]
-    pub fn key(self) -> &'static str {
-        match self {
-            Self::Task(state) => state.key(),
-            Self::Retry(state) => state.key(),
-        }
-    }
-}
-
-/// What the log says about one atom.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AtomRecord {
-    /// Its current state.
-    pub state: AtomState,
-    /// What the engine means to do with it next.
-    pub intention: Intention,
-    /// The event that last changed it.
-    pub last_seq: u64,
-    /// What its last successful `execute` returned; cleared when it is reverted or reset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
-    /// Why its last `execute` failed; cleared when it is reset to PENDING.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-    /// Why its `revert` failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revert_failure: Option<Failure>,
-    /// Whether a failed revert was later run again successfully (the state stays
-    /// REVERT_FAILURE, which the table makes terminal).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub revert_recovered: bool,
-    /// How many times it entered RUNNING: the attempt number in idempotency keys.
-    pub executions: u32,
-    /// For a retry controller: one entry per finished attempt of its scope.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<RetryAttempt>,
-}
-
-impl AtomRecord {
-    fn new(state: AtomState, intention: Intention, seq: u64) -> Self {
-        Self {
-            state,
-            intention,
-            last_seq: seq,
-            result: None,
-            failure: None,
-            revert_failure: None,
-            revert_recovered: false,
-            executions: 0,
-            history: Vec::new(),
-        }
-    }
-}
-
-/// One attempt of a retry controller's scope, as its history keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RetryAttempt {
-    /// The value the controller provided for the attempt.
-    pub value: serde_json::Value,
-    /// The failures that ended the attempt, by atom.
-    pub failures: BTreeMap<String, Failure>,
 }
 
 /// A flow's state as rebuilt from its log.
@@ -431,298 +362,24 @@ impl Folder {
         self.apply(&event)
     }
 
-    /// Applies one event, or leaves the state untouched and says why not.
+    /// Applies one event, or leaves the state untouched and says why not: the envelope checks
+    /// here, then the event goes to the module of the flow's kind (`crate::kind`).
     pub fn apply(&mut self, event: &Event) -> Result<(), FoldError> {
         self.check_position(event.flow, event.seq)?;
-        let seq = event.seq;
         let Some(record) = self.record.as_mut() else {
-            let EventBody::FlowCreated {
-                kind,
-                definition,
-                input,
-            } = &event.body
-            else {
-                if seq > 1 {
-                    // Only a compacted log starts after 1, and it starts with its creation.
-                    return Err(FoldError::Gap {
-                        expected: 1,
-                        found: seq,
-                    });
-                }
-                return Err(FoldError::NotCreatedFirst {
-                    seq,
-                    found: event.body.type_name(),
-                });
-            };
-            self.record = Some(FlowRecord {
-                id: event.flow,
-                kind: *kind,
-                definition: definition.clone(),
-                input: input.clone(),
-                status: FlowStatus::initial(*kind),
-                created_at: event.time,
-                updated_at: event.time,
-                last_seq: seq,
-                first_seq: seq,
-                atoms: BTreeMap::new(),
-                diagnostic: None,
-                function: (*kind == FlowKind::Function).then(FunctionRecord::default),
-                parent: None,
-                plan: (*kind == FlowKind::Plan).then(PlanRecord::default),
-                cancel_requested: None,
-            });
+            self.record = Some(create(event)?);
             return Ok(());
         };
-        let wrong_kind = || FoldError::WrongKind {
-            seq,
-            event: event.body.type_name(),
-            kind: record.kind,
-        };
-        let first_seq = record.first_seq;
-        match (&event.body, &mut record.status) {
-            (EventBody::FlowCreated { .. }, _) => return Err(FoldError::CreatedTwice { seq }),
+        match (&event.body, record.status) {
+            (EventBody::FlowCreated { .. }, _) => {
+                return Err(FoldError::CreatedTwice { seq: event.seq })
+            }
             (EventBody::ChildOf { parent }, _) => record.parent = Some(*parent),
-            (EventBody::FlowStateChanged { to }, FlowStatus::TaskGraph(state)) => {
-                let finished = matches!(
-                    state,
-                    FlowState::Success | FlowState::Failure | FlowState::Reverted
-                );
-                advance(seq, state, *to)?;
-                if finished {
-                    // A finished flow that runs again starts without the old request.
-                    record.cancel_requested = None;
-                }
-            }
-            (EventBody::CancelRequested { reason }, FlowStatus::TaskGraph(state)) => {
-                if matches!(
-                    state,
-                    FlowState::Success | FlowState::Failure | FlowState::Reverted
-                ) {
-                    return Err(FoldError::CancelWhenFinished {
-                        seq,
-                        state: state.label(),
-                    });
-                }
-                // Asked twice: the first reason stands.
-                record
-                    .cancel_requested
-                    .get_or_insert_with(|| reason.clone());
-            }
-            (EventBody::PlanStateChanged { to, reason }, FlowStatus::Plan(state)) => {
-                let mut next = *state;
-                advance(seq, &mut next, *to)?;
-                let change = PlanEvent::Lifecycle {
-                    to: *to,
-                    reason: reason.as_ref(),
-                };
-                record
-                    .plan
-                    .get_or_insert_with(PlanRecord::default)
-                    .apply(*state, seq, event.time, change)
-                    .map_err(|source| FoldError::Plan { seq, source })?;
-                *state = next;
-            }
-            (body, FlowStatus::Plan(state)) if plan_event(body, &record.input).is_some() => {
-                let Some(change) = plan_event(body, &record.input) else {
-                    return Err(wrong_kind());
-                };
-                record
-                    .plan
-                    .get_or_insert_with(PlanRecord::default)
-                    .apply(*state, seq, event.time, change)
-                    .map_err(|source| FoldError::Plan { seq, source })?;
-            }
-            (EventBody::ActivationStateChanged { to, diagnostic }, FlowStatus::Function(state)) => {
-                advance(seq, state, *to)?;
-                record.diagnostic.clone_from(diagnostic);
-            }
-            (
-                body @ (EventBody::JournalEntryRecorded { .. }
-                | EventBody::BranchEntryRecorded { .. }
-                | EventBody::TimerAwaited { .. }
-                | EventBody::SleepEnded { .. }
-                | EventBody::SignalDelivered { .. }
-                | EventBody::SignalAwaited { .. }
-                | EventBody::FunctionReturned { .. }
-                | EventBody::JournalDropped { .. }
-                | EventBody::CancelRequested { .. }
-                | EventBody::ChildEnded { .. }
-                | EventBody::ChildAwaited { .. }
-                | EventBody::RunStarted { .. }),
-                FlowStatus::Function(state),
-            ) => {
-                let state = *state;
-                let function = record.function.get_or_insert_with(FunctionRecord::default);
-                // Each `FunctionRecord` method either fails before it changes anything or
-                // applies the event completely, which keeps `apply` atomic.
-                let live = || {
-                    if state == ActivationState::ActiveCurrent {
-                        Ok(())
-                    } else {
-                        Err(JournalError::NotLive {
-                            event: body.type_name(),
-                            state: state.label(),
-                        })
-                    }
-                };
-                let applied = match body {
-                    EventBody::JournalEntryRecorded { position, entry } => {
-                        live().and_then(|()| function.record(*position, entry, ""))
-                    }
-                    EventBody::BranchEntryRecorded {
-                        branch,
-                        position,
-                        entry,
-                    } => live().and_then(|()| function.record(*position, entry, branch)),
-                    EventBody::TimerAwaited { position } => {
-                        live().and_then(|()| function.await_timer(*position))
-                    }
-                    EventBody::SleepEnded { position } => {
-                        live().and_then(|()| function.end_sleep(*position))
-                    }
-                    EventBody::SignalDelivered { name, value } => function.deliver(name, value),
-                    EventBody::SignalAwaited { name } => live().map(|()| {
-                        function.awaiting.insert(name.clone());
-                    }),
-                    EventBody::FunctionReturned { outcome } => {
-                        live().and_then(|()| function.returned(outcome))
-                    }
-                    EventBody::CancelRequested { reason } => function.request_cancel(reason),
-                    EventBody::JournalDropped { entries, events } => {
-                        // A compacted log starts after the events it dropped.
-                        if first_seq > 1 && *events != first_seq - 1 {
-                            return Err(FoldError::DroppedCountMismatch {
-                                seq,
-                                recorded: *events,
-                                dropped: first_seq - 1,
-                            });
-                        }
-                        if state == ActivationState::Done && function.journal_dropped.is_none() {
-                            function.journal_dropped = Some(crate::journal::DroppedJournal {
-                                entries: *entries,
-                                events: *events,
-                            });
-                            Ok(())
-                        } else {
-                            Err(JournalError::DroppedEarly {
-                                state: state.label(),
-                            })
-                        }
-                    }
-                    EventBody::ChildEnded { child, outcome } => {
-                        function.child_ended(*child, outcome)
-                    }
-                    EventBody::ChildAwaited { child } => live().map(|()| {
-                        function.awaiting_children.insert(*child);
-                    }),
-                    EventBody::RunStarted { run, incarnation } => {
-                        function.start_run(*run, incarnation)
-                    }
-                    _ => Ok(()),
-                };
-                applied.map_err(|source| FoldError::Journal { seq, source })?;
-            }
-            (
-                EventBody::TaskStateChanged {
-                    atom,
-                    to,
-                    intention,
-                    result,
-                    failure,
-                },
-                FlowStatus::TaskGraph(_),
-            ) => {
-                let current = match record.atoms.get(atom).map(|a| a.state) {
-                    None => AtomState::Task(TaskState::INITIAL),
-                    Some(state @ AtomState::Task(_)) => state,
-                    Some(AtomState::Retry(_)) => return Err(atom_kind_changed(seq, atom)),
-                };
-                let AtomState::Task(mut state) = current else {
-                    return Err(atom_kind_changed(seq, atom));
-                };
-                advance(seq, &mut state, *to)?;
-                // Checked; now change the record in place (no copy of its result or history).
-                let atom_record = atom_entry(&mut record.atoms, atom, current, *intention, seq)
-                    .ok_or_else(|| atom_kind_changed(seq, atom))?;
-                atom_record.state = AtomState::Task(state);
-                settle(atom_record, to.key(), result, failure);
-                atom_record.intention = *intention;
-                atom_record.last_seq = seq;
-            }
-            (
-                EventBody::RetryStateChanged {
-                    atom,
-                    to,
-                    intention,
-                    result,
-                    failure,
-                    failures,
-                },
-                FlowStatus::TaskGraph(_),
-            ) => {
-                let current = match record.atoms.get(atom).map(|a| a.state) {
-                    None => AtomState::Retry(RetryState::INITIAL),
-                    Some(state @ AtomState::Retry(_)) => state,
-                    Some(AtomState::Task(_)) => return Err(atom_kind_changed(seq, atom)),
-                };
-                let AtomState::Retry(mut state) = current else {
-                    return Err(atom_kind_changed(seq, atom));
-                };
-                advance(seq, &mut state, *to)?;
-                let atom_record = atom_entry(&mut record.atoms, atom, current, *intention, seq)
-                    .ok_or_else(|| atom_kind_changed(seq, atom))?;
-                atom_record.state = AtomState::Retry(state);
-                if *to == RetryState::Retrying {
-                    // The attempt that just ended goes into the history, with its failures.
-                    atom_record.history.push(RetryAttempt {
-                        value: atom_record.result.take().unwrap_or_default(),
-                        failures: failures.clone(),
-                    });
-                }
-                settle(atom_record, to.key(), result, failure);
-                atom_record.intention = *intention;
-                atom_record.last_seq = seq;
-            }
-            (EventBody::AtomRevertRecovered { atom }, FlowStatus::TaskGraph(_)) => {
-                let failed = record
-                    .atoms
-                    .get_mut(atom)
-                    .filter(|a| a.state.key() == "revert_failure" && !a.revert_recovered);
-                let Some(failed) = failed else {
-                    return Err(FoldError::NotRecoverable {
-                        seq,
-                        atom: atom.clone(),
-                    });
-                };
-                failed.revert_recovered = true;
-                failed.last_seq = seq;
-            }
-            (
-                EventBody::AtomIntentionChanged {
-                    atom,
-                    retry,
-                    intention,
-                },
-                FlowStatus::TaskGraph(_),
-            ) => {
-                let initial = if *retry {
-                    AtomState::Retry(RetryState::INITIAL)
-                } else {
-                    AtomState::Task(TaskState::INITIAL)
-                };
-                let atom_record = record
-                    .atoms
-                    .entry(atom.clone())
-                    .or_insert_with(|| AtomRecord::new(initial, *intention, seq));
-                if matches!(atom_record.state, AtomState::Retry(_)) != *retry {
-                    return Err(atom_kind_changed(seq, atom));
-                }
-                atom_record.intention = *intention;
-                atom_record.last_seq = seq;
-            }
-            _ => return Err(wrong_kind()),
+            (_, FlowStatus::TaskGraph(state)) => kind::taskgraph::apply(record, state, event)?,
+            (_, FlowStatus::Plan(state)) => kind::plan::apply(record, state, event)?,
+            (_, FlowStatus::Function(state)) => kind::function::apply(record, state, event)?,
         }
-        record.last_seq = seq;
+        record.last_seq = event.seq;
         record.updated_at = event.time;
         Ok(())
     }
@@ -757,72 +414,44 @@ impl Folder {
     }
 }
 
-/// The record of `atom`, created in `initial` state if the log has not named it yet.
-fn atom_entry<'a>(
-    atoms: &'a mut BTreeMap<String, AtomRecord>,
-    atom: &str,
-    initial: AtomState,
-    intention: Intention,
-    seq: u64,
-) -> Option<&'a mut AtomRecord> {
-    // Look up by &str first: the key is allocated only for an atom seen the first time.
-    if !atoms.contains_key(atom) {
-        atoms.insert(atom.to_owned(), AtomRecord::new(initial, intention, seq));
-    }
-    atoms.get_mut(atom)
-}
-
-fn atom_kind_changed(seq: u64, atom: &str) -> FoldError {
-    FoldError::AtomKindChanged {
-        seq,
-        atom: atom.to_owned(),
-    }
-}
-
-/// Updates an atom's result and failures for the state it entered (by the state's key, which
-/// tasks and retries share).
-fn settle(
-    atom: &mut AtomRecord,
-    entered: &str,
-    result: &Option<serde_json::Value>,
-    failure: &Option<Failure>,
-) {
-    match entered {
-        "running" => atom.executions += 1,
-        "success" => {
-            atom.result = Some(result.clone().unwrap_or_default());
-            atom.failure = None;
+/// The record a log's first event creates: it must be `flow_created`.
+fn create(event: &Event) -> Result<FlowRecord, FoldError> {
+    let seq = event.seq;
+    let EventBody::FlowCreated {
+        kind,
+        definition,
+        input,
+    } = &event.body
+    else {
+        if seq > 1 {
+            // Only a compacted log starts after 1, and it starts with its creation.
+            return Err(FoldError::Gap {
+                expected: 1,
+                found: seq,
+            });
         }
-        "failure" => {
-            atom.result = None;
-            atom.failure.clone_from(failure);
-        }
-        "reverted" => atom.result = None,
-        "revert_failure" => atom.revert_failure.clone_from(failure),
-        "pending" => {
-            // A reset: the atom starts over (a retry's history goes with it, as in TaskFlow).
-            atom.result = None;
-            atom.failure = None;
-            atom.revert_failure = None;
-            atom.history.clear();
-        }
-        _ => {}
-    }
-}
-
-/// Applies one recorded transition: only an allowed one may be in a log.
-fn advance<M: Machine>(seq: u64, state: &mut M, to: M) -> Result<(), FoldError> {
-    let from = *state;
-    match state.advance(to) {
-        Ok(Transition::Allowed) => Ok(()),
-        Ok(Transition::Ignored) => Err(FoldError::IgnoredRecorded {
+        return Err(FoldError::NotCreatedFirst {
             seq,
-            machine: M::MACHINE,
-            from: from.label(),
-            to: to.label(),
-        }),
-        Err(source) => Err(FoldError::Transition { seq, source }),
-    }
+            found: event.body.type_name(),
+        });
+    };
+    Ok(FlowRecord {
+        id: event.flow,
+        kind: *kind,
+        definition: definition.clone(),
+        input: input.clone(),
+        status: FlowStatus::initial(*kind),
+        created_at: event.time,
+        updated_at: event.time,
+        last_seq: seq,
+        first_seq: seq,
+        atoms: BTreeMap::new(),
+        diagnostic: None,
+        function: (*kind == FlowKind::Function).then(FunctionRecord::default),
+        parent: None,
+        plan: (*kind == FlowKind::Plan).then(PlanRecord::default),
+        cancel_requested: None,
+    })
 }
 
 /// Folds a stored log up to `stop`.
@@ -838,107 +467,4 @@ pub fn fold<'a>(
         folder.apply_raw(raw)?;
     }
     folder.finish()
-}
-
-/// The plan event a body records, if it is one (the lifecycle is handled by the fold itself).
-fn plan_event<'a>(body: &'a EventBody, inputs: &'a serde_json::Value) -> Option<PlanEvent<'a>> {
-    Some(match body {
-        EventBody::PlanStarted { plan } => PlanEvent::Started { plan, inputs },
-        EventBody::StepStarted {
-            step,
-            inputs,
-            items,
-        } => PlanEvent::StepStarted {
-            step,
-            inputs,
-            items: *items,
-        },
-        EventBody::StepSkipped { step, reason } => PlanEvent::StepSkipped { step, reason },
-        EventBody::StepFailed { step, failure } => PlanEvent::StepFailed { step, failure },
-        EventBody::StepCompleted { step } => PlanEvent::StepCompleted { step },
-        EventBody::WorkStarted {
-            step,
-            item,
-            attempt,
-        } => PlanEvent::WorkStarted {
-            step,
-            item: *item,
-            attempt: *attempt,
-        },
-        EventBody::WorkSucceeded {
-            step,
-            item,
-            attempt,
-            outputs,
-        } => PlanEvent::WorkSucceeded {
-            step,
-            item: *item,
-            attempt: *attempt,
-            outputs,
-        },
-        EventBody::WorkFailed {
-            step,
-            item,
-            attempt,
-            failure,
-        } => PlanEvent::WorkFailed {
-            step,
-            item: *item,
-            attempt: *attempt,
-            failure,
-        },
-        EventBody::RetryScheduled {
-            step,
-            item,
-            attempt,
-            failure,
-            due,
-        } => PlanEvent::RetryScheduled {
-            step,
-            item: *item,
-            attempt: *attempt,
-            failure,
-            due: *due,
-        },
-        EventBody::WorkAbandoned { step, item, reason } => PlanEvent::WorkAbandoned {
-            step,
-            item: *item,
-            reason,
-        },
-        EventBody::AttributeSet {
-            name,
-            value,
-            step,
-            attempt,
-        } => PlanEvent::AttributeSet {
-            name,
-            value,
-            step,
-            attempt: *attempt,
-        },
-        EventBody::CompensationStarted {
-            step,
-            item,
-            attempt,
-        } => PlanEvent::CompensationStarted {
-            step,
-            item: *item,
-            attempt: *attempt,
-        },
-        EventBody::CompensationSucceeded { step, item } => {
-            PlanEvent::CompensationSucceeded { step, item: *item }
-        }
-        EventBody::CompensationFailed {
-            step,
-            item,
-            failure,
-            retry_due,
-        } => PlanEvent::CompensationFailed {
-            step,
-            item: *item,
-            failure,
-            retry_due: *retry_due,
-        },
-        _ => return None,
-    })
 }

@@ -1,8 +1,9 @@
 //! The sans-I/O core of flowstate.
 //!
 //! This crate owns the vocabulary every other crate speaks: flow ids, timestamps, the event
-//! envelope and its typed bodies, the state machines of `shared/spec/state-machines.md`, the
-//! fold that rebuilds a flow's state from its log, and the limits on everything a user can send.
+//! envelope and its typed bodies, the state machines of `docs/spec/state-machines.md` (the
+//! repository's copy of the shared spec), the fold that rebuilds a flow's state from its log,
+//! and the limits on everything a user can send.
 //!
 //! **Architecture invariant:** nothing here performs I/O, reads the clock or draws randomness.
 //! Time arrives as a [`Timestamp`] argument (or through the [`Clock`] trait, which callers
@@ -15,9 +16,11 @@ pub mod failure;
 pub mod fold;
 pub mod id;
 pub mod journal;
+mod kind;
 pub mod limits;
 pub mod machine;
 pub mod plan;
+mod plan_spec;
 pub mod sync;
 pub mod time;
 

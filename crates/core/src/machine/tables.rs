@@ -1,5 +1,6 @@
-//! The transition tables, transcribed from `shared/spec/state-machines.md` (and, where that
-//! document defers to them, from the seeds it cites). Edit only together with the spec.
+//! The transition tables, transcribed from `docs/spec/state-machines.md` (the repository's copy
+//! of the shared spec) and, where that document defers to them, from the seeds it cites
+//! (`docs/spec/seeds/`). Edit only together with the spec.
 
 use super::state_machine;
 
