@@ -11,6 +11,8 @@
 //! signal` and `flowstate cancel` go through the server ([`crate::remote`]).
 
 use std::sync::Arc;
+
+use flowstate::kernel::FlowControl;
 use std::time::Duration;
 
 use flowstate::core::machine::{ActivationState, FlowState, PlanState};
@@ -91,7 +93,7 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
         },
     };
     let store = flowstate::open_store(&cli.store, Arc::new(SystemClock), Access::MustExist).await?;
-    let result = execute(store.as_ref(), &cli.archive, request, cli.json, progress).await;
+    let result = execute(&store, &cli.archive, request, cli.json, progress).await;
     let closed = store.close().await;
     // The command's own error says more than a failure to close after it.
     let output = result?;
@@ -100,12 +102,13 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
 }
 
 async fn execute(
-    store: &dyn Store,
+    shared: &Arc<dyn Store>,
     archive: &str,
     request: Request,
     json: bool,
     progress: Progress,
 ) -> Result<Output, CliError> {
+    let store = shared.as_ref();
     match request {
         Request::List(query) => {
             // Archived flows are not live (unless asked for by state): `archive ls` lists them.
@@ -140,11 +143,13 @@ async fn execute(
             Ok(render::sent(id, &name))
         }
         Request::Cancel { id, reason } => {
-            let _recorded_or_asked_already =
-                flowstate::durable::request_cancel(store, &SystemClock, id, &reason)
-                    .await
-                    .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
-            Ok(render::cancel_requested(id))
+            // Any kind: recorded in its log, whichever engine runs the flow honours it.
+            let controls = flowstate::store_controls(shared.clone(), Arc::new(SystemClock));
+            let transition = controls
+                .cancel(id, &reason)
+                .await
+                .map_err(|e| CliError::new(format!("flow {id}: {e}")))?;
+            Ok(render::cancel_requested(id, transition))
         }
     }
 }

@@ -201,8 +201,8 @@ pub(crate) enum FlowsCommand {
     /// Send a signal to a durable function by writing to the store directly, without a
     /// server (`flowstate signal` goes through one).
     Signal(SignalArgs),
-    /// Cancel a durable function by writing to the store directly, without a server
-    /// (`flowstate cancel` goes through one).
+    /// Cancel a flow of any kind by writing the request to the store directly, without a
+    /// server (`flowstate cancel` goes through one); the engine that runs the flow honours it.
     Cancel(CancelArgs),
 }
 

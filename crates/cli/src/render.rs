@@ -459,10 +459,15 @@ pub(crate) fn sent(flow: FlowId, name: &str) -> Output {
 }
 
 /// `flows cancel`.
-pub(crate) fn cancel_requested(flow: FlowId) -> Output {
-    Output::text(format!(
-        "cancellation requested: flow {flow} stops at its next effect\n"
-    ))
+pub(crate) fn cancel_requested(flow: FlowId, transition: flowstate::core::Transition) -> Output {
+    Output::text(match transition {
+        flowstate::core::Transition::Allowed => format!(
+            "cancellation requested: flow {flow} stops at its next step boundary, and its engine undoes or compensates what its kind undoes\n"
+        ),
+        flowstate::core::Transition::Ignored => format!(
+            "cancellation ignored: flow {flow} is cancelled already (nothing recorded)\n"
+        ),
+    })
 }
 
 /// `flows events`.

@@ -507,4 +507,18 @@ fn signal_reaches_a_sleeping_function_and_show_prints_its_journal() {
         field(&shown, "cancel requested").as_deref(),
         Some("\"no longer needed\"")
     );
+    let again = succeeds(&flowstate(
+        &path,
+        &["flows", "cancel", &id, "--reason", "again"],
+    ));
+    assert!(again.contains("cancellation ignored"), "{again}");
+
+    // Every kind goes through its own state table: a finished task graph and a deactivated
+    // plan refuse, and nothing is appended to either.
+    for (flow, table) in [(fixture.order, "REVERTED"), (fixture.plan, "deactivated")] {
+        let flow = flow.to_string();
+        let refused = fails(&flowstate(&fixture.path, &["flows", "cancel", &flow]));
+        assert!(refused.contains("cannot cancel"), "{refused}");
+        assert!(refused.contains(table), "{refused}");
+    }
 }

@@ -263,6 +263,11 @@ impl Functions {
         }
     }
 
+    /// The store the activations are recorded in, and the clock that times their events.
+    pub(crate) fn store_and_clock(&self) -> (&dyn Store, &dyn Clock) {
+        (self.shared.store.as_ref(), self.shared.clock.as_ref())
+    }
+
     /// The explicit start of an incarnation, called once every definition is registered (so
     /// nothing wakes before its code is there): marks ready every activation that is neither
     /// sleeping nor done — including replay failures, which get another try with this

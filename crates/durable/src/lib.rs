@@ -52,6 +52,7 @@
 //! that the function value is zero-sized, which async-flow cannot), and deterministic apart
 //! from its effects: everything it learns from outside comes through the context.
 
+mod control;
 mod ctx;
 mod driver;
 mod engine;

@@ -85,6 +85,20 @@ pub enum ControlError {
     /// Recording failed (the store failed, or too many runs raced the request).
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The kind's engine failed for another reason, said by its error.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ControlError {
+    /// The error of a request that the flow's state does not allow now.
+    pub fn not_allowed(flow: FlowId, request: ControlRequest, detail: impl Into<String>) -> Self {
+        Self::NotAllowed {
+            flow,
+            request,
+            detail: detail.into(),
+        }
+    }
 }
 
 impl From<StoreError> for ControlError {

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use flowstate_core::{Clock, FlowKind};
+use flowstate_engine::Controls;
 use flowstate_store::{Store, SystemClock};
 use flowstate_taskgraph::Flow;
 use flowstate_worker::{ShutdownHandle, Worker, WorkerConfig, WorkerError, WorkerStats};
@@ -169,15 +170,46 @@ impl EngineBuilder {
             .with_runner(FlowKind::TaskGraph, task_graphs.clone())
             .with_runner(FlowKind::Function, Arc::new(functions.clone()))
             .with_runner(FlowKind::Plan, Arc::new(plans.clone()));
+        let controls = controls_of(&store, &task_graphs, &plans, &functions);
         Ok(Engine {
             store,
             task_graphs,
             functions,
             plans,
+            controls,
             archiver,
             worker: Arc::new(worker),
         })
     }
+}
+
+/// Every kind's control, for the flows of `store`.
+fn controls_of(
+    store: &Arc<dyn Store>,
+    task_graphs: &Arc<flowstate_taskgraph::Engine>,
+    plans: &flowstate_plan::Plans,
+    functions: &flowstate_durable::Functions,
+) -> Controls {
+    Controls::new(store.clone())
+        .with(FlowKind::TaskGraph, task_graphs.clone())
+        .with(FlowKind::Plan, Arc::new(plans.clone()))
+        .with(FlowKind::Function, Arc::new(functions.clone()))
+}
+
+/// Cancel, suspend, resume or read the flows of `store`, whatever their kind, with the store
+/// alone (no definitions needed): what a process that runs no engine on the store (the CLI)
+/// uses. A request is recorded in the flow's log, and whichever engine runs the flow honours
+/// it.
+#[must_use]
+pub fn store_controls(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Controls {
+    let task_graphs = Arc::new(flowstate_taskgraph::Engine::new(
+        store.clone(),
+        clock.clone(),
+    ));
+    let plans = flowstate_plan::Plans::new(store.clone(), clock.clone());
+    // Its incarnation is never used: this process runs no function.
+    let functions = flowstate_durable::Functions::new(store.clone(), clock, "control".to_owned());
+    controls_of(&store, &task_graphs, &plans, &functions)
 }
 
 /// The plan engine as the planner of durable functions' child plans.
@@ -210,6 +242,7 @@ pub struct Engine {
     task_graphs: Arc<flowstate_taskgraph::Engine>,
     functions: flowstate_durable::Functions,
     plans: flowstate_plan::Plans,
+    controls: Controls,
     archiver: Option<(Arc<flowstate_archive::Archiver>, std::time::Duration)>,
     worker: Arc<Worker>,
 }
@@ -254,6 +287,13 @@ impl Engine {
     #[must_use]
     pub fn plans(&self) -> &flowstate_plan::Plans {
         &self.plans
+    }
+
+    /// Cancel, suspend, resume or read any flow, whatever its kind: one call, sent to the
+    /// flow's kind.
+    #[must_use]
+    pub fn control(&self) -> &Controls {
+        &self.controls
     }
 
     /// The worker's counters.

@@ -8,7 +8,7 @@ mod engine;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use engine::{Engine, EngineBuilder, EngineError};
+pub use engine::{store_controls, Engine, EngineBuilder, EngineError};
 
 pub use flowstate_archive as archive;
 pub use flowstate_core as core;

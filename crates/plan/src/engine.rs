@@ -316,6 +316,11 @@ impl Plans {
         Ok(fold(&events, at)?)
     }
 
+    /// The store the plans are recorded in.
+    pub(crate) fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
     /// Commits what `writer` staged. When someone appended first and all they appended is a
     /// cancellation ([`Plans::cancel`], which a client records while a run runs the flow),
     /// the run goes on on top of it: the log is reloaded, the results not yet recorded are

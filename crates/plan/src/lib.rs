@@ -16,6 +16,7 @@
 //! deactivated (terminal and nothing in flight; work that will never run is recorded as
 //! abandoned, so every terminal flow deactivates) → archived.
 
+mod control;
 mod engine;
 pub mod planner;
 mod registry;

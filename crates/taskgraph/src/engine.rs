@@ -174,6 +174,11 @@ impl Engine {
         self
     }
 
+    /// The store the engine records in.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     /// Adds a listener for flow, atom and engine transitions.
     pub fn listen(&self, listener: Arc<dyn Listener>) {
         self.notifier.add(listener);

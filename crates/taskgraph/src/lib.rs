@@ -10,6 +10,7 @@
 //! - [`listener`]: transition listeners.
 
 pub mod compile;
+mod control;
 pub mod engine;
 pub mod flow;
 pub mod listener;
