@@ -20,7 +20,9 @@ pub mod testing;
 mod wake;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use flowstate_core::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -239,7 +241,7 @@ impl PostgresStore {
     }
 
     fn stop_listener(&self) {
-        if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+        if let Some(listener) = self.listener.lock().take() {
             listener.abort();
         }
     }
@@ -780,7 +782,8 @@ impl Store for PostgresStore {
     }
 
     fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts> {
-        if let Ok(mut listener) = self.listener.lock() {
+        {
+            let mut listener = self.listener.lock();
             let runtime = tokio::runtime::Handle::try_current();
             if let (None, Ok(runtime)) = (listener.as_ref(), runtime) {
                 if !self.closed.load(Ordering::Acquire) {

@@ -21,7 +21,9 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use flowstate_core::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -133,17 +135,17 @@ impl ReaderPool {
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let pooled = self.idle.lock().pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => open_reader(&self.path)?,
         };
         let result = op(&conn);
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_READ_CONNECTIONS {
-                idle.push(conn);
-            }
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_READ_CONNECTIONS {
+            idle.push(conn);
         }
+        drop(idle);
         result
     }
 }
@@ -322,7 +324,7 @@ impl Drop for SqliteStore {
         // the file is closed cleanly (and a reopen in the same process sees everything).
         let (closed_tx, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.commands, closed_tx));
-        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+        if let Some(handle) = self.writer.lock().take() {
             let _joined = handle.join();
         }
     }
@@ -561,10 +563,8 @@ impl Store for SqliteStore {
     async fn close(&self) -> Result<(), StoreError> {
         let result = self.write(|reply| Command::Close { reply }).await;
         self.closed.store(true, Ordering::Release);
-        if let Ok(mut idle) = self.readers.idle.lock() {
-            idle.clear();
-        }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        self.readers.idle.lock().clear();
+        let handle = self.writer.lock().take();
         if let Some(handle) = handle {
             tokio::task::spawn_blocking(move || handle.join())
                 .await

@@ -3,7 +3,9 @@
 //! is a short critical section with no await inside.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use flowstate_core::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -101,9 +103,7 @@ impl MemoryStore {
 
     /// A store over existing storage (reopened after [`Store::close`]).
     pub fn open(storage: MemoryStorage, clock: Arc<dyn Clock>) -> Self {
-        if let Ok(mut inner) = storage.inner.lock() {
-            inner.closed = false;
-        }
+        storage.inner.lock().closed = false;
         Self { storage, clock }
     }
 
@@ -114,13 +114,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
-        let inner = self
-            .storage
-            .inner
-            .lock()
-            .map_err(|_| StoreError::Poisoned {
-                cause: "a thread panicked while holding the memory store".into(),
-            })?;
+        let inner = self.storage.inner.lock();
         if inner.closed {
             return Err(StoreError::Closed);
         }
