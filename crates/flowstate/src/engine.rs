@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use flowstate_core::{Clock, FlowKind};
+use flowstate_durable::Functions;
 use flowstate_engine::Controls;
 use flowstate_store::{Store, SystemClock};
 use flowstate_taskgraph::Flow;
@@ -46,9 +47,24 @@ pub enum EngineError {
     /// A plan step was refused at registration.
     #[error(transparent)]
     Step(#[from] flowstate_plan::RegistrationError),
+    /// A durable function was refused at registration.
+    #[error(transparent)]
+    Function(#[from] flowstate_durable::RegisterError),
     /// Waiting for a shutdown signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(std::io::Error),
+}
+
+/// Registers one durable function with the engine's functions (kept by the builder until
+/// [`EngineBuilder::build`]).
+struct RegisterFunction(
+    Box<dyn FnOnce(&Functions) -> Result<(), flowstate_durable::RegisterError> + Send>,
+);
+
+impl std::fmt::Debug for RegisterFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegisterFunction")
+    }
 }
 
 /// Builds an [`Engine`].
@@ -60,6 +76,7 @@ pub struct EngineBuilder {
     worker: Option<WorkerConfig>,
     task_graphs: Vec<Flow>,
     steps: Vec<flowstate_plan::Step>,
+    functions: Vec<RegisterFunction>,
     archive: Option<(
         String,
         flowstate_archive::ArchivePolicy,
@@ -106,6 +123,24 @@ impl EngineBuilder {
         self
     }
 
+    /// A durable function this process can run, under `name` (flows record the name). It
+    /// must be closed (capture nothing): [`EngineBuilder::build`] refuses it otherwise.
+    #[must_use]
+    pub fn function<F, Fut, I, O>(mut self, name: &str, function: F) -> Self
+    where
+        F: Fn(flowstate_durable::Ctx, I) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<O, flowstate_core::Failure>> + 'static,
+        I: serde::de::DeserializeOwned + 'static,
+        O: serde::Serialize + 'static,
+    {
+        let name = name.to_owned();
+        self.functions
+            .push(RegisterFunction(Box::new(move |functions| {
+                functions.register(&name, function)
+            })));
+        self
+    }
+
     /// Moves deactivated plans to the archive at `url` (a directory, `file://`, `memory://` or
     /// `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`, while the engine runs.
     #[must_use]
@@ -149,6 +184,9 @@ impl EngineBuilder {
             config.id.to_string(),
         );
         functions.plan_with(Arc::new(ChildPlans(plans.clone())));
+        for register in self.functions {
+            (register.0)(&functions)?;
+        }
         let archiver = match self.archive {
             Some((url, policy, interval)) => {
                 let archive = flowstate_archive::ArchiveStore::open(
@@ -259,6 +297,7 @@ impl Engine {
             worker: None,
             task_graphs: Vec::new(),
             steps: Vec::new(),
+            functions: Vec::new(),
             archive: None,
         }
     }
