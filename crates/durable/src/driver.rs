@@ -33,8 +33,11 @@ use flowstate_rt::{RemoteWake, Runtime, TaskHandle};
 use flowstate_store::NewTimer;
 use flowstate_worker::RunError;
 
-use crate::ctx::{lanes, take_waits_changed, Activation, Branch, Counted, Ctx, Stop};
+use crate::activation::{lanes, Activation, Counted, Stop};
+use crate::branch::Branch;
+use crate::ctx::Ctx;
 use crate::engine::Shared;
+use crate::waits::{take_waits_changed, Waits};
 
 /// Most driver threads (the default is one per core).
 pub const MAX_DRIVER_THREADS: usize = 64;
@@ -438,7 +441,7 @@ async fn run_activation(
         live: Cell::new(first),
         stop: RefCell::new(None),
         live_ops: Cell::new(0),
-        waits: RefCell::new(crate::ctx::Waits::default()),
+        waits: RefCell::new(Waits::default()),
         cancelled: RefCell::new(function.cancel_requested),
         polls: Cell::new(0),
         control: RefCell::new(None),
