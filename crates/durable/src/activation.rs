@@ -3,15 +3,17 @@
 //!
 //! **What it owns:** the [`Activation`] (the journal as loaded, the lanes of branches not
 //! started yet, the running branches, the writer), how a run stops ([`Stop`], kept in the
-//! activation's stop slot), the commit path ([`Activation::record`] over
-//! `flowstate_engine::commit_or_rebase`, serialized on the writer and run in a task of its
-//! own), the count of live effects in flight ([`LiveOp`]), and the creation of child flows.
+//! activation's stop slot, and [`Stopped`], which says that it must), the commit path
+//! ([`Activation::record`] over `flowstate_engine::commit_or_rebase`, serialized on the
+//! writer and run in a task of its own), the count of live effects in flight ([`LiveOp`]),
+//! and the creation of child flows.
 //!
 //! **What it must never do:** be reachable by user code: everything here is `pub(crate)`,
 //! a function sees only [`crate::Ctx`], and the context reaches the store only through the
 //! activation. Nor may it cut a commit off halfway, which would leave the writer behind
 //! the log (a race's loser is aborted, a commit it had under way is not). Once the stop
 //! slot is set the run never resumes; the driver records how it ended.
+
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -54,6 +56,13 @@ pub(crate) enum Stop {
     /// The function used the context in a way that cannot be journaled.
     Misuse(String),
 }
+
+/// The run must stop; the cause is in the activation's stop slot (set by
+/// [`Activation::stop_with`] before this is returned). A run that must stop never resumes:
+/// the effect that gets this halts ([`halted`]) and the driver records how the run ended.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stopped;
 
 /// Keeps a branch listed among the running ones for as long as it lives.
 pub(crate) struct Entered {
@@ -202,7 +211,7 @@ impl Activation {
     /// read again and the same events are staged on top of the delivery, so that a step's
     /// result is not thrown away (and the step run again) because something arrived while it
     /// ran.
-    async fn record(&self, writer: &mut FlowWriter, bodies: Vec<EventBody>) -> Result<(), ()> {
+    async fn record(&self, writer: &mut FlowWriter, bodies: Vec<EventBody>) -> Result<(), Stopped> {
         let _in_flight = LiveOp::start(&self.live_ops);
         // Only a commit of just these events can be replayed on top of a delivery.
         let rebasable = !writer.has_staged();
@@ -214,7 +223,7 @@ impl Activation {
                 .and_then(|()| writer.stage(self.clock.as_ref(), bodies.clone()));
             if let Err(error) = staged {
                 self.stop_with(Stop::Write(error));
-                return Err(());
+                return Err(Stopped);
             }
             let store = self.store.as_ref();
             let extras = AppendExtras::default();
@@ -235,7 +244,7 @@ impl Activation {
                 }
                 Err(error) => {
                     self.stop_with(Stop::Write(error));
-                    return Err(());
+                    return Err(Stopped);
                 }
             }
         }
@@ -246,7 +255,7 @@ impl Activation {
         self: &Rc<Self>,
         branch: &Rc<Branch>,
         entry: JournalEntry,
-    ) -> Result<u32, ()> {
+    ) -> Result<u32, Stopped> {
         let recorder = branch.clone();
         let position = self
             .commit(move |writer| {
@@ -260,12 +269,12 @@ impl Activation {
 
     /// Takes the writer, lets `decide` say what to record from the log's state, and commits
     /// it, in a task of its own: a branch aborted meanwhile (a race's loser) never cuts a
-    /// commit off halfway, which would leave the writer behind the log. `Err(())` when the
-    /// run must stop (recorded in `stop`).
+    /// commit off halfway, which would leave the writer behind the log. `Err(Stopped)` when
+    /// the run must stop (recorded in `stop`).
     pub(crate) async fn commit<T: 'static>(
         self: &Rc<Self>,
         decide: impl FnOnce(&FlowWriter) -> (Vec<EventBody>, T) + 'static,
-    ) -> Result<T, ()> {
+    ) -> Result<T, Stopped> {
         let act = self.clone();
         let task = flowstate_rt::spawn(async move {
             let mut writer = act.writer.lock().await;
@@ -279,7 +288,7 @@ impl Activation {
             Ok(committed) => committed,
             Err(failure) => {
                 self.stop_with(Stop::Misuse(format!("a commit failed: {failure}")));
-                Err(())
+                Err(Stopped)
             }
         }
     }
@@ -320,7 +329,7 @@ impl Activation {
                 let _waiting = self.wait(waiting);
                 halted().await
             }
-            Err(()) => halted().await,
+            Err(Stopped) => halted().await,
         }
     }
 

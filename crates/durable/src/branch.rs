@@ -19,7 +19,7 @@ use flowstate_core::{
     expect_end, match_call, Call, Diagnostic, EventBody, FlowId, JournalEntry, Replay,
 };
 
-use crate::activation::{Activation, Stop};
+use crate::activation::{Activation, Stop, Stopped};
 
 /// A branch of the function: the function itself, or one started by `all` or `race`.
 pub(crate) struct Branch {
@@ -117,22 +117,22 @@ impl Branch {
 }
 
 impl Activation {
-    /// Matches `call` by `branch` against the branch's part of the journal. `Err(())` when
-    /// the run must stop (recorded in `stop`).
+    /// Matches `call` by `branch` against the branch's part of the journal. `Err(Stopped)`
+    /// when the run must stop (recorded in `stop`).
     pub(crate) fn replay(
         &self,
         branch: &Rc<Branch>,
         call: Call<'_>,
         location: &At,
-    ) -> Result<Replayed, ()> {
+    ) -> Result<Replayed, Stopped> {
         if self.stop.borrow().is_some() {
-            return Err(());
+            return Err(Stopped);
         }
         if flowstate_rt::current_task() != branch.task.get() {
             self.stop_with(Stop::Misuse(format!(
                 "{call} at {location} was called from a task other than its branch's own; run concurrent effects with ctx.all or ctx.race, each branch through the context it is given (flowstate_rt::spawn, all and race cannot be journaled)"
             )));
-            return Err(());
+            return Err(Stopped);
         }
         let next = branch.next(&self.journal);
         let position = next.map_or(u32::MAX, |(position, _)| position);
@@ -156,20 +156,20 @@ impl Activation {
                     attempted: format!("asked for {call}"),
                     location: location.to_string(),
                 }));
-                Err(())
+                Err(Stopped)
             }
             Replay::Live { .. } => {
                 if branch.busy.get() {
                     self.stop_with(Stop::Misuse(format!(
                         "{call} at {location} was called while another effect of the same branch was under way (join! or select! over effects, or an effect inside a step's body); run concurrent effects with ctx.all or ctx.race"
                     )));
-                    return Err(());
+                    return Err(Stopped);
                 }
                 // A cancelled activation stops at its first effect past its journal.
                 let cancelled = self.cancelled.borrow().clone();
                 if let Some(reason) = cancelled {
                     self.stop_with(Stop::Cancelled(reason));
-                    return Err(());
+                    return Err(Stopped);
                 }
                 branch.busy.set(true);
                 Ok(Replayed::Live(Busy(branch.clone())))
@@ -178,7 +178,7 @@ impl Activation {
             Replay::Diverged(mut diagnostic) => {
                 diagnostic.location = location.to_string();
                 self.stop_with(Stop::Diverged(diagnostic));
-                Err(())
+                Err(Stopped)
             }
         }
     }

@@ -15,20 +15,20 @@ use std::rc::Rc;
 
 use flowstate_core::{Call, Diagnostic, Failure, JournalEntry};
 
-use crate::activation::{halted, Counted, Stop};
+use crate::activation::{halted, Counted, Stop, Stopped};
 use crate::branch::{At, Branch, Busy, Replayed};
 use crate::ctx::Ctx;
 
 impl Ctx {
     /// How the journal says this branch's next combinator settled (its `settled` entry's
     /// position and decision), or `None` with the busy guard when it is to settle live.
-    /// `Err(())` when the run must stop.
+    /// `Err(Stopped)` when the run must stop.
     #[allow(clippy::type_complexity)]
     pub(crate) fn decision(
         &self,
         combinator: &'static str,
         at: &At,
-    ) -> Result<(Option<(u32, Option<u32>)>, Option<Busy>), ()> {
+    ) -> Result<(Option<(u32, Option<u32>)>, Option<Busy>), Stopped> {
         match self
             .act
             .replay(&self.branch, Call::Settled { combinator }, at)?
@@ -243,7 +243,7 @@ impl Ctx {
     }
 
     /// Records how a combinator of this branch settled.
-    async fn record_settled(&self, combinator: &str, branch: Option<u32>) -> Result<(), ()> {
+    async fn record_settled(&self, combinator: &str, branch: Option<u32>) -> Result<(), Stopped> {
         let entry = JournalEntry::Settled {
             combinator: combinator.to_owned(),
             branch,

@@ -38,7 +38,7 @@ use flowstate_engine::children::child_flow_id;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::activation::{create_child, halted, Activation, LiveOp, Stop};
+use crate::activation::{create_child, halted, Activation, LiveOp, Stop, Stopped};
 use crate::branch::{location, At, Branch, Replayed};
 use crate::waits::Wait;
 
@@ -122,7 +122,7 @@ impl Ctx {
                     return decode_recorded(&act, position, &what, outcome, &at).await;
                 }
                 Ok(replayed) => replayed.into_busy(),
-                Err(()) => return halted().await,
+                Err(Stopped) => return halted().await,
             };
             let in_flight = LiveOp::start(&act.live_ops);
             let outcome = CatchUnwind(Box::pin(body(branch.key(act.flow)))).await;
@@ -141,7 +141,7 @@ impl Ctx {
             match committed {
                 // What was recorded, exactly as a replay will return it.
                 Ok(_) => decode(recorded),
-                Err(()) => halted().await,
+                Err(Stopped) => halted().await,
             }
         }
     }
@@ -161,10 +161,10 @@ impl Ctx {
                 let entry = make();
                 match act.record_entry(&branch, entry.clone()).await {
                     Ok(_) => entry,
-                    Err(()) => halted().await,
+                    Err(Stopped) => halted().await,
                 }
             }
-            Err(()) => halted().await,
+            Err(Stopped) => halted().await,
         }
     }
 
@@ -232,10 +232,10 @@ impl Ctx {
                     let entry = JournalEntry::Patched { change };
                     match act.record_entry(&branch, entry).await {
                         Ok(_) => true,
-                        Err(()) => halted().await,
+                        Err(Stopped) => halted().await,
                     }
                 }
-                Err(()) => halted().await,
+                Err(Stopped) => halted().await,
             }
         }
     }
@@ -292,10 +292,10 @@ impl Ctx {
                         .await
                     {
                         Ok(position) => (position, until),
-                        Err(()) => return halted().await,
+                        Err(Stopped) => return halted().await,
                     }
                 }
-                Err(()) => return halted().await,
+                Err(Stopped) => return halted().await,
             };
             if act.clock.now() >= until {
                 let ended = act
@@ -332,7 +332,7 @@ impl Ctx {
                     ..
                 }) => return decode(value),
                 Ok(replayed) => replayed.into_busy(),
-                Err(()) => return halted().await,
+                Err(Stopped) => return halted().await,
             };
             // The oldest delivered signal of the name, consumed in the same commit that
             // journals it.
@@ -480,7 +480,7 @@ impl Ctx {
                     ..
                 }) => return Ok(child),
                 Ok(replayed) => replayed.into_busy(),
-                Err(()) => return halted().await,
+                Err(Stopped) => return halted().await,
             };
             let input = input.map_err(|e| Failure::new("InvalidInput", e.to_string()))?;
             if kind == FlowKind::TaskGraph && !input.is_object() {
@@ -504,7 +504,7 @@ impl Ctx {
             drop(in_flight);
             match recorded {
                 Ok(_) => Ok(child),
-                Err(()) => halted().await,
+                Err(Stopped) => halted().await,
             }
         }
     }
@@ -550,7 +550,7 @@ impl Ctx {
                         .await;
                 }
                 Ok(replayed) => replayed.into_busy(),
-                Err(()) => return halted().await,
+                Err(Stopped) => return halted().await,
             };
             let outcome = act
                 .take_or_wait(
