@@ -158,22 +158,7 @@ impl Activation {
                 }));
                 Err(Stopped)
             }
-            Replay::Live { .. } => {
-                if branch.busy.get() {
-                    self.stop_with(Stop::Misuse(format!(
-                        "{call} at {location} was called while another effect of the same branch was under way (join! or select! over effects, or an effect inside a step's body); run concurrent effects with ctx.all or ctx.race"
-                    )));
-                    return Err(Stopped);
-                }
-                // A cancelled activation stops at its first effect past its journal.
-                let cancelled = self.cancelled.borrow().clone();
-                if let Some(reason) = cancelled {
-                    self.stop_with(Stop::Cancelled(reason));
-                    return Err(Stopped);
-                }
-                branch.busy.set(true);
-                Ok(Replayed::Live(Busy(branch.clone())))
-            }
+            Replay::Live { .. } => self.go_live(branch, call, location),
             Replay::Unpatched => Ok(Replayed::Unpatched),
             Replay::Diverged(mut diagnostic) => {
                 diagnostic.location = location.to_string();
@@ -181,6 +166,30 @@ impl Activation {
                 Err(Stopped)
             }
         }
+    }
+
+    /// `call` by `branch` is past the branch's lane: it runs live, with the branch busy,
+    /// unless another effect of the branch is under way or the activation was cancelled.
+    fn go_live(
+        &self,
+        branch: &Rc<Branch>,
+        call: Call<'_>,
+        location: &At,
+    ) -> Result<Replayed, Stopped> {
+        if branch.busy.get() {
+            self.stop_with(Stop::Misuse(format!(
+                "{call} at {location} was called while another effect of the same branch was under way (join! or select! over effects, or an effect inside a step's body); run concurrent effects with ctx.all or ctx.race"
+            )));
+            return Err(Stopped);
+        }
+        // A cancelled activation stops at its first effect past its journal.
+        let cancelled = self.cancelled.borrow().clone();
+        if let Some(reason) = cancelled {
+            self.stop_with(Stop::Cancelled(reason));
+            return Err(Stopped);
+        }
+        branch.busy.set(true);
+        Ok(Replayed::Live(Busy(branch.clone())))
     }
 }
 

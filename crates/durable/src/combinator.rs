@@ -115,6 +115,9 @@ impl Ctx {
         }
     }
 
+    /// Settles `ctx.all` #`index` over `branches`: live, or as `decided` (the recorded
+    /// `settled` entry's position and the branch whose error ended it, if one did). `None`
+    /// when the run must stop.
     pub(crate) async fn settle_all<T: 'static>(
         &self,
         index: u32,
@@ -122,30 +125,11 @@ impl Ctx {
         decided: Option<(u32, Option<u32>)>,
         at: &At,
     ) -> Option<Result<Vec<T>, Failure>> {
-        let count = branches.len();
-        // Replaying a failure: only the branch that failed runs again (the others' values
-        // were never used).
         let failed = match decided {
             Some((position, Some(failed))) => {
-                self.skip_all_but(&branches, failed);
-                let Some(pending) = branches.into_iter().nth(failed as usize) else {
-                    return self.diverged(
-                        position,
-                        &format!("all over branches decided by branch {failed}'s error"),
-                        &format!("ran ctx.all #{index} over {count} branches"),
-                        at,
-                    );
-                };
-                let run = self.run_branch(pending);
-                return match flowstate_rt::race(vec![(failed, run)]).await {
-                    Ok((_, Err(failure))) => Some(Err(failure)),
-                    _ => self.diverged(
-                        position,
-                        &format!("all over branches ended by branch {failed}'s error"),
-                        &format!("branch {failed} of ctx.all #{index} succeeded"),
-                        at,
-                    ),
-                };
+                return self
+                    .replay_failed_all(index, branches, position, failed, at)
+                    .await;
             }
             other => other,
         };
@@ -189,6 +173,40 @@ impl Ctx {
         )
     }
 
+    /// Replaying a failure of `ctx.all` #`index` (recorded at `position`): only the branch
+    /// that failed runs again (the others' values were never used).
+    async fn replay_failed_all<T: 'static>(
+        &self,
+        index: u32,
+        branches: Vec<Pending<T>>,
+        position: u32,
+        failed: u32,
+        at: &At,
+    ) -> Option<Result<Vec<T>, Failure>> {
+        let count = branches.len();
+        self.skip_all_but(&branches, failed);
+        let Some(pending) = branches.into_iter().nth(failed as usize) else {
+            return self.diverged(
+                position,
+                &format!("all over branches decided by branch {failed}'s error"),
+                &format!("ran ctx.all #{index} over {count} branches"),
+                at,
+            );
+        };
+        let run = self.run_branch(pending);
+        match flowstate_rt::race(vec![(failed, run)]).await {
+            Ok((_, Err(failure))) => Some(Err(failure)),
+            _ => self.diverged(
+                position,
+                &format!("all over branches ended by branch {failed}'s error"),
+                &format!("branch {failed} of ctx.all #{index} succeeded"),
+                at,
+            ),
+        }
+    }
+
+    /// Settles `ctx.race` #`index` over `branches`: live, or as `decided` (the recorded
+    /// `settled` entry's position and its winner). `None` when the run must stop.
     pub(crate) async fn settle_race<T: 'static>(
         &self,
         index: u32,
