@@ -27,14 +27,20 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use flowstate_core::machine::ActivationState;
-use flowstate_core::{EventBody, Failure, FlowId, FlowKind, FlowStatus, StepOutcome};
+use flowstate_core::{
+    EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord, StepOutcome, Timestamp,
+};
 use flowstate_engine::{AppendExtras, FlowWriter};
-use flowstate_rt::{RemoteWake, Runtime, TaskHandle};
+use flowstate_rt::{RemoteWake, Runtime, TaskFailure, TaskHandle};
 use flowstate_store::NewTimer;
 use flowstate_worker::RunError;
 
-use crate::ctx::{lanes, take_waits_changed, Activation, Branch, Counted, Ctx, Stop};
+use crate::activation::{lanes, Activation, Counted, Stop};
+use crate::branch::Branch;
+use crate::ctx::Ctx;
 use crate::engine::Shared;
+use crate::registry::Erased;
+use crate::waits::{take_waits_changed, Waits};
 
 /// Most driver threads (the default is one per core).
 pub const MAX_DRIVER_THREADS: usize = 64;
@@ -343,7 +349,68 @@ async fn run_activation(
     flow: FlowId,
     published: Rc<Published>,
 ) -> Result<(), RunError> {
-    let mut writer = FlowWriter::load(shared.store.as_ref(), flow)
+    let (mut writer, state, definition, input, function) = load(&shared, flow).await?;
+    if nothing_to_do(&shared, flow, state, &function)? {
+        if state == ActivationState::Sleeping {
+            // Woken early (another worker's clock runs ahead, or for something it does not
+            // wait for): its timers are set again, in case that wake-up was theirs.
+            rearm_timers(&shared, flow, &function).await?;
+        }
+        return settle_done(&shared, &mut writer).await;
+    }
+    let Some(code) = shared.definition(&definition) else {
+        // It stays as it is (asleep, or awaiting replay) until a process has the code.
+        return Err(RunError::MissingDefinition {
+            kind: FlowKind::Function,
+            definition,
+        });
+    };
+    // Open a new run: a first run is live at once; any other replays its journal.
+    let first = state == ActivationState::ActiveCurrent && function.run == 0;
+    writer
+        .stage(
+            shared.clock.as_ref(),
+            opening(&shared, state, first, function.run),
+        )
+        .map_err(RunError::from)?;
+    writer
+        .commit(shared.store.as_ref(), AppendExtras::default())
+        .await
+        .map_err(RunError::from)?;
+
+    let (activation, root) = new_activation(&shared, flow, writer, function, first);
+    let outcome = run_function(&activation, &root, &code, input, &published).await;
+    let stop = activation.stop.borrow_mut().take();
+    // A commit still in flight (of a branch aborted meanwhile) finishes first: commits are
+    // never cut off halfway.
+    let mut writer = activation.writer.lock().await;
+    let (bodies, extras) = how_it_ended(flow, &activation, &root, &writer, stop, outcome)?;
+    writer
+        .stage(shared.clock.as_ref(), bodies)
+        .map_err(RunError::from)?;
+    writer
+        .commit(shared.store.as_ref(), extras)
+        .await
+        .map_err(RunError::from)?;
+    settle_done(&shared, &mut writer).await
+}
+
+/// The log of `flow` and what a run needs of it: its state, its definition, its input and
+/// its function record.
+async fn load(
+    shared: &Shared,
+    flow: FlowId,
+) -> Result<
+    (
+        FlowWriter,
+        ActivationState,
+        String,
+        serde_json::Value,
+        FunctionRecord,
+    ),
+    RunError,
+> {
+    let writer = FlowWriter::load(shared.store.as_ref(), flow)
         .await
         .map_err(RunError::from)?;
     let (state, definition, input, function) = {
@@ -360,7 +427,18 @@ async fn run_activation(
             record.function.clone().unwrap_or_default(),
         )
     };
-    let nothing_to_do = match state {
+    Ok((writer, state, definition, input, function))
+}
+
+/// Whether a run has nothing to do (the activation is done, or was woken by something it
+/// does not wait for); an error for a replay failure in the incarnation whose code failed.
+fn nothing_to_do(
+    shared: &Shared,
+    flow: FlowId,
+    state: ActivationState,
+    function: &FunctionRecord,
+) -> Result<bool, RunError> {
+    Ok(match state {
         ActivationState::Done => true,
         // Woken by something it does not wait for (another signal, a stale timer).
         ActivationState::Sleeping => !function.wake_is_due(shared.clock.now()),
@@ -379,24 +457,11 @@ async fn run_activation(
             )));
         }
         _ => false,
-    };
-    if nothing_to_do {
-        if state == ActivationState::Sleeping {
-            // Woken early (another worker's clock runs ahead, or for something it does not
-            // wait for): its timers are set again, in case that wake-up was theirs.
-            rearm_timers(&shared, flow, &function).await?;
-        }
-        return settle_done(&shared, &mut writer).await;
-    }
-    let Some(code) = shared.definition(&definition) else {
-        // It stays as it is (asleep, or awaiting replay) until a process has the code.
-        return Err(RunError::MissingDefinition {
-            kind: FlowKind::Function,
-            definition,
-        });
-    };
-    // Open a new run: a first run is live at once; any other replays its journal.
-    let first = state == ActivationState::ActiveCurrent && function.run == 0;
+    })
+}
+
+/// The events that open a new run from `state` (a run of number `run + 1`).
+fn opening(shared: &Shared, state: ActivationState, first: bool, run: u64) -> Vec<EventBody> {
     let mut opening = Vec::new();
     match state {
         ActivationState::ActiveCurrent if !first => {
@@ -410,17 +475,21 @@ async fn run_activation(
         _ => {}
     }
     opening.push(EventBody::RunStarted {
-        run: function.run + 1,
+        run: run + 1,
         incarnation: shared.incarnation.clone(),
     });
-    writer
-        .stage(shared.clock.as_ref(), opening)
-        .map_err(RunError::from)?;
-    writer
-        .commit(shared.store.as_ref(), AppendExtras::default())
-        .await
-        .map_err(RunError::from)?;
+    opening
+}
 
+/// The activation of a new run of `flow` over its journal, and its root branch (the
+/// function's own).
+fn new_activation(
+    shared: &Shared,
+    flow: FlowId,
+    writer: FlowWriter,
+    function: FunctionRecord,
+    first: bool,
+) -> (Rc<Activation>, Rc<Branch>) {
     let mut lanes = lanes(&function);
     let root = Rc::new(Branch::new(
         String::new(),
@@ -438,12 +507,24 @@ async fn run_activation(
         live: Cell::new(first),
         stop: RefCell::new(None),
         live_ops: Cell::new(0),
-        waits: RefCell::new(crate::ctx::Waits::default()),
+        waits: RefCell::new(Waits::default()),
         cancelled: RefCell::new(function.cancel_requested),
         polls: Cell::new(0),
         control: RefCell::new(None),
         planner: shared.planner(),
     });
+    (activation, root)
+}
+
+/// Runs the function until it returns or its run must stop; then unloads it (its task and
+/// everything it holds) and gives its outcome, if it returned.
+async fn run_function(
+    activation: &Rc<Activation>,
+    root: &Rc<Branch>,
+    code: &Arc<dyn Erased>,
+    input: serde_json::Value,
+    published: &Published,
+) -> Option<Result<StepOutcome, TaskFailure>> {
     let running = code.call(
         Ctx {
             act: activation.clone(),
@@ -468,17 +549,26 @@ async fn run_activation(
     }
     *published.function.borrow_mut() = Some((activation.clone(), task.clone()));
     Ended {
-        activation: &activation,
+        activation,
         function: &task,
     }
     .await;
     let outcome = task.take_outcome();
     // Unload the function (its task and everything it holds) before recording the end.
     task.abort();
-    let stop = activation.stop.borrow_mut().take();
-    // A commit still in flight (of a branch aborted meanwhile) finishes first: commits are
-    // never cut off halfway.
-    let mut writer = activation.writer.lock().await;
+    outcome
+}
+
+/// What to record of how a run ended (and the timers to set with it), or the error that ends
+/// it unrecorded.
+fn how_it_ended(
+    flow: FlowId,
+    activation: &Activation,
+    root: &Branch,
+    writer: &FlowWriter,
+    stop: Option<Stop>,
+    outcome: Option<Result<StepOutcome, TaskFailure>>,
+) -> Result<(Vec<EventBody>, AppendExtras), RunError> {
     let mut extras = AppendExtras::default();
     let bodies = match (stop, outcome) {
         (Some(Stop::Write(error)), _) => return Err(error.into()),
@@ -488,9 +578,9 @@ async fn run_activation(
                 "flow {flow}: the function waits with no effect in flight, for something no effect will settle (a durable function may only await its context's effects)"
             )))
         }
-        (Some(Stop::Diverged(diagnostic)), _) => replay_failure(&writer, &diagnostic),
+        (Some(Stop::Diverged(diagnostic)), _) => replay_failure(writer, &diagnostic),
         (Some(Stop::Cancelled(reason)), _) => {
-            returned(&activation, Err(Failure::new(CANCELLED, reason)))
+            returned(activation, Err(Failure::new(CANCELLED, reason)))
         }
         (
             Some(Stop::Sleep {
@@ -499,38 +589,14 @@ async fn run_activation(
                 children,
             }),
             _,
-        ) => {
-            let mut bodies = Vec::new();
-            if !activation.live.get() {
-                bodies.push(moved_to(ActivationState::ActiveCurrent));
-            }
-            for (position, due) in timers {
-                bodies.push(EventBody::TimerAwaited { position });
-                extras.timers.push(NewTimer {
-                    name: format!("sleep-{position}"),
-                    due,
-                });
-            }
-            bodies.extend(
-                signals
-                    .into_iter()
-                    .map(|name| EventBody::SignalAwaited { name }),
-            );
-            bodies.extend(
-                children
-                    .into_iter()
-                    .map(|child| EventBody::ChildAwaited { child }),
-            );
-            bodies.push(moved_to(ActivationState::Sleeping));
-            bodies
-        }
+        ) => going_to_sleep(activation, timers, signals, children, &mut extras),
         (None, Some(Ok(outcome_returned))) => {
             let unreplayed = root
                 .check_end(&activation.journal, "returned", "the function's return")
                 .and_then(|()| activation.check_no_lane_left());
             match unreplayed {
-                Err(diagnostic) => replay_failure(&writer, &diagnostic),
-                Ok(()) => returned(&activation, outcome_returned),
+                Err(diagnostic) => replay_failure(writer, &diagnostic),
+                Ok(()) => returned(activation, outcome_returned),
             }
         }
         (None, Some(Err(failure))) => {
@@ -538,14 +604,41 @@ async fn run_activation(
         }
         (None, None) => return Err(failed("the function's run ended without an outcome")),
     };
-    writer
-        .stage(shared.clock.as_ref(), bodies)
-        .map_err(RunError::from)?;
-    writer
-        .commit(shared.store.as_ref(), extras)
-        .await
-        .map_err(RunError::from)?;
-    settle_done(&shared, &mut writer).await
+    Ok((bodies, extras))
+}
+
+/// What records that the run goes to sleep waiting for `timers`, `signals` and `children`
+/// (the timers to set go to `extras`).
+fn going_to_sleep(
+    activation: &Activation,
+    timers: Vec<(u32, Timestamp)>,
+    signals: Vec<String>,
+    children: Vec<FlowId>,
+    extras: &mut AppendExtras,
+) -> Vec<EventBody> {
+    let mut bodies = Vec::new();
+    if !activation.live.get() {
+        bodies.push(moved_to(ActivationState::ActiveCurrent));
+    }
+    for (position, due) in timers {
+        bodies.push(EventBody::TimerAwaited { position });
+        extras.timers.push(NewTimer {
+            name: format!("sleep-{position}"),
+            due,
+        });
+    }
+    bodies.extend(
+        signals
+            .into_iter()
+            .map(|name| EventBody::SignalAwaited { name }),
+    );
+    bodies.extend(
+        children
+            .into_iter()
+            .map(|child| EventBody::ChildAwaited { child }),
+    );
+    bodies.push(moved_to(ActivationState::Sleeping));
+    bodies
 }
 
 /// What a run does once its activation is done (and again, if a run died before it was

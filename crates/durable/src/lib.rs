@@ -52,11 +52,15 @@
 //! that the function value is zero-sized, which async-flow cannot), and deterministic apart
 //! from its effects: everything it learns from outside comes through the context.
 
+mod activation;
+mod branch;
+mod combinator;
 mod control;
 mod ctx;
 mod driver;
 mod engine;
 mod registry;
+mod waits;
 
 pub use ctx::Ctx;
 pub use driver::{CANCELLED, DEADLOCK_GRACE, MAX_DRIVER_THREADS};
