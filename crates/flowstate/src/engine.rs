@@ -57,9 +57,10 @@ pub enum EngineError {
 
 /// Registers one durable function with the engine's functions (kept by the builder until
 /// [`EngineBuilder::build`]).
-struct RegisterFunction(
-    Box<dyn FnOnce(&Functions) -> Result<(), flowstate_durable::RegisterError> + Send>,
-);
+struct RegisterFunction(Box<dyn FnOnce(&Functions) -> Registered + Send>);
+
+/// What registering a durable function gave.
+type Registered = Result<(), flowstate_durable::RegisterError>;
 
 impl std::fmt::Debug for RegisterFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -301,12 +301,12 @@ async fn a_durable_function_starts_and_joins_child_plans() {
                 .output("refund")
                 .body(|_| async { Err(StepError::permanent("NotPaid", "nothing to refund")) }),
         )
+        .function("fulfil", fulfil)
         .build()
         .await
         .expect("build");
     let functions = engine.functions();
     functions.keep_journals(true);
-    functions.register("fulfil", fulfil).expect("register");
     let parent = functions.start("fulfil", 9).await.expect("start");
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
