@@ -597,7 +597,7 @@ fn w1_inputs() -> flowstate_taskgraph::Inputs {
 
 async fn w1_run(engine: &flowstate_taskgraph::Engine, steps: usize) -> u64 {
     let began = Instant::now();
-    match engine.start("w1", w1_inputs()).await {
+    match engine.execute("w1", w1_inputs()).await {
         Ok(outcome) if outcome.state == flowstate_core::machine::FlowState::Success => {
             let last = format!("x{}", steps - 1);
             if outcome.results.get(&last) != Some(&serde_json::json!(steps)) {
@@ -1028,7 +1028,7 @@ async fn w1_function_once(functions: &flowstate_durable::Functions) -> u64 {
     use flowstate_worker::FlowRunner;
     let began = Instant::now();
     let flow = functions
-        .start("w1", 0u64)
+        .submit("w1", 0u64)
         .await
         .unwrap_or_else(|e| fail(e));
     if let Err(error) = functions.run(flow).await {
@@ -1103,7 +1103,7 @@ async fn w1_function(args: W1FunctionArgs) {
     let store = open(temp.path(), "replay.db", Synchronous::Full);
     let functions = functions_on(&store);
     let flow = functions
-        .start("long", args.replay_entries as u64)
+        .submit("long", args.replay_entries as u64)
         .await
         .unwrap_or_else(|e| fail(e));
     let clock = SystemClock;
@@ -1435,7 +1435,7 @@ async fn sleepers(args: SleepersArgs) {
                 let offset = u128::from(spread_us) * i as u128 / n as u128;
                 let due = wake_at.saturating_add(Duration::from_micros(offset as u64));
                 let flow = functions
-                    .start("sleeper", (i as u64, due))
+                    .submit("sleeper", (i as u64, due))
                     .await
                     .unwrap_or_else(|e| fail(e));
                 if i % every == 0 {

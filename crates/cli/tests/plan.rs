@@ -59,7 +59,7 @@ fn show_prints_steps_and_attributes_with_provenance_at_any_point() {
             )
             .expect("register");
         let flow = plans
-            .start(PlanRequest::new(["confirmation_id"]).input("customer_id", json!(7)))
+            .submit(PlanRequest::new(["confirmation_id"]).input("customer_id", json!(7)))
             .await
             .expect("start");
         plans.run(flow).await.expect("run");

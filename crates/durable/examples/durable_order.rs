@@ -76,7 +76,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             summary.id
         }
         None => {
-            let flow = functions.start("durable-order", 7).await?;
+            let flow = functions.submit("durable-order", 7).await?;
             println!("started order {flow}");
             flow
         }

@@ -11,7 +11,7 @@ use flowstate_core::{FlowId, FlowKind, FlowRecord, Transition};
 use flowstate_engine::control::{state_at, ControlRequest};
 use flowstate_engine::{ControlError, FlowControl, WriteError};
 
-use crate::engine::{request_cancel, Functions, StartError};
+use crate::engine::{request_cancel, Error, Functions};
 
 /// Why a function cannot be suspended or resumed.
 const NO_SUSPENDED_STATE: &str = "it is a durable function, and the activation lifecycle (active current, sleeping, active replay, replay failure, done) has no suspended state: a function sleeps only when it awaits a timer, a signal or a child; to stop it, cancel it";
@@ -22,7 +22,7 @@ impl FlowControl for Functions {
         let (store, clock) = self.store_and_clock();
         match request_cancel(store, clock, flow, reason).await {
             Ok(transition) => Ok(transition),
-            Err(StartError::NotAFunction { flow }) => {
+            Err(Error::NotAFunction { flow }) => {
                 let found = store.flow(flow).await?.map(|summary| summary.kind);
                 Err(found.map_or(ControlError::UnknownFlow { flow }, |found| {
                     ControlError::WrongKind {
@@ -32,14 +32,14 @@ impl FlowControl for Functions {
                     }
                 }))
             }
-            Err(StartError::Done { flow }) => Err(ControlError::not_allowed(
+            Err(Error::Done { flow }) => Err(ControlError::not_allowed(
                 flow,
                 ControlRequest::Cancel,
                 "it is done",
             )),
-            Err(StartError::Store(store)) => Err(store.into()),
-            Err(StartError::Write(WriteError::Store(store))) => Err(store.into()),
-            Err(StartError::Write(write)) => Err(ControlError::Write(write)),
+            Err(Error::Store(store)) => Err(store.into()),
+            Err(Error::Write(WriteError::Store(store))) => Err(store.into()),
+            Err(Error::Write(write)) => Err(ControlError::Write(write)),
             Err(other) => Err(ControlError::Failed(Box::new(other))),
         }
     }

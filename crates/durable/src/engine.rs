@@ -18,12 +18,12 @@ use serde::Serialize;
 
 use crate::ctx::Ctx;
 use crate::driver::Pool;
-use crate::registry::{Erased, RegisterError, Registry};
+use crate::registry::{Erased, RegistrationError, Registry};
 
 /// Why a function could not be started, signalled or looked up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StartError {
+pub enum Error {
     /// No function of this name is registered here.
     #[error("no durable function named {name:?} is registered")]
     Unknown {
@@ -165,8 +165,8 @@ impl Functions {
     }
 
     /// Registers a closed function under `name`. A function that captures anything is
-    /// refused ([`RegisterError::Captures`]).
-    pub fn register<F, Fut, I, O>(&self, name: &str, function: F) -> Result<(), RegisterError>
+    /// refused ([`RegistrationError::Captures`]).
+    pub fn register<F, Fut, I, O>(&self, name: &str, function: F) -> Result<(), RegistrationError>
     where
         F: Fn(Ctx, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + 'static,
@@ -177,19 +177,25 @@ impl Functions {
     }
 
     /// Starts an activation of `name` with `input`: recorded ready, so a worker runs it.
-    pub async fn start(&self, name: &str, input: impl Serialize) -> Result<FlowId, StartError> {
+    #[deprecated(since = "0.2.0", note = "renamed `submit`, as in every front door")]
+    pub async fn start(&self, name: &str, input: impl Serialize) -> Result<FlowId, Error> {
+        self.submit(name, input).await
+    }
+
+    /// Records an activation of `name` with `input`, ready for whichever worker claims it.
+    pub async fn submit(&self, name: &str, input: impl Serialize) -> Result<FlowId, Error> {
         let known = self.shared.registry.read().get(name).is_some();
         if !known {
-            return Err(StartError::Unknown {
+            return Err(Error::Unknown {
                 name: name.to_owned(),
             });
         }
-        let input = serde_json::to_value(input).map_err(|e| StartError::Input(e.to_string()))?;
+        let input = serde_json::to_value(input).map_err(|e| Error::Input(e.to_string()))?;
         let writer =
             Creation::new(FlowKind::Function, name, input).stage(self.shared.clock.as_ref())?;
         match create::record(self.shared.store.as_ref(), writer, true).await {
             Ok(flow) => Ok(flow),
-            Err(CreateError::Exists { flow }) => Err(StartError::Exists { flow }),
+            Err(CreateError::Exists { flow }) => Err(Error::Exists { flow }),
             Err(CreateError::Write(error)) => Err(error.into()),
         }
     }
@@ -201,8 +207,8 @@ impl Functions {
         flow: FlowId,
         name: &str,
         value: impl Serialize,
-    ) -> Result<(), StartError> {
-        let value = serde_json::to_value(value).map_err(|e| StartError::Input(e.to_string()))?;
+    ) -> Result<(), Error> {
+        let value = serde_json::to_value(value).map_err(|e| Error::Input(e.to_string()))?;
         send_signal(
             self.shared.store.as_ref(),
             self.shared.clock.as_ref(),
@@ -219,7 +225,7 @@ impl Functions {
     /// activation in replay failure stays there until a version that replays it is
     /// deployed, then stops. Cancelling twice keeps the first reason: the second records
     /// nothing and returns [`Transition::Ignored`].
-    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, StartError> {
+    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, Error> {
         request_cancel(
             self.shared.store.as_ref(),
             self.shared.clock.as_ref(),
@@ -233,13 +239,13 @@ impl Functions {
     pub async fn outcome<O: DeserializeOwned>(
         &self,
         flow: FlowId,
-    ) -> Result<Option<Result<O, FunctionError>>, StartError> {
+    ) -> Result<Option<Result<O, FunctionError>>, Error> {
         let writer = FlowWriter::load(self.shared.store.as_ref(), flow).await?;
-        let record = writer.record().ok_or(StartError::NotAFunction { flow })?;
+        let record = writer.record().ok_or(Error::NotAFunction { flow })?;
         let function = record
             .function
             .as_ref()
-            .ok_or(StartError::NotAFunction { flow })?;
+            .ok_or(Error::NotAFunction { flow })?;
         Ok(function.outcome.clone().map(|outcome| match outcome {
             Ok(value) => {
                 serde_json::from_value(value).map_err(|e| FunctionError::Output(e.to_string()))
@@ -249,17 +255,14 @@ impl Functions {
     }
 
     /// The activation's state and its last replay-failure diagnostic.
-    pub async fn state(
-        &self,
-        flow: FlowId,
-    ) -> Result<(ActivationState, Option<String>), StartError> {
+    pub async fn state(&self, flow: FlowId) -> Result<(ActivationState, Option<String>), Error> {
         let writer = FlowWriter::load(self.shared.store.as_ref(), flow).await?;
         match writer.record() {
             Some(record) => match record.status {
                 FlowStatus::Function(state) => Ok((state, record.diagnostic.clone())),
-                _ => Err(StartError::NotAFunction { flow }),
+                _ => Err(Error::NotAFunction { flow }),
             },
-            None => Err(StartError::NotAFunction { flow }),
+            None => Err(Error::NotAFunction { flow }),
         }
     }
 
@@ -272,7 +275,7 @@ impl Functions {
     /// nothing wakes before its code is there): marks ready every activation that is neither
     /// sleeping nor done — including replay failures, which get another try with this
     /// process's code. Returns how many.
-    pub async fn wake_all(&self) -> Result<usize, StartError> {
+    pub async fn wake_all(&self) -> Result<usize, Error> {
         let mut woken = 0;
         for state in [
             ActivationState::ActiveCurrent,
@@ -328,7 +331,7 @@ pub async fn send_signal(
     flow: FlowId,
     name: &str,
     value: serde_json::Value,
-) -> Result<(), StartError> {
+) -> Result<(), Error> {
     let signal = EventBody::SignalDelivered {
         name: name.to_owned(),
         value,
@@ -345,7 +348,7 @@ pub async fn request_cancel(
     clock: &dyn Clock,
     flow: FlowId,
     reason: &str,
-) -> Result<Transition, StartError> {
+) -> Result<Transition, Error> {
     let asked = deliver(store, clock, flow, |function| {
         // Asked already: the first request stands.
         function
@@ -370,14 +373,14 @@ async fn deliver(
     clock: &dyn Clock,
     flow: FlowId,
     make: impl Fn(&FunctionRecord) -> Option<EventBody>,
-) -> Result<bool, StartError> {
+) -> Result<bool, Error> {
     flowstate_engine::deliver(store, clock, flow, |record| {
         let function = record
             .function
             .as_ref()
-            .ok_or(StartError::NotAFunction { flow })?;
+            .ok_or(Error::NotAFunction { flow })?;
         if function.outcome.is_some() {
-            return Err(StartError::Done { flow });
+            return Err(Error::Done { flow });
         }
         Ok(make(function))
     })

@@ -65,7 +65,15 @@ mod waits;
 pub use ctx::Ctx;
 pub use driver::{CANCELLED, DEADLOCK_GRACE, MAX_DRIVER_THREADS};
 pub use engine::{
-    request_cancel, send_signal, ChildPlanner, FunctionError, Functions, StartError,
+    request_cancel, send_signal, ChildPlanner, Error, FunctionError, Functions,
     MAX_ACTIVE_ACTIVATIONS,
 };
-pub use registry::RegisterError;
+pub use registry::RegistrationError;
+
+/// The error of starting, signalling, cancelling and reading functions, by its old name.
+#[deprecated(since = "0.2.0", note = "renamed `Error`: one error per crate")]
+pub type StartError = Error;
+
+/// The error of registering a function, by its old name.
+#[deprecated(since = "0.2.0", note = "renamed `RegistrationError`, as in plans")]
+pub type RegisterError = RegistrationError;

@@ -14,7 +14,7 @@ use crate::ctx::Ctx;
 /// Why a function could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RegisterError {
+pub enum RegistrationError {
     /// The function value is not zero-sized: it captures something (or is a function
     /// pointer). A durable function must be closed: whatever it captured would be different
     /// after a restart, and effects on it would happen again under replay. Pass data as the
@@ -76,7 +76,7 @@ impl Registry {
         &mut self,
         name: &str,
         function: F,
-    ) -> Result<(), RegisterError>
+    ) -> Result<(), RegistrationError>
     where
         F: Fn(Ctx, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, Failure>> + 'static,
@@ -85,13 +85,13 @@ impl Registry {
     {
         let bytes = std::mem::size_of::<F>();
         if bytes != 0 {
-            return Err(RegisterError::Captures {
+            return Err(RegistrationError::Captures {
                 name: name.to_owned(),
                 bytes,
             });
         }
         if self.functions.contains_key(name) {
-            return Err(RegisterError::Duplicate {
+            return Err(RegistrationError::Duplicate {
                 name: name.to_owned(),
             });
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use flowstate_core::machine::ActivationState;
 use flowstate_core::{Clock, Failure, FlowId, FlowKind, ManualClock, Timestamp};
-use flowstate_durable::{Ctx, FunctionError, Functions, RegisterError};
+use flowstate_durable::{Ctx, FunctionError, Functions};
 use flowstate_store::{MemoryStore, Store, WorkerId};
 use flowstate_worker::{ShutdownHandle, Worker, WorkerConfig};
 use serde_json::json;
@@ -133,7 +133,7 @@ async fn a_sleeping_function_is_unloaded_woken_by_its_timer_and_replayed_without
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("order", order).expect("register")
     });
-    let flow = process.functions.start("order", 7).await.expect("start");
+    let flow = process.functions.submit("order", 7).await.expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
     assert_eq!(CHARGES.load(Ordering::SeqCst), 1);
     assert_eq!(SHIPMENTS.load(Ordering::SeqCst), 0);
@@ -186,7 +186,7 @@ async fn signals_sent_by_flow_id_wake_the_function_in_order() {
     });
     let flow = process
         .functions
-        .start("approval", ())
+        .submit("approval", ())
         .await
         .expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
@@ -234,7 +234,11 @@ async fn clock_randomness_ids_and_step_errors_are_journaled_and_replayed() {
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("effects", effects).expect("register")
     });
-    let flow = process.functions.start("effects", ()).await.expect("start");
+    let flow = process
+        .functions
+        .submit("effects", ())
+        .await
+        .expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
     let started_at = clock.now();
     clock.advance(Duration::from_secs(5));
@@ -278,7 +282,7 @@ async fn a_function_that_captures_anything_is_refused() {
         async move { Ok(captured) }
     });
     match refused {
-        Err(RegisterError::Captures { name, bytes }) => {
+        Err(flowstate_durable::RegistrationError::Captures { name, bytes }) => {
             assert_eq!(name, "capturing");
             assert!(bytes > 0);
         }
@@ -290,7 +294,7 @@ async fn a_function_that_captures_anything_is_refused() {
     );
     assert!(matches!(
         functions.register("closed", order),
-        Err(RegisterError::Duplicate { .. })
+        Err(flowstate_durable::RegistrationError::Duplicate { .. })
     ));
 }
 
@@ -341,9 +345,9 @@ async fn a_divergent_version_fails_to_replay_with_a_diagnostic_and_a_fixed_one_r
     let p1 = Process::start(&store, &clock, "v1", |f| {
         f.register("order", v1).expect("register")
     });
-    let old = p1.functions.start("order", ()).await.expect("start");
+    let old = p1.functions.submit("order", ()).await.expect("start");
     wait_for_state(&p1.functions, old, ActivationState::Sleeping).await;
-    let diverging = p1.functions.start("order", ()).await.expect("start");
+    let diverging = p1.functions.submit("order", ()).await.expect("start");
     wait_for_state(&p1.functions, diverging, ActivationState::Sleeping).await;
     p1.stop().await;
 
@@ -385,7 +389,7 @@ async fn a_divergent_version_fails_to_replay_with_a_diagnostic_and_a_fixed_one_r
         "a journal written before the change takes the old path"
     );
     // A new activation takes the new path.
-    let new = p2.functions.start("order", ()).await.expect("start");
+    let new = p2.functions.submit("order", ()).await.expect("start");
     wait_for_state(&p2.functions, new, ActivationState::Sleeping).await;
     clock.advance(Duration::from_secs(61));
     wait_for_state(&p2.functions, new, ActivationState::Done).await;
@@ -418,7 +422,7 @@ async fn a_function_that_returns_an_error_is_done_with_that_error() {
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("fails", fails).expect("register")
     });
-    let flow = process.functions.start("fails", ()).await.expect("start");
+    let flow = process.functions.submit("fails", ()).await.expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Done).await;
     match process
         .functions
@@ -443,7 +447,7 @@ async fn a_sleeping_function_is_not_replayed_for_what_it_does_not_wait_for() {
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("waits", waits_for_go).expect("register")
     });
-    let flow = process.functions.start("waits", ()).await.expect("start");
+    let flow = process.functions.submit("waits", ()).await.expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
     let before = store
         .flow(flow)
@@ -493,7 +497,7 @@ async fn a_panicking_step_is_a_failed_step_not_a_failed_run() {
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("panics", panicking_step).expect("register")
     });
-    let flow = process.functions.start("panics", ()).await.expect("start");
+    let flow = process.functions.submit("panics", ()).await.expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Done).await;
     assert_eq!(
         process
@@ -533,7 +537,7 @@ async fn effects_from_concurrent_branches_are_refused_not_journaled_wrongly() {
     });
     let flow = process
         .functions
-        .start("concurrent", ())
+        .submit("concurrent", ())
         .await
         .expect("start");
     wait_until_parked(&process, "the run was not refused").await;
@@ -584,7 +588,7 @@ async fn a_signal_delivered_while_a_step_runs_does_not_make_the_step_run_again()
     });
     let flow = process
         .functions
-        .start("signalled", ())
+        .submit("signalled", ())
         .await
         .expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Done).await;
@@ -620,7 +624,7 @@ async fn a_live_function_that_waits_for_nothing_durable_is_stopped_not_left_hang
         f.register("hangs", awaits_nothing_durable)
             .expect("register")
     });
-    let _flow = process.functions.start("hangs", ()).await.expect("start");
+    let _flow = process.functions.submit("hangs", ()).await.expect("start");
     wait_until_parked(&process, "the run hangs").await;
     process.stop().await;
 }
@@ -668,7 +672,7 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
     // Asleep: woken for the cancellation, replayed, and done without running anything else.
     let asleep = process
         .functions
-        .start("cancellable", "sleep")
+        .submit("cancellable", "sleep")
         .await
         .expect("start");
     wait_for_state(&process.functions, asleep, ActivationState::Sleeping).await;
@@ -695,7 +699,7 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
     // Running a step: the step finishes (and is journaled), nothing after it runs.
     let busy = process
         .functions
-        .start("cancellable", "step")
+        .submit("cancellable", "step")
         .await
         .expect("start");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -743,7 +747,7 @@ async fn a_cancelled_function_stops_at_its_next_effect_and_is_done_with_a_cancel
     // Done: nothing left to cancel.
     let again = process.functions.cancel(busy, "late").await;
     assert!(
-        matches!(again, Err(flowstate_durable::StartError::Done { .. })),
+        matches!(again, Err(flowstate_durable::Error::Done { .. })),
         "{again:?}"
     );
     process.stop().await;
@@ -797,7 +801,7 @@ async fn all_runs_branches_at_once_and_a_replay_reproduces_them_whatever_their_i
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("fan_out", fan_out).expect("register")
     });
-    let flow = process.functions.start("fan_out", 3).await.expect("start");
+    let flow = process.functions.submit("fan_out", 3).await.expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
     assert_eq!(FETCHES.load(Ordering::SeqCst), 3);
     assert!(
@@ -876,7 +880,7 @@ async fn race_between_a_signal_and_a_sleep_sleeps_for_both_and_replays_its_recor
     // The signal comes first.
     let approved = process
         .functions
-        .start("approval", ())
+        .submit("approval", ())
         .await
         .expect("start");
     wait_for_state(&process.functions, approved, ActivationState::Sleeping).await;
@@ -913,7 +917,7 @@ async fn race_between_a_signal_and_a_sleep_sleeps_for_both_and_replays_its_recor
     // Nobody answers the other: the deadline wins.
     let timed_out = process
         .functions
-        .start("approval", ())
+        .submit("approval", ())
         .await
         .expect("start");
     wait_for_state(&process.functions, timed_out, ActivationState::Sleeping).await;
@@ -961,7 +965,7 @@ async fn race_between_a_signal_and_a_sleep_sleeps_for_both_and_replays_its_recor
     assert_eq!(NOTIFIED.load(Ordering::SeqCst), 2);
     let late = process.functions.signal(timed_out, "approve", true).await;
     assert!(
-        matches!(late, Err(flowstate_durable::StartError::Done { .. })),
+        matches!(late, Err(flowstate_durable::Error::Done { .. })),
         "{late:?}"
     );
     process.stop().await;
@@ -1007,7 +1011,7 @@ async fn all_fails_fast_aborts_the_other_branches_and_a_replay_returns_the_same_
     });
     let flow = process
         .functions
-        .start("fail_fast", ())
+        .submit("fail_fast", ())
         .await
         .expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Sleeping).await;
@@ -1052,7 +1056,7 @@ async fn in_a_rolling_deploy_the_fixed_version_repairs_what_the_broken_one_still
     let p1 = Process::start(&store, &clock, "v1", |f| {
         f.register("order", v1).expect("register")
     });
-    let flow = p1.functions.start("order", ()).await.expect("start");
+    let flow = p1.functions.submit("order", ()).await.expect("start");
     wait_for_state(&p1.functions, flow, ActivationState::Sleeping).await;
     p1.stop().await;
     let broken = Process::start(&store, &clock, "v3", |f| {
@@ -1098,7 +1102,7 @@ async fn a_recorded_value_the_new_code_cannot_decode_is_a_replay_failure_not_a_s
     let p1 = Process::start(&store, &clock, "v1", |f| {
         f.register("counted", counted_v1).expect("register")
     });
-    let flow = p1.functions.start("counted", ()).await.expect("start");
+    let flow = p1.functions.submit("counted", ()).await.expect("start");
     wait_for_state(&p1.functions, flow, ActivationState::Sleeping).await;
     p1.stop().await;
     let p2 = Process::start(&store, &clock, "v2", |f| {
@@ -1144,7 +1148,7 @@ async fn a_child_ending_while_its_parent_runs_a_step_does_not_make_the_step_run_
             .expect("register");
         f.register("quick_child", quick_child).expect("register");
     });
-    let flow = process.functions.start("parent", ()).await.expect("start");
+    let flow = process.functions.submit("parent", ()).await.expect("start");
     wait_for_state(&process.functions, flow, ActivationState::Done).await;
     assert_eq!(
         process.functions.outcome::<u32>(flow).await.expect("read"),
@@ -1193,7 +1197,7 @@ async fn a_race_whose_loser_is_committing_when_the_winner_finishes_ends_cleanly_
     });
     let mut flows = Vec::new();
     for _ in 0..10 {
-        flows.push(process.functions.start("race", ()).await.expect("start"));
+        flows.push(process.functions.submit("race", ()).await.expect("start"));
     }
     for flow in &flows {
         wait_for_state(&process.functions, *flow, ActivationState::Done).await;
@@ -1312,7 +1316,7 @@ where
     let p1 = Process::start(&store, &clock, "v1", |f| {
         f.register("branches", old).expect("register")
     });
-    let flow = p1.functions.start("branches", ()).await.expect("start");
+    let flow = p1.functions.submit("branches", ()).await.expect("start");
     wait_for_state(&p1.functions, flow, ActivationState::Sleeping).await;
     p1.stop().await;
     let p2 = Process::start(&store, &clock, "v2", |f| {
@@ -1380,7 +1384,7 @@ async fn two_effects_of_one_branch_at_once_are_refused() {
     let process = Process::start(&store, &clock, "p1", |f| {
         f.register("joined", joined_effects).expect("register")
     });
-    let flow = process.functions.start("joined", ()).await.expect("start");
+    let flow = process.functions.submit("joined", ()).await.expect("start");
     wait_until_parked(&process, "the run was not refused").await;
     assert!(
         journal_of(&store, flow).await.journal.len() <= 1,
@@ -1418,7 +1422,7 @@ async fn a_done_function_drops_its_journal_and_keeps_its_outcome() {
     process.functions.keep_journals(false);
     let parent = process
         .functions
-        .start("calls_three_steps", 1)
+        .submit("calls_three_steps", 1)
         .await
         .expect("start");
     wait_for_state(&process.functions, parent, ActivationState::Done).await;

@@ -31,7 +31,7 @@ use crate::{open_store_in, Access, OpenError};
 /// Why an engine could not be built or stopped working.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EngineError {
+pub enum Error {
     /// The store could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -40,7 +40,7 @@ pub enum EngineError {
     Worker(#[from] WorkerError),
     /// Waking the durable functions at the start of the incarnation failed.
     #[error(transparent)]
-    Functions(#[from] flowstate_durable::StartError),
+    Functions(#[from] flowstate_durable::Error),
     /// The archive could not be opened, or its policy is out of bounds.
     #[error(transparent)]
     Archive(#[from] flowstate_archive::ArchiveError),
@@ -49,7 +49,7 @@ pub enum EngineError {
     Step(#[from] flowstate_plan::RegistrationError),
     /// A durable function was refused at registration.
     #[error(transparent)]
-    Function(#[from] flowstate_durable::RegisterError),
+    Function(#[from] flowstate_durable::RegistrationError),
     /// Waiting for a shutdown signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(std::io::Error),
@@ -60,7 +60,7 @@ pub enum EngineError {
 struct RegisterFunction(Box<dyn FnOnce(&Functions) -> Registered + Send>);
 
 /// What registering a durable function gave.
-type Registered = Result<(), flowstate_durable::RegisterError>;
+type Registered = Result<(), flowstate_durable::RegistrationError>;
 
 impl std::fmt::Debug for RegisterFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,7 +156,7 @@ impl EngineBuilder {
     }
 
     /// Opens the store (creating and migrating it if needed) and assembles the engine.
-    pub async fn build(self) -> Result<Engine, EngineError> {
+    pub async fn build(self) -> Result<Engine, Error> {
         let store = open_store_in(
             &self.url,
             self.schema.as_deref(),
@@ -351,7 +351,7 @@ impl Engine {
     /// Takes this process's share of the work until shut down. This is the start of the
     /// process's incarnation: register every durable function first, since it wakes the
     /// activations that earlier processes left running or failing to replay.
-    pub async fn run(&self) -> Result<WorkerStats, EngineError> {
+    pub async fn run(&self) -> Result<WorkerStats, Error> {
         self.functions.wake_all().await?;
         let Some((archiver, interval)) = self.archiver.clone() else {
             return Ok(self.worker.run().await?);
@@ -375,9 +375,9 @@ impl Engine {
     }
 
     /// Like [`Engine::run`], shutting down gracefully on SIGTERM or Ctrl-C.
-    pub async fn run_until_signal(&self) -> Result<WorkerStats, EngineError> {
+    pub async fn run_until_signal(&self) -> Result<WorkerStats, Error> {
         let stop = self.shutdown_handle();
-        let signals = shutdown_signal().map_err(EngineError::Signal)?;
+        let signals = shutdown_signal().map_err(Error::Signal)?;
         let waiter = tokio::spawn(async move {
             signals.await;
             stop.shutdown();

@@ -8,7 +8,11 @@ mod engine;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use engine::{store_controls, Engine, EngineBuilder, EngineError};
+pub use engine::{store_controls, Engine, EngineBuilder, Error};
+
+/// The engine's error, by its old name.
+#[deprecated(since = "0.2.0", note = "renamed `Error`: one error per crate")]
+pub type EngineError = Error;
 
 pub use flowstate_archive as archive;
 pub use flowstate_core as core;

@@ -135,7 +135,7 @@ async fn a_durable_function_starts_and_joins_child_functions_and_task_graphs() {
         .register("shipping_quote", shipping_quote)
         .expect("register");
     functions.register("declines", declines).expect("register");
-    let parent = functions.start("checkout", 4).await.expect("start");
+    let parent = functions.submit("checkout", 4).await.expect("start");
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
     let outcome = outcome_within_30s(functions, parent).await;
@@ -204,7 +204,7 @@ async fn an_engine_runs_plans_with_retries_through_store_timers() {
     let mut flows = Vec::new();
     for weight in 1..=20 {
         let request = PlanRequest::new(["label"]).input("parcel", json!(f64::from(weight)));
-        flows.push(engine.plans().start(request).await.expect("start"));
+        flows.push(engine.plans().submit(request).await.expect("start"));
     }
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
@@ -307,7 +307,7 @@ async fn a_durable_function_starts_and_joins_child_plans() {
         .expect("build");
     let functions = engine.functions();
     functions.keep_journals(true);
-    let parent = functions.start("fulfil", 9).await.expect("start");
+    let parent = functions.submit("fulfil", 9).await.expect("start");
     let running = engine.clone();
     let worker = tokio::spawn(async move { running.run().await });
     let outcome = outcome_within_30s(functions, parent).await;
@@ -372,7 +372,7 @@ async fn an_engine_with_an_archive_moves_deactivated_plans_there() {
         .expect("build");
     let flow = engine
         .plans()
-        .start(PlanRequest::new(["greeting"]).input("name", json!("ada")))
+        .submit(PlanRequest::new(["greeting"]).input("name", json!("ada")))
         .await
         .expect("start");
     let running = engine.clone();

@@ -10,7 +10,7 @@ use flowstate_core::{FlowId, FlowKind, FlowRecord, FoldError, Transition};
 use flowstate_engine::control::{state_at, ControlRequest};
 use flowstate_engine::{ControlError, FlowControl, WriteError};
 
-use crate::engine::{PlanEngineError, Plans};
+use crate::engine::{Error, Plans};
 
 /// Why a plan cannot be suspended or resumed.
 const NO_SUSPENDED_STATE: &str = "it is a plan, and the goal-driven flow lifecycle (active, completed | failed, deactivated, archived) has no suspended state; to stop it, cancel it";
@@ -21,21 +21,21 @@ impl FlowControl for Plans {
         Plans::cancel(self, flow, reason)
             .await
             .map_err(|error| match error {
-                PlanEngineError::Write(WriteError::Refused(FoldError::Transition {
+                Error::Write(WriteError::Refused(FoldError::Transition {
                     source, ..
                 })) => ControlError::not_allowed(
                     flow,
                     ControlRequest::Cancel,
                     format!("{source}: a plan that completed, deactivated or was archived cannot be cancelled"),
                 ),
-                PlanEngineError::NotAPlan { flow, kind } => ControlError::WrongKind {
+                Error::NotAPlan { flow, kind } => ControlError::WrongKind {
                     flow,
                     expected: FlowKind::Plan,
                     found: kind,
                 },
-                PlanEngineError::Store(store) => store.into(),
-                PlanEngineError::Write(WriteError::Store(store)) => store.into(),
-                PlanEngineError::Write(write) => ControlError::Write(write),
+                Error::Store(store) => store.into(),
+                Error::Write(WriteError::Store(store)) => store.into(),
+                Error::Write(write) => ControlError::Write(write),
                 other => ControlError::Failed(Box::new(other)),
             })
     }

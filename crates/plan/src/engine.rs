@@ -104,7 +104,7 @@ impl PlanRequest {
 /// Why the engine could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PlanEngineError {
+pub enum Error {
     /// The goals cannot be planned from the inputs; nothing was recorded.
     #[error(transparent)]
     Planning(#[from] PlanningError),
@@ -264,37 +264,43 @@ impl Plans {
         Ok(plan)
     }
 
+    /// Plans and records a new flow, ready for whichever worker claims it.
+    #[deprecated(since = "0.2.0", note = "renamed `submit`, as in every front door")]
+    pub async fn start(&self, request: PlanRequest) -> Result<FlowId, Error> {
+        self.submit(request).await
+    }
+
     /// Plans and records a new flow, ready for whichever worker claims it. Refused, with
     /// nothing recorded, when the goals cannot be planned.
-    pub async fn start(&self, request: PlanRequest) -> Result<FlowId, PlanEngineError> {
+    pub async fn submit(&self, request: PlanRequest) -> Result<FlowId, Error> {
         self.record(request, true).await
     }
 
     /// Plans and records a new flow that no worker claims: run it in this process with
     /// [`Plans::run`] or [`Plans::run_to_end`] (if the process dies, a later `run` carries
     /// it on).
-    pub async fn create(&self, request: PlanRequest) -> Result<FlowId, PlanEngineError> {
+    pub async fn create(&self, request: PlanRequest) -> Result<FlowId, Error> {
         self.record(request, false).await
     }
 
     /// Plans a flow, records it and runs it in this process, the way
-    /// `taskgraph::Engine::start` does: the flow's creation and plan are committed with its
+    /// `taskgraph::Engine::execute` does: the flow's creation and plan are committed with its
     /// first decisions (one append, no read back). Returns the state the run left, as
     /// [`Plans::run`] does. Like [`Plans::create`], the flow is not offered to workers: after
     /// a crash it continues when [`Plans::run`] is called for it. Nothing is recorded when
     /// the goals cannot be planned.
-    pub async fn execute(&self, request: PlanRequest) -> Result<FlowRecord, PlanEngineError> {
+    pub async fn execute(&self, request: PlanRequest) -> Result<FlowRecord, Error> {
         let writer = self.new_flow(request)?;
         self.run_writer(writer).await
     }
 
-    async fn record(&self, request: PlanRequest, ready: bool) -> Result<FlowId, PlanEngineError> {
+    async fn record(&self, request: PlanRequest, ready: bool) -> Result<FlowId, Error> {
         let writer = self.new_flow(request)?;
         Ok(create::record(&*self.inner.store, writer, ready).await?)
     }
 
     /// A writer for a new flow with its creation and plan staged (not yet recorded).
-    fn new_flow(&self, request: PlanRequest) -> Result<FlowWriter, PlanEngineError> {
+    fn new_flow(&self, request: PlanRequest) -> Result<FlowWriter, Error> {
         let plan = self.preview(&request)?;
         let definition = if request.name.is_empty() {
             "plan".to_owned()
@@ -308,10 +314,10 @@ impl Plans {
     }
 
     /// The flow's state as of a sequence number or a time (time travel).
-    pub async fn state(&self, flow: FlowId, at: StopAt) -> Result<FlowRecord, PlanEngineError> {
+    pub async fn state(&self, flow: FlowId, at: StopAt) -> Result<FlowRecord, Error> {
         let events = flowstate_store::read_all(&*self.inner.store, flow).await?;
         if events.is_empty() {
-            return Err(PlanEngineError::UnknownFlow { flow });
+            return Err(Error::UnknownFlow { flow });
         }
         Ok(fold(&events, at)?)
     }
@@ -326,11 +332,7 @@ impl Plans {
     /// the run goes on on top of it: the log is reloaded, the results not yet recorded are
     /// staged again (the attempts still running keep running), and the caller decides the
     /// rest again (returns `true`). Any other conflict is another run's: an error.
-    async fn commit(
-        &self,
-        writer: &mut FlowWriter,
-        rebase: &mut Rebase,
-    ) -> Result<bool, PlanEngineError> {
+    async fn commit(&self, writer: &mut FlowWriter, rebase: &mut Rebase) -> Result<bool, Error> {
         let store = &*self.inner.store;
         let clock = &*self.inner.clock;
         let extras = AppendExtras::default();
@@ -363,21 +365,19 @@ impl Plans {
     /// runs plans on this store. A worker calls it for the flows it claims. (Two runs of one
     /// flow never both record: the log's sequence check refuses the second; but both may
     /// run an attempt, which is why attempts get idempotency keys.)
-    pub async fn run(&self, flow: FlowId) -> Result<FlowRecord, PlanEngineError> {
+    pub async fn run(&self, flow: FlowId) -> Result<FlowRecord, Error> {
         let writer = FlowWriter::load(&*self.inner.store, flow).await?;
         self.run_writer(writer).await
     }
 
     /// [`Plans::run`] on a loaded (or new, staged) writer.
-    async fn run_writer(&self, mut writer: FlowWriter) -> Result<FlowRecord, PlanEngineError> {
+    async fn run_writer(&self, mut writer: FlowWriter) -> Result<FlowRecord, Error> {
         let store = &*self.inner.store;
         let clock = &*self.inner.clock;
         let flow = writer.flow();
-        let record = writer
-            .record()
-            .ok_or(PlanEngineError::UnknownFlow { flow })?;
+        let record = writer.record().ok_or(Error::UnknownFlow { flow })?;
         if record.kind != FlowKind::Plan {
-            return Err(PlanEngineError::NotAPlan {
+            return Err(Error::NotAPlan {
                 flow,
                 kind: record.kind,
             });
@@ -409,7 +409,7 @@ impl Plans {
                 }
                 batches += 1;
                 if batches > MAX_DECISION_BATCHES {
-                    return Err(PlanEngineError::Runaway { flow });
+                    return Err(Error::Runaway { flow });
                 }
                 // A round may decide more than one append holds (a thousand items
                 // abandoned at once): it is committed in parts, each a prefix of the
@@ -504,7 +504,7 @@ impl Plans {
     }
 
     /// Runs the flow in this process until it deactivates, waiting for its retries here.
-    pub async fn run_to_end(&self, flow: FlowId) -> Result<FlowRecord, PlanEngineError> {
+    pub async fn run_to_end(&self, flow: FlowId) -> Result<FlowRecord, Error> {
         loop {
             let record = self.run(flow).await?;
             if !matches!(
@@ -525,7 +525,7 @@ impl Plans {
     /// Tells the durable function that started this flow as its child (if one did) how it
     /// ended, once it is deactivated: an object of its goals' attributes, or a `PlanFailed`
     /// failure.
-    async fn tell_parent(&self, record: &FlowRecord) -> Result<(), PlanEngineError> {
+    async fn tell_parent(&self, record: &FlowRecord) -> Result<(), Error> {
         if record.parent.is_none() {
             return Ok(());
         }
@@ -545,7 +545,7 @@ impl Plans {
         &self,
         flow: FlowId,
         record: &FlowRecord,
-    ) -> Result<HashMap<String, Arc<Registered>>, PlanEngineError> {
+    ) -> Result<HashMap<String, Arc<Registered>>, Error> {
         let registry = self.registry();
         let plan = record.plan.as_ref().and_then(|p| p.plan.as_ref());
         plan.map(|plan| plan.steps.values())
@@ -555,7 +555,7 @@ impl Plans {
                 registry
                     .version(&spec.name, spec.version)
                     .map(|code| (spec.name.clone(), code))
-                    .ok_or_else(|| PlanEngineError::MissingStep {
+                    .ok_or_else(|| Error::MissingStep {
                         flow,
                         step: spec.name.clone(),
                         version: spec.version,
@@ -576,12 +576,12 @@ impl Plans {
     /// Returns [`flowstate_core::Transition::Ignored`] (nothing recorded) for a plan that
     /// has failed already (failed → failed is a no-op by the table). A completed,
     /// deactivated or archived plan is refused with the table's error
-    /// ([`PlanEngineError::Write`] of a [`FoldError::Transition`]), and nothing is recorded.
+    /// ([`Error::Write`] of a [`FoldError::Transition`]), and nothing is recorded.
     pub async fn cancel(
         &self,
         flow: FlowId,
         reason: &str,
-    ) -> Result<flowstate_core::Transition, PlanEngineError> {
+    ) -> Result<flowstate_core::Transition, Error> {
         use flowstate_core::{Machine, Transition};
         let message = if reason.is_empty() {
             "cancelled".to_owned()
@@ -592,16 +592,16 @@ impl Plans {
             &*self.inner.store,
             &*self.inner.clock,
             flow,
-            |record| -> Result<Option<(EventBody, Option<bool>)>, PlanEngineError> {
+            |record| -> Result<Option<(EventBody, Option<bool>)>, Error> {
                 let FlowStatus::Plan(state) = record.status else {
-                    return Err(PlanEngineError::NotAPlan {
+                    return Err(Error::NotAPlan {
                         flow,
                         kind: record.kind,
                     });
                 };
                 let transition =
                     PlanState::transition(state, PlanState::Failed).map_err(|source| {
-                        PlanEngineError::Write(WriteError::Refused(FoldError::Transition {
+                        Error::Write(WriteError::Refused(FoldError::Transition {
                             seq: record.last_seq + 1,
                             source,
                         }))
@@ -756,7 +756,7 @@ async fn sleep_for(wait: Option<Duration>) {
     }
 }
 
-impl From<CreateError> for PlanEngineError {
+impl From<CreateError> for Error {
     fn from(error: CreateError) -> Self {
         match error {
             CreateError::Exists { flow } => Self::FlowExists { flow },
@@ -783,12 +783,12 @@ impl FlowRunner for Plans {
     }
 }
 
-impl From<PlanEngineError> for RunError {
-    fn from(error: PlanEngineError) -> Self {
+impl From<Error> for RunError {
+    fn from(error: Error) -> Self {
         match error {
-            PlanEngineError::Write(write) => write.into(),
-            PlanEngineError::Store(store) => store.into(),
-            PlanEngineError::MissingStep { step, version, .. } => Self::MissingDefinition {
+            Error::Write(write) => write.into(),
+            Error::Store(store) => store.into(),
+            Error::MissingStep { step, version, .. } => Self::MissingDefinition {
                 kind: FlowKind::Plan,
                 definition: format!("{step} v{version}"),
             },

@@ -24,9 +24,12 @@ pub mod runtime;
 mod step;
 
 pub use engine::{
-    outcome, PlanEngineError, PlanRequest, Plans, MAX_DECISION_BATCHES, PLAN_CACHE_ENTRIES,
-    RETRY_TIMER,
+    outcome, Error, PlanRequest, Plans, MAX_DECISION_BATCHES, PLAN_CACHE_ENTRIES, RETRY_TIMER,
 };
 pub use planner::{Catalog, PlanningError, MAX_GOALS};
 pub use registry::{RegistrationError, MAX_STEP_ATTRIBUTES};
+
+/// The plan engine's error, by its old name.
+#[deprecated(since = "0.2.0", note = "renamed `Error`: one error per crate")]
+pub type PlanEngineError = Error;
 pub use step::{Body, Compensation, Step, StepContext, StepError, StepFuture, StepResult};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use flowstate_core::machine::PlanState;
 use flowstate_core::{Clock, Event, EventBody, FlowId, FlowStatus, FoldError, Transition};
 use flowstate_engine::WriteError;
-use flowstate_plan::{PlanEngineError, PlanRequest, Plans, Step};
+use flowstate_plan::{PlanRequest, Plans, Step};
 use flowstate_store::{read_all, MemoryStore, Store, SystemClock, WorkerId};
 use flowstate_worker::{Worker, WorkerConfig};
 use serde_json::json;
@@ -112,7 +112,7 @@ async fn a_cancelled_active_plan_fails_compensates_and_deactivates_under_its_wor
     );
     let looping = worker.clone();
     let handle = tokio::spawn(async move { looping.run().await });
-    let flow = running.start(request()).await.expect("start");
+    let flow = running.submit(request()).await.expect("start");
     wait_until("charge runs", async || {
         log.lock().expect("lock").contains(&"charge".to_owned())
     })
@@ -195,7 +195,7 @@ async fn cancelling_a_plan_that_completed_is_refused_and_records_nothing() {
     assert!(
         matches!(
             refused,
-            Err(PlanEngineError::Write(WriteError::Refused(
+            Err(flowstate_plan::Error::Write(WriteError::Refused(
                 FoldError::Transition { .. }
             )))
         ),

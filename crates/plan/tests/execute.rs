@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use flowstate_core::machine::PlanState;
 use flowstate_core::{FlowStatus, Goal};
-use flowstate_plan::{PlanEngineError, PlanRequest, PlanningError, Plans, Step};
+use flowstate_plan::{PlanRequest, PlanningError, Plans, Step};
 use flowstate_store::testing::InstrumentedStore;
 use flowstate_store::{FlowQuery, MemoryStore, Store, SystemClock};
 use serde_json::json;
@@ -95,7 +95,9 @@ async fn execute_records_nothing_when_the_goals_cannot_be_planned() {
     assert!(
         matches!(
             refused,
-            Err(PlanEngineError::Planning(PlanningError::Unreachable { .. }))
+            Err(flowstate_plan::Error::Planning(
+                PlanningError::Unreachable { .. }
+            ))
         ),
         "{refused:?}"
     );

@@ -108,7 +108,7 @@ async fn order_processing_payment_fails_while_reservation_runs() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["shipment"]).input("order", json!({"id": 7})))
+        .submit(PlanRequest::new(["shipment"]).input("order", json!({"id": 7})))
         .await
         .expect("start");
     let runner = plans.clone();
@@ -180,7 +180,7 @@ async fn provenance_records_step_attempt_sequence_and_time() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["amount"]).input("customer_id", json!(42)))
+        .submit(PlanRequest::new(["amount"]).input("customer_id", json!(42)))
         .await
         .expect("start");
     let end = plans.run(flow).await.expect("run");
@@ -231,7 +231,7 @@ async fn unreachable_goal_fails_the_flow_and_cascades() {
             .expect("register");
     }
     let flow = plans
-        .start(PlanRequest::new(["index"]).input("url", json!("x")))
+        .submit(PlanRequest::new(["index"]).input("url", json!("x")))
         .await
         .expect("start");
     let end = plans.run(flow).await.expect("run");
@@ -271,7 +271,7 @@ async fn refused_starts_say_what_is_missing_and_record_nothing() {
         )
         .expect("register");
     let error = plans
-        .start(PlanRequest::new(["receipt"]))
+        .submit(PlanRequest::new(["receipt"]))
         .await
         .expect_err("card missing");
     assert!(
@@ -281,12 +281,12 @@ async fn refused_starts_say_what_is_missing_and_record_nothing() {
         "{error}"
     );
     let error = plans
-        .start(PlanRequest::new(["nothing"]))
+        .submit(PlanRequest::new(["nothing"]))
         .await
         .expect_err("unknown");
     assert!(matches!(
         error,
-        flowstate_plan::PlanEngineError::Planning(PlanningError::UnknownGoal { .. })
+        flowstate_plan::Error::Planning(PlanningError::UnknownGoal { .. })
     ));
     let listed = store.list(&Default::default()).await.expect("list");
     assert!(listed.flows.is_empty(), "nothing recorded");
@@ -327,7 +327,7 @@ async fn optional_inputs_take_defaults_and_predicates_skip_a_branch() {
         (false, "standard/false", StepState::Skipped),
     ] {
         let flow = plans
-            .start(
+            .submit(
                 PlanRequest::new(["shipment"])
                     .input("order", json!(1))
                     .input("priority", json!(priority)),
@@ -374,7 +374,7 @@ async fn mapped_items_with_one_failing_item_and_retries() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["thumbnails"]).input("images", json!(["a", "flaky", "c"])))
+        .submit(PlanRequest::new(["thumbnails"]).input("images", json!(["a", "flaky", "c"])))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");
@@ -424,7 +424,7 @@ async fn mapped_items_with_one_failing_item_and_retries() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["thumbnails"]).input("images", json!(["broken", "b", "c"])))
+        .submit(PlanRequest::new(["thumbnails"]).input("images", json!(["broken", "b", "c"])))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");
@@ -490,7 +490,7 @@ async fn saga_compensates_in_reverse_order_of_success() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["invoice"]).input("trip", json!("lisbon")))
+        .submit(PlanRequest::new(["invoice"]).input("trip", json!("lisbon")))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");
@@ -535,7 +535,7 @@ async fn timeouts_fail_attempts_and_retry_them() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .submit(PlanRequest::new(["y"]).input("x", json!(0)))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");
@@ -558,7 +558,7 @@ async fn a_running_flow_keeps_the_step_versions_it_was_planned_with() {
         )
         .expect("register");
     let old = plans
-        .start(PlanRequest::new(["greeting"]).input("name", json!("ada")))
+        .submit(PlanRequest::new(["greeting"]).input("name", json!("ada")))
         .await
         .expect("start");
     plans
@@ -573,7 +573,7 @@ async fn a_running_flow_keeps_the_step_versions_it_was_planned_with() {
         )
         .expect("register v2");
     let new = plans
-        .start(PlanRequest::new(["greeting"]).input("name", json!("bob")))
+        .submit(PlanRequest::new(["greeting"]).input("name", json!("bob")))
         .await
         .expect("start");
     assert_eq!(
@@ -615,7 +615,7 @@ async fn a_step_missing_its_output_fails_without_retry() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .submit(PlanRequest::new(["y"]).input("x", json!(0)))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");
@@ -640,7 +640,7 @@ async fn the_plan_is_in_the_start_event() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .submit(PlanRequest::new(["y"]).input("x", json!(0)))
         .await
         .expect("start");
     let raw = flowstate_store::read_all(&*store, flow)
@@ -676,7 +676,7 @@ async fn stale_and_duplicate_reports_are_refused() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .submit(PlanRequest::new(["y"]).input("x", json!(0)))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");
@@ -726,7 +726,7 @@ async fn a_panicking_body_is_a_failed_attempt_not_a_failed_run() {
         )
         .expect("register");
     let flow = plans
-        .start(PlanRequest::new(["y"]).input("x", json!(0)))
+        .submit(PlanRequest::new(["y"]).input("x", json!(0)))
         .await
         .expect("start");
     let end = plans.run_to_end(flow).await.expect("run");

@@ -41,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), json!(v)))
         .collect();
-    let outcome = engine.start("sums", inputs).await?;
+    let outcome = engine.execute("sums", inputs).await?;
     println!("flow ended {}: z = {}", outcome.state, outcome.results["z"]);
     Ok(())
 }

@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let store = open(path).await?;
             let engine = Engine::serial(store, Arc::new(SystemClock));
             engine.register(flow(true));
-            engine.start("boot-vm", Inputs::new()).await?;
+            engine.execute("boot-vm", Inputs::new()).await?;
             return Ok(());
         }
     }

@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         json!(["555-0000", "555-9999", "555-1212"]),
     )]
     .into();
-    let outcome = engine.start("call-jim", inputs).await?;
+    let outcome = engine.execute("call-jim", inputs).await?;
     println!(
         "flow ended {} with phone {}",
         outcome.state, outcome.results["phone"]

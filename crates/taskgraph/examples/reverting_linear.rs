@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(Failure::new("IOError", "Suzzie not home right now."))
             })),
     );
-    let outcome = engine.start("call-them", Inputs::new()).await?;
+    let outcome = engine.execute("call-them", Inputs::new()).await?;
     println!(
         "\nflow ended {}; failures: {:?}",
         outcome.state, outcome.failures

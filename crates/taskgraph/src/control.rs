@@ -10,7 +10,7 @@ use flowstate_core::{FlowId, FlowKind, FlowRecord, Transition};
 use flowstate_engine::control::{state_at, ControlRequest};
 use flowstate_engine::{ControlError, FlowControl};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, Error};
 
 #[async_trait]
 impl FlowControl for Engine {
@@ -34,21 +34,21 @@ impl FlowControl for Engine {
     }
 }
 
-fn control_error(error: EngineError, request: ControlRequest) -> ControlError {
+fn control_error(error: Error, request: ControlRequest) -> ControlError {
     match error {
-        EngineError::NotAllowed {
+        Error::NotAllowed {
             flow,
             state,
             detail,
             ..
         } => ControlError::not_allowed(flow, request, format!("it is {state}; {detail}")),
-        EngineError::NotATaskGraph { flow, kind } => ControlError::WrongKind {
+        Error::NotATaskGraph { flow, kind } => ControlError::WrongKind {
             flow,
             expected: FlowKind::TaskGraph,
             found: kind,
         },
-        EngineError::Write(flowstate_engine::WriteError::Store(store)) => store.into(),
-        EngineError::Write(write) => ControlError::Write(write),
+        Error::Write(flowstate_engine::WriteError::Store(store)) => store.into(),
+        Error::Write(write) => ControlError::Write(write),
         other => ControlError::Failed(Box::new(other)),
     }
 }

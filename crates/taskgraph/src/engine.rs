@@ -45,7 +45,7 @@ use crate::task::{Inputs, TaskContext};
 /// Why a run could not proceed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EngineError {
+pub enum Error {
     /// No flow of this name is registered with the engine.
     #[error("no task-graph flow named {name:?} is registered")]
     UnknownDefinition {
@@ -105,7 +105,7 @@ pub enum EngineError {
     },
 }
 
-impl From<StoreError> for EngineError {
+impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         Self::Write(WriteError::Store(error))
     }
@@ -192,12 +192,12 @@ impl Engine {
             .insert(flow.name.clone(), Arc::new(flow));
     }
 
-    fn definition(&self, name: &str) -> Result<Arc<Flow>, EngineError> {
+    fn definition(&self, name: &str) -> Result<Arc<Flow>, Error> {
         self.definitions
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| EngineError::UnknownDefinition {
+            .ok_or_else(|| Error::UnknownDefinition {
                 name: name.to_owned(),
             })
     }
@@ -205,7 +205,7 @@ impl Engine {
     /// A writer holding the staged creation of a flow of `name` with `inputs`, after
     /// checking that the definition compiles with them (every input of every execute and
     /// revert is available).
-    fn new_flow(&self, name: &str, inputs: Inputs) -> Result<FlowWriter, EngineError> {
+    fn new_flow(&self, name: &str, inputs: Inputs) -> Result<FlowWriter, Error> {
         let definition = self.definition(name)?;
         compile(&definition, &inputs.keys().cloned().collect())?;
         let input = Value::Object(inputs.into_iter().collect());
@@ -214,7 +214,7 @@ impl Engine {
 
     /// Creates a flow of the registered definition `name` with `inputs`; nothing is
     /// recorded if it does not compile with them. The flow is PENDING until [`Engine::run`].
-    pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
+    pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, Error> {
         let writer = self.new_flow(name, inputs)?;
         Ok(create::record(self.store.as_ref(), writer, false).await?)
     }
@@ -222,14 +222,22 @@ impl Engine {
     /// Creates a flow and leaves it to the workers: it is recorded ready, and the first
     /// worker (of any process on the store) with this definition claims and runs it. Nothing
     /// is recorded if it does not compile with its inputs.
-    pub async fn submit(&self, name: &str, inputs: Inputs) -> Result<FlowId, EngineError> {
+    pub async fn submit(&self, name: &str, inputs: Inputs) -> Result<FlowId, Error> {
         let writer = self.new_flow(name, inputs)?;
         Ok(create::record(self.store.as_ref(), writer, true).await?)
     }
 
     /// Creates a flow and runs it to the end (or to a suspension). The creation is durable
     /// together with the flow's first transitions, in one commit.
-    pub async fn start(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, EngineError> {
+    #[deprecated(since = "0.2.0", note = "renamed `execute`, as in every front door")]
+    pub async fn start(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, Error> {
+        self.execute(name, inputs).await
+    }
+
+    /// Creates a flow and runs it here, to the end (or to a suspension), without offering it
+    /// to workers. The creation is durable together with the flow's first transitions, in
+    /// one commit.
+    pub async fn execute(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, Error> {
         let writer = self.new_flow(name, inputs)?;
         self.run_exclusively(writer).await
     }
@@ -254,8 +262,8 @@ impl Engine {
     ///
     /// Returns [`Transition::Ignored`] (nothing recorded) where the flow table makes
     /// suspending a no-op: a flow that is PENDING, SUSPENDING, SUSPENDED or finished. A flow
-    /// being loaded after a crash (RESUMING) is [`EngineError::NotAllowed`].
-    pub async fn request_suspend(&self, flow: FlowId) -> Result<Transition, EngineError> {
+    /// being loaded after a crash (RESUMING) is [`Error::NotAllowed`].
+    pub async fn request_suspend(&self, flow: FlowId) -> Result<Transition, Error> {
         self.request(flow, |_, state| {
             match FlowState::transition(state, FlowState::Suspending) {
                 Ok(Transition::Allowed) => Ok(Some((
@@ -265,7 +273,7 @@ impl Engine {
                     None,
                 ))),
                 Ok(Transition::Ignored) => Ok(None),
-                Err(invalid) => Err(EngineError::NotAllowed {
+                Err(invalid) => Err(Error::NotAllowed {
                     flow,
                     request: "suspend",
                     state,
@@ -282,9 +290,9 @@ impl Engine {
     /// flow is marked ready, so a worker (of any process with its definition) runs it on; that
     /// run loads it as the spec loads every flow it finds RUNNING (RESUMING, SUSPENDED,
     /// RUNNING). Resuming a RUNNING flow is a no-op ([`Transition::Ignored`]); any other
-    /// state is [`EngineError::NotAllowed`] (a finished flow runs again only through
+    /// state is [`Error::NotAllowed`] (a finished flow runs again only through
     /// [`Engine::run`]).
-    pub async fn resume(&self, flow: FlowId) -> Result<Transition, EngineError> {
+    pub async fn resume(&self, flow: FlowId) -> Result<Transition, Error> {
         self.request(flow, |_, state| match state {
             FlowState::Suspended => Ok(Some((
                 EventBody::FlowStateChanged {
@@ -293,14 +301,14 @@ impl Engine {
                 Some(true),
             ))),
             FlowState::Running => Ok(None),
-            FlowState::Suspending => Err(EngineError::NotAllowed {
+            FlowState::Suspending => Err(Error::NotAllowed {
                 flow,
                 request: "resume",
                 state,
                 detail: "the flow table has no SUSPENDING → RUNNING: wait until it is SUSPENDED"
                     .to_owned(),
             }),
-            _ => Err(EngineError::NotAllowed {
+            _ => Err(Error::NotAllowed {
                 flow,
                 request: "resume",
                 state,
@@ -319,10 +327,10 @@ impl Engine {
     ///
     /// Cancelling a REVERTED flow, or one already cancelled, is a no-op
     /// ([`Transition::Ignored`]: the first reason stands); a SUCCESS or FAILURE flow is
-    /// [`EngineError::NotAllowed`] (the flow table has no way from there to REVERTED).
-    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, EngineError> {
+    /// [`Error::NotAllowed`] (the flow table has no way from there to REVERTED).
+    pub async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, Error> {
         self.request(flow, |record, state| match state {
-            FlowState::Success | FlowState::Failure => Err(EngineError::NotAllowed {
+            FlowState::Success | FlowState::Failure => Err(Error::NotAllowed {
                 flow,
                 request: "cancel",
                 state,
@@ -351,18 +359,15 @@ impl Engine {
     async fn request(
         &self,
         flow: FlowId,
-        decide: impl Fn(
-            &FlowRecord,
-            FlowState,
-        ) -> Result<Option<(EventBody, Option<bool>)>, EngineError>,
-    ) -> Result<Transition, EngineError> {
+        decide: impl Fn(&FlowRecord, FlowState) -> Result<Option<(EventBody, Option<bool>)>, Error>,
+    ) -> Result<Transition, Error> {
         let recorded = flowstate_engine::deliver_with(
             self.store.as_ref(),
             self.clock.as_ref(),
             flow,
             |record| {
                 let FlowStatus::TaskGraph(state) = record.status else {
-                    return Err(EngineError::NotATaskGraph {
+                    return Err(Error::NotATaskGraph {
                         flow,
                         kind: record.kind,
                     });
@@ -381,7 +386,7 @@ impl Engine {
     /// Runs (or resumes, or re-runs) a flow until it is SUCCESS, FAILURE, REVERTED or
     /// SUSPENDED. A flow found mid-run (its process died) is loaded through RESUMING and
     /// SUSPENDED; atoms that were running run again with the same attempt number.
-    pub async fn run(&self, flow: FlowId) -> Result<RunOutcome, EngineError> {
+    pub async fn run(&self, flow: FlowId) -> Result<RunOutcome, Error> {
         let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
         self.run_exclusively(writer).await
     }
@@ -392,7 +397,7 @@ impl Engine {
     /// otherwise. Re-running a finished or suspended flow is a deliberate act
     /// ([`Engine::run`], [`Engine::resume`]), never a side effect of a spurious wake-up or a
     /// lease that ran out after the final append. Returns `None` when there was nothing to do.
-    pub async fn run_unfinished(&self, flow: FlowId) -> Result<Option<RunOutcome>, EngineError> {
+    pub async fn run_unfinished(&self, flow: FlowId) -> Result<Option<RunOutcome>, Error> {
         let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
         let unfinished = writer.record().is_some_and(|record| match record.status {
             FlowStatus::TaskGraph(
@@ -422,7 +427,7 @@ impl Engine {
     }
 
     /// Runs a flow, refusing a second concurrent run of it in this engine.
-    async fn run_exclusively(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
+    async fn run_exclusively(&self, writer: FlowWriter) -> Result<RunOutcome, Error> {
         let flow = writer.flow();
         // A suspension asked for while the flow was not running is void (as in TaskFlow).
         let _stale = self.take_suspend(flow);
@@ -432,7 +437,7 @@ impl Engine {
 
     /// Runs a loaded flow; starts over from the log when requests (a suspension, a
     /// cancellation) were appended before its opening transitions were recorded.
-    async fn run_claimed(&self, writer: FlowWriter) -> Result<RunOutcome, EngineError> {
+    async fn run_claimed(&self, writer: FlowWriter) -> Result<RunOutcome, Error> {
         let flow = writer.flow();
         let mut writer = writer;
         let mut rebases = Rebases::default();
@@ -451,13 +456,13 @@ impl Engine {
         &self,
         writer: FlowWriter,
         rebases: &mut Rebases,
-    ) -> Result<Option<RunOutcome>, EngineError> {
+    ) -> Result<Option<RunOutcome>, Error> {
         let flow = writer.flow();
         let mut engine = EngineState::INITIAL;
         self.step_engine(flow, &mut engine, EngineState::Resuming)?;
         let record = record_of(&writer)?.clone();
         let FlowStatus::TaskGraph(state) = record.status else {
-            return Err(EngineError::NotATaskGraph {
+            return Err(Error::NotATaskGraph {
                 flow,
                 kind: record.kind,
             });
@@ -657,11 +662,7 @@ impl Engine {
 
     /// Tells the durable function that started this flow as its child (if one did) how the
     /// flow ended: its results, or a `TaskGraphFailed` failure. Nothing while suspended.
-    async fn tell_parent(
-        &self,
-        record: &FlowRecord,
-        outcome: &RunOutcome,
-    ) -> Result<(), EngineError> {
+    async fn tell_parent(&self, record: &FlowRecord, outcome: &RunOutcome) -> Result<(), Error> {
         if record.parent.is_none() {
             return Ok(());
         }
@@ -703,7 +704,7 @@ impl Engine {
         flow: FlowId,
         engine: &mut EngineState,
         to: EngineState,
-    ) -> Result<(), EngineError> {
+    ) -> Result<(), Error> {
         let _allowed = engine.advance(to)?;
         self.notifier.engine(flow, to);
         Ok(())
@@ -755,10 +756,10 @@ struct ActiveRun<'a> {
 }
 
 impl<'a> ActiveRun<'a> {
-    fn enter(active: &'a Mutex<HashSet<FlowId>>, flow: FlowId) -> Result<Self, EngineError> {
+    fn enter(active: &'a Mutex<HashSet<FlowId>>, flow: FlowId) -> Result<Self, Error> {
         let inserted = active.lock().insert(flow);
         if !inserted {
-            return Err(EngineError::AlreadyRunning { flow });
+            return Err(Error::AlreadyRunning { flow });
         }
         Ok(Self { active, flow })
     }
@@ -888,11 +889,11 @@ impl<'a> Run<'a> {
     }
 
     /// The flow's state, including staged decisions.
-    fn record(&self) -> Result<&FlowRecord, EngineError> {
+    fn record(&self) -> Result<&FlowRecord, Error> {
         record_of(&self.writer)
     }
 
-    fn stage(&mut self, events: Vec<EventBody>) -> Result<(), EngineError> {
+    fn stage(&mut self, events: Vec<EventBody>) -> Result<(), Error> {
         if events.is_empty() {
             return Ok(());
         }
@@ -906,7 +907,7 @@ impl<'a> Run<'a> {
     }
 
     /// Stages what an atom's finished work means (and remembers it until it is durable).
-    fn record_outcome(&mut self, atom: usize, finished: Finished) -> Result<(), EngineError> {
+    fn record_outcome(&mut self, atom: usize, finished: Finished) -> Result<(), Error> {
         let events = match finished.clone() {
             Finished::Executed(result) => {
                 self.runtime
@@ -923,7 +924,7 @@ impl<'a> Run<'a> {
     /// At a step boundary: a suspension asked for in this process or recorded in the log
     /// stops new work (recording SUSPENDING if the log does not say it yet), and a
     /// cancellation in the log marks everything for revert.
-    fn take_requests(&mut self) -> Result<(), EngineError> {
+    fn take_requests(&mut self) -> Result<(), Error> {
         let flow = self.writer.flow();
         if !self.suspend_asked {
             self.suspend_asked = self.engine.take_suspend(flow);
@@ -946,7 +947,7 @@ impl<'a> Run<'a> {
     }
 
     /// Appends everything staged as one atomic append, then notifies listeners.
-    async fn flush(&mut self, in_flight: &InFlight) -> Result<Flushed, EngineError> {
+    async fn flush(&mut self, in_flight: &InFlight) -> Result<Flushed, Error> {
         self.flush_with(in_flight, AppendExtras::default()).await
     }
 
@@ -955,7 +956,7 @@ impl<'a> Run<'a> {
     /// was suspending stays ready instead: the suspension held its reverts back, and a worker
     /// carries the cancellation out (SUSPENDED → RUNNING → REVERTED), as for a flow cancelled
     /// once suspended.
-    async fn flush_suspended(&mut self, in_flight: &InFlight) -> Result<Flushed, EngineError> {
+    async fn flush_suspended(&mut self, in_flight: &InFlight) -> Result<Flushed, Error> {
         let cancelled = self.record()?.cancel_requested.is_some();
         let extras = AppendExtras {
             ready: Some(cancelled),
@@ -968,7 +969,7 @@ impl<'a> Run<'a> {
         &mut self,
         in_flight: &InFlight,
         extras: AppendExtras,
-    ) -> Result<Flushed, EngineError> {
+    ) -> Result<Flushed, Error> {
         if !self.writer.has_staged() {
             return Ok(Flushed::Committed);
         }
@@ -1031,12 +1032,10 @@ fn is_request(body: &EventBody) -> bool {
 }
 
 /// The state a writer holds, including staged events.
-fn record_of(writer: &FlowWriter) -> Result<&FlowRecord, EngineError> {
-    writer
-        .record()
-        .ok_or(EngineError::Write(WriteError::Refused(
-            flowstate_core::FoldError::EmptyLog,
-        )))
+fn record_of(writer: &FlowWriter) -> Result<&FlowRecord, Error> {
+    writer.record().ok_or(Error::Write(WriteError::Refused(
+        flowstate_core::FoldError::EmptyLog,
+    )))
 }
 
 fn state_of(record: &FlowRecord) -> Option<FlowState> {
@@ -1049,7 +1048,7 @@ fn state_of(record: &FlowRecord) -> Option<FlowState> {
 /// Events that put every atom back to PENDING with the intention to execute, for a re-run of
 /// a REVERTED flow. An atom in REVERT_FAILURE (terminal, even once repaired) cannot be reset,
 /// so such a flow cannot run again.
-fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Result<Vec<EventBody>, EngineError> {
+fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Result<Vec<EventBody>, Error> {
     let mut events = Vec::new();
     for atom in &graph.atoms {
         let Some(state) = record.atoms.get(&atom.name) else {
@@ -1066,7 +1065,7 @@ fn reset_atoms(graph: &Graph, record: &FlowRecord) -> Result<Vec<EventBody>, Eng
                 continue;
             }
             "revert_failure" => {
-                return Err(EngineError::CannotRerun {
+                return Err(Error::CannotRerun {
                     atom: atom.name.clone(),
                 })
             }
@@ -1137,7 +1136,7 @@ fn outcome(flow: FlowId, graph: &Graph, record: &FlowRecord, state: FlowState) -
     }
 }
 
-impl From<CreateError> for EngineError {
+impl From<CreateError> for Error {
     fn from(error: CreateError) -> Self {
         match error {
             CreateError::Exists { flow } => Self::FlowExists { flow },
@@ -1157,11 +1156,11 @@ impl flowstate_worker::FlowRunner for Engine {
     }
 }
 
-impl From<EngineError> for flowstate_worker::RunError {
-    fn from(error: EngineError) -> Self {
+impl From<Error> for flowstate_worker::RunError {
+    fn from(error: Error) -> Self {
         match error {
-            EngineError::Write(write) => write.into(),
-            EngineError::UnknownDefinition { name } => Self::MissingDefinition {
+            Error::Write(write) => write.into(),
+            Error::UnknownDefinition { name } => Self::MissingDefinition {
                 kind: FlowKind::TaskGraph,
                 definition: name,
             },

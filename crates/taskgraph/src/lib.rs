@@ -19,7 +19,11 @@ pub mod runtime;
 pub mod task;
 
 pub use compile::CompileError;
-pub use engine::{Engine, EngineError, RunOutcome};
+pub use engine::{Engine, Error, RunOutcome};
+
+/// The task-graph engine's error, by its old name.
+#[deprecated(since = "0.2.0", note = "renamed `Error`: one error per crate")]
+pub type EngineError = Error;
 pub use flow::Flow;
 pub use listener::{CaptureListener, Listener, Transition};
 pub use retry::{

@@ -10,9 +10,7 @@ use common::*;
 use flowstate_core::machine::{EngineState, FlowState};
 use flowstate_core::{FlowId, Machine};
 use flowstate_taskgraph::task::{map_task, reduce_task};
-use flowstate_taskgraph::{
-    task_fn, CompileError, Engine, EngineError, Flow, Listener, Provides, Transition,
-};
+use flowstate_taskgraph::{task_fn, CompileError, Engine, Flow, Listener, Provides, Transition};
 use serde_json::{json, Value};
 
 #[derive(Debug, Default)]
@@ -32,7 +30,7 @@ async fn s01_an_empty_flow_walks_the_engine_machine_to_success() {
     h.engine.listen(states.clone());
     h.engine
         .register(Flow::linear("empty").add(Flow::unordered("nested").add(Flow::graph("deeper"))));
-    let outcome = h.engine.start("empty", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("empty", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     // TaskFlow yields these (it hides its internal GAME_OVER); flowstate reports it too.
     let seen: Vec<&str> = states
@@ -85,7 +83,7 @@ async fn s11_results_split_by_keys_and_positions_and_read_through_rebind() {
                 .provides("z"),
             ),
     );
-    let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let expected = json!({"a": 1, "b": 3, "c": 5, "x": 30, "y": 38, "z": 72});
     assert_eq!(
@@ -102,7 +100,7 @@ fn compile_error(flow: Flow, given: &[(&str, Value)]) -> CompileError {
         .build()
         .expect("runtime");
     match runtime.block_on(h.engine.create(&name, inputs(given))) {
-        Err(EngineError::Compile(error)) => error,
+        Err(flowstate_taskgraph::Error::Compile(error)) => error,
         other => panic!("expected a compile error, got {other:?}"),
     }
 }
@@ -198,7 +196,7 @@ async fn s15_a_false_decider_ignores_the_rest_of_its_branch() {
             .link("t2", "t2_2")
             .link_if("t1", "t3", |_| true),
     );
-    let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let expected = lines(&[
         &s("flow RUNNING"),
@@ -224,7 +222,7 @@ async fn s16_one_false_vote_ignores_a_diamond_join() {
             .link_if("t2", "t4", |_| false)
             .link_if("t3", "t4", |_| true),
     );
-    let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     assert!(h.capture.captured().contains(&"t4 IGNORE".to_owned()));
 }
@@ -243,7 +241,7 @@ async fn deciders_see_the_results_of_their_sources() {
                     results["check"]["approved"] == json!(true)
                 }),
         );
-        h.engine.start("g", inputs(&[])).await.expect("runs");
+        h.engine.execute("g", inputs(&[])).await.expect("runs");
         let shipped = h.capture.captured().contains(&"ship SUCCESS(5)".to_owned());
         assert_eq!(shipped, approved, "{:?}", h.capture.captured());
     }
@@ -260,7 +258,7 @@ async fn s19_a_failure_after_an_ignored_atom_reverts_what_ran() {
             .link_if("a", "b", |_| false)
             .link("a", "c"),
     );
-    let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let expected = lines(&[
         &s("flow RUNNING"),
@@ -291,7 +289,7 @@ async fn unordered_flows_run_their_children_in_parallel() {
             .add(waiter("b"))
             .add(waiter("c")),
     );
-    let run = h.engine.start("u", inputs(&[]));
+    let run = h.engine.execute("u", inputs(&[]));
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), run)
         .await
         .expect("the three tasks ran concurrently")
@@ -308,7 +306,7 @@ async fn independent_branches_revert_and_the_flow_reports_every_failure() {
             .add(failing("f2"))
             .add(progressing("ok")),
     );
-    let outcome = h.engine.start("u", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("u", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let mut failed: Vec<&str> = outcome.failures.iter().map(|f| f.0.as_str()).collect();
     failed.sort_unstable();
@@ -323,7 +321,7 @@ async fn a_panicking_task_is_a_failure_not_a_dead_engine() {
             .add(progressing("a"))
             .add(task_fn("boom", |_c, _i| async { panic!("kaboom") })),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     assert_eq!(outcome.failures[0].1.kind, "Panicked");
 }
@@ -348,7 +346,7 @@ async fn map_and_reduce_helpers_apply_and_combine() {
     );
     let outcome = h
         .engine
-        .start("mr", inputs(&[("numbers", json!([1, 2, 3]))]))
+        .execute("mr", inputs(&[("numbers", json!([1, 2, 3]))]))
         .await
         .expect("runs");
     assert_eq!(outcome.results.get("sum"), Some(&json!(14)));
@@ -401,7 +399,7 @@ async fn s35_suspend_after_an_atom_then_resume_runs_only_the_rest() {
             .add(progressing("b"))
             .add(progressing("c")),
     );
-    let outcome = engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Suspended);
     let expected = lines(&[
         &s("flow RUNNING"),
@@ -426,7 +424,7 @@ async fn s36_suspend_while_reverting_then_resume_finishes_the_revert() {
             .add(progressing("b"))
             .add(failing("c")),
     );
-    let outcome = engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Suspended);
     assert!(!capture.captured().contains(&"a REVERTING".to_owned()));
     capture.clear();
@@ -450,7 +448,7 @@ async fn s36_suspend_while_reverting_then_resume_finishes_the_revert() {
 async fn s39_rerunning_a_successful_flow_runs_no_atom() {
     let h = serial();
     h.engine.register(Flow::linear("f").add(progressing("a")));
-    let first = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let first = h.engine.execute("f", inputs(&[])).await.expect("runs");
     h.capture.clear();
     let again = h.engine.run(first.flow).await.expect("runs again");
     assert_eq!(again.state, FlowState::Success);
@@ -462,7 +460,7 @@ async fn an_unknown_definition_is_an_error() {
     let h = serial();
     assert!(matches!(
         h.engine.create("nope", inputs(&[])).await,
-        Err(EngineError::UnknownDefinition { .. })
+        Err(flowstate_taskgraph::Error::UnknownDefinition { .. })
     ));
 }
 
@@ -477,7 +475,7 @@ async fn rerunning_a_failed_flow_retries_the_failed_revert_and_finishes_revertin
             .add(shaky)
             .add(failing("fail")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Failure);
     assert!(
         !h.capture.captured().contains(&"first REVERTED".to_owned()),
@@ -503,7 +501,7 @@ async fn rerunning_a_reverted_flow_runs_atoms_that_never_ran_before() {
             .add(flaky("flaky", 1))
             .add(progressing("after")),
     );
-    let first = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let first = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(first.state, FlowState::Reverted);
     let again = h.engine.run(first.flow).await.expect("re-runs");
     assert_eq!(again.state, FlowState::Success);
@@ -525,7 +523,7 @@ async fn an_oversized_result_is_the_tasks_failure_and_the_flow_reverts() {
     );
     let outcome = h
         .engine
-        .start("f", inputs(&[]))
+        .execute("f", inputs(&[]))
         .await
         .expect("the engine survives");
     assert_eq!(outcome.state, FlowState::Reverted);
@@ -552,7 +550,7 @@ async fn execute_and_revert_get_different_idempotency_keys() {
             ))
             .add(failing("fail")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     let keys = keys.lock().expect("lock").clone();
     assert_eq!(keys.len(), 2);
     assert_eq!(keys[0], format!("{}/charge/1", outcome.flow));
@@ -585,7 +583,7 @@ async fn a_retry_whose_scope_holds_a_repaired_revert_failure_gives_up_instead_of
                 .add(failing("fail")),
         ),
     );
-    let first = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let first = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(first.state, FlowState::Failure);
     let again = h
         .engine
@@ -596,7 +594,7 @@ async fn a_retry_whose_scope_holds_a_repaired_revert_failure_gives_up_instead_of
     assert!(h.capture.captured().contains(&"outer REVERTED".to_owned()));
     let rerun = h.engine.run(first.flow).await;
     assert!(
-        matches!(rerun, Err(EngineError::CannotRerun { .. })),
+        matches!(rerun, Err(flowstate_taskgraph::Error::CannotRerun { .. })),
         "{rerun:?}"
     );
 }

@@ -108,7 +108,7 @@ async fn one_atomic_append_per_step_and_no_rewrite_of_other_atoms() {
         flow = flow.add(progressing(&format!("t{index}")));
     }
     engine.register(flow);
-    let outcome = engine.start("chain", inputs(&[])).await.expect("runs");
+    let outcome = engine.execute("chain", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     assert_eq!(store.appends(), 21);
     let summary = store

@@ -9,7 +9,7 @@ use std::time::Duration;
 use flowstate_core::machine::FlowState;
 use flowstate_core::{Clock, Event, EventBody, FlowId, FlowStatus, Transition};
 use flowstate_store::{read_all, Store, SystemClock};
-use flowstate_taskgraph::{task_fn_with_revert, Engine, EngineError, Flow, Inputs, TaskAtom};
+use flowstate_taskgraph::{task_fn_with_revert, Engine, Flow, Inputs, TaskAtom};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -114,7 +114,9 @@ impl Setup {
         &self,
     ) -> (
         FlowId,
-        tokio::task::JoinHandle<Result<flowstate_taskgraph::RunOutcome, EngineError>>,
+        tokio::task::JoinHandle<
+            Result<flowstate_taskgraph::RunOutcome, flowstate_taskgraph::Error>,
+        >,
     ) {
         let flow = self
             .runner
@@ -310,7 +312,7 @@ async fn a_cancel_recorded_by_another_engine_reverts_what_ran_and_starts_nothing
     assert!(
         matches!(
             refused,
-            Err(EngineError::NotAllowed {
+            Err(flowstate_taskgraph::Error::NotAllowed {
                 request: "cancel",
                 state: Success,
                 ..
@@ -326,7 +328,7 @@ async fn a_cancel_recorded_by_another_engine_reverts_what_ran_and_starts_nothing
     assert!(
         matches!(
             resume,
-            Err(EngineError::NotAllowed {
+            Err(flowstate_taskgraph::Error::NotAllowed {
                 request: "resume",
                 ..
             })

@@ -19,7 +19,7 @@ async fn s23_times_three_gives_three_attempts_numbered_1_2_3() {
             .add(echo("seen", "attempt"))
             .add(failing("fail")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let attempts: Vec<String> = h.lines_starting("seen SUCCESS");
     assert_eq!(
@@ -37,7 +37,7 @@ async fn s24_a_revert_failure_inside_a_retry_fails_the_flow_without_retrying() {
             .add(nasty("t1"))
             .add(failing("t2")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Failure);
     let captured = h.capture.captured();
     assert!(
@@ -70,7 +70,7 @@ async fn s25_only_the_inner_scope_is_retried_by_a_nested_retry() {
             )
             .add(progressing("t4")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let captured = h.capture.captured();
     assert_eq!(
@@ -107,7 +107,7 @@ async fn s26_an_inner_revert_defers_to_the_outer_retry() {
                     .add(flaky("t2", 1)),
             ),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let captured = h.capture.captured();
     let expected_window = s(
@@ -137,7 +137,7 @@ async fn s27_a_nested_revert_with_no_outer_retry_reverts_the_whole_flow() {
                 .add(failing("task2")),
         ),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let captured = h.capture.captured();
     assert!(
@@ -160,7 +160,7 @@ async fn s28_revert_all_ignores_the_outer_retry() {
                     .add(failing("t2")),
             ),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let captured = h.capture.captured();
     assert!(
@@ -185,7 +185,7 @@ async fn s29_for_each_tries_every_value_then_reverts() {
             .add(echo("seen", "value"))
             .add(failing("fail")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let tried: Vec<String> = h.lines_starting("seen SUCCESS");
     assert_eq!(
@@ -202,7 +202,7 @@ async fn s29b_for_each_over_nothing_fails_with_not_found() {
             .retry(RetryAtom::new("r1", ForEach::new(Vec::new())))
             .add(progressing("t")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     assert_eq!(outcome.failures.len(), 1);
     assert_eq!(outcome.failures[0].1.kind, "NotFound");
@@ -223,7 +223,7 @@ async fn s29c_parameterized_for_each_reads_its_values_from_the_inputs() {
     );
     let outcome = h
         .engine
-        .start("f", inputs(&[("values", json!(["a", "b"]))]))
+        .execute("f", inputs(&[("values", json!(["a", "b"]))]))
         .await
         .expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
@@ -240,7 +240,7 @@ async fn s30_atoms_that_never_ran_emit_nothing_on_retry() {
             .add(flaky("c", 1))
             .add(progressing("t1")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let captured = h.capture.captured();
     let retrying = captured
@@ -264,7 +264,7 @@ async fn s31_a_retry_whose_execute_fails_reverts_the_flow_with_its_failure() {
                 .add(progressing("t")),
         ),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     assert_eq!(
         outcome
@@ -353,7 +353,7 @@ async fn parallel_failures_in_one_retry_scope_retry_once() {
             .add(b)
             .add(progressing("c")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let captured = h.capture.captured();
     assert_eq!(

@@ -14,7 +14,7 @@ use serde_json::json;
 async fn s02_a_single_task_runs_and_succeeds() {
     let h = serial();
     h.engine.register(Flow::linear("f").add(progressing("t")));
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     assert_eq!(
         h.capture.captured(),
@@ -30,7 +30,7 @@ async fn s03_linear_flow_runs_in_order() {
             .add(progressing("a"))
             .add(progressing("b")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let expected = lines(&[&s("flow RUNNING"), &ok("a"), &ok("b"), &s("flow SUCCESS")]);
     assert_eq!(h.capture.captured(), expected);
@@ -46,7 +46,7 @@ async fn s04_a_failure_reverts_in_reverse_order_failed_atom_first() {
                 .add(failing("fail")),
         ),
     );
-    let outcome = h.engine.start("root", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("root", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     assert_eq!(outcome.failures.len(), 1);
     assert_eq!(outcome.failures[0].1.message, "Woot!");
@@ -67,7 +67,7 @@ async fn s05_atoms_after_a_failure_never_run() {
             .add(failing("fail"))
             .add(progressing("never")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     assert_eq!(
         h.capture.captured(),
@@ -83,7 +83,7 @@ async fn s06_revert_removes_outputs() {
             .add(progressing("t1").provides("x"))
             .add(failing("fail")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     assert!(outcome.results.is_empty(), "{:?}", outcome.results);
 }
@@ -93,7 +93,7 @@ async fn s07_a_revert_failure_ends_the_flow_in_failure() {
     let h = serial();
     h.engine
         .register(Flow::linear("f").add(nasty("nasty")).add(failing("fail")));
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Failure);
     assert_eq!(
         outcome
@@ -118,7 +118,7 @@ async fn s08_reverting_stops_at_the_first_revert_failure() {
             .add(nasty("nasty"))
             .add(failing("fail")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Failure);
     let captured = h.capture.captured();
     assert!(
@@ -138,7 +138,7 @@ async fn s09_rerunning_a_reverted_flow_starts_it_over() {
     let h = serial();
     h.engine
         .register(Flow::linear("f").add(progressing("t")).add(failing("fail")));
-    let first = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let first = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(first.state, FlowState::Reverted);
     h.capture.clear();
     let second = h.engine.run(first.flow).await.expect("runs again");
@@ -168,7 +168,7 @@ async fn s10_graph_flow_infers_order_from_requires_and_provides() {
             .add(task("task3", Some("b"), "c"))
             .add(task("task1", None, "a")),
     );
-    let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let expected = lines(&[
         &s("flow RUNNING"),
@@ -190,7 +190,7 @@ async fn s10b_graph_failure_reverts_in_dependency_order() {
             .add(failing("task3").requires(["b"]))
             .add(progressing("task1").provides("a")),
     );
-    let outcome = h.engine.start("g", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("g", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let reverts: Vec<String> = h
         .capture
@@ -225,7 +225,7 @@ async fn s21_times_retries_and_succeeds_on_the_second_attempt() {
             .add(progressing("t1"))
             .add(flaky),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Success);
     let expected = s(
         "flow RUNNING, r1 RUNNING, r1 SUCCESS(1), t1 RUNNING, t1 SUCCESS(5), t2 RUNNING, t2 FAILURE, \
@@ -244,7 +244,7 @@ async fn s22_times_exhausted_reverts_everything() {
             .add(progressing("t1"))
             .add(failing("t2")),
     );
-    let outcome = h.engine.start("f", inputs(&[])).await.expect("runs");
+    let outcome = h.engine.execute("f", inputs(&[])).await.expect("runs");
     assert_eq!(outcome.state, FlowState::Reverted);
     let captured = h.capture.captured();
     let tail: Vec<String> = captured[captured.len() - 5..].to_vec();

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use flowstate_core::Failure;
-use flowstate_durable::{Ctx, Functions, RegisterError};
+use flowstate_durable::{Ctx, Functions};
 use serde_json::json;
 
 use crate::mix::Executions;
@@ -45,7 +45,7 @@ pub fn note_steps_in(executions: Executions) {
 }
 
 /// Registers `fn_order` and `fn_child`.
-pub fn register(functions: &Functions) -> Result<(), RegisterError> {
+pub fn register(functions: &Functions) -> Result<(), flowstate_durable::RegistrationError> {
     functions.register("fn_order", fn_order)?;
     functions.register("fn_child", fn_child)
 }

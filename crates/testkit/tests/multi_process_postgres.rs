@@ -465,7 +465,7 @@ async fn three_processes_run_durable_functions_and_survive_a_sigkill() {
             for n in 0..ACTIVATIONS {
                 let (functions, to_signal) = (functions.clone(), to_signal.clone());
                 starts.spawn(async move {
-                    let flow = functions.start("fn_order", n).await.expect("start");
+                    let flow = functions.submit("fn_order", n).await.expect("start");
                     if needs_signal(n) {
                         if n % 2 == 0 {
                             functions

@@ -66,7 +66,7 @@ async fn run(db: &str) -> Result<(), String> {
     let flow = match existing.flows.first() {
         Some(summary) => summary.id,
         None => functions
-            .start("long", ())
+            .submit("long", ())
             .await
             .map_err(|e| e.to_string())?,
     };

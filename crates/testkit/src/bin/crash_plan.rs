@@ -161,7 +161,7 @@ async fn run(db: &str, log: &str, mode: &str) -> Result<(), String> {
                 let request = PlanRequest::new(["report"])
                     .named("crash-plan")
                     .input("order", json!(index));
-                let flow = plans.start(request).await.map_err(|e| e.to_string())?;
+                let flow = plans.submit(request).await.map_err(|e| e.to_string())?;
                 println!("flow {flow}");
                 flows.push(flow);
             }

@@ -229,7 +229,7 @@ async fn run(db: &str, version: u8) -> Result<(), String> {
     let flow = match existing.flows.first() {
         Some(summary) => summary.id,
         None => functions
-            .start("order", 7u32)
+            .submit("order", 7u32)
             .await
             .map_err(|e| e.to_string())?,
     };
