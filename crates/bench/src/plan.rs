@@ -6,7 +6,7 @@
 //! - **W1 as a plan**: flows of 10 chained steps (each reads the previous step's output),
 //!   every transition durable on SQLite (`synchronous=FULL`): one flow at a time, and 256
 //!   flows at once. Each flow is planned, recorded and run in this process
-//!   (`Plans::execute`, the plan counterpart of the task graph benchmark's `Engine::start`).
+//!   (`Plans::execute`, the plan counterpart of the task graph benchmark's `Engine::execute`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
