@@ -174,7 +174,7 @@ impl FlowWriter {
     /// once compacted).
     ///
     /// The log is read in pages, and each page is folded while the store reads the next ones
-    /// ([`READS_AHEAD`] at once, on threads or connections of its own), so reading and
+    /// (`READS_AHEAD` at once, on threads or connections of its own), so reading and
     /// folding a long log overlap instead of adding up. A compaction between two pages makes
     /// the pages not follow each other (a gap); the load then starts over, once.
     pub async fn load(store: &dyn Store, flow: FlowId) -> Result<Self, WriteError> {

@@ -565,7 +565,7 @@ fn insert_events(
             &event.body,
         ))?;
         let rowid = conn.last_insert_rowid();
-        if seq % MARK_INTERVAL == 0 {
+        if seq.is_multiple_of(MARK_INTERVAL) {
             mark.execute((flow_no, seq_param(seq), rowid))?;
         }
         prev = Some(rowid);

@@ -1,3 +1,6 @@
+//! [`SystemClock`], the wall clock a store is given outside tests. Stores read time only
+//! from the clock they are given (tests give a `ManualClock`), so leases and timers are exact.
+
 use flowstate_core::{Clock, Timestamp};
 
 /// The operating system's wall clock: the one impure [`Clock`], used outside tests.

@@ -1,3 +1,6 @@
+//! The store's typed errors: [`StoreError`] (why a store refused or failed an operation) and
+//! [`InvalidInput`] (which limit or rule a request broke; nothing was written).
+
 use flowstate_core::FlowId;
 
 /// Why a store refused or failed an operation.

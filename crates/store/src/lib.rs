@@ -49,7 +49,7 @@ use flowstate_core::{FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 /// Every method is safe to call from many tasks at once. Implementations: [`MemoryStore`],
 /// `flowstate_store_sqlite::SqliteStore` and `flowstate_store_postgres::PostgresStore`. All of
 /// them pass
-/// [`conformance`].
+/// the conformance suite (`conformance`, with the `testing` feature).
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends `batch.events` to the flow's log, atomically, numbering them from

@@ -53,7 +53,7 @@ pub fn register(functions: &Functions) -> Result<(), flowstate_durable::Registra
 /// Whether `fn_order(n)` waits for the signal [`SIGNAL`].
 #[must_use]
 pub fn needs_signal(n: u64) -> bool {
-    n % 5 == 0
+    n.is_multiple_of(5)
 }
 
 /// The value to send as `fn_order(n)`'s signal.
@@ -80,7 +80,7 @@ pub fn expected_order(n: u64) -> u64 {
     let steps = (n + 1) + 2 * n + (n + 2 * n) + 1;
     let signal = if needs_signal(n) { signal_value(n) } else { 0 };
     // mix-diamond from x = n: a = n + 1, b = c = n + 2, d = 2n + 5.
-    let diamond = if n % 3 == 0 { 2 * n + 5 } else { 0 };
+    let diamond = if n.is_multiple_of(3) { 2 * n + 5 } else { 0 };
     let reverted = if n % 7 == 1 { 100 } else { 0 };
     steps + expected_child(n) + signal + diamond + reverted
 }
@@ -116,7 +116,7 @@ pub async fn fn_order(ctx: Ctx, n: u64) -> Result<u64, Failure> {
     } else {
         0
     };
-    let diamond = if n % 3 == 0 {
+    let diamond = if n.is_multiple_of(3) {
         let graph = ctx
             .start_task_graph("mix-diamond", json!({ "x": n }))
             .await?;

@@ -1,7 +1,7 @@
 //! The state machines of `docs/spec/state-machines.md` (the repository's copy of the shared
 //! spec), as data.
 //!
-//! Each machine is an enum whose transitions are one table, declared with [`state_machine!`]
+//! Each machine is an enum whose transitions are one table, declared with `state_machine!`
 //! next to the enum. [`Machine::transition`] is the only way to ask whether `from → to` may
 //! happen; it answers with one of three outcomes, exactly as TaskFlow's `check_*_transition`:
 //!
