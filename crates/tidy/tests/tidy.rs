@@ -24,12 +24,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize, &str)] = &[
         "one benchmark scenario (start, measure, wait, report) read top to bottom",
     ),
     (
-        "crates/durable/src/driver.rs",
-        "run_activation",
-        209,
-        "one run of an activation: load, open, run, record how it ended",
-    ),
-    (
         "crates/engine/src/writer.rs",
         "tests::a_compaction_that_changes_the_state_or_does_not_fold_writes_nothing",
         153,
