@@ -10,24 +10,27 @@
 //! engines' public API (`Plans`, task graphs, `Functions`) or reads the store; a refused
 //! request changes nothing.
 
-mod api;
 mod archived;
+mod auth;
 mod examples;
+mod extract;
 pub mod http_steps;
 mod openapi;
 mod problem;
 pub mod registrations;
+mod routes;
+mod state;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::{
-    router, ApiState, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES, MAX_STRAY_FLOWS, MAX_STREAM_READ,
-    MAX_WATCHED_FLOWS,
-};
 pub use problem::Problem;
+pub use routes::flows::MAX_EVENTS_PER_REQUEST;
+pub use routes::streams::{MAX_STRAY_FLOWS, MAX_STREAM_READ, MAX_WATCHED_FLOWS};
+pub use routes::{router, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES};
+pub use state::ApiState;
 
 /// Shortest bearer token accepted.
 pub const MIN_TOKEN_BYTES: usize = 16;
@@ -213,7 +216,7 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .clone()
         .or_else(|| registrations::default_steps_file(&config.store));
     if let Some(path) = &steps_file {
-        if let Err(reason) = state.load_steps(path.clone()).await {
+        if let Err(reason) = routes::steps::load_steps(&state, path.clone()).await {
             if let Err(error) = engine.store().close().await {
                 tracing::warn!(%error, "closing the store failed");
             }
@@ -274,6 +277,3 @@ pub const HTTP_DRAIN: Duration = Duration::from_secs(10);
 /// How often the event streams look for new events (they also wake on the store's
 /// wake-ups).
 pub const STREAM_POLL: Duration = Duration::from_millis(250);
-
-/// Shared handle type for the state.
-pub(crate) type Shared = Arc<api::Inner>;
