@@ -25,8 +25,8 @@ pub struct SignalRequest {
 #[serde(deny_unknown_fields)]
 #[schema(as = Reason)]
 pub struct ReasonRequest {
-    /// Why (logged; a cancel records it).
-    #[serde(default)]
+    /// Why (logged; a cancel records it). Empty: none, and not sent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
 
