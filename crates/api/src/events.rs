@@ -9,7 +9,7 @@ use flowstate_core::{Event, EventBody, Failure, FlowId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::openapi::extensions::Extensions;
-use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{AdditionalProperties, AnyOfBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
@@ -232,7 +232,9 @@ impl PartialSchema for EventBodyView {
                     .schema_type(Type::String)
                     .extensions(Some(not_timed)),
             )
-            .required("type");
+            .required("type")
+            // Open: the other bodies' fields are the log's.
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)));
         AnyOfBuilder::new()
             .item(RefOr::Ref(Ref::from_schema_name(TimedBody::name())))
             .item(other)
