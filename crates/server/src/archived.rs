@@ -125,30 +125,10 @@ pub(crate) async fn list_with_archived(
     let size = query
         .page_size()
         .map_err(|error| Problem::invalid(error.to_string()))?;
-    // A status other than `archived`, or a kind other than plans (only deactivated plans
-    // are archived), leaves every archived flow out: no need to list them.
-    let only_live = query
-        .status
-        .as_deref()
-        .is_some_and(|status| status != "archived")
-        || query
-            .kind
-            .is_some_and(|kind| kind != flowstate::core::FlowKind::Plan);
     let live = flowstate::archive::list_live(store, query)
         .await
         .map_err(|error| Problem::internal(format!("the store failed: {error}")))?;
-    // A status other than `archived` leaves every archived flow out: no need to list them.
-    let archived = if only_live {
-        flowstate::archive::ArchivePage::default()
-    } else {
-        archive
-            .list(&ArchiveQuery {
-                after: query.after,
-                limit: size,
-            })
-            .await
-            .map_err(|error| archive_problem(&error))?
-    };
+    let archived = archived_page(archive, query, size).await?;
     let mut merged: Vec<(FlowId, Option<&FlowSummary>, Option<u64>)> = live
         .flows
         .iter()
@@ -174,17 +154,54 @@ pub(crate) async fn list_with_archived(
     for (id, live, bytes) in merged {
         match (live, bytes) {
             (Some(flow), _) => flows.push(FlowSummaryView::from(flow)),
-            (None, Some(bytes)) => match archive.read(id).await {
-                Ok(file) if matches(&file, query) => flows.push(entry(&file, bytes)),
-                Ok(_) => {}
-                // Removed from the archive since it was listed (a retention rule, say).
-                Err(flowstate::archive::ArchiveError::NotArchived { .. }) => {}
-                Err(error) => flows.push(damaged(id, bytes, &error)),
-            },
+            (None, Some(bytes)) => flows.extend(listed(archive, id, bytes, query).await),
             (None, None) => {}
         }
     }
     Ok(FlowPage { flows, next_after })
+}
+
+/// A page of archived flows after the query's `after`, or none when the query leaves every
+/// archived flow out: a status other than `archived`, or a kind other than plans (only
+/// deactivated plans are archived).
+async fn archived_page(
+    archive: &ArchiveStore,
+    query: &FlowQuery,
+    size: usize,
+) -> Result<flowstate::archive::ArchivePage, Problem> {
+    let only_live = query
+        .status
+        .as_deref()
+        .is_some_and(|status| status != "archived")
+        || query
+            .kind
+            .is_some_and(|kind| kind != flowstate::core::FlowKind::Plan);
+    if only_live {
+        return Ok(flowstate::archive::ArchivePage::default());
+    }
+    archive
+        .list(&ArchiveQuery {
+            after: query.after,
+            limit: size,
+        })
+        .await
+        .map_err(|error| archive_problem(&error))
+}
+
+/// Archived flow `id` (its file `bytes` long) as the listing shows it, if the query's
+/// filters keep it and it is still there.
+async fn listed(
+    archive: &ArchiveStore,
+    id: FlowId,
+    bytes: u64,
+    query: &FlowQuery,
+) -> Option<FlowSummaryView> {
+    match archive.read(id).await {
+        Ok(file) => matches(&file, query).then(|| entry(&file, bytes)),
+        // Removed from the archive since it was listed (a retention rule, say).
+        Err(flowstate::archive::ArchiveError::NotArchived { .. }) => None,
+        Err(error) => Some(damaged(id, bytes, &error)),
+    }
 }
 
 /// `flow` from the archive, or `None` when it is not there either.

@@ -170,42 +170,8 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             length: short.len(),
         });
     }
-    let mut builder = flowstate::Engine::builder(config.store.clone());
-    if config.examples {
-        builder = examples::steps()
-            .into_iter()
-            .fold(builder, flowstate::EngineBuilder::step);
-        builder = examples::task_graphs()
-            .into_iter()
-            .fold(builder, flowstate::EngineBuilder::task_graph);
-    }
-    if let Some(archive) = config
-        .archive
-        .as_ref()
-        .filter(|_| config.archive_deactivated)
-    {
-        builder = builder.archive(
-            archive.clone(),
-            flowstate::archive::ArchivePolicy::default(),
-            flowstate::archive::DEFAULT_INTERVAL,
-        );
-    }
-    let engine = builder.build().await?;
-    if config.examples {
-        examples::register_functions(engine.functions()).map_err(ServerError::Examples)?;
-    }
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.addr,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.addr,
-            source,
-        })?;
+    let engine = engine(&config).await?;
+    let (listener, addr) = listen(config.addr).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state = ApiState::new(engine.clone(), addr, config.tokens.clone(), stopped.clone())
         .with_archive(config.archive.clone());
@@ -251,6 +217,46 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
         worker,
         stop,
     })
+}
+
+/// The engine of `config`: its store, the examples if asked, the archiver if asked.
+async fn engine(config: &ServerConfig) -> Result<flowstate::Engine, ServerError> {
+    let mut builder = flowstate::Engine::builder(config.store.clone());
+    if config.examples {
+        builder = examples::steps()
+            .into_iter()
+            .fold(builder, flowstate::EngineBuilder::step);
+        builder = examples::task_graphs()
+            .into_iter()
+            .fold(builder, flowstate::EngineBuilder::task_graph);
+    }
+    if let Some(archive) = config
+        .archive
+        .as_ref()
+        .filter(|_| config.archive_deactivated)
+    {
+        builder = builder.archive(
+            archive.clone(),
+            flowstate::archive::ArchivePolicy::default(),
+            flowstate::archive::DEFAULT_INTERVAL,
+        );
+    }
+    let engine = builder.build().await?;
+    if config.examples {
+        examples::register_functions(engine.functions()).map_err(ServerError::Examples)?;
+    }
+    Ok(engine)
+}
+
+/// A listener on `addr`, and the address it got (the port chosen when `addr` said 0).
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    Ok((listener, local))
 }
 
 async fn wait_for_signal() {
