@@ -14,7 +14,7 @@ use flowstate::core::{EventBody, FlowRecord, Machine, RetryPolicy};
 use flowstate::{FlowId, FlowStatus};
 use flowstate_api::{
     EventPage, EventView, FlowView, ReasonRequest, Registered, RequestOutcome, SignalRequest,
-    Started, StepList, StreamMessage,
+    StartRequest, Started, StepList, StreamMessage,
 };
 use serde_json::{json, Map, Value};
 
@@ -48,7 +48,7 @@ pub(crate) fn goes_through_server(command: &Command) -> bool {
 #[derive(Debug)]
 enum Request {
     Start {
-        body: Value,
+        body: StartRequest,
         wait: bool,
     },
     Signal {
@@ -205,20 +205,18 @@ fn control_request(args: ControlArgs, action: Action) -> Result<Request, CliErro
 
 fn start_request(args: StartArgs) -> Result<Request, CliError> {
     let body = if let Some(name) = args.graph {
-        json!({ "kind": "task_graph", "name": name, "inputs": inputs_object(&args.inputs)? })
+        let inputs = inputs_object(&args.inputs)?.into_iter().collect();
+        StartRequest::TaskGraph { name, inputs }
     } else if let Some(name) = args.function {
-        json!({ "kind": "function", "name": name, "input": function_input(&args.inputs)? })
+        let input = function_input(&args.inputs)?;
+        StartRequest::Function { name, input }
     } else {
-        let mut body = json!({
-            "kind": "plan",
-            "goals": args.goals,
-            "inputs": inputs_object(&args.inputs)?,
-            "choices": choices(&args.choices)?,
-        });
-        if let (Some(name), Value::Object(fields)) = (args.name, &mut body) {
-            fields.insert("name".to_owned(), json!(name));
+        StartRequest::Plan {
+            goals: args.goals,
+            inputs: inputs_object(&args.inputs)?,
+            choices: choices(&args.choices)?,
+            name: args.name,
         }
-        body
     };
     Ok(Request::Start {
         body,
@@ -403,7 +401,12 @@ fn register_body(args: RegisterArgs) -> Result<Value, CliError> {
 }
 
 /// `start`: the new flow's id, or with `--wait` its final state once it ended.
-async fn start(client: &Client, body: &Value, wait: bool, json: bool) -> Result<Output, CliError> {
+async fn start(
+    client: &Client,
+    body: &StartRequest,
+    wait: bool,
+    json: bool,
+) -> Result<Output, CliError> {
     let Started { id } = client.post(client.url(&["flows"], &[]), body).await?;
     if !wait {
         return render::accepted(json!({ "id": id }), format!("{id}\n"), json);
