@@ -9,6 +9,8 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// The server the CLI talks to when neither `--server`, `FLOWSTATE_SERVER` nor the
@@ -176,26 +178,32 @@ impl Client {
         url
     }
 
-    /// GET, and the JSON answer.
-    pub(crate) async fn get(&self, url: Url) -> Result<Value, ClientError> {
-        self.call(Method::GET, url, None).await
+    /// GET, and the answer as the API type `T` (`Value`: as it is).
+    pub(crate) async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, ClientError> {
+        let path = url.path().to_owned();
+        decode(path, self.call(Method::GET, url, None::<&()>).await?)
     }
 
-    /// POST `body` as JSON, and the JSON answer (`null` for an empty one).
-    pub(crate) async fn post(&self, url: Url, body: &Value) -> Result<Value, ClientError> {
-        self.call(Method::POST, url, Some(body)).await
+    /// POST `body` as JSON, and the answer as the API type `T` (`()` for an empty one).
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, ClientError> {
+        let path = url.path().to_owned();
+        decode(path, self.call(Method::POST, url, Some(body)).await?)
     }
 
-    /// DELETE, and the JSON answer (`null` for an empty one).
-    pub(crate) async fn delete(&self, url: Url) -> Result<Value, ClientError> {
-        self.call(Method::DELETE, url, None).await
+    /// DELETE (the answer is empty).
+    pub(crate) async fn delete(&self, url: Url) -> Result<(), ClientError> {
+        self.call(Method::DELETE, url, None::<&()>).await.map(drop)
     }
 
     async fn call(
         &self,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<Value, ClientError> {
         let path = url.path().to_owned();
         let mut request = self
@@ -314,6 +322,14 @@ impl Client {
 }
 
 /// Whether the answer says it is problem details.
+/// An answer read as the API type `T`: what the server promises, else [`ClientError::Invalid`].
+fn decode<T: DeserializeOwned>(path: String, answer: Value) -> Result<T, ClientError> {
+    serde_json::from_value(answer).map_err(|e| ClientError::Invalid {
+        path,
+        reason: format!("not what the API describes: {e}"),
+    })
+}
+
 fn is_problem(response: &reqwest::Response) -> bool {
     response
         .headers()

@@ -208,7 +208,7 @@ async fn read_events(
 }
 
 /// The error for a flow the store does not have: if the archive has it, say so and where to
-/// look; otherwise the store's own "flow <id> is not in the store" (also when there is no
+/// look; otherwise the store's own "flow `<id>` is not in the store" (also when there is no
 /// archive to look in).
 async fn not_live(archive: &str, id: FlowId, error: StoreError) -> CliError {
     let archived = match ArchiveStore::open(archive, ArchiveAccess::MustExist) {

@@ -91,7 +91,7 @@ impl Drop for Bar {
     }
 }
 
-/// [`flowstate::core::fold`] with a bar when the log is long (the bar ticks as the fold
+/// [`flowstate::core::fold()`] with a bar when the log is long (the bar ticks as the fold
 /// takes events from the iterator).
 pub(crate) fn fold(
     events: &[RawEvent],

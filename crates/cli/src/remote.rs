@@ -10,8 +10,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use flowstate::core::machine::{ActivationState, FlowState, PlanState};
-use flowstate::core::{FlowRecord, Machine, RetryPolicy};
-use flowstate::{FlowId, FlowKind, FlowStatus};
+use flowstate::core::{EventBody, FlowRecord, Machine, RetryPolicy};
+use flowstate::{FlowId, FlowStatus};
+use flowstate_api::{
+    EventPage, EventView, FlowView, ReasonRequest, Registered, RequestOutcome, SignalRequest,
+    StartRequest, Started, StepList, StreamMessage,
+};
 use serde_json::{json, Map, Value};
 
 use crate::client::Client;
@@ -44,7 +48,7 @@ pub(crate) fn goes_through_server(command: &Command) -> bool {
 #[derive(Debug)]
 enum Request {
     Start {
-        body: Value,
+        body: StartRequest,
         wait: bool,
     },
     Signal {
@@ -100,9 +104,11 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
         Request::Start { body, wait } => start(&client, &body, wait, json).await,
         Request::Signal { id, name, value } => {
             let url = client.url(&["flows", &id.to_string(), "signals"], &[]);
-            client
-                .post(url, &json!({ "name": name, "value": value }))
-                .await?;
+            let signal = SignalRequest {
+                name: name.clone(),
+                value,
+            };
+            client.post::<()>(url, &signal).await?;
             render::accepted(
                 json!({ "flow": id, "signal": name }),
                 render::sent(id, &name).stdout,
@@ -111,27 +117,27 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
         }
         Request::Cancel { id, reason } => {
             let url = client.url(&["flows", &id.to_string(), "cancel"], &[]);
-            let answer = client.post(url, &json!({ "reason": reason })).await?;
-            render::requested(id, "cancel", &answer, json)
+            let answer: Option<RequestOutcome> =
+                client.post(url, &ReasonRequest { reason }).await?;
+            render::requested(id, "cancel", answer.map(|a| a.outcome), json)
         }
         Request::Control { id, action, reason } => {
             let url = client.url(&["flows", &id.to_string(), action.key()], &[]);
-            let body = match reason {
-                Some(reason) => json!({ "reason": reason }),
-                None => json!({}),
+            let body = ReasonRequest {
+                reason: reason.unwrap_or_default(),
             };
-            let answer = client.post(url, &body).await?;
-            render::requested(id, action.key(), &answer, json)
+            let answer: Option<RequestOutcome> = client.post(url, &body).await?;
+            render::requested(id, action.key(), answer.map(|a| a.outcome), json)
         }
         Request::Steps => {
-            let steps = client.get(client.url(&["steps"], &[])).await?;
+            let steps: StepList = client.get(client.url(&["steps"], &[])).await?;
             render::steps(&steps, json)
         }
         Request::Register { name, body } => {
-            let answer = client.post(client.url(&["steps"], &[]), &body).await?;
-            let version = answer.get("version").and_then(Value::as_u64).unwrap_or(0);
+            let answer: Registered = client.post(client.url(&["steps"], &[]), &body).await?;
+            let version = answer.version;
             render::accepted(
-                answer,
+                serde_json::to_value(answer)?,
                 format!("step {name:?} registered as version {version}\n"),
                 json,
             )
@@ -199,20 +205,18 @@ fn control_request(args: ControlArgs, action: Action) -> Result<Request, CliErro
 
 fn start_request(args: StartArgs) -> Result<Request, CliError> {
     let body = if let Some(name) = args.graph {
-        json!({ "kind": "task_graph", "name": name, "inputs": inputs_object(&args.inputs)? })
+        let inputs = inputs_object(&args.inputs)?.into_iter().collect();
+        StartRequest::TaskGraph { name, inputs }
     } else if let Some(name) = args.function {
-        json!({ "kind": "function", "name": name, "input": function_input(&args.inputs)? })
+        let input = function_input(&args.inputs)?;
+        StartRequest::Function { name, input }
     } else {
-        let mut body = json!({
-            "kind": "plan",
-            "goals": args.goals,
-            "inputs": inputs_object(&args.inputs)?,
-            "choices": choices(&args.choices)?,
-        });
-        if let (Some(name), Value::Object(fields)) = (args.name, &mut body) {
-            fields.insert("name".to_owned(), json!(name));
+        StartRequest::Plan {
+            goals: args.goals,
+            inputs: inputs_object(&args.inputs)?,
+            choices: choices(&args.choices)?,
+            name: args.name,
         }
-        body
     };
     Ok(Request::Start {
         body,
@@ -397,19 +401,15 @@ fn register_body(args: RegisterArgs) -> Result<Value, CliError> {
 }
 
 /// `start`: the new flow's id, or with `--wait` its final state once it ended.
-async fn start(client: &Client, body: &Value, wait: bool, json: bool) -> Result<Output, CliError> {
-    let answer = client.post(client.url(&["flows"], &[]), body).await?;
-    let id: FlowId = answer
-        .get("id")
-        .and_then(Value::as_str)
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| {
-            CliError::new(format!(
-                "the server started a flow but did not say its id: {answer}"
-            ))
-        })?;
+async fn start(
+    client: &Client,
+    body: &StartRequest,
+    wait: bool,
+    json: bool,
+) -> Result<Output, CliError> {
+    let Started { id } = client.post(client.url(&["flows"], &[]), body).await?;
     if !wait {
-        return render::accepted(answer, format!("{id}\n"), json);
+        return render::accepted(json!({ "id": id }), format!("{id}\n"), json);
     }
     // The id first, at once: whoever stops the wait still knows which flow it was.
     if !json && !print_line(&id.to_string())? {
@@ -417,11 +417,7 @@ async fn start(client: &Client, body: &Value, wait: bool, json: bool) -> Result<
     }
     let spinner = Progress::for_people(json).spinner(format!("flow {id} started"));
     let followed = follow(client, id, |event| {
-        spinner.message(format!(
-            "flow {id}: {} (event {})",
-            event.get("type").and_then(Value::as_str).unwrap_or("?"),
-            event.get("seq").and_then(Value::as_u64).unwrap_or(0)
-        ));
+        spinner.message(format!("flow {id}: {} (event {})", event.kind, event.seq));
         Ok(true)
     })
     .await?;
@@ -429,98 +425,36 @@ async fn start(client: &Client, body: &Value, wait: bool, json: bool) -> Result<
     let Followed::Ended(_) = followed else {
         return Ok(Output::default());
     };
-    let state = client
+    let state: Value = client
         .get(client.url(&["flows", &id.to_string()], &[]))
         .await?;
-    let mut output = match api_record(&state).filter(|_| !json) {
-        Some(record) => render::record(&record, None, false)?,
-        // For scripts the server's JSON as it is; for people too, should this CLI not
-        // understand it (a newer server).
+    // For scripts the server's JSON as it is; for people too, should this CLI not
+    // understand it (a newer server).
+    let view = serde_json::from_value::<FlowView>(state.clone()).ok();
+    let failed = view.as_ref().and_then(failure);
+    let mut output = match view.filter(|_| !json) {
+        Some(view) => render::record(&FlowRecord::from(view), None, false)?,
         None => render::accepted(state.clone(), format!("{state:#}\n"), true)?,
     };
-    output.failure = failure(&state).map(|why| format!("flow {id} failed: {why}"));
+    output.failure = failed.map(|why| format!("flow {id} failed: {why}"));
     Ok(output)
 }
 
 /// Why a flow that ended did not succeed, if it did not, from the API's folded state: a task
 /// graph that did not end SUCCESS, a plan with a failure, a function whose outcome is an
 /// error.
-fn failure(state: &Value) -> Option<String> {
-    let describe = |failure: &Value| {
-        format!(
-            "{}: {}",
-            failure.get("kind").and_then(Value::as_str).unwrap_or("?"),
-            failure.get("message").and_then(Value::as_str).unwrap_or("")
-        )
-    };
-    let status = state.get("status")?;
-    let key = status.get("state").and_then(Value::as_str).unwrap_or("?");
-    match status.get("kind").and_then(Value::as_str)? {
-        "task_graph" if key == FlowState::Success.key() => None,
-        "task_graph" => Some(format!("the task graph ended {key}")),
-        "plan" => state
-            .get("plan")?
-            .get("failure")
-            .filter(|f| !f.is_null())
-            .map(describe),
-        "function" => state
-            .get("function")?
-            .get("outcome")?
-            .get("Err")
-            .map(describe),
-        _ => None,
+fn failure(state: &FlowView) -> Option<String> {
+    let describe =
+        |failure: &flowstate::core::Failure| format!("{}: {}", failure.kind, failure.message);
+    match state.status {
+        FlowStatus::TaskGraph(FlowState::Success) => None,
+        FlowStatus::TaskGraph(ended) => Some(format!("the task graph ended {}", ended.key())),
+        FlowStatus::Plan(_) => state.plan.as_ref()?.failure.as_ref().map(describe),
+        FlowStatus::Function(_) => match state.function.as_ref()?.outcome.as_ref()? {
+            Err(failure) => Some(describe(failure)),
+            Ok(_) => None,
+        },
     }
-}
-
-/// The folded record of the API's `GET /flows/{id}`, whose times are RFC 3339 strings where
-/// the log has microseconds; `None` if this CLI cannot read it.
-fn api_record(state: &Value) -> Option<FlowRecord> {
-    fn micros(value: Option<&mut Value>) {
-        if let Some(value) = value {
-            if let Some(time) = value
-                .as_str()
-                .and_then(|text| flowstate::Timestamp::parse_rfc3339(text).ok())
-            {
-                *value = json!(time.as_micros());
-            }
-        }
-    }
-    let mut record = state.clone();
-    if let Value::Object(fields) = &mut record {
-        fields.remove("total_seq");
-    }
-    micros(record.get_mut("created_at"));
-    micros(record.get_mut("updated_at"));
-    if let Some(plan) = record.get_mut("plan") {
-        if let Some(Value::Object(attributes)) = plan.get_mut("attributes") {
-            for attribute in attributes.values_mut() {
-                micros(attribute.get_mut("time"));
-            }
-        }
-        if let Some(Value::Object(steps)) = plan.get_mut("steps") {
-            for step in steps.values_mut() {
-                if let Some(Value::Array(items)) = step.get_mut("items") {
-                    for item in items {
-                        micros(item.get_mut("retry_due"));
-                        micros(item.get_mut("compensation_due"));
-                    }
-                }
-            }
-        }
-    }
-    if let Some(Value::Array(journal)) = record
-        .get_mut("function")
-        .and_then(|function| function.get_mut("journal"))
-    {
-        for entry in journal {
-            match entry.get("effect").and_then(Value::as_str) {
-                Some("now") => micros(entry.get_mut("time")),
-                Some("sleep") => micros(entry.get_mut("until")),
-                _ => {}
-            }
-        }
-    }
-    serde_json::from_value(record).ok()
 }
 
 /// How following a flow stopped.
@@ -540,7 +474,7 @@ enum Followed {
 async fn follow(
     client: &Client,
     id: FlowId,
-    mut each: impl FnMut(&Value) -> Result<bool, CliError>,
+    mut each: impl FnMut(&EventView) -> Result<bool, CliError>,
 ) -> Result<Followed, CliError> {
     let flow = id.to_string();
     let mut stream = client
@@ -548,16 +482,13 @@ async fn follow(
         .await?;
     let mut last = 0_u64;
     while let Some(message) = stream.next().await? {
-        let data: Value = serde_json::from_str(&message.data).map_err(|e| {
+        let data: StreamMessage = serde_json::from_str(&message.data).map_err(|e| {
             CliError::new(format!(
-                "the stream of flow {id} sent an event that is not JSON: {e}"
+                "the stream of flow {id} sent an event that is not a stream message: {e}"
             ))
         })?;
-        let Some(seq) = data.get("seq").and_then(Value::as_u64) else {
-            continue;
-        };
-        while seq > last {
-            let page = client
+        while data.seq > last {
+            let page: EventPage = client
                 .get(client.url(
                     &["flows", &flow, "events"],
                     &[
@@ -566,20 +497,12 @@ async fn follow(
                     ],
                 ))
                 .await?;
-            let events = page
-                .get("events")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
             let mut moved = false;
-            for event in &events {
-                let Some(event_seq) = event.get("seq").and_then(Value::as_u64) else {
-                    continue;
-                };
-                if event_seq <= last {
+            for event in &page.events {
+                if event.seq <= last {
                     continue;
                 }
-                last = event_seq;
+                last = event.seq;
                 moved = true;
                 if !each(event)? {
                     return Ok(Followed::Stopped);
@@ -600,28 +523,27 @@ async fn follow(
 
 /// The state a flow ended in, if `event` is the event that ended it: a task graph's success,
 /// failure or reverted, a plan's deactivation (all its work recorded), a function done.
-fn end_state(event: &Value) -> Option<String> {
-    let to = event.get("body")?.get("to")?.as_str()?;
-    let kind = match event.get("type")?.as_str()? {
-        "flow_state_changed" => FlowKind::TaskGraph,
-        "plan_state_changed" => FlowKind::Plan,
-        "activation_state_changed" => FlowKind::Function,
+fn end_state(event: &EventView) -> Option<String> {
+    let status = match EventBody::from(event.body.clone()) {
+        EventBody::FlowStateChanged { to } => FlowStatus::TaskGraph(to),
+        EventBody::PlanStateChanged { to, .. } => FlowStatus::Plan(to),
+        EventBody::ActivationStateChanged { to, .. } => FlowStatus::Function(to),
         _ => return None,
     };
     let ended = matches!(
-        FlowStatus::parse(kind, to)?,
+        status,
         FlowStatus::TaskGraph(FlowState::Success | FlowState::Failure | FlowState::Reverted)
             | FlowStatus::Plan(PlanState::Deactivated | PlanState::Archived)
             | FlowStatus::Function(ActivationState::Done)
     );
-    ended.then(|| to.to_owned())
+    ended.then(|| status.key().to_owned())
 }
 
 /// `flows watch ID`: a line per event until the flow ends.
 async fn watch(client: &Client, id: FlowId, json: bool) -> Result<Output, CliError> {
     let followed = follow(client, id, |event| {
         let line = if json {
-            let mut event = event.clone();
+            let mut event = serde_json::to_value(event)?;
             if let Value::Object(fields) = &mut event {
                 fields.insert("flow".to_owned(), json!(id));
             }
@@ -647,13 +569,13 @@ async fn watch_all(client: &Client, json: bool) -> Result<Output, CliError> {
         .stream(client.url(&["events", "stream"], &[]))
         .await?;
     while let Some(message) = stream.next().await? {
-        let data: Value = serde_json::from_str(&message.data).map_err(|e| {
+        let data: StreamMessage = serde_json::from_str(&message.data).map_err(|e| {
             CliError::new(format!(
-                "the stream of all flows sent an event that is not JSON: {e}"
+                "the stream of all flows sent an event that is not a stream message: {e}"
             ))
         })?;
         let line = if json {
-            data.to_string()
+            serde_json::to_value(&data)?.to_string()
         } else {
             render::change_line(&data)
         };
@@ -728,22 +650,46 @@ mod tests {
         assert!(choices(&texts(&["a=x", "a=y"])).is_err());
     }
 
+    /// The API's state of a flow with `status`, and `extra` fields (`plan`, `function`).
+    fn view(status: Value, extra: Value) -> FlowView {
+        let mut state = json!({
+            "id": "018bcfe5-6800-7505-8505-050505050505", "kind": status["kind"],
+            "definition": "d", "input": null, "status": status,
+            "created_at": "2023-11-14T22:13:20.000000Z", "updated_at": "2023-11-14T22:13:20.000000Z",
+            "last_seq": 1, "atoms": {}, "diagnostic": null, "total_seq": 1
+        });
+        if let (Value::Object(fields), Value::Object(extra)) = (&mut state, extra) {
+            fields.extend(extra);
+        }
+        serde_json::from_value(state).expect("a flow view")
+    }
+
     #[test]
     fn failures_are_read_from_the_api_state() {
-        let graph = |state: &str| json!({"status": {"kind": "task_graph", "state": state}});
+        let graph = |state: &str| view(json!({"kind": "task_graph", "state": state}), json!({}));
         assert_eq!(failure(&graph("success")), None);
         assert_eq!(
             failure(&graph("reverted")).as_deref(),
             Some("the task graph ended reverted")
         );
-        let plan = json!({"status": {"kind": "plan", "state": "deactivated"},
-            "plan": {"failure": {"kind": "GoalFailed", "message": "no"}}});
+        let deactivated = json!({"kind": "plan", "state": "deactivated"});
+        let plan = view(
+            deactivated.clone(),
+            json!({"plan": {"attributes": {}, "steps": {},
+                "failure": {"kind": "GoalFailed", "message": "no"}}}),
+        );
         assert_eq!(failure(&plan).as_deref(), Some("GoalFailed: no"));
-        let plan = json!({"status": {"kind": "plan", "state": "deactivated"}, "plan": {}});
+        let plan = view(
+            deactivated,
+            json!({"plan": {"attributes": {}, "steps": {}}}),
+        );
         assert_eq!(failure(&plan), None);
         let function = |outcome: Value| {
-            json!({"status": {"kind": "function", "state": "done"},
-            "function": {"outcome": outcome}})
+            view(
+                json!({"kind": "function", "state": "done"}),
+                json!({"function": {"journal": [], "sleeps_ended": [], "inbox": {},
+                    "outcome": outcome, "run": 1, "incarnations": []}}),
+            )
         };
         assert_eq!(failure(&function(json!({"Ok": 1}))), None);
         assert_eq!(
@@ -757,28 +703,32 @@ mod tests {
 
     #[test]
     fn ends_are_recognised_by_kind() {
-        let event = |kind: &str, to: &str| json!({"type": kind, "body": {"type": kind, "to": to}});
+        let event = |body: Value| -> EventView {
+            let kind = body["type"].clone();
+            serde_json::from_value(json!({"seq": 1, "time": "2023-11-14T22:13:20.000000Z",
+                "type": kind, "body": body}))
+            .expect("an event")
+        };
+        let changed = |kind: &str, to: &str| event(json!({"type": kind, "to": to}));
         assert_eq!(
-            end_state(&event("plan_state_changed", "deactivated")).as_deref(),
+            end_state(&changed("plan_state_changed", "deactivated")).as_deref(),
             Some("deactivated")
         );
-        assert_eq!(end_state(&event("plan_state_changed", "failed")), None);
+        assert_eq!(end_state(&changed("plan_state_changed", "failed")), None);
         assert_eq!(
-            end_state(&event("flow_state_changed", "reverted")).as_deref(),
+            end_state(&changed("flow_state_changed", "reverted")).as_deref(),
             Some("reverted")
         );
-        assert_eq!(end_state(&event("flow_state_changed", "suspended")), None);
+        assert_eq!(end_state(&changed("flow_state_changed", "suspended")), None);
         assert_eq!(
-            end_state(&event("activation_state_changed", "done")).as_deref(),
+            end_state(&changed("activation_state_changed", "done")).as_deref(),
             Some("done")
         );
         assert_eq!(
-            end_state(&event("activation_state_changed", "sleeping")),
+            end_state(&changed("activation_state_changed", "sleeping")),
             None
         );
-        assert_eq!(
-            end_state(&json!({"type": "step_started", "body": {}})),
-            None
-        );
+        let started = event(json!({"type": "step_started", "step": "a", "inputs": {}, "items": 1}));
+        assert_eq!(end_state(&started), None);
     }
 }

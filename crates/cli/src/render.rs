@@ -5,9 +5,10 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{CellAlignment, Table};
-use flowstate::core::{Event, FlowRecord, JournalEntry};
+use flowstate::core::{Event, FlowRecord, JournalEntry, StepSpec};
 use flowstate::store::{FlowPage, FlowSummary};
 use flowstate::FlowId;
+use flowstate_api::{EventView, Outcome, StepList, StreamMessage};
 use flowstate_archive::{ArchivePage, ArchiveReport};
 use serde::Serialize;
 use serde_json::Value;
@@ -54,81 +55,60 @@ pub(crate) fn accepted(value: Value, text: String, json: bool) -> Result<Output,
 pub(crate) fn requested(
     flow: FlowId,
     what: &str,
-    answer: &Value,
+    outcome: Option<Outcome>,
     json: bool,
 ) -> Result<Output, CliError> {
-    let outcome = answer.get("outcome").and_then(Value::as_str);
     if json {
         let mut value = serde_json::json!({ "flow": flow, "requested": what });
         if let (Some(outcome), Value::Object(fields)) = (outcome, &mut value) {
-            fields.insert("outcome".to_owned(), Value::from(outcome));
+            fields.insert("outcome".to_owned(), Value::from(outcome.key()));
         }
         return to_json(&value);
     }
     Ok(Output::text(match outcome {
-        Some("ignored") => {
+        Some(Outcome::Ignored) => {
             format!("{what} of flow {flow} ignored: there is nothing to {what} in its state\n")
         }
-        Some(outcome) => format!("{what} of flow {flow} {outcome}\n"),
+        Some(outcome) => format!("{what} of flow {flow} {}\n", outcome.key()),
         None => format!("{what} requested for flow {flow}\n"),
     }))
 }
 
-/// `steps ls`: the server's `{"steps": [StepSpec...]}`.
-pub(crate) fn steps(answer: &Value, json: bool) -> Result<Output, CliError> {
+/// `steps ls`: the server's registered steps.
+pub(crate) fn steps(answer: &StepList, json: bool) -> Result<Output, CliError> {
     if json {
-        return to_json(answer);
+        return to_json(&serde_json::to_value(answer)?);
     }
-    let mut steps: Vec<&Value> = answer
-        .get("steps")
-        .and_then(Value::as_array)
-        .map(|list| list.iter().collect())
-        .unwrap_or_default();
-    steps.sort_by_key(|step| text_of(step, "name"));
+    let mut steps: Vec<&StepSpec> = answer.steps.iter().collect();
+    steps.sort_by_key(|step| &step.name);
     let mut table = table(&[
         "NAME", "VERSION", "INPUTS", "OUTPUTS", "ATTEMPTS", "TIMEOUT",
     ]);
     align_right(&mut table, 1);
     align_right(&mut table, 4);
     for step in &steps {
-        let inputs: Vec<String> = list_of(step, "inputs")
+        let inputs: Vec<String> = step
+            .inputs
             .iter()
-            .map(|input| {
-                let name = text_of(input, "name");
-                match (
-                    input.get("optional").and_then(Value::as_bool),
-                    input.get("default"),
-                ) {
-                    (Some(true), Some(default)) => format!("{name}?={default}"),
-                    (Some(true), None) => format!("{name}?"),
-                    _ => name,
-                }
+            .map(|input| match (input.optional, &input.default) {
+                (true, Some(default)) => format!("{}?={default}", input.name),
+                (true, None) => format!("{}?", input.name),
+                _ => input.name.clone(),
             })
             .collect();
-        let outputs: Vec<String> = list_of(step, "outputs")
-            .iter()
-            .filter_map(|output| output.as_str().map(str::to_owned))
-            .collect();
-        let attempts = step
-            .get("retry")
-            .and_then(|retry| retry.get("max_attempts"))
-            .and_then(Value::as_u64)
-            .unwrap_or(1);
         let timeout = step
-            .get("timeout_ms")
-            .and_then(Value::as_u64)
+            .timeout_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms}ms"));
-        let mut name = text_of(step, "name");
-        if let Some(over) = step.get("map_over").and_then(Value::as_str) {
+        let mut name = step.name.clone();
+        if let Some(over) = &step.map_over {
             name.push_str(&format!(" (each {over})"));
         }
         table.add_row(vec![
             name,
-            step.get("version")
-                .map_or_else(String::new, Value::to_string),
+            step.version.to_string(),
             inputs.join(", "),
-            outputs.join(", "),
-            attempts.to_string(),
+            step.outputs.join(", "),
+            step.retry.max_attempts.to_string(),
             timeout,
         ]);
     }
@@ -141,37 +121,18 @@ pub(crate) fn steps(answer: &Value, json: bool) -> Result<Output, CliError> {
     })
 }
 
-fn text_of(value: &Value, field: &str) -> String {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn list_of<'a>(value: &'a Value, field: &str) -> &'a [Value] {
-    value
-        .get(field)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
-}
-
 /// `flows watch ID`: one event of the API (`{seq, time, type, body}`) as a line, its columns
 /// those of `flows events`.
-pub(crate) fn event_line(event: &Value) -> String {
-    let seq = event.get("seq").map_or_else(String::new, Value::to_string);
-    let time = text_of(event, "time");
-    let kind = text_of(event, "type");
-    let detail = event.get("body").map_or_else(String::new, body_detail);
-    format!("{seq:>6}  {time}  {kind}  {detail}")
+pub(crate) fn event_line(event: &EventView) -> String {
+    let detail =
+        serde_json::to_value(&event.body).map_or_else(|_| String::new(), |body| body_detail(&body));
+    format!("{:>6}  {}  {}  {detail}", event.seq, event.time, event.kind)
 }
 
 /// `flows watch`: one change of the all-flows stream (`{flow, seq, type, status}`) as a line.
-pub(crate) fn change_line(change: &Value) -> String {
-    let flow = text_of(change, "flow");
-    let seq = change.get("seq").map_or_else(String::new, Value::to_string);
-    let status = text_of(change, "status");
-    format!("{flow}  {seq:>6}  {status}")
+pub(crate) fn change_line(change: &StreamMessage) -> String {
+    let status = change.status.as_deref().unwrap_or_default();
+    format!("{}  {:>6}  {status}", change.flow, change.seq)
 }
 
 /// `flows ls`.

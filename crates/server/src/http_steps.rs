@@ -26,9 +26,8 @@
 
 use std::time::Duration;
 
-use flowstate::core::{InputSpec, Predicate, RetryPolicy, StepSpec};
+use flowstate::core::StepSpec;
 use flowstate::plan::{Step, StepContext, StepError};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The timeout of an HTTP step that sets none (as Argyll's `STEP_TIMEOUT`).
@@ -37,76 +36,7 @@ pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest step URL accepted.
 pub const MAX_URL_BYTES: usize = 2_048;
 
-/// An HTTP step as the API receives it (and as the registrations file keeps it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpStepRequest {
-    /// Its name.
-    pub name: String,
-    /// What it reads.
-    #[serde(default)]
-    pub inputs: Vec<InputSpec>,
-    /// What it produces.
-    pub outputs: Vec<String>,
-    /// The URL the engine POSTs each work item to.
-    pub url: String,
-    /// A mapped step: the list input giving one work item per element.
-    #[serde(default)]
-    pub map_over: Option<String>,
-    /// For a mapped step: most items at once.
-    #[serde(default)]
-    pub parallelism: Option<u32>,
-    /// Runs only if this holds over its inputs.
-    #[serde(default)]
-    pub predicate: Option<Predicate>,
-    /// Retries (default: none).
-    #[serde(default)]
-    pub retry: Option<RetryPolicy>,
-    /// Longest an attempt (the HTTP call, and for an async step the wait for its report)
-    /// may take.
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    /// `sync` (the answer holds the outputs) or `async` (reported later).
-    #[serde(default)]
-    pub mode: Mode,
-}
-
-/// How an HTTP step answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// The answer holds the outputs.
-    #[default]
-    Sync,
-    /// The answer accepts the work; the outputs are reported later.
-    Async,
-}
-
-/// A report of an asynchronous HTTP step's attempt.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Report {
-    /// The outputs, on success.
-    #[serde(default)]
-    pub outputs: Option<serde_json::Map<String, Value>>,
-    /// The failure, otherwise.
-    #[serde(default)]
-    pub error: Option<ReportedError>,
-}
-
-/// A failure reported by an asynchronous HTTP step.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportedError {
-    /// Its kind.
-    pub kind: String,
-    /// What happened.
-    #[serde(default)]
-    pub message: String,
-    /// Whether another attempt may succeed.
-    #[serde(default)]
-    pub retryable: bool,
-}
+pub use flowstate_api::{HttpStepRequest, Mode, Report, ReportedError};
 
 /// An attempt waiting for its report: the secret its report URL carries, and where to hand
 /// the report.
@@ -118,14 +48,14 @@ type Waiter = (
 /// Attempts of asynchronous HTTP steps waiting for their report, by completion token.
 #[derive(Debug, Default)]
 pub(crate) struct Waiting {
-    by_token: std::sync::Mutex<std::collections::HashMap<String, Waiter>>,
+    by_token: flowstate::core::sync::Mutex<std::collections::HashMap<String, Waiter>>,
 }
 
 impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Waiter>> {
-        self.by_token
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(
+        &self,
+    ) -> flowstate::core::sync::MutexGuard<'_, std::collections::HashMap<String, Waiter>> {
+        self.by_token.lock()
     }
 
     /// Hands a report to the attempt waiting for it; `false` if none waits for `token`
@@ -143,7 +73,7 @@ impl Waiting {
         let Some((secret, _)) = waiting.get(token) else {
             return Ok(false);
         };
-        if !crate::api::same_secret(secret, key) {
+        if !crate::auth::same_secret(secret, key) {
             return Ok(false);
         }
         let Some((_, sender)) = waiting.remove(token) else {
@@ -259,7 +189,7 @@ pub(crate) fn encode_token(token: &str) -> String {
 
 /// The completion token of a path segment, if it is one [`encode_token`] made.
 pub(crate) fn decode_token(segment: &str) -> Option<String> {
-    if segment.len() % 2 != 0 {
+    if !segment.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..segment.len())

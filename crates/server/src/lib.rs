@@ -1,5 +1,5 @@
 //! The flowstate server: one engine process behind an HTTP/JSON API, with Server-Sent Events
-//! and the web UI (issue 7, in progress).
+//! and the web UI.
 //!
 //! **What it owns:** the HTTP surface (routes, request limits, bearer-token authentication,
 //! problem-details errors, the OpenAPI document), the event streams, serving the UI, and the
@@ -10,24 +10,27 @@
 //! engines' public API (`Plans`, task graphs, `Functions`) or reads the store; a refused
 //! request changes nothing.
 
-mod api;
 mod archived;
+mod auth;
 mod examples;
+mod extract;
 pub mod http_steps;
 mod openapi;
 mod problem;
 pub mod registrations;
+mod routes;
+mod state;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::{
-    router, ApiState, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES, MAX_STRAY_FLOWS, MAX_STREAM_READ,
-    MAX_WATCHED_FLOWS,
-};
 pub use problem::Problem;
+pub use routes::flows::MAX_EVENTS_PER_REQUEST;
+pub use routes::streams::{MAX_STRAY_FLOWS, MAX_STREAM_READ, MAX_WATCHED_FLOWS};
+pub use routes::{router, CONTENT_SECURITY_POLICY, MAX_REQUEST_BYTES};
+pub use state::ApiState;
 
 /// Shortest bearer token accepted.
 pub const MIN_TOKEN_BYTES: usize = 16;
@@ -77,7 +80,7 @@ pub enum ServerError {
     },
     /// The engine could not be built.
     #[error(transparent)]
-    Engine(#[from] flowstate::EngineError),
+    Engine(#[from] flowstate::Error),
     /// The examples could not be registered.
     #[error("registering the examples failed: {0}")]
     Examples(String),
@@ -106,7 +109,7 @@ pub struct RunningServer {
     steps_file: Option<PathBuf>,
     engine: flowstate::Engine,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
-    worker: tokio::task::JoinHandle<Result<flowstate::worker::WorkerStats, flowstate::EngineError>>,
+    worker: tokio::task::JoinHandle<Result<flowstate::worker::WorkerStats, flowstate::Error>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -167,42 +170,8 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             length: short.len(),
         });
     }
-    let mut builder = flowstate::Engine::builder(config.store.clone());
-    if config.examples {
-        builder = examples::steps()
-            .into_iter()
-            .fold(builder, flowstate::EngineBuilder::step);
-        builder = examples::task_graphs()
-            .into_iter()
-            .fold(builder, flowstate::EngineBuilder::task_graph);
-    }
-    if let Some(archive) = config
-        .archive
-        .as_ref()
-        .filter(|_| config.archive_deactivated)
-    {
-        builder = builder.archive(
-            archive.clone(),
-            flowstate::archive::ArchivePolicy::default(),
-            flowstate::archive::DEFAULT_INTERVAL,
-        );
-    }
-    let engine = builder.build().await?;
-    if config.examples {
-        examples::register_functions(engine.functions()).map_err(ServerError::Examples)?;
-    }
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.addr,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.addr,
-            source,
-        })?;
+    let engine = engine(&config).await?;
+    let (listener, addr) = listen(config.addr).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state = ApiState::new(engine.clone(), addr, config.tokens.clone(), stopped.clone())
         .with_archive(config.archive.clone());
@@ -213,7 +182,7 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
         .clone()
         .or_else(|| registrations::default_steps_file(&config.store));
     if let Some(path) = &steps_file {
-        if let Err(reason) = state.load_steps(path.clone()).await {
+        if let Err(reason) = routes::steps::load_steps(&state, path.clone()).await {
             if let Err(error) = engine.store().close().await {
                 tracing::warn!(%error, "closing the store failed");
             }
@@ -250,6 +219,46 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
+/// The engine of `config`: its store, the examples if asked, the archiver if asked.
+async fn engine(config: &ServerConfig) -> Result<flowstate::Engine, ServerError> {
+    let mut builder = flowstate::Engine::builder(config.store.clone());
+    if config.examples {
+        builder = examples::steps()
+            .into_iter()
+            .fold(builder, flowstate::EngineBuilder::step);
+        builder = examples::task_graphs()
+            .into_iter()
+            .fold(builder, flowstate::EngineBuilder::task_graph);
+    }
+    if let Some(archive) = config
+        .archive
+        .as_ref()
+        .filter(|_| config.archive_deactivated)
+    {
+        builder = builder.archive(
+            archive.clone(),
+            flowstate::archive::ArchivePolicy::default(),
+            flowstate::archive::DEFAULT_INTERVAL,
+        );
+    }
+    let engine = builder.build().await?;
+    if config.examples {
+        examples::register_functions(engine.functions()).map_err(ServerError::Examples)?;
+    }
+    Ok(engine)
+}
+
+/// A listener on `addr`, and the address it got (the port chosen when `addr` said 0).
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -274,6 +283,3 @@ pub const HTTP_DRAIN: Duration = Duration::from_secs(10);
 /// How often the event streams look for new events (they also wake on the store's
 /// wake-ups).
 pub const STREAM_POLL: Duration = Duration::from_millis(250);
-
-/// Shared handle type for the state.
-pub(crate) type Shared = Arc<api::Inner>;

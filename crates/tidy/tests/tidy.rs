@@ -30,12 +30,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize, &str)] = &[
         "a table of refused compactions, each checked to write nothing",
     ),
     (
-        "crates/server/src/openapi.rs",
-        "document",
-        196,
-        "the OpenAPI document as one JSON literal",
-    ),
-    (
         "crates/store-postgres/src/group.rs",
         "commit_group",
         205,
