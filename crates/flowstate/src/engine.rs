@@ -309,21 +309,23 @@ impl Engine {
         &self.store
     }
 
-    /// The task-graph engine: submit, start or inspect task-graph flows.
+    /// The task-graph engine: create, submit or execute task-graph flows, run or control them.
+    /// The three kinds answer the same verbs with the same meaning (`create`: recorded, not
+    /// offered to workers; `submit`: recorded for the workers; `execute`: created and run here).
     #[must_use]
-    pub fn task_graphs(&self) -> &Arc<flowstate_taskgraph::Engine> {
+    pub fn task_graphs(&self) -> &flowstate_taskgraph::Engine {
         &self.task_graphs
     }
 
-    /// The durable functions: register them (before [`Engine::run`]), start, signal,
+    /// The durable functions: register them (before [`Engine::run`]), submit, signal,
     /// cancel, or look up activations.
     #[must_use]
     pub fn functions(&self) -> &flowstate_durable::Functions {
         &self.functions
     }
 
-    /// The plan engine: register steps, preview plans, start flows by goals, read a flow's
-    /// state at any point.
+    /// The plan engine: register steps, preview plans, create, submit or execute flows by
+    /// goals, read a flow's state at any point.
     #[must_use]
     pub fn plans(&self) -> &flowstate_plan::Plans {
         &self.plans
