@@ -167,8 +167,12 @@ impl Controls {
         self
     }
 
-    /// The kind of `flow` and its control.
-    async fn of(&self, flow: FlowId) -> Result<&dyn FlowControl, ControlError> {
+    /// The control of `flow`'s kind, for `request`.
+    async fn of(
+        &self,
+        flow: FlowId,
+        request: ControlRequest,
+    ) -> Result<&dyn FlowControl, ControlError> {
         let summary = self
             .store
             .flow(flow)
@@ -181,7 +185,7 @@ impl Controls {
             .ok_or_else(|| ControlError::NotSupported {
                 flow,
                 kind: summary.kind,
-                request: ControlRequest::Cancel,
+                request,
                 detail: format!("this process has no control for {} flows", summary.kind),
             })
     }
@@ -190,18 +194,112 @@ impl Controls {
 #[async_trait]
 impl FlowControl for Controls {
     async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, ControlError> {
-        self.of(flow).await?.cancel(flow, reason).await
+        self.of(flow, ControlRequest::Cancel)
+            .await?
+            .cancel(flow, reason)
+            .await
     }
 
     async fn suspend(&self, flow: FlowId) -> Result<Transition, ControlError> {
-        self.of(flow).await?.suspend(flow).await
+        self.of(flow, ControlRequest::Suspend)
+            .await?
+            .suspend(flow)
+            .await
     }
 
     async fn resume(&self, flow: FlowId) -> Result<Transition, ControlError> {
-        self.of(flow).await?.resume(flow).await
+        self.of(flow, ControlRequest::Resume)
+            .await?
+            .resume(flow)
+            .await
     }
 
     async fn state(&self, flow: FlowId, at: StopAt) -> Result<FlowRecord, ControlError> {
         state_at(self.store.as_ref(), flow, at).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use flowstate_core::{ManualClock, Timestamp};
+    use flowstate_store::MemoryStore;
+
+    use super::*;
+    use crate::create::{self, Creation};
+
+    /// A kind's control that counts the cancellations it was sent.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl FlowControl for Counting {
+        async fn cancel(&self, _flow: FlowId, _reason: &str) -> Result<Transition, ControlError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Transition::Allowed)
+        }
+
+        async fn suspend(&self, _flow: FlowId) -> Result<Transition, ControlError> {
+            Ok(Transition::Ignored)
+        }
+
+        async fn resume(&self, _flow: FlowId) -> Result<Transition, ControlError> {
+            Ok(Transition::Ignored)
+        }
+
+        async fn state(&self, flow: FlowId, _at: StopAt) -> Result<FlowRecord, ControlError> {
+            Err(ControlError::UnknownFlow { flow })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_to_the_flows_kind_and_only_there() {
+        let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
+            1_767_225_600_000_000,
+        )));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(clock.clone()));
+        let new = |kind| {
+            Creation::new(kind, "d", serde_json::Value::Null)
+                .stage(clock.as_ref())
+                .expect("stage")
+        };
+        let function = create::record(store.as_ref(), new(FlowKind::Function), true)
+            .await
+            .expect("create");
+        let plan = create::record(store.as_ref(), new(FlowKind::Plan), true)
+            .await
+            .expect("create");
+        let functions = Arc::new(Counting::default());
+        let controls = Controls::new(store.clone()).with(FlowKind::Function, functions.clone());
+
+        let cancelled = controls.cancel(function, "stop").await.expect("cancel");
+        assert_eq!(cancelled, Transition::Allowed);
+        assert_eq!(functions.0.load(Ordering::SeqCst), 1);
+
+        let error = controls.suspend(plan).await.expect_err("no plan control");
+        assert!(matches!(
+            error,
+            ControlError::NotSupported {
+                kind: FlowKind::Plan,
+                request: ControlRequest::Suspend,
+                ..
+            }
+        ));
+        let missing = create::mint_flow_id(clock.as_ref());
+        let error = controls.cancel(missing, "stop").await.expect_err("unknown");
+        assert!(matches!(error, ControlError::UnknownFlow { flow } if flow == missing));
+        assert_eq!(
+            functions.0.load(Ordering::SeqCst),
+            1,
+            "nothing else was sent"
+        );
+
+        let state = controls.state(function, StopAt::End).await.expect("state");
+        assert_eq!(
+            state.kind,
+            FlowKind::Function,
+            "the state is folded by the kernel"
+        );
     }
 }
