@@ -27,7 +27,8 @@ pub use events::{EventBodyView, EventPage, EventParams, EventView, StreamMessage
 pub use flows::{AtParams, FlowPage, FlowSummaryView, ListParams, StartRequest, Started};
 pub use problem::{ProblemCode, ProblemDetails};
 pub use record::{
-    AttributeView, FlowView, FunctionView, JournalEntryView, PlanView, StepView, WorkView,
+    AttributeView, FlowView, FunctionView, JournalEntryView, OutcomeView, PlanView, StepView,
+    WorkView,
 };
 pub use steps::{HttpStepRequest, Mode, Registered, Report, ReportKey, ReportedError, StepList};
 pub use time::Time;

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flowstate_core::{
     AtomRecord, AttributeValue, DroppedJournal, ExecutionPlan, Failure, FlowId, FlowKind,
-    FlowRecord, FlowStatus, FunctionRecord, JournalEntry, PlanRecord, StepOutcome, StepRecord,
-    StepState, WorkRecord, WorkState,
+    FlowRecord, FlowStatus, FunctionRecord, JournalEntry, Outcome, PlanRecord, StepOutcome,
+    StepRecord, StepState, WorkRecord, WorkState,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -64,6 +64,9 @@ pub struct FlowView {
     /// A task graph someone asked to cancel: the first request's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested: Option<String>,
+    /// How it ended, once it has (derived from the state; absent while it may go on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeView>,
     /// The sequence number of the flow's last event (whatever `?at=` said).
     pub total_seq: u64,
     /// Read from the archive (the flow is no longer in the live store).
@@ -100,8 +103,40 @@ impl FlowView {
             parent: record.parent,
             plan: record.plan.as_ref().map(PlanView::from),
             cancel_requested: record.cancel_requested.clone(),
+            outcome: record.outcome().map(OutcomeView::from),
             total_seq,
             archived,
+        }
+    }
+}
+
+/// How a finished flow ended, the same words for every kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OutcomeView {
+    /// `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = crate::schema::OutcomeKind)]
+    pub outcome: String,
+    /// What failed (a failed flow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::schema::Failure>)]
+    pub failure: Option<Failure>,
+    /// The reason given (a cancelled flow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<Outcome> for OutcomeView {
+    fn from(outcome: Outcome) -> Self {
+        let outcome_key = outcome.kind().key().to_owned();
+        let (failure, reason) = match outcome {
+            Outcome::Failed { failure } => (Some(failure), None),
+            Outcome::Cancelled { reason } => (None, Some(reason)),
+            _ => (None, None),
+        };
+        Self {
+            outcome: outcome_key,
+            failure,
+            reason,
         }
     }
 }

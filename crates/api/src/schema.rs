@@ -25,6 +25,18 @@ pub struct Failure {
     pub causes: Option<Vec<Failure>>,
 }
 
+/// How a finished flow ended.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// It did what it was for.
+    Succeeded,
+    /// It failed (see `failure`).
+    Failed,
+    /// Someone cancelled it (see `reason`).
+    Cancelled,
+}
+
 /// A flow's kind.
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]

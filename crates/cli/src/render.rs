@@ -228,6 +228,16 @@ pub(crate) fn archive_report(report: &ArchiveReport, json: bool) -> Result<Outpu
 }
 
 /// `flows show`. `total` is the length of the whole log when the fold stopped early.
+/// How a flow ended, in one line: `succeeded`, `failed: KIND: MESSAGE` or `cancelled: REASON`.
+pub(crate) fn outcome_text(outcome: &flowstate::core::Outcome) -> String {
+    use flowstate::core::Outcome;
+    match outcome {
+        Outcome::Failed { failure } => format!("failed: {}: {}", failure.kind, failure.message),
+        Outcome::Cancelled { reason } => format!("cancelled: {reason}"),
+        other => other.kind().key().to_owned(),
+    }
+}
+
 pub(crate) fn record(
     record: &FlowRecord,
     total: Option<usize>,
@@ -245,6 +255,9 @@ pub(crate) fn record(
     field("kind", record.kind.key().to_owned());
     field("definition", record.definition.clone());
     field("state", record.status.key().to_owned());
+    if let Some(outcome) = record.outcome() {
+        field("outcome", outcome_text(&outcome));
+    }
     field("created", record.created_at.to_string());
     field("updated", record.updated_at.to_string());
     match total {
@@ -258,7 +271,7 @@ pub(crate) fn record(
     if let Some(function) = &record.function {
         if let Some(outcome) = &function.outcome {
             field(
-                "outcome",
+                "returned",
                 match outcome {
                     Ok(value) => value.to_string(),
                     Err(failure) => format!("error {}: {}", failure.kind, failure.message),

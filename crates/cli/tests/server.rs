@@ -155,7 +155,11 @@ fn functions_take_signals_and_cancels_through_the_server() {
     let output = common::finish(waiting);
     let shown = succeeds(&output);
     assert_eq!(field(&shown, "state").as_deref(), Some("done"));
-    assert_eq!(field(&shown, "outcome").as_deref(), Some("\"approved 10\""));
+    assert_eq!(
+        field(&shown, "returned").as_deref(),
+        Some("\"approved 10\"")
+    );
+    assert_eq!(field(&shown, "outcome").as_deref(), Some("succeeded"));
 
     // A cancelled function: `start --wait` prints its final state, then reports its failure
     // as the one error line.
@@ -188,7 +192,8 @@ fn functions_take_signals_and_cancels_through_the_server() {
     let shown = String::from_utf8_lossy(&output.stdout);
     assert_eq!(field(&shown, "state").as_deref(), Some("done"));
     assert!(
-        field(&shown, "outcome").is_some_and(|o| o.starts_with("error Cancelled")),
+        field(&shown, "returned").is_some_and(|o| o.starts_with("error Cancelled"))
+            && field(&shown, "outcome").is_some_and(|o| o.starts_with("cancelled: ")),
         "{shown}"
     );
     let record = json(&server.store_cli(&["--json", "flows", "show", &cancelled]));

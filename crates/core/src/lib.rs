@@ -19,6 +19,7 @@ pub mod journal;
 mod kind;
 pub mod limits;
 pub mod machine;
+pub mod outcome;
 pub mod plan;
 mod plan_spec;
 pub mod sync;
@@ -37,6 +38,7 @@ pub use journal::{
     JournalError, Replay, Replayer, StepOutcome,
 };
 pub use machine::{InvalidState, Machine, Transition};
+pub use outcome::{Outcome, OutcomeKind};
 pub use plan::{
     AttributeValue, ExecutionPlan, Goal, InputSpec, PlanError, PlanRecord, Predicate, RetryPolicy,
     StepRecord, StepSpec, StepState, WorkRecord, WorkState,

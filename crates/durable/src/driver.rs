@@ -51,7 +51,7 @@ pub const MAX_DRIVER_THREADS: usize = 64;
 pub const DEADLOCK_GRACE: Duration = Duration::from_secs(1);
 
 /// The failure kind of a cancelled function's outcome.
-pub const CANCELLED: &str = "Cancelled";
+pub const CANCELLED: &str = flowstate_core::outcome::CANCELLED;
 
 /// How often a driver thread looks for stalled replays and deadlocked functions (right
 /// after its runtime stalled, so that what it sees is settled).

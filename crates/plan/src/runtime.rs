@@ -42,7 +42,7 @@ pub const MISSING_OUTPUT: &str = "MissingOutput";
 /// Failure kind of a flow whose goal failed or became unreachable.
 pub const GOAL_FAILED: &str = "GoalFailed";
 /// Failure kind of a flow cancelled by a client (`Plans::cancel`).
-pub const CANCELLED: &str = "Cancelled";
+pub const CANCELLED: &str = flowstate_core::outcome::CANCELLED;
 /// Failure kind of a step whose work was abandoned because the flow ended.
 pub const ABANDONED: &str = "Abandoned";
 

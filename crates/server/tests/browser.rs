@@ -43,6 +43,8 @@ const STEPS: [&str; 3] = ["lookup_customer", "calculate_total", "process_payment
 struct Snapshot {
     hash: String,
     state: Option<String>,
+    /// The outcome badge of a finished flow.
+    outcome: Option<String>,
     nodes: Vec<(String, String)>,
     events: Vec<(u64, String)>,
     attributes: Vec<(String, String)>,
@@ -64,11 +66,13 @@ struct Slider {
 const SNAPSHOT: &str = r#"
 const all = (selector) => Array.from(document.querySelectorAll(selector));
 const state = document.querySelector('[data-testid=flow-state]');
+const outcome = document.querySelector('[data-testid=flow-outcome]');
 const error = document.querySelector('[data-testid=error]');
 const slider = document.querySelector('[data-testid=slider]');
 return {
   hash: location.hash,
   state: state ? state.textContent.trim() : null,
+  outcome: outcome ? outcome.getAttribute('data-outcome') : null,
   nodes: all('[data-testid=diagram] [data-testid=node]')
     .map((node) => [node.getAttribute('data-name'), node.getAttribute('data-state')]),
   events: all('[data-testid=timeline] [data-testid=event]')
@@ -284,6 +288,7 @@ async fn scenario(
         "the plan deactivated, every node completed",
         |page| {
             page.state.as_deref() == Some("deactivated")
+                && page.outcome.as_deref() == Some("succeeded")
                 && page.nodes.len() == STEPS.len()
                 && page.nodes.iter().all(|(_, state)| state == "completed")
                 && page

@@ -110,8 +110,7 @@
   /** The colour family of a state key, across all machines. */
   function tone(state) {
     switch (state) {
-      case 'completed': case 'success': case 'succeeded': case 'done': case 'deactivated':
-      case 'complete': case 'compensated':
+      case 'completed': case 'success': case 'succeeded': case 'complete': case 'compensated':
         return 'ok';
       case 'active': case 'running': case 'active_current': case 'active_replay':
       case 'reverting': case 'retrying': case 'resuming': case 'scheduling': case 'analyzing':
@@ -121,10 +120,12 @@
       case 'game_over': case 'compensation_failed':
         return 'bad';
       case 'reverted': case 'suspended': case 'suspending': case 'retry_waiting':
-      case 'abandoned':
+      case 'abandoned': case 'cancelled':
         return 'warn';
       case 'sleeping': case 'waiting':
         return 'wait';
+      // Terminal states that say nothing of how the flow ended: its outcome does.
+      case 'done': case 'deactivated':
       case 'skipped': case 'ignore': case 'archived':
         return 'off';
       default:
@@ -812,10 +813,12 @@
 
     function renderHeader(record) {
       const state = stateKey(record.status);
+      const outcome = record.outcome ? record.outcome.outcome : null;
       replace(header,
         h('h1', { class: 'mono', testid: 'flow-id' }, record.id),
         h('div', { class: 'row meta' },
-          h('span', { class: `badge big tone-${tone(state)}`, testid: 'flow-state', 'data-state': state }, state),
+          h('span', { class: `badge big tone-${tone(outcome || state)}`, testid: 'flow-state', 'data-state': state }, state),
+          outcome ? h('span', { class: `badge big tone-${tone(outcome)}`, testid: 'flow-outcome', 'data-outcome': outcome }, outcome) : null,
           h('span', { class: 'pill', testid: 'flow-kind' }, record.kind),
           h('span', { class: 'pill', testid: 'flow-definition', title: 'definition' }, record.definition),
           h('span', { class: 'muted' }, `created ${stamp(toDate(record.created_at))}`),
@@ -825,6 +828,14 @@
 
     function renderBanners(record) {
       const items = [];
+      const ended = record.outcome;
+      if (ended && ended.outcome === 'failed') {
+        items.push(h('div', { class: 'banner bad', testid: 'flow-failure' },
+          h('strong', {}, 'Failed'), ' ', failureText(ended.failure)));
+      } else if (ended && ended.outcome === 'cancelled') {
+        items.push(h('div', { class: 'banner warn', testid: 'flow-cancelled' },
+          h('strong', {}, 'Cancelled'), ' ', ended.reason || ''));
+      }
       if (record.diagnostic) {
         items.push(h('div', { class: 'banner bad', testid: 'diagnostic' },
           h('strong', {}, 'Replay failure'),
