@@ -83,6 +83,7 @@ pub struct EngineBuilder {
         flowstate_archive::ArchivePolicy,
         std::time::Duration,
     )>,
+    journal_retention: std::time::Duration,
 }
 
 impl EngineBuilder {
@@ -142,8 +143,10 @@ impl EngineBuilder {
         self
     }
 
-    /// Moves deactivated plans to the archive at `url` (a directory, `file://`, `memory://` or
-    /// `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`, while the engine runs.
+    /// Moves finished flows (deactivated plans, task graphs that ended SUCCESS, FAILURE or
+    /// REVERTED, durable functions that are done) to the archive at `url` (a directory,
+    /// `file://`, `memory://` or `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`,
+    /// while the engine runs.
     #[must_use]
     pub fn archive(
         mut self,
@@ -152,6 +155,14 @@ impl EngineBuilder {
         interval: std::time::Duration,
     ) -> Self {
         self.archive = Some((url.into(), policy, interval));
+        self
+    }
+
+    /// How long a durable function that is done keeps its whole journal before dropping it
+    /// (`flowstate_durable::DEFAULT_JOURNAL_RETENTION`, a week, unless set).
+    #[must_use]
+    pub fn journal_retention(mut self, retention: std::time::Duration) -> Self {
+        self.journal_retention = retention;
         self
     }
 
@@ -187,6 +198,7 @@ impl EngineBuilder {
             config.id.to_string(),
         );
         functions.plan_with(Arc::new(ChildPlans(plans.clone())));
+        functions.journal_retention(self.journal_retention);
         for register in self.functions {
             (register.0)(&functions)?;
         }
@@ -305,6 +317,7 @@ impl Engine {
             steps: Vec::new(),
             functions: Vec::new(),
             archive: None,
+            journal_retention: flowstate_durable::DEFAULT_JOURNAL_RETENTION,
         }
     }
 
