@@ -1,5 +1,7 @@
 //! [`Archiver`]: one pass ([`Archiver::run_once`]) or a loop ([`Archiver::run`]) that moves
-//! deactivated plan flows from the live store to the archive.
+//! finished flows from the live store to the archive: deactivated plans, task graphs that
+//! ended SUCCESS, FAILURE or REVERTED, and durable functions that are done
+//! ([`crate::FINISHED`]).
 //!
 //! Each flow goes through four steps, each durable before the next starts:
 //!
@@ -18,6 +20,12 @@
 //! again; the file's bytes depend only on the log, so writing it again writes the same file.
 //! Nothing is deleted before its copy was read back and checked. For the same reason a pass
 //! may be stopped at any point (dropping its future): that is a crash the protocol covers.
+//!
+//! Task graphs and functions have no `archived` state, so they skip (1): a crash between
+//! (2) and (4) leaves the flow live (listed as live, and its copy in the archive, which
+//! readers of a flow id ignore while the live one exists), and a later pass selects it again
+//! by the policy, writes the same bytes (the log of a finished flow does not change; a
+//! function whose journal was dropped meanwhile gets its new, shorter log) and deletes it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +44,9 @@ use serde::Serialize;
 
 use crate::error::ArchiveError;
 use crate::format::ArchivedFlow;
-use crate::policy::{select, ArchivePolicy, Candidate, LiveTotals};
+use crate::policy::{
+    is_archived_state, is_finished, select, ArchivePolicy, Candidate, LiveTotals, FINISHED,
+};
 use crate::storage::ArchiveStore;
 
 /// A step of archiving one flow, reported to an [`ArchiveObserver`] once it is durable.
@@ -133,7 +143,7 @@ struct Moved {
     events: u64,
 }
 
-/// Moves deactivated plan flows from a live store to an archive; see the module docs.
+/// Moves finished flows of every kind from a live store to an archive; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Archiver {
     store: Arc<dyn Store>,
@@ -196,14 +206,16 @@ impl Archiver {
         }
 
         let mut candidates = Vec::new();
-        self.scan(Some(PlanState::Deactivated.key()), |flow| {
-            // A deactivated flow still ready has a run to finish (its worker releases it
-            // after telling a parent it ended): archiving it now could lose that telling.
-            if !flow.ready {
-                candidates.push(candidate(flow));
-            }
-        })
-        .await?;
+        for (kind, status) in FINISHED {
+            self.scan_kind(kind, Some(status.key()), |flow| {
+                // A finished flow still ready has a run to finish (its worker releases it
+                // after telling a parent it ended): archiving it now could lose that telling.
+                if !flow.ready {
+                    candidates.push(candidate(flow));
+                }
+            })
+            .await?;
+        }
         let mut totals = LiveTotals::default();
         if self.policy.has_limits() && !candidates.is_empty() {
             self.scan_all(|flow| {
@@ -255,8 +267,18 @@ impl Archiver {
         status: Option<&str>,
         each: impl FnMut(&FlowSummary),
     ) -> Result<(), ArchiveError> {
+        self.scan_kind(FlowKind::Plan, status, each).await
+    }
+
+    /// Flows of `kind` in the live store with status `status`, page by page.
+    async fn scan_kind(
+        &self,
+        kind: FlowKind,
+        status: Option<&str>,
+        each: impl FnMut(&FlowSummary),
+    ) -> Result<(), ArchiveError> {
         let query = FlowQuery {
-            kind: Some(FlowKind::Plan),
+            kind: Some(kind),
             status: status.map(str::to_owned),
             limit: MAX_PAGE_SIZE,
             ..FlowQuery::default()
@@ -328,7 +350,8 @@ impl Archiver {
         }
     }
 
-    /// The four steps for one flow. `None`: another process removed it meanwhile.
+    /// The four steps for one flow (three for a kind without an `archived` state, which is
+    /// not marked). `None`: another process removed it meanwhile.
     async fn archive_one(&self, flow: FlowId) -> Result<Option<Moved>, ArchiveError> {
         if !self.mark(flow).await? {
             return Ok(None);
@@ -390,6 +413,9 @@ impl Archiver {
             match record.status {
                 FlowStatus::Plan(PlanState::Archived) => return Ok(true),
                 FlowStatus::Plan(PlanState::Deactivated) => {}
+                // Task graphs and functions have no `archived` state: a finished one is
+                // written as it is, and stays visible until it is deleted.
+                status if is_finished(status) => return Ok(true),
                 status => {
                     return Err(ArchiveError::NotArchivable {
                         flow,
@@ -457,7 +483,7 @@ fn verify(
     let record = decoded
         .replay(StopAt::End)
         .map_err(|e| failed(e.to_string()))?;
-    if record.status != FlowStatus::Plan(PlanState::Archived) {
+    if !is_archived_state(record.status) {
         return Err(failed(format!("the copy folds to {}", record.status)));
     }
     Ok(())

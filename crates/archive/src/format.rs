@@ -17,10 +17,7 @@
 //! **Invariant:** a file's `format` only grows. A reader refuses a format newer than
 //! [`ARCHIVE_FORMAT_VERSION`] with [`ArchiveError::NewerFormat`] rather than misread it.
 
-use flowstate_core::machine::PlanState;
-use flowstate_core::{
-    fold, Event, FlowId, FlowKind, FlowRecord, FlowStatus, RawEvent, StopAt, Timestamp,
-};
+use flowstate_core::{fold, Event, FlowId, FlowKind, FlowRecord, RawEvent, StopAt, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -85,13 +82,14 @@ struct EventIn {
 }
 
 impl ArchivedFlow {
-    /// The archive record of a live log that ends in the plan state `archived`: the log must
+    /// The archive record of a live log that ends in the plan state `archived`, or in a
+    /// finished state of a task graph or function (`crate::policy::is_archived_state`): the log must
     /// fold (so nothing is archived that could not be read back), and `archived_at` is the
     /// time of its last event.
     pub fn from_log(flow: FlowId, events: Vec<RawEvent>) -> Result<Self, ArchiveError> {
         let record =
             fold(&events, StopAt::End).map_err(|source| ArchiveError::Fold { flow, source })?;
-        if record.status != FlowStatus::Plan(PlanState::Archived) {
+        if !crate::policy::is_archived_state(record.status) {
             return Err(ArchiveError::NotArchivable {
                 flow,
                 kind: record.kind.key().to_owned(),

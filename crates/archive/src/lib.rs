@@ -1,5 +1,6 @@
-//! flowstate's archive: deactivated goal-driven (plan) flows leave the live store for
-//! archive storage, and can still be listed, read and replayed from there.
+//! flowstate's archive: finished flows of every kind (deactivated plans, task graphs that
+//! ended, durable functions that are done) leave the live store for archive storage, and can
+//! still be listed, read and replayed from there.
 //!
 //! **What this crate owns.** The archive file format ([`ArchivedFlow`], one self-contained,
 //! versioned JSON file per flow with its whole log), archive locations ([`ArchiveStore`]:
@@ -11,7 +12,7 @@
 //! shows nothing twice), and the rule that archived flows are not live ([`list_live`]).
 //!
 //! **What it never does.** It never deletes a live flow before its archive copy was read
-//! back and checked; it never archives a flow that is not a deactivated plan; it never
+//! back and checked; it never archives a flow that is not finished ([`FINISHED`]); it never
 //! changes an archived file's meaning (the format only grows, and a newer one is refused);
 //! it never interprets event bodies beyond what the core's fold does; and it never changes
 //! the [`Store`] trait: what it needs of a store is `list`, `read`, `append` (through
@@ -27,8 +28,8 @@ pub use archiver::{ArchiveFailure, ArchiveObserver, ArchiveReport, ArchiveStep, 
 pub use error::ArchiveError;
 pub use format::{ArchivedFlow, ARCHIVE_FORMAT_VERSION};
 pub use policy::{
-    select, ArchivePolicy, Candidate, LiveTotals, DEFAULT_BATCH_SIZE, DEFAULT_INTERVAL,
-    DEFAULT_MAX_AGE, MAX_BATCH_SIZE,
+    is_archived_state, is_finished, select, ArchivePolicy, Candidate, LiveTotals,
+    DEFAULT_BATCH_SIZE, DEFAULT_INTERVAL, DEFAULT_MAX_AGE, FINISHED, MAX_BATCH_SIZE,
 };
 pub use storage::{
     ArchiveAccess, ArchivePage, ArchiveQuery, ArchiveStore, ArchivedEntry, DEFAULT_ARCHIVE_PAGE,

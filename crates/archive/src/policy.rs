@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use flowstate_core::{FlowId, Timestamp};
+use flowstate_core::machine::{ActivationState, FlowState, PlanState};
+use flowstate_core::{FlowId, FlowKind, FlowStatus, Timestamp};
 
 use crate::error::ArchiveError;
 
-/// By default a deactivated flow is archived a week after its last event.
+/// By default a finished flow is archived a week after its last event.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Flows archived together by default: their `archived` appends, writes and deletes are in
@@ -22,16 +23,16 @@ pub const MAX_BATCH_SIZE: usize = 1_024;
 /// How long [`crate::Archiver::run`] waits between passes by default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// When deactivated flows are moved to the archive.
+/// When finished flows (see [`FINISHED`]) are moved to the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchivePolicy {
-    /// Archive every deactivated flow whose last event is at least this old.
+    /// Archive every finished flow whose last event is at least this old.
     pub max_age: Duration,
-    /// While the live store holds more flows than this, archive deactivated flows (oldest,
+    /// While the live store holds more flows than this, archive finished flows (oldest,
     /// then largest, first) whatever their age.
     pub max_live_flows: Option<u64>,
     /// While the live store's event bodies add up to more bytes than this, archive
-    /// deactivated flows (oldest, then largest, first) whatever their age.
+    /// finished flows (oldest, then largest, first) whatever their age.
     pub max_live_bytes: Option<u64>,
     /// Flows archived together, 1 to [`MAX_BATCH_SIZE`].
     pub batch_size: usize,
@@ -69,7 +70,47 @@ impl ArchivePolicy {
     }
 }
 
-/// A deactivated flow that may be archived: what selection needs of its index row.
+/// The finished states the archive worker moves, per kind: a plan once deactivated (all its
+/// work recorded), a task graph that ended SUCCESS, FAILURE or REVERTED, a durable function
+/// that is done.
+pub const FINISHED: [(FlowKind, FlowStatus); 5] = [
+    (FlowKind::Plan, FlowStatus::Plan(PlanState::Deactivated)),
+    (
+        FlowKind::TaskGraph,
+        FlowStatus::TaskGraph(FlowState::Success),
+    ),
+    (
+        FlowKind::TaskGraph,
+        FlowStatus::TaskGraph(FlowState::Failure),
+    ),
+    (
+        FlowKind::TaskGraph,
+        FlowStatus::TaskGraph(FlowState::Reverted),
+    ),
+    (
+        FlowKind::Function,
+        FlowStatus::Function(ActivationState::Done),
+    ),
+];
+
+/// Whether a flow in `status` is finished, so that the archive worker may move it.
+#[must_use]
+pub fn is_finished(status: FlowStatus) -> bool {
+    FINISHED.iter().any(|(_, finished)| *finished == status)
+}
+
+/// Whether an archived copy may end in `status`: a plan marked `archived`, or a task graph or
+/// function in a finished state (those kinds have no `archived` state: their copy ends as
+/// the live log did).
+#[must_use]
+pub fn is_archived_state(status: FlowStatus) -> bool {
+    match status {
+        FlowStatus::Plan(state) => state == PlanState::Archived,
+        other => is_finished(other),
+    }
+}
+
+/// A finished flow that may be archived: what selection needs of its index row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     /// The flow.

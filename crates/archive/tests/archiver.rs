@@ -37,4 +37,5 @@ on_every_store!(
     a_pass_stopped_between_any_two_steps_is_finished_by_the_next,
     a_flow_left_archived_in_the_live_store_is_recovered,
     archived_flows_are_listed_read_and_replayed,
+    finished_flows_of_every_kind_are_archived,
 );

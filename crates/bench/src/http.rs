@@ -41,6 +41,7 @@ pub(crate) async fn http(args: HttpArgs) {
         store: temp.path().join("http.db").display().to_string(),
         archive: None,
         archive_deactivated: false,
+        archiving: flowstate_server::Archiving::default(),
         tokens: Vec::new(),
         examples: true,
         steps_file: None,

@@ -14,6 +14,11 @@
 //! examples = true                    # serve: false is --no-examples
 //! archive_deactivated = false        # serve --archive-deactivated
 //! steps_file = "flows.db.http-steps.json"  # serve --steps-file / FLOWSTATE_STEPS_FILE
+//! archive_max_age = "7d"             # serve --archive-max-age / FLOWSTATE_ARCHIVE_MAX_AGE
+//! archive_max_live_flows = 100000    # serve --archive-max-live-flows / FLOWSTATE_ARCHIVE_MAX_LIVE_FLOWS
+//! archive_max_live_bytes = 1000000000  # serve --archive-max-live-bytes / FLOWSTATE_ARCHIVE_MAX_LIVE_BYTES
+//! archive_interval = "60s"           # serve --archive-interval / FLOWSTATE_ARCHIVE_INTERVAL
+//! retention = "7d"                   # serve --retention / FLOWSTATE_RETENTION
 //! ```
 //!
 //! An unknown key, a value of the wrong type and a file that cannot be read are each a
@@ -35,7 +40,7 @@ pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
 pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Every key the file may hold.
-pub(crate) const KEYS: [&str; 8] = [
+pub(crate) const KEYS: [&str; 13] = [
     "store",
     "archive",
     "server",
@@ -44,7 +49,15 @@ pub(crate) const KEYS: [&str; 8] = [
     "examples",
     "archive_deactivated",
     "steps_file",
+    "archive_max_age",
+    "archive_max_live_flows",
+    "archive_max_live_bytes",
+    "archive_interval",
+    "retention",
 ];
+
+/// The keys whose value is a count (a non-negative integer).
+const COUNT_KEYS: [&str; 2] = ["archive_max_live_flows", "archive_max_live_bytes"];
 
 /// The file's contents; every key is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +71,11 @@ pub(crate) struct ConfigFile {
     examples: Option<bool>,
     archive_deactivated: Option<bool>,
     steps_file: Option<String>,
+    archive_max_age: Option<String>,
+    archive_max_live_flows: Option<u64>,
+    archive_max_live_bytes: Option<u64>,
+    archive_interval: Option<String>,
+    retention: Option<String>,
 }
 
 /// `tokens`: a list, or one string (comma separated, as in `FLOWSTATE_TOKEN`).
@@ -110,6 +128,7 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
     for (key, value) in &table {
         let fits = match key.as_str() {
             "examples" | "archive_deactivated" => value.is_bool(),
+            key if COUNT_KEYS.contains(&key) => value.as_integer().is_some_and(|n| n >= 0),
             "tokens" => {
                 value.is_str()
                     || value
@@ -121,6 +140,7 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
         if !fits {
             let expected = match key.as_str() {
                 "examples" | "archive_deactivated" => "true or false",
+                key if COUNT_KEYS.contains(&key) => "a whole number, 0 or more",
                 "tokens" => "a list of strings (or one string)",
                 _ => "a string",
             };
@@ -131,6 +151,53 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
         }
     }
     table.try_into().map_err(|e| toml_message(&e))
+}
+
+/// The file's archive and retention keys, for `serve`.
+struct ArchivingKeys {
+    max_age: Option<String>,
+    max_live_flows: Option<u64>,
+    max_live_bytes: Option<u64>,
+    interval: Option<String>,
+    retention: Option<String>,
+}
+
+impl ConfigFile {
+    fn archiving(&self) -> ArchivingKeys {
+        ArchivingKeys {
+            max_age: self.archive_max_age.clone(),
+            max_live_flows: self.archive_max_live_flows,
+            max_live_bytes: self.archive_max_live_bytes,
+            interval: self.archive_interval.clone(),
+            retention: self.retention.clone(),
+        }
+    }
+}
+
+/// Fills in `serve`'s archive and retention settings from the file where neither a flag
+/// nor the environment gave them (durations are checked when `serve` reads them).
+fn apply_archiving(args: &mut crate::ServeArgs, serve: &ArgMatches, keys: ArchivingKeys) {
+    if let Some(value) = keys.max_age.filter(|_| !given(serve, "archive_max_age")) {
+        args.archive_max_age = Some(value);
+    }
+    if let Some(value) = keys
+        .max_live_flows
+        .filter(|_| !given(serve, "archive_max_live_flows"))
+    {
+        args.archive_max_live_flows = Some(value);
+    }
+    if let Some(value) = keys
+        .max_live_bytes
+        .filter(|_| !given(serve, "archive_max_live_bytes"))
+    {
+        args.archive_max_live_bytes = Some(value);
+    }
+    if let Some(value) = keys.interval.filter(|_| !given(serve, "archive_interval")) {
+        args.archive_interval = Some(value);
+    }
+    if let Some(value) = keys.retention.filter(|_| !given(serve, "retention")) {
+        args.retention = Some(value);
+    }
 }
 
 /// A TOML error's message without the source excerpt it draws over several lines.
@@ -157,6 +224,7 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
         return Ok(());
     };
     let file = load(&path)?;
+    let archiving = file.archiving();
     if let Some(store) = file.store.filter(|_| !given(matches, "store")) {
         cli.store = store;
     }
@@ -192,6 +260,7 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
         if let Some(steps_file) = file.steps_file.filter(|_| !given(serve, "steps_file")) {
             args.steps_file = Some(steps_file.into());
         }
+        apply_archiving(args, serve, archiving);
     }
     Ok(())
 }
@@ -212,6 +281,11 @@ mod tests {
             examples = false
             archive_deactivated = true
             steps_file = "a.db.steps.json"
+            archive_max_age = "3d"
+            archive_max_live_flows = 1000
+            archive_max_live_bytes = 1000000
+            archive_interval = "30s"
+            retention = "1d"
             "#,
         )
         .expect("valid");
@@ -222,6 +296,11 @@ mod tests {
             Some(vec!["x".to_owned(), "y".to_owned()])
         );
         assert_eq!(file.examples, Some(false));
+        assert_eq!(file.archive_max_age.as_deref(), Some("3d"));
+        assert_eq!(file.archive_max_live_flows, Some(1000));
+        assert_eq!(file.archive_max_live_bytes, Some(1_000_000));
+        assert_eq!(file.archive_interval.as_deref(), Some("30s"));
+        assert_eq!(file.retention.as_deref(), Some("1d"));
         let one = parse(r#"tokens = "a, b""#).expect("valid");
         assert_eq!(
             one.tokens.map(Tokens::into_vec),
@@ -239,6 +318,10 @@ mod tests {
         assert!(error.contains("known keys: store"), "{error}");
         let error = parse("examples = \"no\"").err().unwrap_or_default();
         assert!(error.contains("key \"examples\" is a string"), "{error}");
+        let error = parse("archive_max_live_flows = -1")
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("a whole number"), "{error}");
         let error = parse("tokens = [1]").err().unwrap_or_default();
         assert!(error.contains("key \"tokens\""), "{error}");
         let error = parse("[store]\nx = 1").err().unwrap_or_default();

@@ -119,8 +119,9 @@ pub(crate) enum Command {
     Steps(StepsCommand),
 }
 
-/// `serve [--addr ADDR] [--no-examples] [--archive-deactivated] [--steps-file PATH]`
-/// (tokens: the global `--token`).
+/// `serve [--addr ADDR] [--no-examples] [--archive-deactivated] [--archive-max-age D]
+/// [--archive-max-live-flows N] [--archive-max-live-bytes B] [--archive-interval D]
+/// [--retention D] [--steps-file PATH]` (tokens: the global `--token`).
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Where to listen (port 0: any free port, printed); without a token only a loopback
@@ -130,9 +131,28 @@ pub(crate) struct ServeArgs {
     /// Do not register the example steps, task graph and function.
     #[arg(long)]
     pub(crate) no_examples: bool,
-    /// Move deactivated plans to --archive (after a week, checked every minute).
+    /// Move finished flows of every kind (deactivated plans, ended task graphs, done
+    /// functions) to --archive, by the --archive-* thresholds.
     #[arg(long)]
     pub(crate) archive_deactivated: bool,
+    /// Archive finished flows whose last event is at least this old: 90s, 30m, 12h, 7d
+    /// (default 7d).
+    #[arg(long, value_name = "DURATION", env = "FLOWSTATE_ARCHIVE_MAX_AGE")]
+    pub(crate) archive_max_age: Option<String>,
+    /// While the store holds more flows than this, archive finished ones whatever their age.
+    #[arg(long, value_name = "N", env = "FLOWSTATE_ARCHIVE_MAX_LIVE_FLOWS")]
+    pub(crate) archive_max_live_flows: Option<u64>,
+    /// While the store's events add up to more bytes than this, archive finished flows
+    /// whatever their age.
+    #[arg(long, value_name = "BYTES", env = "FLOWSTATE_ARCHIVE_MAX_LIVE_BYTES")]
+    pub(crate) archive_max_live_bytes: Option<u64>,
+    /// How long the archive worker waits between passes (default 60s).
+    #[arg(long, value_name = "DURATION", env = "FLOWSTATE_ARCHIVE_INTERVAL")]
+    pub(crate) archive_interval: Option<String>,
+    /// How long a done durable function keeps its whole journal before dropping it
+    /// (default 7d).
+    #[arg(long, value_name = "DURATION", env = "FLOWSTATE_RETENTION")]
+    pub(crate) retention: Option<String>,
     /// Where HTTP step registrations are kept across restarts (default: next to an SQLite
     /// store, STORE.http-steps.json; none for PostgreSQL, where registrations then last as
     /// long as the process).
@@ -148,7 +168,7 @@ pub(crate) enum ArchiveCommand {
     Show(FlowArgs),
     /// Print an archived flow's events, all of them or up to a point.
     Events(FlowArgs),
-    /// Run one archive pass: move deactivated plan flows from the store to the archive.
+    /// Run one archive pass: move finished flows of every kind from the store to the archive.
     Run(ArchiveRunArgs),
 }
 
@@ -167,7 +187,7 @@ pub(crate) struct ArchiveLsArgs {
 /// `archive run`: the policy of one pass.
 #[derive(Debug, Args)]
 pub(crate) struct ArchiveRunArgs {
-    /// Archive deactivated flows whose last event is at least this old: 90s, 30m, 12h, 7d
+    /// Archive finished flows whose last event is at least this old: 90s, 30m, 12h, 7d
     /// (default 7d).
     #[arg(long, value_name = "DURATION")]
     pub(crate) max_age: Option<String>,
@@ -176,12 +196,12 @@ pub(crate) struct ArchiveRunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=flowstate_archive::MAX_BATCH_SIZE as u64))]
     pub(crate) batch: Option<u64>,
 
-    /// While the store holds more flows than this, archive deactivated ones whatever their age
+    /// While the store holds more flows than this, archive finished ones whatever their age
     /// (oldest, then largest, first).
     #[arg(long, value_name = "N")]
     pub(crate) max_live_flows: Option<u64>,
 
-    /// While the store's events add up to more bytes than this, archive deactivated flows
+    /// While the store's events add up to more bytes than this, archive finished flows
     /// whatever their age (oldest, then largest, first).
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_live_bytes: Option<u64>,
@@ -425,6 +445,39 @@ impl<E: std::fmt::Display> From<E> for CliError {
 
 /// `serve`: the engine's worker and the HTTP server, on a multi-threaded runtime, until
 /// SIGTERM or Ctrl-C.
+/// `serve`'s archive policy, archive interval and journal retention: the flags (or their
+/// environment variables, or the configuration file), else the defaults.
+fn archiving(args: &ServeArgs) -> Result<flowstate_server::Archiving, CliError> {
+    let defaults = flowstate_server::Archiving::default();
+    let duration = |flag: &str, text: Option<&String>, default| {
+        text.map(|text| commands::parse_duration(flag, text))
+            .transpose()
+            .map(|parsed| parsed.unwrap_or(default))
+    };
+    Ok(flowstate_server::Archiving {
+        policy: flowstate_archive::ArchivePolicy {
+            max_age: duration(
+                "archive-max-age",
+                args.archive_max_age.as_ref(),
+                defaults.policy.max_age,
+            )?,
+            max_live_flows: args.archive_max_live_flows,
+            max_live_bytes: args.archive_max_live_bytes,
+            ..defaults.policy
+        },
+        interval: duration(
+            "archive-interval",
+            args.archive_interval.as_ref(),
+            defaults.interval,
+        )?,
+        journal_retention: duration(
+            "retention",
+            args.retention.as_ref(),
+            defaults.journal_retention,
+        )?,
+    })
+}
+
 fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -436,6 +489,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             store: cli.store.clone(),
             archive: Some(cli.archive.clone()),
             archive_deactivated: args.archive_deactivated,
+            archiving: archiving(args)?,
             tokens: cli.tokens.clone(),
             examples: !args.no_examples,
             steps_file: args.steps_file.clone(),

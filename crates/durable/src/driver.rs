@@ -642,16 +642,34 @@ fn going_to_sleep(
 }
 
 /// What a run does once its activation is done (and again, if a run died before it was
-/// finished): tell the parent, then drop the journal unless journals are kept (the log is
-/// compacted to its creation, its outcome and `journal_dropped`).
+/// finished, and when the retention timer wakes it): tell the parent, then, unless journals
+/// are kept, drop the journal once its retention has passed (the log is compacted to its
+/// creation, its outcome and `journal_dropped`), or set the store timer that wakes the
+/// activation then. The timer is set before the flow is released, so a process that dies
+/// first leaves the flow ready and the next run sets it.
 async fn settle_done(shared: &Shared, writer: &mut FlowWriter) -> Result<(), RunError> {
     tell_parent(shared, writer).await?;
     if shared.keeps_journals() {
         return Ok(());
     }
-    let Some(events) = writer.record().and_then(compacted) else {
+    let Some(record) = writer.record() else {
         return Ok(());
     };
+    let Some(events) = compacted(record) else {
+        return Ok(());
+    };
+    let due = record.updated_at.saturating_add(shared.journal_retention());
+    if shared.clock.now() < due {
+        let timer = NewTimer {
+            name: crate::engine::RETENTION_TIMER.to_owned(),
+            due,
+        };
+        return shared
+            .store
+            .schedule_timer(writer.flow(), timer)
+            .await
+            .map_err(RunError::from);
+    }
     writer
         .compact_timed(shared.store.as_ref(), events)
         .await

@@ -75,6 +75,15 @@ pub enum FunctionError {
 /// wait for a place.
 pub const MAX_ACTIVE_ACTIVATIONS: usize = 10_000;
 
+/// How long a done activation keeps its journal by default before it is dropped (see
+/// [`Functions::journal_retention`]): a week, as the archive's default age.
+pub const DEFAULT_JOURNAL_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// The name of the store timer that wakes a done activation once its journal's retention
+/// has passed, so that its run drops the journal.
+pub const RETENTION_TIMER: &str = "journal-retention";
+
 /// Durable functions on a store: register, start, signal, look up; and, as the worker's
 /// runner for [`FlowKind::Function`], run activations.
 #[derive(Clone)]
@@ -96,6 +105,8 @@ pub(crate) struct Shared {
     planner: RwLock<Option<Arc<dyn ChildPlanner>>>,
     /// Whether done activations keep their journal (for audit) instead of dropping it.
     keep_journals: std::sync::atomic::AtomicBool,
+    /// How long a done activation keeps its journal before dropping it, in µs.
+    retention_micros: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -104,9 +115,21 @@ impl Shared {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    pub(crate) fn journal_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.retention_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     pub(crate) fn planner(&self) -> Option<Arc<dyn ChildPlanner>> {
         self.planner.read().clone()
     }
+}
+
+/// A duration in µs, saturating.
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Computes the plan of a child plan flow ([`Ctx::start_plan`]). The plan engine
@@ -146,17 +169,32 @@ impl Functions {
                 incarnation: incarnation.into(),
                 planner: RwLock::new(None),
                 keep_journals: std::sync::atomic::AtomicBool::new(false),
+                retention_micros: std::sync::atomic::AtomicU64::new(micros(
+                    DEFAULT_JOURNAL_RETENTION,
+                )),
             }),
         }
     }
 
-    /// Whether an activation that is done keeps its journal (for audit) or, as by default,
-    /// drops it and keeps its outcome: its log is compacted to its creation, its outcome
-    /// and a `journal_dropped` event that says how much was dropped.
+    /// Whether an activation that is done keeps its journal for good (for audit) or, as by
+    /// default, drops it once its retention ([`Functions::journal_retention`]) has passed
+    /// and keeps its outcome: its log is compacted to its creation, its outcome and a
+    /// `journal_dropped` event that says how much was dropped.
     pub fn keep_journals(&self, keep: bool) {
         self.shared
             .keep_journals
             .store(keep, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long a done activation keeps its whole journal before dropping it
+    /// ([`DEFAULT_JOURNAL_RETENTION`] unless set; zero drops it as soon as the activation
+    /// has told its parent). Measured from its last event with the engine's clock: its run
+    /// sets a store timer ([`RETENTION_TIMER`]) for then, and the run the timer wakes
+    /// compacts the log. Until then the archive worker may move the whole log.
+    pub fn journal_retention(&self, retention: std::time::Duration) {
+        self.shared
+            .retention_micros
+            .store(micros(retention), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Wires in the plan engine that plans the children of [`Ctx::start_plan`].

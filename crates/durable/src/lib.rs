@@ -66,7 +66,7 @@ pub use ctx::Ctx;
 pub use driver::{CANCELLED, DEADLOCK_GRACE, MAX_DRIVER_THREADS};
 pub use engine::{
     request_cancel, send_signal, ChildPlanner, Error, FunctionError, Functions,
-    MAX_ACTIVE_ACTIVATIONS,
+    DEFAULT_JOURNAL_RETENTION, MAX_ACTIVE_ACTIVATIONS, RETENTION_TIMER,
 };
 pub use registry::RegistrationError;
 

@@ -1408,7 +1408,77 @@ async fn calls_three_steps(ctx: Ctx, n: u32) -> Result<u32, Failure> {
     Ok(child * 10)
 }
 
-/// By default a done activation drops its journal and keeps its outcome: its log becomes
+/// A done activation keeps its whole journal for its retention, measured by the engine's
+/// clock from its last event (a store timer wakes it then), and drops it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_function_keeps_its_journal_until_its_retention_passes() {
+    let (store, clock) = setup();
+    let process = Process::start(&store, &clock, "p", |f| {
+        f.register("three_steps", three_steps).expect("register");
+    });
+    process.functions.keep_journals(false);
+    let retention = Duration::from_secs(3_600);
+    process.functions.journal_retention(retention);
+    let flow = process
+        .functions
+        .submit("three_steps", 1)
+        .await
+        .expect("start");
+    wait_for_state(&process.functions, flow, ActivationState::Done).await;
+    let done_at = store.flow(flow).await.expect("flow").expect("exists");
+    let journal_len = |events: &[flowstate_core::RawEvent]| {
+        let record = flowstate_core::fold(events, flowstate_core::StopAt::End).expect("folds");
+        let function = record.function.expect("function");
+        (function.journal.len(), function.journal_dropped.is_some())
+    };
+    // The retention timer is set before the flow is released; wait until it is.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.flow(flow).await.expect("flow").expect("exists").ready {
+        assert!(tokio::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.next_timer_due().await.expect("next timer"),
+        Some(done_at.updated_at.saturating_add(retention)),
+        "the retention timer is due when the retention passes"
+    );
+    clock.advance(retention - Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kept = flowstate_store::read_all(&*store, flow)
+        .await
+        .expect("read");
+    assert_eq!(journal_len(&kept), (3, false), "kept within its retention");
+
+    clock.advance(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = flowstate_store::read_all(&*store, flow)
+            .await
+            .expect("read");
+        if journal_len(&events) == (0, true) {
+            assert!(events.len() < kept.len());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the journal was not dropped after its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        process
+            .functions
+            .outcome::<u32>(flow)
+            .await
+            .expect("outcome"),
+        Some(Ok(4)),
+        "the outcome stays"
+    );
+    assert_eq!(store.next_timer_due().await.expect("next"), None);
+    process.stop().await;
+}
+
+/// With a retention of zero, a done activation drops its journal and keeps its outcome: its log becomes
 /// its creation (and parent), its outcome, the done transition and `journal_dropped`, with
 /// the creation time kept. A child that dropped its journal has still told its parent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1420,6 +1490,7 @@ async fn a_done_function_drops_its_journal_and_keeps_its_outcome() {
             .expect("register");
     });
     process.functions.keep_journals(false);
+    process.functions.journal_retention(Duration::ZERO);
     let parent = process
         .functions
         .submit("calls_three_steps", 1)

@@ -26,7 +26,7 @@ use flowstate_store::{Store, SystemClock};
 use flowstate_taskgraph::Flow;
 use flowstate_worker::{ShutdownHandle, Worker, WorkerConfig, WorkerError, WorkerStats};
 
-use crate::{open_store_in, Access, OpenError};
+use crate::{open_store_as, Access, OpenError};
 
 /// Why an engine could not be built or stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,7 @@ pub struct EngineBuilder {
         flowstate_archive::ArchivePolicy,
         std::time::Duration,
     )>,
+    journal_retention: std::time::Duration,
 }
 
 impl EngineBuilder {
@@ -142,8 +143,10 @@ impl EngineBuilder {
         self
     }
 
-    /// Moves deactivated plans to the archive at `url` (a directory, `file://`, `memory://` or
-    /// `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`, while the engine runs.
+    /// Moves finished flows (deactivated plans, task graphs that ended SUCCESS, FAILURE or
+    /// REVERTED, durable functions that are done) to the archive at `url` (a directory,
+    /// `file://`, `memory://` or `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`,
+    /// while the engine runs.
     #[must_use]
     pub fn archive(
         mut self,
@@ -155,13 +158,23 @@ impl EngineBuilder {
         self
     }
 
+    /// How long a durable function that is done keeps its whole journal before dropping it
+    /// (`flowstate_durable::DEFAULT_JOURNAL_RETENTION`, a week, unless set).
+    #[must_use]
+    pub fn journal_retention(mut self, retention: std::time::Duration) -> Self {
+        self.journal_retention = retention;
+        self
+    }
+
     /// Opens the store (creating and migrating it if needed) and assembles the engine.
     pub async fn build(self) -> Result<Engine, Error> {
-        let store = open_store_in(
+        // The engine process of an SQLite file holds its process lock for its life.
+        let store = open_store_as(
             &self.url,
             self.schema.as_deref(),
             self.clock.clone(),
             Access::CreateIfMissing,
+            true,
         )
         .await?;
         let task_graphs = Arc::new(flowstate_taskgraph::Engine::new(
@@ -185,6 +198,7 @@ impl EngineBuilder {
             config.id.to_string(),
         );
         functions.plan_with(Arc::new(ChildPlans(plans.clone())));
+        functions.journal_retention(self.journal_retention);
         for register in self.functions {
             (register.0)(&functions)?;
         }
@@ -204,6 +218,7 @@ impl EngineBuilder {
             }
             None => None,
         };
+        let config_id = config.id.clone();
         let worker = Worker::new(store.clone(), self.clock, config)
             .map_err(WorkerError::from)?
             .with_runner(FlowKind::TaskGraph, task_graphs.clone())
@@ -211,6 +226,7 @@ impl EngineBuilder {
             .with_runner(FlowKind::Plan, Arc::new(plans.clone()));
         let controls = controls_of(&store, &task_graphs, &plans, &functions);
         Ok(Engine {
+            worker_id: config_id,
             store,
             task_graphs,
             functions,
@@ -284,6 +300,7 @@ pub struct Engine {
     controls: Controls,
     archiver: Option<(Arc<flowstate_archive::Archiver>, std::time::Duration)>,
     worker: Arc<Worker>,
+    worker_id: flowstate_store::WorkerId,
 }
 
 impl Engine {
@@ -300,6 +317,7 @@ impl Engine {
             steps: Vec::new(),
             functions: Vec::new(),
             archive: None,
+            journal_retention: flowstate_durable::DEFAULT_JOURNAL_RETENTION,
         }
     }
 
@@ -353,7 +371,22 @@ impl Engine {
     /// Takes this process's share of the work until shut down. This is the start of the
     /// process's incarnation: register every durable function first, since it wakes the
     /// activations that earlier processes left running or failing to replay.
+    ///
+    /// On an SQLite store, whose process lock this engine holds, it first takes over the
+    /// leases a dead engine process left behind ([`Store::release_foreign_leases`]), so that
+    /// its flows and timers carry on now rather than when those leases run out.
     pub async fn run(&self) -> Result<WorkerStats, Error> {
+        let released = self
+            .store
+            .release_foreign_leases(&self.worker_id)
+            .await
+            .map_err(WorkerError::Store)?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "took over the leases of an engine process that is gone"
+            );
+        }
         self.functions.wake_all().await?;
         let Some((archiver, interval)) = self.archiver.clone() else {
             return Ok(self.worker.run().await?);

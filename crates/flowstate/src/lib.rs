@@ -105,13 +105,30 @@ pub async fn open_store_in(
     clock: Arc<dyn Clock>,
     access: Access,
 ) -> Result<Arc<dyn Store>, OpenError> {
+    open_store_as(url, schema, clock, access, false).await
+}
+
+/// Opens the store named by `url`; `engine`: for the one engine process on an SQLite file,
+/// which takes the file's process lock (`sqlite::lock`) or is refused
+/// ([`StoreError::InUse`]). A PostgreSQL store is shared and takes no lock.
+pub(crate) async fn open_store_as(
+    url: &str,
+    schema: Option<&str>,
+    clock: Arc<dyn Clock>,
+    access: Access,
+    engine: bool,
+) -> Result<Arc<dyn Store>, OpenError> {
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => {
             let options = sqlite::SqliteOptions {
                 create: access == Access::CreateIfMissing,
                 ..sqlite::SqliteOptions::default()
             };
-            Ok(Arc::new(sqlite::SqliteStore::open(path, clock, options)?))
+            let store = sqlite::SqliteStore::open(path, clock, options)?;
+            if engine {
+                store.lock_process()?;
+            }
+            Ok(Arc::new(store))
         }
         StoreUrl::Postgres(url) => Ok(Arc::new(
             postgres::PostgresStore::open(&url, schema, clock, access == Access::CreateIfMissing)

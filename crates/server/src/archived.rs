@@ -111,7 +111,9 @@ fn archive_problem(error: &flowstate::archive::ArchiveError) -> Problem {
 /// of every source that has more. Archived entries that the filters leave out are dropped
 /// after the cut (their files say their kind and definition), so a page may be shorter than
 /// the page size and still have a next page. A flow in both (marked archived in the live
-/// store, its file written, not yet deleted there) is listed once, from the archive.
+/// store, its file written, not yet deleted there) is listed once, from the archive; a task
+/// graph or function in both (written, not yet deleted: those kinds are not marked) is
+/// listed once, as live.
 pub(crate) async fn list_with_archived(
     store: &dyn Store,
     archive: &ArchiveStore,
@@ -162,8 +164,8 @@ pub(crate) async fn list_with_archived(
 }
 
 /// A page of archived flows after the query's `after`, or none when the query leaves every
-/// archived flow out: a status other than `archived`, or a kind other than plans (only
-/// deactivated plans are archived).
+/// archived flow out: a status other than `archived` (flows of every kind are archived; the
+/// kind is filtered from each file).
 async fn archived_page(
     archive: &ArchiveStore,
     query: &FlowQuery,
@@ -172,10 +174,7 @@ async fn archived_page(
     let only_live = query
         .status
         .as_deref()
-        .is_some_and(|status| status != "archived")
-        || query
-            .kind
-            .is_some_and(|kind| kind != flowstate::core::FlowKind::Plan);
+        .is_some_and(|status| status != "archived");
     if only_live {
         return Ok(flowstate::archive::ArchivePage::default());
     }

@@ -47,11 +47,14 @@ pub struct ServerConfig {
     pub store: String,
     /// The archive (a directory, `file://`, `memory://` or `s3://BUCKET/PREFIX`), if any:
     /// where the API reads archived flows (`GET /flows?archived=true`, and a flow no longer
-    /// in the live store), and where deactivated plans go when `archive_deactivated`.
+    /// in the live store), and where finished flows go when `archive_deactivated`.
     pub archive: Option<String>,
-    /// Whether the engine moves deactivated plans to `archive` (after the default policy's
-    /// age, checked every `DEFAULT_INTERVAL`).
+    /// Whether the engine moves finished flows of every kind (deactivated plans, ended task
+    /// graphs, done functions) to `archive`, by `archiving`'s policy and interval.
     pub archive_deactivated: bool,
+    /// The archive policy's thresholds, how often the archive worker looks, and how long a
+    /// done durable function keeps its journal.
+    pub archiving: Archiving,
     /// Bearer tokens accepted; empty means no authentication, allowed on loopback only.
     pub tokens: Vec<String>,
     /// Whether to register the example steps, task graphs and functions.
@@ -60,6 +63,28 @@ pub struct ServerConfig {
     /// `None`: next to an SQLite store's file ([`registrations::default_steps_file`]); for a
     /// PostgreSQL store, nowhere: registrations then live as long as the process.
     pub steps_file: Option<PathBuf>,
+}
+
+/// How finished flows are kept: the archive worker's policy and interval, and how long a
+/// done durable function keeps its whole journal (its retention) before dropping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Archiving {
+    /// Which finished flows the archive worker moves (max age, max live flows and bytes).
+    pub policy: flowstate::archive::ArchivePolicy,
+    /// How long the archive worker waits between passes.
+    pub interval: Duration,
+    /// How long a done durable function keeps its journal.
+    pub journal_retention: Duration,
+}
+
+impl Default for Archiving {
+    fn default() -> Self {
+        Self {
+            policy: flowstate::archive::ArchivePolicy::default(),
+            interval: flowstate::archive::DEFAULT_INTERVAL,
+            journal_retention: flowstate::durable::DEFAULT_JOURNAL_RETENTION,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -221,7 +246,8 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
 /// The engine of `config`: its store, the examples if asked, the archiver if asked.
 async fn engine(config: &ServerConfig) -> Result<flowstate::Engine, ServerError> {
-    let mut builder = flowstate::Engine::builder(config.store.clone());
+    let mut builder = flowstate::Engine::builder(config.store.clone())
+        .journal_retention(config.archiving.journal_retention);
     if config.examples {
         builder = examples::steps()
             .into_iter()
@@ -237,8 +263,8 @@ async fn engine(config: &ServerConfig) -> Result<flowstate::Engine, ServerError>
     {
         builder = builder.archive(
             archive.clone(),
-            flowstate::archive::ArchivePolicy::default(),
-            flowstate::archive::DEFAULT_INTERVAL,
+            config.archiving.policy,
+            config.archiving.interval,
         );
     }
     let engine = builder.build().await?;

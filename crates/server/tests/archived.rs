@@ -17,6 +17,7 @@ fn config(dir: &std::path::Path, archive: Option<String>) -> ServerConfig {
         store: dir.join("flows.db").display().to_string(),
         archive,
         archive_deactivated: false,
+        archiving: flowstate_server::Archiving::default(),
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
@@ -71,7 +72,8 @@ async fn archived_flows_are_listed_on_request_and_read_from_the_archive() {
     let archive_dir = dir.path().join("archive");
     let archive_url = archive_dir.display().to_string();
 
-    // A plan that deactivates, and a task graph that stays live.
+    // A plan that deactivates, and a function waiting for a signal that stays live (every
+    // finished flow is archived, whatever its kind).
     let server = serve(config(dir.path(), Some(archive_url.clone())))
         .await
         .expect("serve");
@@ -81,7 +83,11 @@ async fn archived_flows_are_listed_on_request_and_read_from_the_archive() {
     )
     .await;
     wait_deactivated(&server, &plan).await;
-    let graph = start(&server, json!({"kind": "task_graph", "name": "greet"})).await;
+    let graph = start(
+        &server,
+        json!({"kind": "function", "name": "approval", "input": 5}),
+    )
+    .await;
     // Nothing archived yet: the archive's directory does not even exist.
     let (status, listing) = get(&server, "/api/v1/flows?archived=true").await;
     assert_eq!(status, 200, "{listing}");

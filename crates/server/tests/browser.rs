@@ -461,6 +461,7 @@ async fn the_ui_starts_a_plan_and_shows_it_run_and_travel_back() {
         store: dir.path().join("store.db").display().to_string(),
         archive: None,
         archive_deactivated: false,
+        archiving: flowstate_server::Archiving::default(),
         tokens: Vec::new(),
         examples: true,
         steps_file: None,

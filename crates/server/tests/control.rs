@@ -22,6 +22,7 @@ async fn start() -> (RunningServer, tempfile::TempDir) {
         store: dir.path().join("flows.db").display().to_string(),
         archive: None,
         archive_deactivated: false,
+        archiving: flowstate_server::Archiving::default(),
         tokens: Vec::new(),
         examples: true,
         steps_file: None,

@@ -27,6 +27,7 @@ fn config(dir: &Path, steps_file: Option<PathBuf>) -> ServerConfig {
         store: dir.join("flows.db").display().to_string(),
         archive: None,
         archive_deactivated: false,
+        archiving: flowstate_server::Archiving::default(),
         tokens: Vec::new(),
         examples: false,
         steps_file,

@@ -12,9 +12,15 @@
 //! every later write is refused with [`StoreError::Poisoned`] until the store is reopened.
 //! Guessing what reached the disk is how stores lose data.
 //!
+//! **Process lock.** An engine process (one that runs a worker) takes an exclusive OS lock
+//! on `STORE.lock` next to the file for its life ([`SqliteStore::lock_process`], [`lock`]):
+//! a second engine process on the file is refused, and the one that holds it may take over
+//! a dead process's leases at once ([`Store::release_foreign_leases`]).
+//!
 //! **Read path.** Reads use a small pool of separate connections on blocking threads; in WAL
 //! mode they never wait for the writer and see only committed data.
 
+pub mod lock;
 mod rows;
 mod schema;
 mod writer;
@@ -122,6 +128,8 @@ pub struct SqliteStore {
     read_slots: tokio::sync::Semaphore,
     closed: AtomicBool,
     wakeups: Wakeups,
+    /// The process lock, once taken ([`SqliteStore::lock_process`]); dropped at close.
+    process_lock: Mutex<Option<std::fs::File>>,
 }
 
 #[derive(Debug)]
@@ -248,6 +256,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
             wakeups: Wakeups::new(),
+            process_lock: Mutex::new(None),
         })
     }
 
@@ -255,6 +264,24 @@ impl SqliteStore {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the process lock ([`lock`]): this process is the engine process on the file
+    /// until the store is closed or dropped. Refused with [`StoreError::InUse`] (naming the
+    /// file and the lock) while another process holds it. Taking it twice is a no-op.
+    pub fn lock_process(&self) -> Result<(), StoreError> {
+        self.check_open()?;
+        let mut held = self.process_lock.lock();
+        if held.is_none() {
+            *held = Some(lock::acquire(&self.path)?);
+        }
+        Ok(())
+    }
+
+    /// Whether this store holds the process lock.
+    #[must_use]
+    pub fn holds_process_lock(&self) -> bool {
+        self.process_lock.lock().is_some()
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -556,6 +583,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn release_foreign_leases(&self, worker: &WorkerId) -> Result<u64, StoreError> {
+        if !self.holds_process_lock() {
+            // Another engine process may be running on the file: its leases are live.
+            return Ok(0);
+        }
+        let worker = worker.clone();
+        let released = self
+            .write(|reply| Command::ReleaseForeignLeases { worker, reply })
+            .await?;
+        if released > 0 {
+            self.wakeups.wake(WakeKind::Flows);
+            self.wakeups.wake(WakeKind::Timers);
+        }
+        Ok(released)
+    }
+
     fn wakeups(&self) -> tokio::sync::watch::Receiver<WakeCounts> {
         self.wakeups.subscribe()
     }
@@ -575,6 +618,8 @@ impl Store for SqliteStore {
                     message: "the writer thread panicked".into(),
                 })?;
         }
+        // The file is closed: another engine process may have it now.
+        drop(self.process_lock.lock().take());
         result
     }
 }

@@ -89,6 +89,10 @@ pub enum Command {
         flow: FlowId,
         reply: Reply<bool>,
     },
+    ReleaseForeignLeases {
+        worker: WorkerId,
+        reply: Reply<u64>,
+    },
     Close {
         reply: Reply<()>,
     },
@@ -323,6 +327,7 @@ fn refuse(command: Command, error: StoreError) -> bool {
         | Command::DeleteFlow { reply, .. } => answer!(reply),
         Command::ClaimTimers { reply, .. } => answer!(reply),
         Command::FireTimers { reply, .. } => answer!(reply),
+        Command::ReleaseForeignLeases { reply, .. } => answer!(reply),
         Command::Close { reply } => {
             let _ignored = reply.send(Err(error));
             true
@@ -392,6 +397,9 @@ fn execute(
         Command::DeleteFlow { flow, reply } => {
             rows.rows.remove(&flow);
             hold(reply, delete_flow(conn, flow))
+        }
+        Command::ReleaseForeignLeases { worker, reply } => {
+            hold(reply, release_foreign_leases(conn, &worker))
         }
         Command::Close { reply } => {
             *closing = true;
@@ -796,6 +804,21 @@ fn release_claim(
         )
         .optional()?;
     Ok(still_ready)
+}
+
+/// Clears every lease on flows and timers not held by `worker` (the process lock proves
+/// their holders are gone). One scan of each table, once per process start.
+fn release_foreign_leases(conn: &Connection, worker: &WorkerId) -> Result<u64, OpError> {
+    let mut released = 0;
+    for table in ["flows", "timers"] {
+        released += conn
+            .prepare_cached(&format!(
+                "UPDATE {table} SET lease_owner = NULL, lease_until = NULL
+                 WHERE lease_owner IS NOT NULL AND lease_owner <> ?1"
+            ))?
+            .execute([worker.as_str()])?;
+    }
+    Ok(released as u64)
 }
 
 fn schedule_timer(conn: &Connection, flow: FlowId, timer: &NewTimer) -> Result<(), OpError> {

@@ -2175,3 +2175,92 @@ pub async fn a_compacted_log_reads_from_its_first_event<F: StoreFactory>(factory
         }
     }
 }
+
+/// What a store that can prove it is the only engine process's (the memory store, an SQLite
+/// store holding its process lock) does at a process's start: every lease on a flow or a
+/// timer held by another worker is gone at once, and the new worker claims them without
+/// waiting for them to run out; its own leases stay. Not in [`conformance_suite!`]: a shared
+/// store (PostgreSQL) keeps other processes' leases. `store` must be driven by `clock`.
+pub async fn foreign_leases_are_released(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
+    let fx = Fixture { clock, store };
+    let (dead, alive) = (worker("dead-process"), worker("new-process"));
+    let lease = Duration::from_secs(60);
+    let a = create_flow(&fx, FlowKind::TaskGraph, "a", true).await;
+    fx.clock.advance(Duration::from_millis(1));
+    let b = create_flow(&fx, FlowKind::Function, "b", true).await;
+    fx.clock.advance(Duration::from_millis(1));
+    let own = create_flow(&fx, FlowKind::Plan, "own", true).await;
+    let held = fx
+        .store
+        .claim(&dead, &[FlowKind::TaskGraph, FlowKind::Function], 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(held.len(), 2);
+    let mine = fx
+        .store
+        .claim(&alive, &[FlowKind::Plan], 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(mine.iter().map(|c| c.flow).collect::<Vec<_>>(), [own]);
+    fx.store
+        .schedule_timer(
+            a,
+            NewTimer {
+                name: "t".to_owned(),
+                due: fx.clock.now(),
+            },
+        )
+        .await
+        .expect("timer");
+    let timers = fx
+        .store
+        .claim_due_timers(&dead, 10, lease)
+        .await
+        .expect("claim timers");
+    assert_eq!(timers.len(), 1);
+
+    let released = fx
+        .store
+        .release_foreign_leases(&alive)
+        .await
+        .expect("release foreign leases");
+    assert_eq!(released, 3, "two flows and a timer");
+    // No time passes: nothing waits for a lease to run out.
+    let taken = fx
+        .store
+        .claim(&alive, &FlowKind::ALL, 10, lease)
+        .await
+        .expect("claim");
+    assert_eq!(
+        taken.iter().map(|c| c.flow).collect::<Vec<_>>(),
+        [a, b],
+        "the dead worker's flows, not the new worker's own"
+    );
+    assert!(
+        fx.store
+            .renew(&dead, &[a, b], lease)
+            .await
+            .expect("renew")
+            .is_empty(),
+        "the dead worker holds nothing"
+    );
+    assert_eq!(
+        fx.store.renew(&alive, &[own], lease).await.expect("renew"),
+        [own],
+        "its own lease stays"
+    );
+    let timers = fx
+        .store
+        .claim_due_timers(&alive, 10, lease)
+        .await
+        .expect("claim timers");
+    assert_eq!(timers.iter().map(|t| t.flow).collect::<Vec<_>>(), [a]);
+    assert_eq!(
+        fx.store
+            .release_foreign_leases(&alive)
+            .await
+            .expect("again"),
+        0,
+        "nothing left to take over"
+    );
+}

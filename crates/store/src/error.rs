@@ -70,6 +70,15 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// Another engine process holds the store's process lock: one engine process per
+    /// SQLite file.
+    #[error("{location} is in use by another engine process (it holds the lock on {lock}); stop it first, or use a PostgreSQL store to run several engine processes")]
+    InUse {
+        /// The store's file.
+        location: String,
+        /// The lock file.
+        lock: String,
+    },
 }
 
 /// A request that breaks a limit or a rule. Each variant names the limit and the value.

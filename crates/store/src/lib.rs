@@ -166,6 +166,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Returns whether it existed.
     async fn delete_flow(&self, flow: FlowId) -> Result<bool, StoreError>;
 
+    /// Takes over at once every lease on flows and timers held by a worker other than
+    /// `worker`, so that they can be claimed now instead of when the leases run out; returns
+    /// how many leases it cleared. Only a store that can prove that no other engine process
+    /// works on it does anything: the memory store (one process by definition; its caller
+    /// must run no other worker on it), and an SQLite store that holds its process lock
+    /// (`SqliteStore::lock_process`). The default does nothing and returns 0: PostgreSQL is
+    /// shared by many processes, whose leases are live.
+    ///
+    /// An engine process calls it once, at its start, before its worker claims anything:
+    /// a process that died (SIGKILL, power loss) left its leases behind, and nobody else can
+    /// hold them.
+    async fn release_foreign_leases(&self, worker: &WorkerId) -> Result<u64, StoreError> {
+        let _ = worker;
+        Ok(0)
+    }
+
     /// Wake-ups: the flows counter moves whenever a flow may have become claimable (an
     /// append or [`Store::mark_ready`] set its ready flag, a release left it ready), the
     /// timers counter whenever a timer was set, by this process or, for a shared store, by

@@ -421,6 +421,30 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn release_foreign_leases(&self, worker: &WorkerId) -> Result<u64, StoreError> {
+        let mut inner = self.lock()?;
+        let mut released = 0;
+        let foreign = |lease: &Option<Lease>| lease.as_ref().is_some_and(|l| &l.owner != worker);
+        for entry in inner.flows.values_mut() {
+            if foreign(&entry.lease) {
+                entry.lease = None;
+                released += 1;
+            }
+        }
+        for timer in inner.timers.values_mut() {
+            if foreign(&timer.lease) {
+                timer.lease = None;
+                released += 1;
+            }
+        }
+        drop(inner);
+        if released > 0 {
+            self.storage.wakeups.wake(WakeKind::Flows);
+            self.storage.wakeups.wake(WakeKind::Timers);
+        }
+        Ok(released)
+    }
+
     async fn schedule_timer(&self, flow: FlowId, timer: NewTimer) -> Result<(), StoreError> {
         check_name("timer name", &timer.name)?;
         let mut inner = self.lock()?;

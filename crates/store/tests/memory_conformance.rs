@@ -24,3 +24,13 @@ impl StoreFactory for Memory {
 }
 
 flowstate_store::conformance_suite!(Memory);
+
+/// The memory store takes over other workers' leases at once.
+#[tokio::test]
+async fn foreign_leases_are_released() {
+    let clock = Arc::new(flowstate_core::ManualClock::new(
+        flowstate_core::Timestamp::from_micros(1_767_225_600_000_000),
+    ));
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    flowstate_store::conformance::foreign_leases_are_released(store, clock).await;
+}

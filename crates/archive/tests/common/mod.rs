@@ -119,27 +119,54 @@ impl Env {
             .await
     }
 
-    /// A finished task graph.
+    /// A task graph still running (never archived).
     pub async fn task_graph(&self) -> FlowId {
+        self.task_graph_in(&[FlowState::Running]).await
+    }
+
+    /// A task graph taken through `states` (after its creation), in one append.
+    pub async fn task_graph_in(&self, states: &[FlowState]) -> FlowId {
         let id = self.next_id();
         let mut writer = FlowWriter::new(id);
-        let bodies = vec![
-            EventBody::FlowCreated {
-                kind: FlowKind::TaskGraph,
-                definition: "order".to_owned(),
-                input: serde_json::Value::Null,
-            },
-            EventBody::FlowStateChanged {
-                to: FlowState::Running,
-            },
-            EventBody::FlowStateChanged {
-                to: FlowState::Success,
-            },
-        ];
+        let mut bodies = vec![EventBody::FlowCreated {
+            kind: FlowKind::TaskGraph,
+            definition: "order".to_owned(),
+            input: serde_json::Value::Null,
+        }];
+        bodies.extend(
+            states
+                .iter()
+                .map(|to| EventBody::FlowStateChanged { to: *to }),
+        );
         writer
             .append(self.store.as_ref(), self.clock.as_ref(), bodies)
             .await
             .expect("task graph");
+        id
+    }
+
+    /// A durable function: done with `outcome` when `done`, else still active.
+    pub async fn function(&self, done: bool) -> FlowId {
+        let id = self.next_id();
+        let mut writer = FlowWriter::new(id);
+        let mut bodies = vec![EventBody::FlowCreated {
+            kind: FlowKind::Function,
+            definition: "checkout".to_owned(),
+            input: serde_json::json!(7),
+        }];
+        if done {
+            bodies.push(EventBody::FunctionReturned {
+                outcome: Ok(serde_json::json!(8)),
+            });
+            bodies.push(EventBody::ActivationStateChanged {
+                to: flowstate_core::machine::ActivationState::Done,
+                diagnostic: None,
+            });
+        }
+        writer
+            .append(self.store.as_ref(), self.clock.as_ref(), bodies)
+            .await
+            .expect("function");
         id
     }
 
@@ -616,4 +643,76 @@ pub async fn archived_flows_are_listed_read_and_replayed(env: Env) {
         Err(ArchiveError::NotArchived { flow }) if flow == missing
     ));
     assert!(!env.archive.contains(missing).await.expect("head"));
+}
+
+/// Every kind's finished flows are archived by the policy, each read back and replayed from
+/// the archive as it ended (task graphs and functions have no `archived` state: their copy
+/// is their live log); flows that have not finished stay, however old.
+pub async fn finished_flows_of_every_kind_are_archived(env: Env) {
+    use flowstate_core::machine::ActivationState;
+    let success = env
+        .task_graph_in(&[FlowState::Running, FlowState::Success])
+        .await;
+    let failure = env
+        .task_graph_in(&[FlowState::Running, FlowState::Failure])
+        .await;
+    let reverted = env
+        .task_graph_in(&[FlowState::Running, FlowState::Reverted])
+        .await;
+    let done = env.function(true).await;
+    let plan = env.deactivated(0).await;
+    let running = env.task_graph().await;
+    let active = env.function(false).await;
+    let logs = [
+        env.log(success).await,
+        env.log(failure).await,
+        env.log(reverted).await,
+        env.log(done).await,
+    ];
+    env.clock.advance(2 * HOUR);
+    let young = env
+        .task_graph_in(&[FlowState::Running, FlowState::Success])
+        .await;
+    let archiver = env.archiver(ArchivePolicy {
+        max_age: HOUR,
+        ..ArchivePolicy::default()
+    });
+    let report = archiver.run_once().await.expect("pass");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!(report.archived, 5, "{report:?}");
+    let mut expected = vec![success, failure, reverted, done, plan];
+    expected.sort();
+    assert_eq!(env.archived_ids().await, expected);
+    assert_eq!(
+        env.live_ids().await,
+        [running, active, young].into_iter().collect()
+    );
+    let ended = [
+        FlowStatus::TaskGraph(FlowState::Success),
+        FlowStatus::TaskGraph(FlowState::Failure),
+        FlowStatus::TaskGraph(FlowState::Reverted),
+        FlowStatus::Function(ActivationState::Done),
+    ];
+    for ((id, log), status) in [success, failure, reverted, done]
+        .into_iter()
+        .zip(&logs)
+        .zip(ended)
+    {
+        let archived = env.archive.read(id).await.expect("read");
+        assert_eq!(&archived.events, log, "the whole live log, nothing added");
+        let record = env.archive.replay(id, StopAt::End).await.expect("replay");
+        assert_eq!(record.status, status);
+    }
+    let function = env.archive.read(done).await.expect("read");
+    assert_eq!(function.kind, FlowKind::Function);
+    assert_eq!(function.definition, "checkout");
+
+    // Old enough now: the young graph goes too; flows still running never do.
+    env.clock.advance(1_000 * HOUR);
+    let report = archiver.run_once().await.expect("pass");
+    assert_eq!(report.archived, 1, "{report:?}");
+    assert_eq!(
+        env.live_ids().await,
+        [running, active].into_iter().collect()
+    );
 }
