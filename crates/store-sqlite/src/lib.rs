@@ -34,7 +34,8 @@ use flowstate_store::validate::{
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, StoreHealth, WakeCounts, WakeKind, Wakeups,
+    WorkerId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -122,6 +123,8 @@ pub struct SqliteStore {
     read_slots: tokio::sync::Semaphore,
     closed: AtomicBool,
     wakeups: Wakeups,
+    /// Set by the writer thread when it stopped writing after an I/O error: the cause.
+    poisoned: Arc<std::sync::OnceLock<String>>,
 }
 
 #[derive(Debug)]
@@ -230,9 +233,11 @@ impl SqliteStore {
         }
         schema::ensure_indexes(&conn).map_err(|e| open_error(e, &location))?;
         let (commands, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let poisoned = Arc::new(std::sync::OnceLock::new());
+        let stopped = poisoned.clone();
         let writer = std::thread::Builder::new()
             .name("flowstate-sqlite-writer".into())
-            .spawn(move || writer::run(conn, queue))
+            .spawn(move || writer::run(conn, queue, &stopped))
             .map_err(|e| StoreError::Io {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
@@ -248,6 +253,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
             wakeups: Wakeups::new(),
+            poisoned,
         })
     }
 
@@ -576,5 +582,29 @@ impl Store for SqliteStore {
                 })?;
         }
         result
+    }
+
+    /// Closed, stopped after an I/O error (fail-stop: [`StoreError::Poisoned`]), or writing.
+    /// A writer thread that ended without a close (it panicked) has stopped too.
+    fn health(&self) -> StoreHealth {
+        if self.closed.load(Ordering::Acquire) {
+            return StoreHealth::Closed;
+        }
+        if let Some(cause) = self.poisoned.get() {
+            return StoreHealth::Stopped {
+                cause: cause.clone(),
+            };
+        }
+        let ended = self
+            .writer
+            .lock()
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished);
+        if ended {
+            return StoreHealth::Stopped {
+                cause: "the writer thread ended".into(),
+            };
+        }
+        StoreHealth::Ok
     }
 }
