@@ -10,6 +10,7 @@
 //! archive = "flowstate-archive"      # --archive / FLOWSTATE_ARCHIVE
 //! server = "http://127.0.0.1:7280"   # --server / FLOWSTATE_SERVER
 //! tokens = ["0123456789abcdef0123"]  # --token / FLOWSTATE_TOKEN (the client sends the first)
+//! log_format = "json"                # --log-format / FLOWSTATE_LOG_FORMAT (human or json)
 //! addr = "127.0.0.1:7280"            # serve --addr / FLOWSTATE_ADDR
 //! examples = true                    # serve: false is --no-examples
 //! archive_deactivated = false        # serve --archive-deactivated
@@ -35,11 +36,12 @@ pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
 pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Every key the file may hold.
-pub(crate) const KEYS: [&str; 8] = [
+pub(crate) const KEYS: [&str; 9] = [
     "store",
     "archive",
     "server",
     "tokens",
+    "log_format",
     "addr",
     "examples",
     "archive_deactivated",
@@ -54,6 +56,7 @@ pub(crate) struct ConfigFile {
     archive: Option<String>,
     server: Option<String>,
     tokens: Option<Tokens>,
+    log_format: Option<String>,
     addr: Option<String>,
     examples: Option<bool>,
     archive_deactivated: Option<bool>,
@@ -169,6 +172,11 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
     if let Some(tokens) = file.tokens.filter(|_| !given(matches, "tokens")) {
         cli.tokens = tokens.into_vec();
     }
+    if let Some(format) = file.log_format.filter(|_| !given(matches, "log_format")) {
+        cli.log_format = format.parse().map_err(|reason: String| {
+            CliError::new(format!("config file {}: {reason}", path.display()))
+        })?;
+    }
     if let (Command::Serve(args), Some(serve)) =
         (&mut cli.command, matches.subcommand_matches("serve"))
     {
@@ -208,6 +216,7 @@ mod tests {
             archive = "arch"
             server = "http://127.0.0.1:1"
             tokens = ["x", "y"]
+            log_format = "json"
             addr = "127.0.0.1:0"
             examples = false
             archive_deactivated = true
@@ -222,6 +231,7 @@ mod tests {
             Some(vec!["x".to_owned(), "y".to_owned()])
         );
         assert_eq!(file.examples, Some(false));
+        assert_eq!(file.log_format.as_deref(), Some("json"));
         let one = parse(r#"tokens = "a, b""#).expect("valid");
         assert_eq!(
             one.tokens.map(Tokens::into_vec),
