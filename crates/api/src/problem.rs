@@ -38,6 +38,9 @@ pub enum ProblemCode {
     NoArchive,
     /// 500: the engine or the store failed.
     Internal,
+    /// 503 (`/readyz`): the process cannot do its work (its store stopped after an I/O
+    /// error or cannot reach its database, or its worker is not running).
+    NotReady,
 }
 
 impl ProblemCode {
@@ -59,6 +62,7 @@ impl ProblemCode {
             Self::LimitReached => "limit_reached",
             Self::NoArchive => "no_archive",
             Self::Internal => "internal",
+            Self::NotReady => "not_ready",
         }
     }
 }

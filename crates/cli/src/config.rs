@@ -10,6 +10,7 @@
 //! archive = "flowstate-archive"      # --archive / FLOWSTATE_ARCHIVE
 //! server = "http://127.0.0.1:7280"   # --server / FLOWSTATE_SERVER
 //! tokens = ["0123456789abcdef0123"]  # --token / FLOWSTATE_TOKEN (the client sends the first)
+//! log_format = "json"                # --log-format / FLOWSTATE_LOG_FORMAT (human or json)
 //! addr = "127.0.0.1:7280"            # serve --addr / FLOWSTATE_ADDR
 //! examples = true                    # serve: false is --no-examples
 //! archive_deactivated = false        # serve --archive-deactivated
@@ -40,11 +41,12 @@ pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
 pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Every key the file may hold.
-pub(crate) const KEYS: [&str; 13] = [
+pub(crate) const KEYS: [&str; 14] = [
     "store",
     "archive",
     "server",
     "tokens",
+    "log_format",
     "addr",
     "examples",
     "archive_deactivated",
@@ -67,6 +69,7 @@ pub(crate) struct ConfigFile {
     archive: Option<String>,
     server: Option<String>,
     tokens: Option<Tokens>,
+    log_format: Option<String>,
     addr: Option<String>,
     examples: Option<bool>,
     archive_deactivated: Option<bool>,
@@ -237,6 +240,11 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
     if let Some(tokens) = file.tokens.filter(|_| !given(matches, "tokens")) {
         cli.tokens = tokens.into_vec();
     }
+    if let Some(format) = file.log_format.filter(|_| !given(matches, "log_format")) {
+        cli.log_format = format.parse().map_err(|reason: String| {
+            CliError::new(format!("config file {}: {reason}", path.display()))
+        })?;
+    }
     if let (Command::Serve(args), Some(serve)) =
         (&mut cli.command, matches.subcommand_matches("serve"))
     {
@@ -277,6 +285,7 @@ mod tests {
             archive = "arch"
             server = "http://127.0.0.1:1"
             tokens = ["x", "y"]
+            log_format = "json"
             addr = "127.0.0.1:0"
             examples = false
             archive_deactivated = true
@@ -301,6 +310,7 @@ mod tests {
         assert_eq!(file.archive_max_live_bytes, Some(1_000_000));
         assert_eq!(file.archive_interval.as_deref(), Some("30s"));
         assert_eq!(file.retention.as_deref(), Some("1d"));
+        assert_eq!(file.log_format.as_deref(), Some("json"));
         let one = parse(r#"tokens = "a, b""#).expect("valid");
         assert_eq!(
             one.tokens.map(Tokens::into_vec),

@@ -12,6 +12,7 @@ mod archive;
 mod client;
 mod commands;
 mod config;
+mod logging;
 mod progress;
 mod remote;
 mod render;
@@ -28,8 +29,8 @@ use flowstate::core::limits::MAX_PAGE_SIZE;
 /// point and read their logs from the store; list, show and replay archived flows.
 ///
 /// Settings come from flags, then the environment, then the configuration file (--config or
-/// FLOWSTATE_CONFIG: TOML with the keys store, archive, server, tokens, addr, examples,
-/// archive_deactivated, steps_file), then the defaults.
+/// FLOWSTATE_CONFIG: TOML with the keys store, archive, server, tokens, log_format, addr,
+/// examples, archive_deactivated, steps_file), then the defaults.
 #[derive(Debug, Parser)]
 #[command(name = "flowstate", version)]
 pub(crate) struct Cli {
@@ -85,6 +86,19 @@ pub(crate) struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+
+    /// How log lines are written to stderr: human (coloured on a terminal) or json (one
+    /// object per line). RUST_LOG filters them (default: info for flowstate under serve,
+    /// warnings otherwise).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "FLOWSTATE_LOG_FORMAT",
+        default_value = "human"
+    )]
+    pub(crate) log_format: logging::LogFormat,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -517,6 +531,7 @@ fn main() -> ExitCode {
         .map_err(CliError::from)
         .and_then(|mut cli| {
             config::apply(&mut cli, &matches)?;
+            logging::init(cli.log_format, matches!(cli.command, Command::Serve(_)));
             run(cli)
         });
     match result {

@@ -102,11 +102,32 @@ impl Outcome {
     }
 }
 
+impl FlowStatus {
+    /// Whether a flow in this state has ended, so that it has an [`Outcome`]: a task graph in
+    /// SUCCESS, FAILURE or REVERTED (a task graph may still be run again from there), a plan
+    /// that is no longer active, a function that is done.
+    #[must_use]
+    pub fn has_ended(self) -> bool {
+        match self {
+            Self::TaskGraph(state) => matches!(
+                state,
+                FlowState::Success | FlowState::Failure | FlowState::Reverted
+            ),
+            Self::Plan(state) => state != PlanState::Active,
+            Self::Function(state) => state == ActivationState::Done,
+        }
+    }
+}
+
 impl FlowRecord {
-    /// How the flow ended, once it has: `None` while it may still go on (running, suspended,
-    /// waiting, a plan still active, a function in replay failure).
+    /// How the flow ended, once it has ([`FlowStatus::has_ended`]): `None` while it may
+    /// still go on (running, suspended, waiting, a plan still active, a function in replay
+    /// failure).
     #[must_use]
     pub fn outcome(&self) -> Option<Outcome> {
+        if !self.status.has_ended() {
+            return None;
+        }
         match self.status {
             FlowStatus::TaskGraph(state) => self.task_graph_outcome(state),
             FlowStatus::Plan(state) => self.plan_outcome(state),
@@ -194,6 +215,23 @@ mod tests {
             assert_eq!(OutcomeKind::parse(kind.key()), Some(kind));
         }
         assert_eq!(OutcomeKind::parse("terminated"), None);
+    }
+
+    #[test]
+    fn a_plan_ends_once_when_it_fails_or_completes_not_again_when_it_deactivates() {
+        let plan = FlowStatus::Plan;
+        assert!(!plan(PlanState::Active).has_ended());
+        for state in [
+            PlanState::Completed,
+            PlanState::Failed,
+            PlanState::Deactivated,
+        ] {
+            assert!(plan(state).has_ended(), "{state:?}");
+        }
+        let graph = FlowStatus::TaskGraph;
+        assert!(!graph(FlowState::Suspended).has_ended());
+        assert!(graph(FlowState::Reverted).has_ended());
+        assert!(!FlowStatus::Function(ActivationState::ReplayFailure).has_ended());
     }
 
     #[test]

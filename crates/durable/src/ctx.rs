@@ -125,7 +125,10 @@ impl Ctx {
                 Err(Stopped) => return halted().await,
             };
             let in_flight = LiveOp::start(&act.live_ops);
+            let started = std::time::Instant::now();
             let outcome = CatchUnwind(Box::pin(body(branch.key(act.flow)))).await;
+            metrics::histogram!("flowstate_step_duration_seconds", "kind" => "function")
+                .record(started.elapsed().as_secs_f64());
             let recorded = outcome
                 .and_then(|value| {
                     serde_json::to_value(value)

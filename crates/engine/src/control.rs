@@ -194,24 +194,33 @@ impl Controls {
 #[async_trait]
 impl FlowControl for Controls {
     async fn cancel(&self, flow: FlowId, reason: &str) -> Result<Transition, ControlError> {
-        self.of(flow, ControlRequest::Cancel)
-            .await?
-            .cancel(flow, reason)
-            .await
+        let request = ControlRequest::Cancel;
+        let result = match self.of(flow, request).await {
+            Ok(control) => control.cancel(flow, reason).await,
+            Err(error) => Err(error),
+        };
+        crate::observe::operator_action(flow, request, Some(reason), &result);
+        result
     }
 
     async fn suspend(&self, flow: FlowId) -> Result<Transition, ControlError> {
-        self.of(flow, ControlRequest::Suspend)
-            .await?
-            .suspend(flow)
-            .await
+        let request = ControlRequest::Suspend;
+        let result = match self.of(flow, request).await {
+            Ok(control) => control.suspend(flow).await,
+            Err(error) => Err(error),
+        };
+        crate::observe::operator_action(flow, request, None, &result);
+        result
     }
 
     async fn resume(&self, flow: FlowId) -> Result<Transition, ControlError> {
-        self.of(flow, ControlRequest::Resume)
-            .await?
-            .resume(flow)
-            .await
+        let request = ControlRequest::Resume;
+        let result = match self.of(flow, request).await {
+            Ok(control) => control.resume(flow).await,
+            Err(error) => Err(error),
+        };
+        crate::observe::operator_action(flow, request, None, &result);
+        result
     }
 
     async fn state(&self, flow: FlowId, at: StopAt) -> Result<FlowRecord, ControlError> {

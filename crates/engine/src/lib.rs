@@ -15,6 +15,8 @@
 //! - [`FlowRunner`] and [`RunError`]: the contract between the worker loop and a kind's runner.
 //! - [`FlowControl`]: cancel, suspend, resume and state, the same for every kind.
 //! - [`sync`]: locks with one poisoning policy.
+//! - [`observe`]: the log event and metrics of every flow that starts or finishes, and of
+//!   every operator request.
 //!
 //! **What it must never do:** know a kind's semantics (which events a task graph, a plan or a
 //! function records, how they are decided) beyond the predicates a front door hands it, or
@@ -28,6 +30,7 @@ pub mod children;
 pub mod control;
 pub mod create;
 mod deliver;
+pub mod observe;
 pub mod rebase;
 mod runner;
 pub mod sync;

@@ -153,6 +153,8 @@ pub struct FlowWriter {
     /// The status the log's index has (before staged events).
     durable_status: Option<FlowStatus>,
     staged: Vec<NewEvent>,
+    /// What the staged events mean to operators, told after their commit.
+    observed: Vec<crate::observe::Observed>,
     stale: bool,
 }
 
@@ -166,6 +168,7 @@ impl FlowWriter {
             durable_next_seq: 1,
             durable_status: None,
             staged: Vec::new(),
+            observed: Vec::new(),
             stale: false,
         }
     }
@@ -234,6 +237,7 @@ impl FlowWriter {
             durable_status: folder.record().map(|r| r.status),
             folder,
             staged: Vec::new(),
+            observed: Vec::new(),
             stale: false,
         })
     }
@@ -294,11 +298,14 @@ impl FlowWriter {
                 Ok(bytes)
             });
             match applied {
-                Ok(body) => self.staged.push(NewEvent {
-                    time,
-                    format: EVENT_FORMAT_VERSION,
-                    body,
-                }),
+                Ok(body) => {
+                    self.staged.push(NewEvent {
+                        time,
+                        format: EVENT_FORMAT_VERSION,
+                        body,
+                    });
+                    self.observed.extend(crate::observe::observe(&event.body));
+                }
                 Err(error) => {
                     // The refused event left the state untouched (the fold is atomic per
                     // event); earlier events of this call were folded in, and cannot be
@@ -343,10 +350,12 @@ impl FlowWriter {
         // mid-append (its task aborted), the staged events are gone from the writer but may
         // or may not be in the log, so the writer must be loaded again.
         self.stale = true;
+        let observed = std::mem::take(&mut self.observed);
         match store.append(batch).await {
             Ok(outcome) => {
                 self.stale = false;
                 self.durable_next_seq = outcome.next_seq;
+                crate::observe::committed(self.durable_status, record, &observed);
                 self.durable_status = Some(record.status);
                 Ok(Some(outcome))
             }

@@ -68,9 +68,22 @@ impl std::fmt::Debug for RegisterFunction {
     }
 }
 
+/// What wraps the opened store.
+type StoreWrapper = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>;
+
+/// Wraps the opened store ([`EngineBuilder::wrap_store`]).
+struct WrapStore(StoreWrapper);
+
+impl std::fmt::Debug for WrapStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrapStore")
+    }
+}
+
 /// Builds an [`Engine`].
 #[derive(Debug)]
 pub struct EngineBuilder {
+    wrap_store: Option<WrapStore>,
     url: String,
     schema: Option<String>,
     clock: Arc<dyn Clock>,
@@ -166,10 +179,21 @@ impl EngineBuilder {
         self
     }
 
+    /// Wraps the store once it is opened, before anything uses it (a test's instrumented
+    /// store, for instance).
+    #[must_use]
+    pub fn wrap_store(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send + 'static,
+    ) -> Self {
+        self.wrap_store = Some(WrapStore(Box::new(wrap)));
+        self
+    }
+
     /// Opens the store (creating and migrating it if needed) and assembles the engine.
     pub async fn build(self) -> Result<Engine, Error> {
         // The engine process of an SQLite file holds its process lock for its life.
-        let store = open_store_as(
+        let mut store = open_store_as(
             &self.url,
             self.schema.as_deref(),
             self.clock.clone(),
@@ -177,6 +201,9 @@ impl EngineBuilder {
             true,
         )
         .await?;
+        if let Some(WrapStore(wrap)) = self.wrap_store {
+            store = wrap(store);
+        }
         let task_graphs = Arc::new(flowstate_taskgraph::Engine::new(
             store.clone(),
             self.clock.clone(),
@@ -309,6 +336,7 @@ impl Engine {
     #[must_use]
     pub fn builder(url: impl Into<String>) -> EngineBuilder {
         EngineBuilder {
+            wrap_store: None,
             url: url.into(),
             schema: None,
             clock: Arc::new(SystemClock),

@@ -703,21 +703,24 @@ fn attempt(
         };
         // The attempt runs on the run's own task (its `JoinSet` entry): a panic there is
         // caught by the join and becomes a retryable failure; dropping the run aborts it.
+        let started = std::time::Instant::now();
         let returned = match registered.spec.timeout_ms {
             Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), future).await {
                 Ok(returned) => returned,
                 Err(_) => {
+                    step_duration(started);
                     return AttemptResult::Failed {
                         failure: Failure::new(
                             runtime::TIMEOUT,
                             format!("the attempt took longer than its timeout of {ms} ms"),
                         ),
                         retryable: true,
-                    }
+                    };
                 }
             },
             None => future.await,
         };
+        step_duration(started);
         match returned {
             Ok(outputs) => AttemptResult::Succeeded(outputs),
             Err(StepError::Retryable(failure)) => AttemptResult::Failed {
@@ -730,6 +733,12 @@ fn attempt(
             },
         }
     }
+}
+
+/// Records how long an attempt (or a compensation) that started at `started` took.
+fn step_duration(started: std::time::Instant) {
+    metrics::histogram!("flowstate_step_duration_seconds", "kind" => "plan")
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// A body that panicked (or was cancelled) failed; another attempt may succeed.

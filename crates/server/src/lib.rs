@@ -2,8 +2,11 @@
 //! and the web UI.
 //!
 //! **What it owns:** the HTTP surface (routes, request limits, bearer-token authentication,
-//! problem-details errors, the OpenAPI document), the event streams, serving the UI, and the
-//! HTTP step registrations file ([`registrations`]). It assembles a [`flowstate::Engine`]
+//! problem-details errors, the OpenAPI document), the event streams, serving the UI, the
+//! HTTP step registrations file ([`registrations`]), and what operators watch: `/metrics`
+//! (Prometheus text format), `/healthz` and `/readyz` (503 `not_ready` when the store
+//! stopped writing or the worker is down: a supervisor should restart a process whose
+//! `/readyz` keeps failing). It assembles a [`flowstate::Engine`]
 //! (store by URL, example definitions, the kept HTTP steps, worker) and runs it.
 //!
 //! **What it must never do:** decide anything about a flow. Every request goes through the
@@ -15,6 +18,7 @@ mod auth;
 mod examples;
 mod extract;
 pub mod http_steps;
+mod observe;
 mod openapi;
 mod problem;
 pub mod registrations;
@@ -26,6 +30,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use observe::UPKEEP_INTERVAL;
 pub use problem::Problem;
 pub use routes::flows::MAX_EVENTS_PER_REQUEST;
 pub use routes::streams::{MAX_STRAY_FLOWS, MAX_STREAM_READ, MAX_WATCHED_FLOWS};
@@ -195,6 +200,8 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             length: short.len(),
         });
     }
+    // Before the engine, so that its metrics count from its start.
+    observe::recorder();
     let engine = engine(&config).await?;
     let (listener, addr) = listen(config.addr).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -217,6 +224,7 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             });
         }
     }
+    let worker_running = state.inner.worker_running.clone();
     let app = router(state);
     let mut http_stop = stopped;
     let http = tokio::spawn(async move {
@@ -227,7 +235,15 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .await
     });
     let running = engine.clone();
-    let worker = tokio::spawn(async move { running.run().await });
+    worker_running.store(true, std::sync::atomic::Ordering::Release);
+    let worker = tokio::spawn(async move {
+        let ran = running.run().await;
+        worker_running.store(false, std::sync::atomic::Ordering::Release);
+        if let Err(error) = &ran {
+            tracing::error!(%error, "the worker stopped; /readyz answers 503");
+        }
+        ran
+    });
     tracing::info!(
         %addr,
         store = %config.store,

@@ -1,6 +1,6 @@
 //! [`ApiState`]: what the handlers share — the engine, the accepted tokens, the shutdown
 //! signal, the HTTP client and waiting attempts of HTTP steps, the registrations file, the
-//! archive.
+//! archive, whether the worker runs.
 //!
 //! It is plain data: it must never hold behaviour beyond being built. What is done with it
 //! lives with the routes that do it (`routes::steps` registers HTTP steps, `archived` opens
@@ -39,6 +39,8 @@ pub(crate) struct Inner {
     pub(crate) archive: Option<String>,
     /// The archive, once opened (an S3 client is built once, not per request).
     pub(crate) opened_archive: std::sync::OnceLock<flowstate::archive::ArchiveStore>,
+    /// Whether the engine's worker runs (`/readyz`): set while its task runs.
+    pub(crate) worker_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ApiState {
@@ -66,6 +68,7 @@ impl ApiState {
                 steps: tokio::sync::Mutex::default(),
                 archive: None,
                 opened_archive: std::sync::OnceLock::new(),
+                worker_running: Arc::default(),
             }),
         }
     }

@@ -33,11 +33,14 @@ pub(crate) struct Pending {
 }
 
 /// How many appends the committers took, in how many groups (one transaction each, unless
-/// a group fell back to one transaction per append).
+/// a group fell back to one transaction per append), and whether the last group could reach
+/// the database.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) groups: AtomicU64,
     pub(crate) appends: AtomicU64,
+    /// Why the last group could not get a connection (`None`: it could).
+    pub(crate) unreachable: flowstate_core::sync::Mutex<Option<String>>,
 }
 
 /// Starts the committers; they stop when every sender is dropped.
@@ -53,13 +56,32 @@ pub(crate) fn start(
             counters
                 .appends
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
-            commit(&pool, &wake, group).await;
+            let (started, size) = (std::time::Instant::now(), group.len());
+            commit(&pool, &wake, &counters, group).await;
+            metrics::histogram!("flowstate_store_commit_seconds", "store" => "postgres")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("flowstate_store_commit_batch_size", "store" => "postgres")
+                .record(size as f64);
         }
     })
 }
 
-async fn commit(pool: &deadpool_postgres::Pool, wake: &WakeChannel, group: Vec<Pending>) {
-    let mut client = match pool.get().await {
+async fn commit(
+    pool: &deadpool_postgres::Pool,
+    wake: &WakeChannel,
+    counters: &Counters,
+    group: Vec<Pending>,
+) {
+    let got = pool.get().await;
+    {
+        let mut unreachable = counters.unreachable.lock();
+        match &got {
+            Ok(_) if unreachable.is_some() => *unreachable = None,
+            Ok(_) => {}
+            Err(error) => *unreachable = Some(error.to_string()),
+        }
+    }
+    let mut client = match got {
         Ok(client) => client,
         Err(error) => {
             let error = StoreError::Io {

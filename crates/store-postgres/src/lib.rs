@@ -35,7 +35,8 @@ use flowstate_store::validate::{
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, StoreHealth, WakeCounts, WakeKind, Wakeups,
+    WorkerId,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -801,6 +802,18 @@ impl Store for PostgresStore {
         self.stop_listener();
         self.pool.close();
         Ok(())
+    }
+
+    /// Closed, or whether the last group commit could get a connection (its last known
+    /// state: no round trip).
+    fn health(&self) -> StoreHealth {
+        if self.closed.load(Ordering::Acquire) {
+            return StoreHealth::Closed;
+        }
+        match self.commits.unreachable.lock().clone() {
+            Some(cause) => StoreHealth::Unreachable { cause },
+            None => StoreHealth::Ok,
+        }
     }
 }
 

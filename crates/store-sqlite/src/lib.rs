@@ -40,7 +40,8 @@ use flowstate_store::validate::{
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WakeKind, Wakeups, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, StoreHealth, WakeCounts, WakeKind, Wakeups,
+    WorkerId,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -130,6 +131,8 @@ pub struct SqliteStore {
     wakeups: Wakeups,
     /// The process lock, once taken ([`SqliteStore::lock_process`]); dropped at close.
     process_lock: Mutex<Option<std::fs::File>>,
+    /// Set by the writer thread when it stopped writing after an I/O error: the cause.
+    poisoned: Arc<std::sync::OnceLock<String>>,
 }
 
 #[derive(Debug)]
@@ -238,9 +241,11 @@ impl SqliteStore {
         }
         schema::ensure_indexes(&conn).map_err(|e| open_error(e, &location))?;
         let (commands, queue) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        let poisoned = Arc::new(std::sync::OnceLock::new());
+        let stopped = poisoned.clone();
         let writer = std::thread::Builder::new()
             .name("flowstate-sqlite-writer".into())
-            .spawn(move || writer::run(conn, queue))
+            .spawn(move || writer::run(conn, queue, &stopped))
             .map_err(|e| StoreError::Io {
                 message: format!("cannot start the writer thread: {e}"),
             })?;
@@ -257,6 +262,7 @@ impl SqliteStore {
             closed: AtomicBool::new(false),
             wakeups: Wakeups::new(),
             process_lock: Mutex::new(None),
+            poisoned,
         })
     }
 
@@ -621,5 +627,29 @@ impl Store for SqliteStore {
         // The file is closed: another engine process may have it now.
         drop(self.process_lock.lock().take());
         result
+    }
+
+    /// Closed, stopped after an I/O error (fail-stop: [`StoreError::Poisoned`]), or writing.
+    /// A writer thread that ended without a close (it panicked) has stopped too.
+    fn health(&self) -> StoreHealth {
+        if self.closed.load(Ordering::Acquire) {
+            return StoreHealth::Closed;
+        }
+        if let Some(cause) = self.poisoned.get() {
+            return StoreHealth::Stopped {
+                cause: cause.clone(),
+            };
+        }
+        let ended = self
+            .writer
+            .lock()
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished);
+        if ended {
+            return StoreHealth::Stopped {
+                cause: "the writer thread ended".into(),
+            };
+        }
+        StoreHealth::Ok
     }
 }

@@ -219,8 +219,14 @@ impl FlowRows {
     }
 }
 
-/// Runs until every sender is gone or a Close command is processed.
-pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<Command>) {
+/// Runs until every sender is gone or a Close command is processed. Sets `stopped` to the
+/// cause when the store stops writing after an I/O error (the store's health), and records
+/// each group's commit latency and size.
+pub fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Command>,
+    stopped: &std::sync::OnceLock<String>,
+) {
     let mut poisoned: Option<String> = None;
     let mut rows = FlowRows::default();
     let mut batch = Vec::with_capacity(MAX_GROUP_COMMIT);
@@ -232,7 +238,16 @@ pub fn run(mut conn: Connection, mut queue: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        if commit_group(&mut conn, &mut batch, &mut poisoned, &mut rows) {
+        let (started, size) = (std::time::Instant::now(), batch.len());
+        let closing = commit_group(&mut conn, &mut batch, &mut poisoned, &mut rows);
+        metrics::histogram!("flowstate_store_commit_seconds", "store" => "sqlite")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("flowstate_store_commit_batch_size", "store" => "sqlite")
+            .record(size as f64);
+        if let Some(cause) = poisoned.as_ref().filter(|_| stopped.get().is_none()) {
+            let _ = stopped.set(cause.clone());
+        }
+        if closing {
             break;
         }
     }

@@ -191,6 +191,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Finishes pending writes and closes the store; later calls fail with
     /// [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Whether the store can write, as far as it knows without asking its database (cheap:
+    /// its last known state). A store that stopped after an I/O error or cannot reach its
+    /// database says why; a process whose store stays unhealthy should be restarted.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
+}
+
+/// Whether a store can write ([`Store::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreHealth {
+    /// Open, and writing as far as it knows.
+    Ok,
+    /// It stopped writing after an I/O error (fail-stop), and stays stopped until it is
+    /// opened again (the process restarted).
+    Stopped {
+        /// The error that stopped it.
+        cause: String,
+    },
+    /// Its last attempt to reach its database failed.
+    Unreachable {
+        /// Why.
+        cause: String,
+    },
+    /// It was closed.
+    Closed,
+}
+
+impl StoreHealth {
+    /// Whether the store can write.
+    #[must_use]
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Self::Ok)
+    }
+}
+
+impl std::fmt::Display for StoreHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ok => f.write_str("the store is writing"),
+            Self::Stopped { cause } => write!(
+                f,
+                "the store stopped writing after an I/O error ({cause}); restart the process"
+            ),
+            Self::Unreachable { cause } => {
+                write!(f, "the store cannot reach its database: {cause}")
+            }
+            Self::Closed => f.write_str("the store is closed"),
+        }
+    }
 }
 
 /// Reads a whole log, in batches (from its first event: 1, or later once compacted).

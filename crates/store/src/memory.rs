@@ -22,7 +22,7 @@ use crate::validate::{
     check_batch, check_lease, check_log_room, check_name, check_status_kind, claim_window,
     validate_append, validate_compact,
 };
-use crate::{Store, WakeCounts, WakeKind, Wakeups};
+use crate::{Store, StoreHealth, WakeCounts, WakeKind, Wakeups};
 
 #[derive(Debug)]
 struct Lease {
@@ -563,5 +563,12 @@ impl Store for MemoryStore {
     async fn close(&self) -> Result<(), StoreError> {
         self.lock()?.closed = true;
         Ok(())
+    }
+
+    fn health(&self) -> StoreHealth {
+        match self.lock() {
+            Ok(_) => StoreHealth::Ok,
+            Err(_) => StoreHealth::Closed,
+        }
     }
 }

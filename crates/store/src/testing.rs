@@ -1,9 +1,9 @@
 //! Test support: [`InstrumentedStore`], a store that wraps another one to count its appends
-//! or to misbehave on demand (renewals that fail, a slow database), for tests of what sits
-//! on top of a store. Not for production use.
+//! or to misbehave on demand (renewals that fail, a slow database, a health that says it
+//! stopped), for tests of what sits on top of a store. Not for production use.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,16 +11,18 @@ use flowstate_core::{FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
 
 use crate::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewTimer, Release, Store, StoreError, WakeCounts, WorkerId,
+    NewEvent, NewTimer, Release, Store, StoreError, StoreHealth, WakeCounts, WorkerId,
 };
 
-/// Wraps a store: counts appends, and on demand fails renewals or delays claims and
-/// releases (with tokio's clock, so paused-time tests stay exact).
+/// Wraps a store: counts appends, and on demand fails renewals, delays claims and
+/// releases (with tokio's clock, so paused-time tests stay exact), or reports a health of
+/// its own.
 #[derive(Debug)]
 pub struct InstrumentedStore {
     inner: Arc<dyn Store>,
     appends: AtomicUsize,
     failing_renewals: AtomicBool,
+    health: Mutex<Option<StoreHealth>>,
     claim_delay: Duration,
     release_delay: Duration,
 }
@@ -33,6 +35,7 @@ impl InstrumentedStore {
             inner,
             appends: AtomicUsize::new(0),
             failing_renewals: AtomicBool::new(false),
+            health: Mutex::new(None),
             claim_delay: Duration::ZERO,
             release_delay: Duration::ZERO,
         }
@@ -49,6 +52,14 @@ impl InstrumentedStore {
     /// From now on renewals fail with an I/O error (`true`), or work again (`false`).
     pub fn fail_renewals(&self, failing: bool) {
         self.failing_renewals.store(failing, Ordering::SeqCst);
+    }
+
+    /// From now on [`Store::health`] answers `health` (`None`: the wrapped store's).
+    pub fn set_health(&self, health: Option<StoreHealth>) {
+        *self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = health;
     }
 
     /// Appends made through this wrapper.
@@ -165,5 +176,13 @@ impl Store for InstrumentedStore {
     }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await
+    }
+    fn health(&self) -> StoreHealth {
+        let set = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        set.unwrap_or_else(|| self.inner.health())
     }
 }

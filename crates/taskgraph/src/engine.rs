@@ -735,7 +735,11 @@ impl Engine {
         let handle = tasks.set.spawn(async move {
             let finished = match work {
                 Work::Execute { inputs, .. } => {
-                    Finished::Executed(task.execute(&ctx, inputs).await)
+                    let started = std::time::Instant::now();
+                    let executed = task.execute(&ctx, inputs).await;
+                    metrics::histogram!("flowstate_step_duration_seconds", "kind" => "task_graph")
+                        .record(started.elapsed().as_secs_f64());
+                    Finished::Executed(executed)
                 }
                 Work::Revert {
                     inputs, outcome, ..

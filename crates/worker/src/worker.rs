@@ -327,11 +327,13 @@ impl Worker {
                 }
             };
             bump(&self.shared.counters.claimed, claims.len() as u64);
+            metrics::counter!("flowstate_flows_claimed_total").increment(claims.len() as u64);
             state.backlog = claims.len() == asked;
             state.look_for_flows = state.backlog;
             for claim in claims {
                 self.start(state, claim, sent + config.lease).await;
             }
+            self.shared.count_held();
         }
         Ok(())
     }
@@ -341,8 +343,8 @@ impl Worker {
         let flow = claim.flow;
         let Some(runner) = self.runners.get(&claim.kind).cloned() else {
             bump(&self.shared.counters.missing_definitions, 1);
-            tracing::warn!(%flow, kind = %claim.kind, "no runner for this kind of flow in this process; parked");
-            let parked_for = self.shared.park(&claim).await;
+            let why = format!("no runner for {} flows in this process", claim.kind);
+            let parked_for = self.shared.park(&claim, &why).await;
             state.parked(parked_for);
             return;
         };
@@ -385,9 +387,9 @@ impl Worker {
                 let Some(claim) = state.tasks.get(&id).cloned() else {
                     return Ok(());
                 };
-                tracing::warn!(flow = %claim.flow, %error, "run panicked; the flow is parked and will be retried");
                 self.shared.forget(claim.flow, id);
-                (id, Settled::Parked(self.shared.park(&claim).await))
+                let why = format!("the run panicked: {error}");
+                (id, Settled::Parked(self.shared.park(&claim, &why).await))
             }
         };
         let Some(claim) = state.tasks.remove(&id) else {
@@ -396,6 +398,7 @@ impl Worker {
         // Normally the run removed itself when it settled; this covers a run that ended
         // another way. Only this run's entry: the flow may already run again.
         self.shared.forget(claim.flow, id);
+        self.shared.count_held();
         if state.backlog {
             state.look_for_flows = true;
         }
@@ -425,6 +428,7 @@ impl Worker {
             }
         };
         bump(&self.shared.counters.timers_fired, fired.len() as u64);
+        metrics::counter!("flowstate_timers_fired_total").increment(fired.len() as u64);
         if !fired.is_empty() {
             state.look_for_flows = true;
         }
@@ -513,18 +517,27 @@ impl Shared {
                             Settled::Released
                         }
                         Ok(false) => {
-                            bump(&counters.leases_lost, 1);
+                            self.lease_lost(flow, "the release found the lease taken");
                             Settled::LeaseLost
                         }
                         Err(error) => Settled::StoreFailed(error),
                     };
                 }
-                Err(RunError::Conflict { .. }) => {
+                Err(RunError::Conflict {
+                    expected, actual, ..
+                }) => {
                     bump(&counters.conflicts, 1);
-                    tracing::info!(%flow, "another process advanced the flow; re-reading its log");
+                    metrics::counter!("flowstate_conflicts_total").increment(1);
+                    tracing::info!(
+                        flow = %flow,
+                        expected,
+                        actual,
+                        "conflict: another process advanced the flow; re-reading its log"
+                    );
                     if reruns >= config.max_conflict_reruns {
                         self.forget(flow, tokio::task::id());
-                        return Settled::Parked(self.park(&claim).await);
+                        let why = format!("{reruns} runs in a row met a conflict");
+                        return Settled::Parked(self.park(&claim, &why).await);
                     }
                     reruns += 1;
                     // Run again from the re-read log, if the flow is still ours.
@@ -532,7 +545,7 @@ impl Shared {
                         Ok(renewed) if renewed.contains(&flow) => {}
                         Ok(_) => {
                             self.forget(flow, tokio::task::id());
-                            bump(&counters.leases_lost, 1);
+                            self.lease_lost(flow, "the renewal after a conflict found it taken");
                             return Settled::LeaseLost;
                         }
                         Err(error) => {
@@ -545,8 +558,8 @@ impl Shared {
                     if matches!(error, RunError::MissingDefinition { .. }) {
                         bump(&counters.missing_definitions, 1);
                     }
-                    tracing::warn!(%flow, %error, "run failed; the flow is parked and will be retried");
-                    return Settled::Parked(self.park(&claim).await);
+                    let why = format!("the run failed: {error}");
+                    return Settled::Parked(self.park(&claim, &why).await);
                 }
             }
         }
@@ -562,9 +575,10 @@ impl Shared {
 
     /// Leaves a flow ready but untouchable for a while, then anyone's: [`WorkerConfig::
     /// park_for`] after one failure, doubling with each consecutive failure in this worker up
-    /// to [`MAX_PARK`]. Returns how long.
-    async fn park(&self, claim: &Claim) -> Duration {
+    /// to [`MAX_PARK`]. Returns how long. Logs the park once, saying `why`.
+    async fn park(&self, claim: &Claim, why: &str) -> Duration {
         bump(&self.counters.parked, 1);
+        metrics::counter!("flowstate_flows_parked_total").increment(1);
         let parked_for = {
             let mut failures = self.failures();
             let tracked = failures.len() < MAX_TRACKED_FAILURES;
@@ -590,7 +604,26 @@ impl Shared {
             // The lease runs out on its own; the flow is only parked for longer.
             let _ = self.store_error("park", error);
         }
+        tracing::warn!(
+            flow = %claim.flow,
+            kind = claim.kind.key(),
+            parked_secs = parked_for.as_secs_f64(),
+            reason = why,
+            "flow parked; it stays ready and is retried after the park"
+        );
         parked_for
+    }
+
+    /// Counts and logs a lease this worker lost (another worker may hold the flow now).
+    fn lease_lost(&self, flow: FlowId, why: &str) {
+        bump(&self.counters.leases_lost, 1);
+        metrics::counter!("flowstate_leases_lost_total").increment(1);
+        tracing::warn!(flow = %flow, reason = why, "lease lost");
+    }
+
+    /// Sets the leases-held gauge from the flows this worker holds.
+    fn count_held(&self) {
+        metrics::gauge!("flowstate_leases_held").set(self.held().len() as f64);
     }
 
     /// Every third of a lease, extends the leases of flows in flight. Aborts the runs of
@@ -647,8 +680,10 @@ impl Shared {
                                 entry.confirmed_until = sent + lease;
                             } else if let Some(lost) = held.remove(flow) {
                                 lost.run.abort();
-                                bump(&self.counters.leases_lost, 1);
-                                tracing::warn!(%flow, "lease lost (another worker took the flow); run aborted");
+                                self.lease_lost(
+                                    *flow,
+                                    "another worker took the flow; its run was aborted",
+                                );
                             }
                         }
                     }
@@ -677,8 +712,7 @@ impl Shared {
         for flow in expiring {
             if let Some(lost) = held.remove(&flow) {
                 lost.run.abort();
-                bump(&self.counters.leases_lost, 1);
-                tracing::warn!(%flow, "lease could not be renewed in time; run aborted");
+                self.lease_lost(flow, "not renewed in time; its run was aborted");
             }
         }
     }

@@ -22,7 +22,9 @@ use serde_json::Value;
 pub const DEADLOCK_GUARD: Duration = Duration::from_secs(120);
 
 /// Environment variables of the CLI that a test must not inherit from whoever runs it.
-pub const ENV: [&str; 8] = [
+pub const ENV: [&str; 10] = [
+    "RUST_LOG",
+    "FLOWSTATE_LOG_FORMAT",
     "FLOWSTATE_STORE",
     "FLOWSTATE_ARCHIVE",
     "FLOWSTATE_SERVER",

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use flowstate::core::Transition;
 use flowstate::kernel::FlowControl;
 use flowstate_api::{ReasonRequest, RequestOutcome, SignalRequest};
+use tracing::Instrument;
 
 use crate::extract::{flow_id, ApiJson, Wire};
 use crate::problem::{control_problem, function_problem, Problem};
@@ -73,10 +74,16 @@ pub(crate) async fn suspend(
     ApiJson(request): ApiJson<ReasonRequest>,
 ) -> Result<Wire<RequestOutcome>, Problem> {
     let flow = flow_id(&id)?;
-    let done = state.inner.engine.control().suspend(flow).await;
-    let done = done.map_err(|error| control_problem(&error))?;
-    tracing::info!(%flow, reason = %request.reason, ?done, "suspend requested");
-    Ok(requested(done))
+    // The kernel logs the request (`operator action`); the reason goes with it in a span.
+    let reason = tracing::info_span!("suspend", reason = %request.reason);
+    let done = state
+        .inner
+        .engine
+        .control()
+        .suspend(flow)
+        .instrument(reason)
+        .await;
+    Ok(requested(done.map_err(|error| control_problem(&error))?))
 }
 
 /// Resume a SUSPENDED task graph (SUSPENDED → RUNNING; ready for the workers again)
@@ -97,10 +104,16 @@ pub(crate) async fn resume(
     ApiJson(request): ApiJson<ReasonRequest>,
 ) -> Result<Wire<RequestOutcome>, Problem> {
     let flow = flow_id(&id)?;
-    let done = state.inner.engine.control().resume(flow).await;
-    let done = done.map_err(|error| control_problem(&error))?;
-    tracing::info!(%flow, reason = %request.reason, ?done, "resume requested");
-    Ok(requested(done))
+    // The kernel logs the request (`operator action`); the reason goes with it in a span.
+    let reason = tracing::info_span!("resume", reason = %request.reason);
+    let done = state
+        .inner
+        .engine
+        .control()
+        .resume(flow)
+        .instrument(reason)
+        .await;
+    Ok(requested(done.map_err(|error| control_problem(&error))?))
 }
 
 /// Cancel a flow of any kind

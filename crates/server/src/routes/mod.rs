@@ -1,6 +1,7 @@
 //! The route table ([`router`]): the API under `/api/v1` (authenticated), the report URL of
-//! asynchronous HTTP steps, the OpenAPI document, `/healthz` and the UI; the body limit, the
-//! security headers and the problems of unknown routes and methods.
+//! asynchronous HTTP steps, the OpenAPI document, `/metrics` (authenticated like the API),
+//! `/healthz`, `/readyz` and the UI; the body limit, the security headers, the count of
+//! requests by route, and the problems of unknown routes and methods.
 //!
 //! It must never hold a handler's logic: each route's handler lives in the module of its
 //! concern (`flows`, `control`, `steps`, `streams`), and every route of `/api/v1` is listed
@@ -16,9 +17,8 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Router;
 use flowstate_api::ProblemCode;
-use serde_json::{json, Value};
 
 use crate::problem::Problem;
 use crate::state::ApiState;
@@ -30,21 +30,33 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// from this server only, runs no inline script or style, and is never framed.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// The whole application: the API under `/api/v1`, the UI at `/`, `/healthz`.
+/// The whole application: the API under `/api/v1`, the UI at `/`, `/metrics`, `/healthz`
+/// and `/readyz`.
 pub fn router(state: ApiState) -> Router {
+    // The metrics say as much as the API about the flows: the same authentication.
+    let metrics = Router::new()
+        .route("/metrics", get(crate::observe::metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ));
     Router::new()
         .nest("/api/v1", api(state.clone()))
+        .merge(metrics)
         .route("/api/v1/openapi.json", get(crate::openapi::serve))
         // Reports carry their own secret (the attempt's key in the URL), not a bearer token:
         // the worker that reports was given only the report URL.
         .route("/api/v1/work/{token}", post(steps::report_work))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(crate::observe::healthz))
+        .route("/readyz", get(crate::observe::readyz))
         .route("/", get(crate::ui::index))
         .route("/app.js", get(crate::ui::app_js))
         .route("/app.css", get(crate::ui::app_css))
+        .route_layer(middleware::from_fn(crate::observe::mark_route))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(crate::observe::count_requests))
         .with_state(state)
 }
 
@@ -68,10 +80,6 @@ fn api(state: ApiState) -> Router<ApiState> {
             state,
             crate::auth::authenticate,
         ))
-}
-
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
 }
 
 /// 405 as a problem: the path exists, the method does not.
