@@ -350,17 +350,17 @@ impl FlowWriter {
         // mid-append (its task aborted), the staged events are gone from the writer but may
         // or may not be in the log, so the writer must be loaded again.
         self.stale = true;
-        let observed = std::mem::take(&mut self.observed);
-        match store.append(batch).await {
-            Ok(outcome) => {
-                self.stale = false;
-                self.durable_next_seq = outcome.next_seq;
-                crate::observe::committed(self.durable_status, record, &observed);
-                self.durable_status = Some(record.status);
-                Ok(Some(outcome))
-            }
-            Err(error) => Err(error.into()),
+        let appended = store.append(batch).await;
+        // Told once durable, or never (a rebase stages again what it still means); the
+        // buffer's capacity is kept for the next commit.
+        if let Ok(outcome) = &appended {
+            self.stale = false;
+            self.durable_next_seq = outcome.next_seq;
+            crate::observe::committed(self.durable_status, record, &self.observed);
+            self.durable_status = Some(record.status);
         }
+        self.observed.clear();
+        Ok(Some(appended?))
     }
 
     /// Replaces the flow's log by `bodies` (timed by `clock`, except a `flow_created`, which
