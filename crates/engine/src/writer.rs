@@ -22,7 +22,9 @@ use flowstate_core::{
     EVENT_FORMAT_VERSION,
 };
 
-use flowstate_store::{AppendBatch, AppendOutcome, NewEvent, NewFlow, NewTimer, Store, StoreError};
+use flowstate_store::{
+    AppendBatch, AppendOutcome, IdempotencyKey, NewEvent, NewFlow, NewTimer, Store, StoreError,
+};
 
 /// Events per read when a flow is loaded (after the first read).
 const LOAD_PAGE: usize = 2_500;
@@ -154,6 +156,8 @@ pub struct FlowWriter {
     durable_status: Option<FlowStatus>,
     staged: Vec<NewEvent>,
     stale: bool,
+    /// The idempotency key the creation records (sent with the first append).
+    idempotency: Option<IdempotencyKey>,
 }
 
 impl FlowWriter {
@@ -167,7 +171,20 @@ impl FlowWriter {
             durable_status: None,
             staged: Vec::new(),
             stale: false,
+            idempotency: None,
         }
+    }
+
+    /// The idempotency key the creation's append records (`None` once it is recorded, or
+    /// for a creation without one).
+    #[must_use]
+    pub fn idempotency(&self) -> Option<&IdempotencyKey> {
+        self.idempotency.as_ref()
+    }
+
+    /// The creation's append (the first) records `key` with the flow, atomically.
+    pub(crate) fn set_idempotency(&mut self, key: Option<IdempotencyKey>) {
+        self.idempotency = key;
     }
 
     /// Loads an existing flow by folding its whole log (from its first event: 1, or later
@@ -235,6 +252,7 @@ impl FlowWriter {
             folder,
             staged: Vec::new(),
             stale: false,
+            idempotency: None,
         })
     }
 
@@ -328,6 +346,7 @@ impl FlowWriter {
         let create = (expected_next_seq == 1).then(|| NewFlow {
             kind: record.kind,
             definition: record.definition.clone(),
+            idempotency: self.idempotency.clone(),
         });
         let status = (self.durable_status != Some(record.status)).then_some(record.status);
         let batch = AppendBatch {
@@ -346,6 +365,7 @@ impl FlowWriter {
         match store.append(batch).await {
             Ok(outcome) => {
                 self.stale = false;
+                self.idempotency = None;
                 self.durable_next_seq = outcome.next_seq;
                 self.durable_status = Some(record.status);
                 Ok(Some(outcome))

@@ -83,6 +83,7 @@ pub struct EngineBuilder {
         flowstate_archive::ArchivePolicy,
         std::time::Duration,
     )>,
+    idempotency_window: std::time::Duration,
 }
 
 impl EngineBuilder {
@@ -142,6 +143,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the idempotency keys of starts (`submit_with` and the like, with a
+    /// [`crate::StartOptions`] key or id) for `window`: a start repeated within it gives the
+    /// first flow (default [`crate::DEFAULT_IDEMPOTENCY_WINDOW`], a day).
+    #[must_use]
+    pub fn idempotency_window(mut self, window: std::time::Duration) -> Self {
+        self.idempotency_window = window;
+        self
+    }
+
     /// Moves deactivated plans to the archive at `url` (a directory, `file://`, `memory://` or
     /// `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`, while the engine runs.
     #[must_use]
@@ -168,10 +178,12 @@ impl EngineBuilder {
             store.clone(),
             self.clock.clone(),
         ));
+        task_graphs.set_idempotency_window(self.idempotency_window);
         for flow in self.task_graphs {
             task_graphs.register(flow);
         }
         let plans = flowstate_plan::Plans::new(store.clone(), self.clock.clone());
+        plans.set_idempotency_window(self.idempotency_window);
         for step in self.steps {
             plans.register(step)?;
         }
@@ -184,6 +196,7 @@ impl EngineBuilder {
             self.clock.clone(),
             config.id.to_string(),
         );
+        functions.set_idempotency_window(self.idempotency_window);
         functions.plan_with(Arc::new(ChildPlans(plans.clone())));
         for register in self.functions {
             (register.0)(&functions)?;
@@ -300,6 +313,7 @@ impl Engine {
             steps: Vec::new(),
             functions: Vec::new(),
             archive: None,
+            idempotency_window: crate::DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 

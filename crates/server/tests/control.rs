@@ -549,6 +549,7 @@ async fn the_all_flows_stream_follows_new_flows_past_the_watched_window() {
             create: Some(flowstate::store::NewFlow {
                 kind: flowstate::core::FlowKind::Plan,
                 definition: "stray".to_owned(),
+                idempotency: None,
             }),
             status: None,
             ready: None,
