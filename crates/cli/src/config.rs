@@ -14,6 +14,7 @@
 //! examples = true                    # serve: false is --no-examples
 //! archive_deactivated = false        # serve --archive-deactivated
 //! steps_file = "flows.db.http-steps.json"  # serve --steps-file / FLOWSTATE_STEPS_FILE
+//! idempotency_window = "24h"         # serve --idempotency-window / FLOWSTATE_IDEMPOTENCY_WINDOW
 //! ```
 //!
 //! An unknown key, a value of the wrong type and a file that cannot be read are each a
@@ -35,7 +36,7 @@ pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
 pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Every key the file may hold.
-pub(crate) const KEYS: [&str; 8] = [
+pub(crate) const KEYS: [&str; 9] = [
     "store",
     "archive",
     "server",
@@ -44,6 +45,7 @@ pub(crate) const KEYS: [&str; 8] = [
     "examples",
     "archive_deactivated",
     "steps_file",
+    "idempotency_window",
 ];
 
 /// The file's contents; every key is optional.
@@ -58,6 +60,7 @@ pub(crate) struct ConfigFile {
     examples: Option<bool>,
     archive_deactivated: Option<bool>,
     steps_file: Option<String>,
+    idempotency_window: Option<String>,
 }
 
 /// `tokens`: a list, or one string (comma separated, as in `FLOWSTATE_TOKEN`).
@@ -192,6 +195,19 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
         if let Some(steps_file) = file.steps_file.filter(|_| !given(serve, "steps_file")) {
             args.steps_file = Some(steps_file.into());
         }
+        if let Some(window) = file
+            .idempotency_window
+            .filter(|_| !given(serve, "idempotency_window"))
+        {
+            crate::commands::parse_duration("idempotency-window", &window).map_err(|e| {
+                CliError::new(format!(
+                    "config file {}: idempotency_window: {}",
+                    path.display(),
+                    e.0
+                ))
+            })?;
+            args.idempotency_window = Some(window);
+        }
     }
     Ok(())
 }
@@ -212,11 +228,13 @@ mod tests {
             examples = false
             archive_deactivated = true
             steps_file = "a.db.steps.json"
+            idempotency_window = "12h"
             "#,
         )
         .expect("valid");
         assert_eq!(file.store.as_deref(), Some("a.db"));
         assert_eq!(file.steps_file.as_deref(), Some("a.db.steps.json"));
+        assert_eq!(file.idempotency_window.as_deref(), Some("12h"));
         assert_eq!(
             file.tokens.map(Tokens::into_vec),
             Some(vec!["x".to_owned(), "y".to_owned()])

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// `None`: next to an SQLite store's file ([`registrations::default_steps_file`]); for a
     /// PostgreSQL store, nowhere: registrations then live as long as the process.
     pub steps_file: Option<PathBuf>,
+    /// How long idempotency keys of starts are kept (`Idempotency-Key`, a chosen `id`):
+    /// [`flowstate::DEFAULT_IDEMPOTENCY_WINDOW`] unless configured.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// Why the server could not start.
@@ -221,7 +224,8 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
 /// The engine of `config`: its store, the examples if asked, the archiver if asked.
 async fn engine(config: &ServerConfig) -> Result<flowstate::Engine, ServerError> {
-    let mut builder = flowstate::Engine::builder(config.store.clone());
+    let mut builder = flowstate::Engine::builder(config.store.clone())
+        .idempotency_window(config.idempotency_window);
     if config.examples {
         builder = examples::steps()
             .into_iter()

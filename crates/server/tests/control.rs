@@ -25,6 +25,7 @@ async fn start() -> (RunningServer, tempfile::TempDir) {
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     };
     (serve(config).await.expect("serve"), dir)
 }
