@@ -251,7 +251,7 @@ pub(crate) struct StartArgs {
     /// The flow's id (a UUID), chosen here: starting again with the same id and request
     /// gives the same flow (within the server's idempotency window).
     #[arg(long, value_name = "UUID")]
-    pub(crate) id: Option<flowstate::FlowId>,
+    pub(crate) id: Option<String>,
     /// Makes the start idempotent: starting again with the same key and request gives the
     /// first flow (within the server's idempotency window); another request is refused.
     #[arg(long, value_name = "KEY")]

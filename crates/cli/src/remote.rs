@@ -207,27 +207,24 @@ fn control_request(args: ControlArgs, action: Action) -> Result<Request, CliErro
 }
 
 fn start_request(args: StartArgs) -> Result<Request, CliError> {
+    let id = args
+        .id
+        .as_deref()
+        .map(|text| parse_id(text).map_err(|error| CliError::new(format!("--id: {}", error.0))))
+        .transpose()?;
     let body = if let Some(name) = args.graph {
         let inputs = inputs_object(&args.inputs)?.into_iter().collect();
-        StartRequest::TaskGraph {
-            name,
-            inputs,
-            id: args.id,
-        }
+        StartRequest::TaskGraph { name, inputs, id }
     } else if let Some(name) = args.function {
         let input = function_input(&args.inputs)?;
-        StartRequest::Function {
-            name,
-            input,
-            id: args.id,
-        }
+        StartRequest::Function { name, input, id }
     } else {
         StartRequest::Plan {
             goals: args.goals,
             inputs: inputs_object(&args.inputs)?,
             choices: choices(&args.choices)?,
             name: args.name,
-            id: args.id,
+            id,
         }
     };
     Ok(Request::Start {
