@@ -341,6 +341,29 @@ impl Plans {
         self.run_writer(writer).await
     }
 
+    /// [`Plans::execute`] with a chosen id and/or an idempotency key. The first start runs
+    /// the flow here ([`Created::New`]); a replay (the same key and request) runs nothing and
+    /// answers the first flow's state as its log says now ([`Created::Existing`]; a flow
+    /// whose first run died is carried on by [`Plans::run`]). The same key with another
+    /// request is [`Error::KeyReused`].
+    pub async fn execute_with(
+        &self,
+        request: PlanRequest,
+        options: &StartOptions,
+    ) -> Result<(Created, FlowRecord), Error> {
+        let writer = self.new_flow(request, options)?;
+        let flow = writer.flow();
+        let fingerprint = writer.idempotency().map(|key| key.fingerprint.clone());
+        match self.run_writer(writer).await {
+            Ok(record) => Ok((Created::New(flow), record)),
+            Err(Error::Write(error @ WriteError::Store(StoreError::KeyTaken { .. }))) => {
+                let created = create::settled(error, flow, fingerprint.as_deref())?;
+                Ok((created, self.state(created.id(), StopAt::End).await?))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     async fn record(
         &self,
         request: PlanRequest,

@@ -305,6 +305,45 @@ impl Engine {
         self.run_exclusively(writer).await
     }
 
+    /// [`Engine::execute`] with a chosen id and/or an idempotency key. The first start runs
+    /// the flow here ([`Created::New`]); a replay (the same key and request) runs nothing and
+    /// answers the first flow's outcome as its log says now ([`Created::Existing`]; a flow
+    /// whose first run died is carried on by [`Engine::run`], as after any `execute`). The
+    /// same key with another request is [`Error::KeyReused`].
+    pub async fn execute_with(
+        &self,
+        name: &str,
+        inputs: Inputs,
+        options: &StartOptions,
+    ) -> Result<(Created, RunOutcome), Error> {
+        let writer = self.new_flow(name, inputs, options)?;
+        let flow = writer.flow();
+        let fingerprint = writer.idempotency().map(|key| key.fingerprint.clone());
+        match self.run_exclusively(writer).await {
+            Ok(outcome) => Ok((Created::New(flow), outcome)),
+            Err(Error::Write(error @ WriteError::Store(StoreError::KeyTaken { .. }))) => {
+                let created = create::settled(error, flow, fingerprint.as_deref())?;
+                Ok((created, self.outcome_of(created.id()).await?))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A flow's outcome as its log says now, running nothing.
+    async fn outcome_of(&self, flow: FlowId) -> Result<RunOutcome, Error> {
+        let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
+        let record = record_of(&writer)?;
+        let Some(state) = state_of(record) else {
+            return Err(Error::NotATaskGraph {
+                flow,
+                kind: record.kind,
+            });
+        };
+        let definition = self.definition(&record.definition)?;
+        let graph = compile(&definition, &input_names(record))?;
+        Ok(outcome(flow, &graph, record, state))
+    }
+
     /// Asks a flow this engine is running to suspend: running atoms finish, nothing new
     /// starts. In this process only, and void if the flow is not running here (as in
     /// TaskFlow); [`Engine::request_suspend`] records the request for whichever process runs
