@@ -131,6 +131,11 @@ pub enum StartRequest {
         /// The flow's definition name (default `plan`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// The flow's id, chosen by the client (a UUID): a start with an id is idempotent, as
+        /// with an `Idempotency-Key` (the id is the key when no header is given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, format = Uuid)]
+        id: Option<FlowId>,
     },
     /// A registered task graph.
     TaskGraph {
@@ -139,6 +144,11 @@ pub enum StartRequest {
         /// Its inputs.
         #[serde(default)]
         inputs: BTreeMap<String, Value>,
+        /// The flow's id, chosen by the client (a UUID): a start with an id is idempotent, as
+        /// with an `Idempotency-Key` (the id is the key when no header is given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, format = Uuid)]
+        id: Option<FlowId>,
     },
     /// A registered durable function.
     Function {
@@ -147,13 +157,27 @@ pub enum StartRequest {
         /// Its input.
         #[serde(default)]
         input: Value,
+        /// The flow's id, chosen by the client (a UUID): a start with an id is idempotent, as
+        /// with an `Idempotency-Key` (the id is the key when no header is given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, format = Uuid)]
+        id: Option<FlowId>,
     },
 }
 
-/// The answer of `POST /flows`.
+/// The answer of `POST /flows`: 201 with the new flow, or 200 with `existing: true` when
+/// the same start (same `Idempotency-Key` or `id`, same request) was made before, within the
+/// server's idempotency window: the first start's flow, nothing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Started {
-    /// The new flow.
+    /// The flow.
     #[schema(value_type = String, format = Uuid)]
     pub id: FlowId,
+    /// An earlier start made it (the answer is a replay).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
+    pub existing: bool,
 }
+
+/// The header that makes a start idempotent.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";

@@ -24,7 +24,9 @@ mod time;
 
 pub use control::{Outcome, ReasonRequest, RequestOutcome, SignalRequest};
 pub use events::{EventBodyView, EventPage, EventParams, EventView, StreamMessage, TimedBody};
-pub use flows::{AtParams, FlowPage, FlowSummaryView, ListParams, StartRequest, Started};
+pub use flows::{
+    AtParams, FlowPage, FlowSummaryView, ListParams, StartRequest, Started, IDEMPOTENCY_KEY_HEADER,
+};
 pub use problem::{ProblemCode, ProblemDetails};
 pub use record::{
     AttributeView, FlowView, FunctionView, JournalEntryView, OutcomeView, PlanView, StepView,

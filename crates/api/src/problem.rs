@@ -36,6 +36,10 @@ pub enum ProblemCode {
     LimitReached,
     /// 409: `archived=true` on a server without an archive.
     NoArchive,
+    /// 409: a start's `Idempotency-Key` was used by a start with another request.
+    IdempotencyKeyReused,
+    /// 409: a start's chosen `id` is a flow another request started.
+    FlowExists,
     /// 500: the engine or the store failed.
     Internal,
     /// 503 (`/readyz`): the process cannot do its work (its store stopped after an I/O
@@ -61,6 +65,8 @@ impl ProblemCode {
             Self::UnknownDefinition => "unknown_definition",
             Self::LimitReached => "limit_reached",
             Self::NoArchive => "no_archive",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::FlowExists => "flow_exists",
             Self::Internal => "internal",
             Self::NotReady => "not_ready",
         }

@@ -248,8 +248,18 @@ fn small_answers() {
     };
     check(&outcome, expect_file!["snapshots/request_outcome.json"]);
     check(
-        &Started { id: id(1) },
+        &Started {
+            id: id(1),
+            existing: false,
+        },
         expect_file!["snapshots/started.json"],
+    );
+    check(
+        &Started {
+            id: id(1),
+            existing: true,
+        },
+        expect_file!["snapshots/started_existing.json"],
     );
     let registered = Registered {
         name: "quote".to_owned(),

@@ -121,6 +121,7 @@ async fn fill(path: &Path, flows: usize) -> Arc<dyn Store> {
                     create: Some(NewFlow {
                         kind: FlowKind::Plan,
                         definition: "checkout".into(),
+                        idempotency: None,
                     }),
                     status: Some(FlowStatus::Plan(PlanState::Deactivated)),
                     ready: None,

@@ -45,6 +45,7 @@ pub(crate) async fn http(args: HttpArgs) {
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate_engine::DEFAULT_IDEMPOTENCY_WINDOW,
     };
     let server = flowstate_server::serve(config)
         .await

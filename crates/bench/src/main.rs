@@ -291,6 +291,7 @@ async fn create_flows(store: &dyn Store, clock: &dyn Clock, count: usize) -> Vec
             create: Some(NewFlow {
                 kind: FlowKind::Function,
                 definition: "bench".into(),
+                idempotency: None,
             }),
             status: None,
             ready: None,
@@ -492,6 +493,7 @@ async fn read_back(dir: &std::path::Path, sync: Synchronous, events: u64) -> Mea
             create: (next == 1).then(|| NewFlow {
                 kind: FlowKind::Function,
                 definition: "bench".into(),
+                idempotency: None,
             }),
             status: None,
             ready: None,

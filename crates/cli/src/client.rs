@@ -181,7 +181,7 @@ impl Client {
     /// GET, and the answer as the API type `T` (`Value`: as it is).
     pub(crate) async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, ClientError> {
         let path = url.path().to_owned();
-        decode(path, self.call(Method::GET, url, None::<&()>).await?)
+        decode(path, self.call(Method::GET, url, None::<&()>, &[]).await?)
     }
 
     /// POST `body` as JSON, and the answer as the API type `T` (`()` for an empty one).
@@ -190,13 +190,28 @@ impl Client {
         url: Url,
         body: &(impl Serialize + ?Sized),
     ) -> Result<T, ClientError> {
+        self.post_with(url, body, &[]).await
+    }
+
+    /// POST `body` as JSON with extra `headers` (name, value), and the answer as `T`.
+    pub(crate) async fn post_with<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        body: &(impl Serialize + ?Sized),
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
         let path = url.path().to_owned();
-        decode(path, self.call(Method::POST, url, Some(body)).await?)
+        decode(
+            path,
+            self.call(Method::POST, url, Some(body), headers).await?,
+        )
     }
 
     /// DELETE (the answer is empty).
     pub(crate) async fn delete(&self, url: Url) -> Result<(), ClientError> {
-        self.call(Method::DELETE, url, None::<&()>).await.map(drop)
+        self.call(Method::DELETE, url, None::<&()>, &[])
+            .await
+            .map(drop)
     }
 
     async fn call(
@@ -204,12 +219,16 @@ impl Client {
         method: Method,
         url: Url,
         body: Option<&(impl Serialize + ?Sized)>,
+        headers: &[(&str, &str)],
     ) -> Result<Value, ClientError> {
         let path = url.path().to_owned();
         let mut request = self
             .request(method.clone(), url)
             .timeout(REQUEST_TIMEOUT)
             .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

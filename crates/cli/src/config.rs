@@ -20,6 +20,7 @@
 //! archive_max_live_bytes = 1000000000  # serve --archive-max-live-bytes / FLOWSTATE_ARCHIVE_MAX_LIVE_BYTES
 //! archive_interval = "60s"           # serve --archive-interval / FLOWSTATE_ARCHIVE_INTERVAL
 //! retention = "7d"                   # serve --retention / FLOWSTATE_RETENTION
+//! idempotency_window = "24h"         # serve --idempotency-window / FLOWSTATE_IDEMPOTENCY_WINDOW
 //! ```
 //!
 //! An unknown key, a value of the wrong type and a file that cannot be read are each a
@@ -41,7 +42,7 @@ pub(crate) const CONFIG_ENV: &str = "FLOWSTATE_CONFIG";
 pub(crate) const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Every key the file may hold.
-pub(crate) const KEYS: [&str; 14] = [
+pub(crate) const KEYS: [&str; 15] = [
     "store",
     "archive",
     "server",
@@ -56,6 +57,7 @@ pub(crate) const KEYS: [&str; 14] = [
     "archive_max_live_bytes",
     "archive_interval",
     "retention",
+    "idempotency_window",
 ];
 
 /// The keys whose value is a count (a non-negative integer).
@@ -79,6 +81,7 @@ pub(crate) struct ConfigFile {
     archive_max_live_bytes: Option<u64>,
     archive_interval: Option<String>,
     retention: Option<String>,
+    idempotency_window: Option<String>,
 }
 
 /// `tokens`: a list, or one string (comma separated, as in `FLOWSTATE_TOKEN`).
@@ -269,6 +272,19 @@ pub(crate) fn apply(cli: &mut Cli, matches: &ArgMatches) -> Result<(), CliError>
             args.steps_file = Some(steps_file.into());
         }
         apply_archiving(args, serve, archiving);
+        if let Some(window) = file
+            .idempotency_window
+            .filter(|_| !given(serve, "idempotency_window"))
+        {
+            crate::commands::parse_duration("idempotency-window", &window).map_err(|e| {
+                CliError::new(format!(
+                    "config file {}: idempotency_window: {}",
+                    path.display(),
+                    e.0
+                ))
+            })?;
+            args.idempotency_window = Some(window);
+        }
     }
     Ok(())
 }
@@ -295,11 +311,13 @@ mod tests {
             archive_max_live_bytes = 1000000
             archive_interval = "30s"
             retention = "1d"
+            idempotency_window = "12h"
             "#,
         )
         .expect("valid");
         assert_eq!(file.store.as_deref(), Some("a.db"));
         assert_eq!(file.steps_file.as_deref(), Some("a.db.steps.json"));
+        assert_eq!(file.idempotency_window.as_deref(), Some("12h"));
         assert_eq!(
             file.tokens.map(Tokens::into_vec),
             Some(vec!["x".to_owned(), "y".to_owned()])

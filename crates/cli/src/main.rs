@@ -172,6 +172,10 @@ pub(crate) struct ServeArgs {
     /// long as the process).
     #[arg(long, value_name = "PATH", env = "FLOWSTATE_STEPS_FILE")]
     pub(crate) steps_file: Option<PathBuf>,
+    /// How long the idempotency keys of starts (`Idempotency-Key`, a chosen id) are kept: a
+    /// start repeated within it gives the first flow (default 24h; 250ms, 90s, 30m, 12h, 7d).
+    #[arg(long, value_name = "DURATION", env = "FLOWSTATE_IDEMPOTENCY_WINDOW")]
+    pub(crate) idempotency_window: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +282,14 @@ pub(crate) struct StartArgs {
     /// Follow the flow to its end, then print its final state (exit status 1 if it failed).
     #[arg(long)]
     pub(crate) wait: bool,
+    /// The flow's id (a UUID), chosen here: starting again with the same id and request
+    /// gives the same flow (within the server's idempotency window).
+    #[arg(long, value_name = "UUID")]
+    pub(crate) id: Option<String>,
+    /// Makes the start idempotent: starting again with the same key and request gives the
+    /// first flow (within the server's idempotency window); another request is refused.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) idempotency_key: Option<String>,
 }
 
 /// `suspend ID [--reason TEXT]`, `resume ID [--reason TEXT]`.
@@ -507,6 +519,10 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<(), CliError> {
             tokens: cli.tokens.clone(),
             examples: !args.no_examples,
             steps_file: args.steps_file.clone(),
+            idempotency_window: match &args.idempotency_window {
+                Some(text) => commands::parse_duration("idempotency-window", text)?,
+                None => flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+            },
         };
         let server = flowstate_server::serve(config)
             .await

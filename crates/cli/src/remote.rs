@@ -49,6 +49,7 @@ pub(crate) fn goes_through_server(command: &Command) -> bool {
 enum Request {
     Start {
         body: StartRequest,
+        key: Option<String>,
         wait: bool,
     },
     Signal {
@@ -101,7 +102,9 @@ pub(crate) async fn run(cli: Cli) -> Result<Output, CliError> {
     let client = Client::new(&cli.server, cli.tokens.first().cloned())?;
     let json = cli.json;
     match request {
-        Request::Start { body, wait } => start(&client, &body, wait, json).await,
+        Request::Start { body, key, wait } => {
+            start(&client, &body, key.as_deref(), wait, json).await
+        }
         Request::Signal { id, name, value } => {
             let url = client.url(&["flows", &id.to_string(), "signals"], &[]);
             let signal = SignalRequest {
@@ -204,22 +207,29 @@ fn control_request(args: ControlArgs, action: Action) -> Result<Request, CliErro
 }
 
 fn start_request(args: StartArgs) -> Result<Request, CliError> {
+    let id = args
+        .id
+        .as_deref()
+        .map(|text| parse_id(text).map_err(|error| CliError::new(format!("--id: {}", error.0))))
+        .transpose()?;
     let body = if let Some(name) = args.graph {
         let inputs = inputs_object(&args.inputs)?.into_iter().collect();
-        StartRequest::TaskGraph { name, inputs }
+        StartRequest::TaskGraph { name, inputs, id }
     } else if let Some(name) = args.function {
         let input = function_input(&args.inputs)?;
-        StartRequest::Function { name, input }
+        StartRequest::Function { name, input, id }
     } else {
         StartRequest::Plan {
             goals: args.goals,
             inputs: inputs_object(&args.inputs)?,
             choices: choices(&args.choices)?,
             name: args.name,
+            id,
         }
     };
     Ok(Request::Start {
         body,
+        key: args.idempotency_key,
         wait: args.wait,
     })
 }
@@ -404,12 +414,24 @@ fn register_body(args: RegisterArgs) -> Result<Value, CliError> {
 async fn start(
     client: &Client,
     body: &StartRequest,
+    key: Option<&str>,
     wait: bool,
     json: bool,
 ) -> Result<Output, CliError> {
-    let Started { id } = client.post(client.url(&["flows"], &[]), body).await?;
+    let headers: Vec<(&str, &str)> = key
+        .map(|key| (flowstate_api::IDEMPOTENCY_KEY_HEADER, key))
+        .into_iter()
+        .collect();
+    let Started { id, existing } = client
+        .post_with(client.url(&["flows"], &[]), body, &headers)
+        .await?;
     if !wait {
-        return render::accepted(json!({ "id": id }), format!("{id}\n"), json);
+        let answer = if existing {
+            json!({ "id": id, "existing": true })
+        } else {
+            json!({ "id": id })
+        };
+        return render::accepted(answer, format!("{id}\n"), json);
     }
     // The id first, at once: whoever stops the wait still knows which flow it was.
     if !json && !print_line(&id.to_string())? {

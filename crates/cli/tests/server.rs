@@ -609,3 +609,35 @@ fn serve_takes_its_settings_from_the_config_file_below_flags_and_environment() {
         "the examples are registered by default"
     );
 }
+
+#[test]
+fn a_start_with_a_key_or_an_id_is_made_once() {
+    let server = Server::start();
+    let start = |extra: &[&str]| {
+        let mut args = vec!["start", "--function", "approval", "--input", "5"];
+        args.extend_from_slice(extra);
+        server.cli(&args)
+    };
+    let id = started(&start(&["--idempotency-key", "order-1234"]));
+    let again = json(&start(&["--json", "--idempotency-key", "order-1234"]));
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["existing"], true);
+    let error = fails(&server.cli(&[
+        "start",
+        "--function",
+        "approval",
+        "--input",
+        "6",
+        "--idempotency-key",
+        "order-1234",
+    ]));
+    assert!(error.contains("(idempotency_key_reused)"), "{error}");
+
+    let chosen = "01970000-0000-7000-8000-0000000000c1";
+    assert_eq!(started(&start(&["--id", chosen])), chosen);
+    assert_eq!(started(&start(&["--id", chosen])), chosen);
+    let error = fails(&server.cli(&["start", "--function", "approval", "--id", chosen]));
+    assert!(error.contains("(flow_exists)"), "{error}");
+    let error = fails(&start(&["--id", "not-a-uuid"]));
+    assert!(error.contains("--id"), "{error}");
+}

@@ -34,3 +34,11 @@ pub const MAX_READ_BATCH: usize = 100_000;
 /// Longest lease a worker may take on a flow or a timer, in seconds. A longer lease would
 /// leave a crashed worker's flows stuck for too long.
 pub const MAX_LEASE_SECS: u64 = 3_600;
+
+/// Longest idempotency key of a start (`Idempotency-Key`, `--idempotency-key`) in bytes. A
+/// key names one start; a client's UUID or a hash fits many times over.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// Longest fingerprint of a start's request, in bytes (the engine's are 68: a version tag
+/// and a SHA-256 in hex).
+pub const MAX_FINGERPRINT_BYTES: usize = 128;

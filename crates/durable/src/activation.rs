@@ -421,6 +421,9 @@ pub(crate) async fn create_child(
                 ))),
             }
         }
+        Err(CreateError::KeyReused { key, flow }) => Err(Stop::Misuse(format!(
+            "a child has no idempotency key, yet key {key:?} named flow {flow}"
+        ))),
         Err(CreateError::Write(error)) => Err(Stop::Write(error)),
     }
 }

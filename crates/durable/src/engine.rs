@@ -2,7 +2,9 @@
 //! runner for durable functions, which hands runs to the driver threads (`driver`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use flowstate_core::sync::RwLock;
 
@@ -10,7 +12,10 @@ use flowstate_core::machine::ActivationState;
 use flowstate_core::{
     Clock, EventBody, Failure, FlowId, FlowKind, FlowStatus, FunctionRecord, Transition,
 };
-use flowstate_engine::{create, CreateError, Creation, FlowWriter, WriteError};
+use flowstate_engine::{
+    create, CreateError, Created, Creation, FlowWriter, StartOptions, WriteError,
+    DEFAULT_IDEMPOTENCY_WINDOW,
+};
 use flowstate_store::{FlowQuery, Store, StoreError};
 use flowstate_worker::{FlowRunner, RunError};
 use serde::de::DeserializeOwned;
@@ -43,6 +48,14 @@ pub enum Error {
     #[error("flow {flow} exists already")]
     Exists {
         /// The id.
+        flow: FlowId,
+    },
+    /// The idempotency key started another request's flow; nothing was written.
+    #[error("idempotency key {key:?} was used for another request, which started flow {flow}")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The flow it started.
         flow: FlowId,
     },
     /// The flow is not a durable function.
@@ -107,6 +120,8 @@ pub(crate) struct Shared {
     keep_journals: std::sync::atomic::AtomicBool,
     /// How long a done activation keeps its journal before dropping it, in µs.
     retention_micros: std::sync::atomic::AtomicU64,
+    /// How long idempotency keys of starts are kept, in milliseconds.
+    idempotency_window_ms: AtomicU64,
 }
 
 impl Shared {
@@ -172,8 +187,20 @@ impl Functions {
                 retention_micros: std::sync::atomic::AtomicU64::new(micros(
                     DEFAULT_JOURNAL_RETENTION,
                 )),
+                idempotency_window_ms: AtomicU64::new(
+                    u64::try_from(DEFAULT_IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(u64::MAX),
+                ),
             }),
         }
+    }
+
+    /// Keeps the idempotency keys of starts ([`Functions::submit_with`]) for `window`
+    /// (default [`DEFAULT_IDEMPOTENCY_WINDOW`]).
+    pub fn set_idempotency_window(&self, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.shared
+            .idempotency_window_ms
+            .store(ms, Ordering::Relaxed);
     }
 
     /// Whether an activation that is done keeps its journal for good (for audit) or, as by
@@ -222,6 +249,21 @@ impl Functions {
 
     /// Records an activation of `name` with `input`, ready for whichever worker claims it.
     pub async fn submit(&self, name: &str, input: impl Serialize) -> Result<FlowId, Error> {
+        Ok(self
+            .submit_with(name, input, &StartOptions::new())
+            .await?
+            .id())
+    }
+
+    /// [`Functions::submit`] with a chosen id and/or an idempotency key: starting again with
+    /// the same name and input gives the first flow ([`Created::Existing`]) and records
+    /// nothing; the same key with another request is [`Error::KeyReused`].
+    pub async fn submit_with(
+        &self,
+        name: &str,
+        input: impl Serialize,
+        options: &StartOptions,
+    ) -> Result<Created, Error> {
         let known = self.shared.registry.read().get(name).is_some();
         if !known {
             return Err(Error::Unknown {
@@ -229,11 +271,16 @@ impl Functions {
             });
         }
         let input = serde_json::to_value(input).map_err(|e| Error::Input(e.to_string()))?;
-        let writer =
-            Creation::new(FlowKind::Function, name, input).stage(self.shared.clock.as_ref())?;
+        let window =
+            Duration::from_millis(self.shared.idempotency_window_ms.load(Ordering::Relaxed));
+        let writer = Creation::new(FlowKind::Function, name, input)
+            .with_start(options)
+            .idempotency_window(window)
+            .stage(self.shared.clock.as_ref())?;
         match create::record(self.shared.store.as_ref(), writer, true).await {
-            Ok(flow) => Ok(flow),
+            Ok(created) => Ok(created),
             Err(CreateError::Exists { flow }) => Err(Error::Exists { flow }),
+            Err(CreateError::KeyReused { key, flow }) => Err(Error::KeyReused { key, flow }),
             Err(CreateError::Write(error)) => Err(error.into()),
         }
     }

@@ -275,10 +275,12 @@ mod tests {
         };
         let function = create::record(store.as_ref(), new(FlowKind::Function), true)
             .await
-            .expect("create");
+            .expect("create")
+            .id();
         let plan = create::record(store.as_ref(), new(FlowKind::Plan), true)
             .await
-            .expect("create");
+            .expect("create")
+            .id();
         let functions = Arc::new(Counting::default());
         let controls = Controls::new(store.clone()).with(FlowKind::Function, functions.clone());
 

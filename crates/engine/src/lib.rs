@@ -5,8 +5,8 @@
 //! **What it owns:**
 //! - [`FlowWriter`], the one path from "this happened" to the log (staged, folded, committed
 //!   atomically; stale after a failure).
-//! - [`create`]: flow ids and flow creation, with one id policy and an optional caller-chosen
-//!   id.
+//! - [`create`]: flow ids and flow creation, with one id policy, an optional caller-chosen
+//!   id, and idempotent starts (a key recorded with the flow, a fingerprint of the request).
 //! - [`deliver()`]: appending a request (a signal, a cancellation, a suspension, a child's end)
 //!   to a log that a run may be writing at the same moment.
 //! - [`rebase`]: the one routine by which a run commits on top of requests appended while it
@@ -37,7 +37,7 @@ pub mod sync;
 mod writer;
 
 pub use control::{ControlError, ControlRequest, Controls, FlowControl};
-pub use create::{CreateError, Creation};
+pub use create::{CreateError, Created, Creation, StartOptions, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use deliver::{deliver, deliver_with, DELIVERY_ATTEMPTS};
 pub use rebase::{commit_or_rebase, Committed, Rebases};
 pub use runner::{FlowRunner, RunError};

@@ -22,7 +22,9 @@ use flowstate_core::{
     EVENT_FORMAT_VERSION,
 };
 
-use flowstate_store::{AppendBatch, AppendOutcome, NewEvent, NewFlow, NewTimer, Store, StoreError};
+use flowstate_store::{
+    AppendBatch, AppendOutcome, IdempotencyKey, NewEvent, NewFlow, NewTimer, Store, StoreError,
+};
 
 /// Events per read when a flow is loaded (after the first read).
 const LOAD_PAGE: usize = 2_500;
@@ -156,6 +158,8 @@ pub struct FlowWriter {
     /// What the staged events mean to operators, told after their commit.
     observed: Vec<crate::observe::Observed>,
     stale: bool,
+    /// The idempotency key the creation records (sent with the first append).
+    idempotency: Option<IdempotencyKey>,
 }
 
 impl FlowWriter {
@@ -170,7 +174,20 @@ impl FlowWriter {
             staged: Vec::new(),
             observed: Vec::new(),
             stale: false,
+            idempotency: None,
         }
+    }
+
+    /// The idempotency key the creation's append records (`None` once it is recorded, or
+    /// for a creation without one).
+    #[must_use]
+    pub fn idempotency(&self) -> Option<&IdempotencyKey> {
+        self.idempotency.as_ref()
+    }
+
+    /// The creation's append (the first) records `key` with the flow, atomically.
+    pub(crate) fn set_idempotency(&mut self, key: Option<IdempotencyKey>) {
+        self.idempotency = key;
     }
 
     /// Loads an existing flow by folding its whole log (from its first event: 1, or later
@@ -239,6 +256,7 @@ impl FlowWriter {
             staged: Vec::new(),
             observed: Vec::new(),
             stale: false,
+            idempotency: None,
         })
     }
 
@@ -335,6 +353,7 @@ impl FlowWriter {
         let create = (expected_next_seq == 1).then(|| NewFlow {
             kind: record.kind,
             definition: record.definition.clone(),
+            idempotency: self.idempotency.clone(),
         });
         let status = (self.durable_status != Some(record.status)).then_some(record.status);
         let batch = AppendBatch {
@@ -355,6 +374,7 @@ impl FlowWriter {
         // buffer's capacity is kept for the next commit.
         if let Ok(outcome) = &appended {
             self.stale = false;
+            self.idempotency = None;
             self.durable_next_seq = outcome.next_seq;
             crate::observe::committed(self.durable_status, record, &self.observed);
             self.durable_status = Some(record.status);

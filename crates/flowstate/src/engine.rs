@@ -97,6 +97,7 @@ pub struct EngineBuilder {
         std::time::Duration,
     )>,
     journal_retention: std::time::Duration,
+    idempotency_window: std::time::Duration,
 }
 
 impl EngineBuilder {
@@ -156,6 +157,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the idempotency keys of starts (`submit_with` and the like, with a
+    /// [`crate::StartOptions`] key or id) for `window`: a start repeated within it gives the
+    /// first flow (default [`crate::DEFAULT_IDEMPOTENCY_WINDOW`], a day).
+    #[must_use]
+    pub fn idempotency_window(mut self, window: std::time::Duration) -> Self {
+        self.idempotency_window = window;
+        self
+    }
+
     /// Moves finished flows (deactivated plans, task graphs that ended SUCCESS, FAILURE or
     /// REVERTED, durable functions that are done) to the archive at `url` (a directory,
     /// `file://`, `memory://` or `s3://BUCKET/PREFIX`) by `policy`, a pass every `interval`,
@@ -208,10 +218,12 @@ impl EngineBuilder {
             store.clone(),
             self.clock.clone(),
         ));
+        task_graphs.set_idempotency_window(self.idempotency_window);
         for flow in self.task_graphs {
             task_graphs.register(flow);
         }
         let plans = flowstate_plan::Plans::new(store.clone(), self.clock.clone());
+        plans.set_idempotency_window(self.idempotency_window);
         for step in self.steps {
             plans.register(step)?;
         }
@@ -224,6 +236,7 @@ impl EngineBuilder {
             self.clock.clone(),
             config.id.to_string(),
         );
+        functions.set_idempotency_window(self.idempotency_window);
         functions.plan_with(Arc::new(ChildPlans(plans.clone())));
         functions.journal_retention(self.journal_retention);
         for register in self.functions {
@@ -346,6 +359,7 @@ impl Engine {
             functions: Vec::new(),
             archive: None,
             journal_retention: flowstate_durable::DEFAULT_JOURNAL_RETENTION,
+            idempotency_window: crate::DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 

@@ -26,6 +26,7 @@ pub use flowstate_taskgraph as taskgraph;
 pub use flowstate_worker as worker;
 
 pub use flowstate_core::{Clock, FlowId, FlowKind, FlowRecord, FlowStatus, Timestamp};
+pub use flowstate_engine::{Created, StartOptions, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use flowstate_store::{Store, StoreError, SystemClock};
 
 /// Where the default embedded store lives when nothing else is said.

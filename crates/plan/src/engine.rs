@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flowstate_core::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +24,8 @@ use flowstate_core::{
     Timestamp,
 };
 use flowstate_engine::{
-    commit_or_rebase, create, AppendExtras, Committed, CreateError, Creation, FlowWriter, Rebases,
-    WriteError,
+    commit_or_rebase, create, AppendExtras, Committed, CreateError, Created, Creation, FlowWriter,
+    Rebases, StartOptions, WriteError, DEFAULT_IDEMPOTENCY_WINDOW,
 };
 use flowstate_store::{NewTimer, Store, StoreError};
 use flowstate_worker::{FlowRunner, RunError};
@@ -120,6 +121,14 @@ pub enum Error {
         /// The id.
         flow: FlowId,
     },
+    /// The idempotency key started another request's flow; nothing was written.
+    #[error("idempotency key {key:?} was used for another request, which started flow {flow}")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The flow it started.
+        flow: FlowId,
+    },
     /// The log does not fold.
     #[error(transparent)]
     Fold(#[from] FoldError),
@@ -170,6 +179,8 @@ struct Inner {
     /// Plans computed for the registry as it is: cleared by every (un)registration, under
     /// the registry's write lock, so a plan computed under its read lock is never stale.
     plans: Mutex<HashMap<PlanKey, ExecutionPlan>>,
+    /// How long idempotency keys of starts are kept, in milliseconds.
+    idempotency_window_ms: AtomicU64,
 }
 
 /// The plan engine. Cheap to clone.
@@ -193,8 +204,20 @@ impl Plans {
                 clock,
                 registry: RwLock::new(Registry::default()),
                 plans: Mutex::new(HashMap::new()),
+                idempotency_window_ms: AtomicU64::new(
+                    u64::try_from(DEFAULT_IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(u64::MAX),
+                ),
             }),
         }
+    }
+
+    /// Keeps the idempotency keys of starts ([`Plans::submit_with`]) for `window` (default
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW`]).
+    pub fn set_idempotency_window(&self, window: Duration) {
+        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .idempotency_window_ms
+            .store(ms, Ordering::Relaxed);
     }
 
     fn registry(&self) -> flowstate_core::sync::RwLockReadGuard<'_, Registry> {
@@ -273,14 +296,38 @@ impl Plans {
     /// Plans and records a new flow, ready for whichever worker claims it. Refused, with
     /// nothing recorded, when the goals cannot be planned.
     pub async fn submit(&self, request: PlanRequest) -> Result<FlowId, Error> {
-        self.record(request, true).await
+        Ok(self.record(request, true, &StartOptions::new()).await?.id())
+    }
+
+    /// [`Plans::submit`] with a chosen id and/or an idempotency key: starting again with the
+    /// same request (name, goals, inputs and choices) gives the first flow
+    /// ([`Created::Existing`]) and records nothing, even if the steps changed meanwhile; the
+    /// same key with another request is [`Error::KeyReused`].
+    pub async fn submit_with(
+        &self,
+        request: PlanRequest,
+        options: &StartOptions,
+    ) -> Result<Created, Error> {
+        self.record(request, true, options).await
+    }
+
+    /// [`Plans::create`] with a chosen id and/or an idempotency key, as [`Plans::submit_with`].
+    pub async fn create_with(
+        &self,
+        request: PlanRequest,
+        options: &StartOptions,
+    ) -> Result<Created, Error> {
+        self.record(request, false, options).await
     }
 
     /// Plans and records a new flow that no worker claims: run it in this process with
     /// [`Plans::run`] or [`Plans::run_to_end`] (if the process dies, a later `run` carries
     /// it on).
     pub async fn create(&self, request: PlanRequest) -> Result<FlowId, Error> {
-        self.record(request, false).await
+        Ok(self
+            .record(request, false, &StartOptions::new())
+            .await?
+            .id())
     }
 
     /// Plans a flow, records it and runs it in this process, the way
@@ -290,18 +337,54 @@ impl Plans {
     /// a crash it continues when [`Plans::run`] is called for it. Nothing is recorded when
     /// the goals cannot be planned.
     pub async fn execute(&self, request: PlanRequest) -> Result<FlowRecord, Error> {
-        let writer = self.new_flow(request)?;
+        let writer = self.new_flow(request, &StartOptions::new())?;
         self.run_writer(writer).await
     }
 
-    async fn record(&self, request: PlanRequest, ready: bool) -> Result<FlowId, Error> {
-        let writer = self.new_flow(request)?;
+    /// [`Plans::execute`] with a chosen id and/or an idempotency key. The first start runs
+    /// the flow here ([`Created::New`]); a replay (the same key and request) runs nothing and
+    /// answers the first flow's state as its log says now ([`Created::Existing`]; a flow
+    /// whose first run died is carried on by [`Plans::run`]). The same key with another
+    /// request is [`Error::KeyReused`].
+    pub async fn execute_with(
+        &self,
+        request: PlanRequest,
+        options: &StartOptions,
+    ) -> Result<(Created, FlowRecord), Error> {
+        let writer = self.new_flow(request, options)?;
+        let flow = writer.flow();
+        let fingerprint = writer.idempotency().map(|key| key.fingerprint.clone());
+        match self.run_writer(writer).await {
+            Ok(record) => Ok((Created::New(flow), record)),
+            Err(Error::Write(error @ WriteError::Store(StoreError::KeyTaken { .. }))) => {
+                let created = create::settled(error, flow, fingerprint.as_deref())?;
+                Ok((created, self.state(created.id(), StopAt::End).await?))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn record(
+        &self,
+        request: PlanRequest,
+        ready: bool,
+        options: &StartOptions,
+    ) -> Result<Created, Error> {
+        let writer = self.new_flow(request, options)?;
         Ok(create::record(&*self.inner.store, writer, ready).await?)
     }
 
-    /// A writer for a new flow with its creation and plan staged (not yet recorded).
-    fn new_flow(&self, request: PlanRequest) -> Result<FlowWriter, Error> {
+    /// A writer for a new flow with its creation and plan staged (not yet recorded). The
+    /// goals and choices are part of the start's fingerprint (the plan computed from them is
+    /// not: a replay after the steps changed still matches).
+    fn new_flow(&self, request: PlanRequest, options: &StartOptions) -> Result<FlowWriter, Error> {
         let plan = self.preview(&request)?;
+        let fingerprinted = serde_json::json!({
+            "goals": request.goals,
+            "choices": request.choices,
+        });
+        let window =
+            Duration::from_millis(self.inner.idempotency_window_ms.load(Ordering::Relaxed));
         let definition = if request.name.is_empty() {
             "plan".to_owned()
         } else {
@@ -309,6 +392,9 @@ impl Plans {
         };
         let input = serde_json::Value::Object(request.inputs);
         Ok(Creation::new(FlowKind::Plan, definition, input)
+            .with_start(options)
+            .with_request(fingerprinted)
+            .idempotency_window(window)
             .then([EventBody::PlanStarted { plan }])
             .stage(&*self.inner.clock)?)
     }
@@ -769,6 +855,7 @@ impl From<CreateError> for Error {
     fn from(error: CreateError) -> Self {
         match error {
             CreateError::Exists { flow } => Self::FlowExists { flow },
+            CreateError::KeyReused { key, flow } => Self::KeyReused { key, flow },
             CreateError::Write(write) => Self::Write(write),
         }
     }

@@ -143,3 +143,42 @@ async fn a_cached_plan_never_outlives_a_registration() {
     ));
     assert_eq!(first.goals, [Goal::Attribute("v1".to_owned())]);
 }
+
+#[tokio::test]
+async fn execute_with_a_key_runs_once_and_replays_the_state() {
+    let clock = Arc::new(SystemClock);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(clock.clone()));
+    let plans = Plans::new(store.clone(), clock);
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    plans
+        .register(Step::new("count").input("x").output("y").body(move |ctx| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let x: u64 = ctx.input("x")?;
+                Ok(json!({ "y": x + 1 }))
+            }
+        }))
+        .expect("register");
+    let key = flowstate_engine::StartOptions::new().with_idempotency_key("plan-1");
+    let request = || PlanRequest::new(["y"]).input("x", json!(1));
+    let (created, first) = plans.execute_with(request(), &key).await.expect("execute");
+    assert!(!created.is_existing());
+    assert_eq!(first.status, FlowStatus::Plan(PlanState::Deactivated));
+    let (again, replayed) = plans.execute_with(request(), &key).await.expect("replay");
+    assert_eq!(again, flowstate_engine::Created::Existing(first.id));
+    assert_eq!(replayed.status, first.status);
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Other goals or choices are another request.
+    let error = plans
+        .execute_with(PlanRequest::new(["count"]).input("x", json!(1)), &key)
+        .await
+        .expect_err("another request");
+    assert!(
+        matches!(&error, flowstate_plan::Error::KeyReused { flow, .. } if *flow == first.id),
+        "{error:?}"
+    );
+    let page = store.list(&FlowQuery::default()).await.expect("list");
+    assert_eq!(page.flows.len(), 1);
+}

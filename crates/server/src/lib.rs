@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// `None`: next to an SQLite store's file ([`registrations::default_steps_file`]); for a
     /// PostgreSQL store, nowhere: registrations then live as long as the process.
     pub steps_file: Option<PathBuf>,
+    /// How long idempotency keys of starts are kept (`Idempotency-Key`, a chosen `id`):
+    /// [`flowstate::DEFAULT_IDEMPOTENCY_WINDOW`] unless configured.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// How finished flows are kept: the archive worker's policy and interval, and how long a
@@ -263,7 +266,8 @@ pub async fn serve(config: ServerConfig) -> Result<RunningServer, ServerError> {
 /// The engine of `config`: its store, the examples if asked, the archiver if asked.
 async fn engine(config: &ServerConfig) -> Result<flowstate::Engine, ServerError> {
     let mut builder = flowstate::Engine::builder(config.store.clone())
-        .journal_retention(config.archiving.journal_retention);
+        .journal_retention(config.archiving.journal_retention)
+        .idempotency_window(config.idempotency_window);
     if config.examples {
         builder = examples::steps()
             .into_iter()

@@ -18,6 +18,7 @@ async fn start(tokens: Vec<String>) -> (RunningServer, tempfile::TempDir) {
         tokens,
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     };
     (serve(config).await.expect("serve"), dir)
 }
@@ -220,6 +221,7 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
         tokens: Vec::new(),
         examples: false,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     })
     .await
     .expect_err("refused");
@@ -236,6 +238,7 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
         tokens: vec![String::new()],
         examples: false,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     })
     .await
     .expect_err("refused");

@@ -21,6 +21,7 @@ fn config(dir: &std::path::Path, archive: Option<String>) -> ServerConfig {
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     }
 }
 

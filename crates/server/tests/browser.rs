@@ -465,6 +465,7 @@ async fn the_ui_starts_a_plan_and_shows_it_run_and_travel_back() {
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     })
     .await
     .expect("the server starts");

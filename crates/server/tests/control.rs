@@ -26,6 +26,7 @@ async fn start() -> (RunningServer, tempfile::TempDir) {
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     };
     (serve(config).await.expect("serve"), dir)
 }
@@ -550,6 +551,7 @@ async fn the_all_flows_stream_follows_new_flows_past_the_watched_window() {
             create: Some(flowstate::store::NewFlow {
                 kind: flowstate::core::FlowKind::Plan,
                 definition: "stray".to_owned(),
+                idempotency: None,
             }),
             status: None,
             ready: None,

@@ -20,6 +20,7 @@ async fn start() -> (RunningServer, tempfile::TempDir) {
         examples: true,
         steps_file: None,
         archiving: flowstate_server::Archiving::default(),
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     };
     (serve(config).await.expect("serve"), dir)
 }

@@ -23,6 +23,7 @@ async fn start() -> (RunningServer, tempfile::TempDir) {
         tokens: Vec::new(),
         examples: true,
         steps_file: None,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     };
     (serve(config).await.expect("serve"), dir)
 }
@@ -272,6 +273,7 @@ async fn flows(contract: &Contract) -> (String, String, String) {
         json!({"kind": "function", "name": "approval", "input": 7}),
     )
     .await;
+    idempotent_starts(contract).await;
     contract.call("get", list, list, None, 200).await;
     contract
         .call("get", list, "/api/v1/flows?kind=plan&limit=1", None, 200)
@@ -317,6 +319,34 @@ async fn flows(contract: &Contract) -> (String, String, String) {
     let url = format!("/api/v1/flows/{plan}/events?after=1&limit=0");
     contract.call("get", events, &url, None, 400).await;
     (plan, graph, function)
+}
+
+/// A start with an `Idempotency-Key` (201), the same again (200, `existing`), the key with
+/// another request (409), and a chosen id taken by another request (409).
+async fn idempotent_starts(contract: &Contract) {
+    let list = "/api/v1/flows";
+    let send = |key: &'static str, body: Value| {
+        contract
+            .client
+            .post(format!("{}{list}", contract.base))
+            .header("Idempotency-Key", key)
+            .json(&body)
+    };
+    let body = json!({"kind": "function", "name": "approval", "input": 8});
+    let response = send("schema-1", body.clone()).send().await.expect("send");
+    let first = contract.check("post", list, list, response, 201).await;
+    let response = send("schema-1", body).send().await.expect("send");
+    let again = contract.check("post", list, list, response, 200).await;
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["existing"], true);
+    let other = json!({"kind": "function", "name": "approval", "input": 9});
+    let response = send("schema-1", other).send().await.expect("send");
+    let refused = contract.check("post", list, list, response, 409).await;
+    assert_eq!(refused["code"], "idempotency_key_reused");
+    let id = first["id"].as_str().expect("an id");
+    let taken = json!({"kind": "function", "name": "approval", "input": 10, "id": id});
+    let refused = contract.call("post", list, list, Some(taken), 409).await;
+    assert_eq!(refused["code"], "flow_exists");
 }
 
 /// Signal, suspend, resume and cancel, and their problems.

@@ -31,6 +31,7 @@ fn config(dir: &Path, steps_file: Option<PathBuf>) -> ServerConfig {
         tokens: Vec::new(),
         examples: false,
         steps_file,
+        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
     }
 }
 

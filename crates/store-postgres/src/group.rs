@@ -93,6 +93,21 @@ async fn commit(
             return;
         }
     };
+    // Creations with an idempotency key go one by one (each claims its key first, see
+    // `append_one`); the rest share a group.
+    let (keyed, group): (Vec<Pending>, Vec<Pending>) = group.into_iter().partition(|p| {
+        p.batch
+            .create
+            .as_ref()
+            .is_some_and(|c| c.idempotency.is_some())
+    });
+    for pending in keyed {
+        let outcome = crate::append_one(&mut client, wake, pending.batch, pending.now).await;
+        let _ignored = pending.reply.send(outcome);
+    }
+    if group.is_empty() {
+        return;
+    }
     if group.len() == 1 {
         for pending in group {
             let outcome = crate::append_one(&mut client, wake, pending.batch, pending.now).await;

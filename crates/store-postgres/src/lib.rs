@@ -35,8 +35,8 @@ use flowstate_store::validate::{
 };
 use flowstate_store::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewTimer, Release, Store, StoreError, StoreHealth, WakeCounts, WakeKind, Wakeups,
-    WorkerId,
+    IdempotencyKey, NewEvent, NewTimer, Release, Store, StoreError, StoreHealth, WakeCounts,
+    WakeKind, Wakeups, WorkerId, KEY_PURGE_BATCH,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -945,6 +945,69 @@ async fn compact_one(
 }
 
 /// One append in its own transaction (a lone append, or a group that fell back).
+/// Records `key` for the flow `id` (replacing an expired row of the key) after purging up
+/// to [`KEY_PURGE_BATCH`] expired keys, or refuses with [`StoreError::KeyTaken`] if the key
+/// is live (the caller's transaction is then dropped, rolling back).
+async fn claim_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: uuid::Uuid,
+    key: &IdempotencyKey,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let limit = i64::try_from(KEY_PURGE_BATCH).unwrap_or(i64::MAX);
+    tx.execute(
+        &tx.prepare_cached(
+            "DELETE FROM idempotency_keys WHERE key IN
+               (SELECT key FROM idempotency_keys WHERE expires_at <= $1 AND key <> $3
+                ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .await
+        .map_err(pg_error)?,
+        &[&now.as_micros(), &limit, &key.key],
+    )
+    .await
+    .map_err(pg_error)?;
+    let claimed = tx
+        .query_opt(
+            &tx.prepare_cached(
+                "INSERT INTO idempotency_keys (key, flow, fingerprint, expires_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO UPDATE SET flow = excluded.flow,
+                     fingerprint = excluded.fingerprint, expires_at = excluded.expires_at
+                 WHERE idempotency_keys.expires_at <= $5
+                 RETURNING key",
+            )
+            .await
+            .map_err(pg_error)?,
+            &[
+                &key.key,
+                &id,
+                &key.fingerprint,
+                &key.expires_at.as_micros(),
+                &now.as_micros(),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    if claimed.is_some() {
+        return Ok(());
+    }
+    let row = tx
+        .query_one(
+            &tx.prepare_cached("SELECT flow, fingerprint FROM idempotency_keys WHERE key = $1")
+                .await
+                .map_err(pg_error)?,
+            &[&key.key],
+        )
+        .await
+        .map_err(pg_error)?;
+    Err(StoreError::KeyTaken {
+        key: key.key.clone(),
+        flow: flow_id(row.get(0))?,
+        fingerprint: row.get(1),
+    })
+}
+
 pub(crate) async fn append_one(
     client: &mut deadpool_postgres::Object,
     wake: &WakeChannel,
@@ -953,6 +1016,12 @@ pub(crate) async fn append_one(
 ) -> Result<AppendOutcome, StoreError> {
     let tx = client.transaction().await.map_err(pg_error)?;
     let id = uuid_of(batch.flow);
+    if let Some(key) = batch.create.as_ref().and_then(|c| c.idempotency.as_ref()) {
+        // First, so that a live key is reported whether or not its flow exists; the key's
+        // row stays locked until this transaction ends, so concurrent starts with one key
+        // are decided one after the other.
+        claim_key(&tx, id, key, now).await?;
+    }
     let existing = tx
         .query_opt(
             &tx.prepare_cached(

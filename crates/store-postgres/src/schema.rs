@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use crate::pg_error;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migrations by version: `MIGRATIONS[v - 1]` takes the schema from `v - 1` to `v`.
 const MIGRATIONS: &[&str] = &[
@@ -54,6 +54,17 @@ CREATE INDEX timers_due ON timers (due);
 -- time, or a held timer's lease end); both halves need an index with 100,000 sleepers.
 CREATE INDEX timers_free_due ON timers (due) WHERE lease_until IS NULL;
 CREATE INDEX timers_lease ON timers (lease_until) WHERE lease_until IS NOT NULL;
+",
+    "
+-- Version 3: idempotency keys of starts (the flow each made, the request's fingerprint, when
+-- the key expires), written in the same transaction as the flow; expiry-ordered for the purge.
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    flow        UUID NOT NULL,
+    fingerprint TEXT NOT NULL,
+    expires_at  BIGINT NOT NULL
+);
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
 ",
 ];
 

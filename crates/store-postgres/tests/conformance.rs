@@ -146,6 +146,7 @@ async fn listen_notify_wakes_other_processes_on_the_same_schema_only() {
         create: Some(NewFlow {
             kind: FlowKind::Function,
             definition: "f".into(),
+            idempotency: None,
         }),
         status: None,
         ready: Some(true),

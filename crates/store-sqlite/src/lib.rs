@@ -236,6 +236,7 @@ impl SqliteStore {
             }
             schema::FileState::Current => {
                 set_pragmas(&conn, &options, &location)?;
+                schema::migrate(&mut conn).map_err(|e| open_error(e, &location))?;
                 schema::check_tables(&conn)?;
             }
         }

@@ -2,7 +2,9 @@
 //!
 //! A flowstate file is recognised by SQLite's `application_id` header field. Its schema
 //! version is `user_version`. An older binary refuses a newer file; a newer binary migrates
-//! an older file forward at open (there is one version so far).
+//! an older file forward at open, in one transaction ([`migrate`]). Version 2 adds the
+//! `idempotency_keys` table (a start's key, the flow it made, the request's fingerprint and
+//! when the key expires), written in the same transaction as the flow it names.
 //!
 //! **Table shape** is chosen for append speed (measured in BENCHMARKS.md). Events live in a
 //! rowid table in append order, so a group commit of a thousand flows writes a few dozen
@@ -26,7 +28,19 @@ pub const APPLICATION_ID: i32 = 0x666C_6F77;
 pub const MARK_INTERVAL: u64 = 64;
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Version 2: idempotency keys of starts, by key, with an index on their expiry for the
+/// purge.
+const MIGRATION_V2: &str = "
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    flow        BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
+";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE flows (
@@ -78,7 +92,7 @@ CREATE INDEX timers_due ON timers (due);
 pub enum FileState {
     /// No tables and no application id: a new, empty file.
     Empty,
-    /// A flowstate store of this version.
+    /// A flowstate store of this version or an older one ([`migrate`] brings it forward).
     Current,
 }
 
@@ -122,9 +136,24 @@ pub fn inspect(conn: &Connection, location: &str) -> Result<FileState, StoreErro
 pub fn create(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction()?;
     tx.execute_batch(SCHEMA_V1)?;
+    tx.execute_batch(MIGRATION_V2)?;
     tx.execute_batch(&format!(
         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
     ))?;
+    tx.commit()
+}
+
+/// Brings a file of an older schema version to [`SCHEMA_VERSION`], in one transaction (a
+/// no-op for a current file).
+pub fn migrate(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version < 2 {
+        tx.execute_batch(MIGRATION_V2)?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    }
     tx.commit()
 }
 
@@ -141,7 +170,13 @@ pub fn ensure_indexes(conn: &Connection) -> Result<(), rusqlite::Error> {
 
 /// Whether the schema has the tables this version expects (a cheap structural check).
 pub fn check_tables(conn: &Connection) -> Result<(), StoreError> {
-    for table in ["flows", "events", "event_marks", "timers"] {
+    for table in [
+        "flows",
+        "events",
+        "event_marks",
+        "timers",
+        "idempotency_keys",
+    ] {
         let found: Option<String> = conn
             .query_row(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",

@@ -4,8 +4,8 @@
 use flowstate_core::{FlowId, FlowKind, FlowStatus, Timestamp};
 use flowstate_store::validate::{check_log_room, check_status_kind};
 use flowstate_store::{
-    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, NewEvent, NewTimer, Release,
-    StoreError, WorkerId,
+    AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, IdempotencyKey, NewEvent, NewTimer,
+    Release, StoreError, WorkerId, KEY_PURGE_BATCH,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -471,6 +471,10 @@ fn append(
     now: Timestamp,
     rows: &mut FlowRows,
 ) -> Result<AppendOutcome, OpError> {
+    let key = batch.create.as_ref().and_then(|c| c.idempotency.as_ref());
+    if let Some(key) = key {
+        key_taken(conn, key, now)?;
+    }
     let existing = rows.find(conn, batch.flow)?;
     let actual = existing.as_ref().map_or(1, |row| row.next_seq);
     if actual != batch.expected_next_seq {
@@ -516,7 +520,11 @@ fn append(
                 first_time.as_micros(),
                 now.as_micros(),
             ))?;
-            conn.last_insert_rowid()
+            let flow_no = conn.last_insert_rowid();
+            if let Some(key) = &create.idempotency {
+                record_key(conn, batch.flow, key, now)?;
+            }
+            flow_no
         }
         (None, None) => return Err(StoreError::UnknownFlow { flow: batch.flow }.into()),
     };
@@ -557,6 +565,54 @@ fn append(
         first_seq: actual,
         next_seq,
     })
+}
+
+/// Refuses a creation whose idempotency key is live at `now` ([`StoreError::KeyTaken`]).
+fn key_taken(conn: &Connection, key: &IdempotencyKey, now: Timestamp) -> Result<(), OpError> {
+    let row: Option<(Vec<u8>, String)> = conn
+        .prepare_cached(
+            "SELECT flow, fingerprint FROM idempotency_keys WHERE key = ?1 AND expires_at > ?2",
+        )?
+        .query_row((&key.key, now.as_micros()), |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let Some((flow, fingerprint)) = row else {
+        return Ok(());
+    };
+    let flow = flow_id(&flow)?;
+    Err(StoreError::KeyTaken {
+        key: key.key.clone(),
+        flow,
+        fingerprint,
+    }
+    .into())
+}
+
+/// Purges up to [`KEY_PURGE_BATCH`] expired keys and records `key` for `flow` (replacing
+/// an expired row of the same key).
+fn record_key(
+    conn: &Connection,
+    flow: FlowId,
+    key: &IdempotencyKey,
+    now: Timestamp,
+) -> Result<(), OpError> {
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE key IN
+            (SELECT key FROM idempotency_keys WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+    )?
+    .execute((now.as_micros(), KEY_PURGE_BATCH as i64))?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys (key, flow, fingerprint, expires_at)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute((
+        &key.key,
+        flow.as_bytes(),
+        &key.fingerprint,
+        key.expires_at.as_micros(),
+    ))?;
+    Ok(())
 }
 
 /// Inserts `events` as events `first_seq..` of the flow, chained after the event in row

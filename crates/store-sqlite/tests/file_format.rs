@@ -41,6 +41,7 @@ async fn store_with_one_flow(path: &Path) -> FlowId {
             create: Some(NewFlow {
                 kind: FlowKind::Plan,
                 definition: "p".into(),
+                idempotency: None,
             }),
             status: None,
             ready: None,
@@ -188,4 +189,55 @@ async fn a_broken_event_chain_is_corruption_not_a_shorter_log() {
         assert_eq!(tail.len(), 24, "{damage}");
         store.close().await.expect("close");
     }
+}
+
+#[tokio::test]
+async fn a_version_1_file_is_migrated_and_takes_idempotency_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("v1.db");
+    let flow = store_with_one_flow(&path).await;
+    // What a version-1 build wrote: no key table.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch(
+        "DROP INDEX idempotency_keys_expiry; DROP TABLE idempotency_keys; PRAGMA user_version = 1;",
+    )
+    .expect("downgrade");
+    drop(conn);
+    let store = open(&path, false).expect("migrated");
+    assert!(store.flow(flow).await.expect("flow").is_some());
+    let keyed = FlowId::from_parts(Timestamp::from_micros(1_767_225_600_000_000), [2; 10]);
+    let batch = || AppendBatch {
+        flow: keyed,
+        expected_next_seq: 1,
+        events: vec![NewEvent {
+            time: Timestamp::from_micros(1),
+            format: 1,
+            body: br#"{"type":"flow_created","kind":"plan","definition":"p"}"#.to_vec(),
+        }],
+        create: Some(NewFlow {
+            kind: FlowKind::Plan,
+            definition: "p".into(),
+            idempotency: Some(flowstate_store::IdempotencyKey {
+                key: "k".into(),
+                fingerprint: "fp".into(),
+                expires_at: Timestamp::from_micros(i64::MAX),
+            }),
+        }),
+        status: None,
+        ready: None,
+        timers: Vec::new(),
+    };
+    store.append(batch()).await.expect("keyed creation");
+    store.close().await.expect("close");
+    let version: u32 = rusqlite::Connection::open(&path)
+        .expect("sqlite")
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+    let store = open(&path, false).expect("reopen");
+    let error = store.append(batch()).await.expect_err("the key is kept");
+    assert!(
+        matches!(&error, StoreError::KeyTaken { flow, .. } if *flow == keyed),
+        "{error:?}"
+    );
 }

@@ -28,6 +28,7 @@ fn batch(flow: FlowId, expected_next_seq: u64, events: usize) -> AppendBatch {
         create: (expected_next_seq == 1).then(|| NewFlow {
             kind: FlowKind::Plan,
             definition: "p".into(),
+            idempotency: None,
         }),
         status: None,
         ready: None,

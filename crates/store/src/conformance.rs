@@ -23,6 +23,13 @@ use flowstate_core::limits::{
 use flowstate_core::machine::{ActivationState, FlowState, PlanState};
 use flowstate_core::{Clock, FlowId, FlowKind, FlowStatus, ManualClock, Timestamp};
 
+mod keys;
+
+pub use keys::{
+    an_expired_idempotency_key_is_replaced, an_idempotency_key_creates_once,
+    idempotency_key_limits_are_refused, idempotency_keys_survive_a_reopen,
+};
+
 use crate::{
     AppendBatch, Claim, FlowQuery, InvalidInput, NewEvent, NewFlow, NewTimer, Release, Store,
     StoreError, WakeKind, WorkerId,
@@ -72,6 +79,10 @@ macro_rules! conformance_suite {
             compacted_long_logs_read_back_in_any_range_and_after_reopen,
             a_compaction_and_a_racing_append_never_both_succeed,
             a_compacted_log_reads_from_its_first_event,
+            an_idempotency_key_creates_once,
+            an_expired_idempotency_key_is_replaced,
+            idempotency_keys_survive_a_reopen,
+            idempotency_key_limits_are_refused,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -127,6 +138,7 @@ fn creation(flow: FlowId, kind: FlowKind, definition: &str, events: Vec<NewEvent
         create: Some(NewFlow {
             kind,
             definition: definition.to_owned(),
+            idempotency: None,
         }),
         status: None,
         ready: None,

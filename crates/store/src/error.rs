@@ -79,6 +79,16 @@ pub enum StoreError {
         /// The lock file.
         lock: String,
     },
+    /// A creation's idempotency key is live already; nothing was written.
+    #[error("idempotency key {key:?} started flow {flow} already")]
+    KeyTaken {
+        /// The key.
+        key: String,
+        /// The flow it started.
+        flow: FlowId,
+        /// The fingerprint of the request that started it.
+        fingerprint: String,
+    },
 }
 
 /// A request that breaks a limit or a rule. Each variant names the limit and the value.
@@ -180,6 +190,16 @@ pub enum InvalidInput {
         /// What was asked.
         requested: usize,
         /// The limit.
+        limit: usize,
+    },
+    /// An idempotency key or fingerprint that is empty or too long.
+    #[error("{what} must be 1 to {limit} bytes, got {length}")]
+    BadIdempotencyKey {
+        /// `idempotency key` or `fingerprint`.
+        what: &'static str,
+        /// Its length.
+        length: usize,
+        /// The limit (MAX_IDEMPOTENCY_KEY_BYTES or MAX_FINGERPRINT_BYTES).
         limit: usize,
     },
     /// A lease of zero or longer than the limit.

@@ -35,7 +35,7 @@ pub use error::{InvalidInput, StoreError};
 pub use memory::{MemoryStorage, MemoryStore};
 pub use types::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewFlow, NewTimer, Release, WorkerId,
+    IdempotencyKey, NewEvent, NewFlow, NewTimer, Release, WorkerId,
 };
 pub use wake::{WakeCounts, WakeKind, Wakeups};
 
@@ -43,6 +43,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flowstate_core::{FlowId, FlowKind, FlowStatus, RawEvent, Timestamp};
+
+/// How many expired idempotency keys a creation that records a key purges, at most, in its
+/// own transaction. Every keyed creation adds one key and removes up to this many expired
+/// ones, so expired keys go at least as fast as new keys come, at a bounded cost per
+/// creation; a store that stops taking keyed starts keeps the expired keys it has (they are
+/// inert: an expired key counts as absent).
+pub const KEY_PURGE_BATCH: usize = 16;
 
 /// Durable storage for flow logs, their index, the ready queue and timers.
 ///
@@ -56,6 +63,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `batch.expected_next_seq`. Fails with [`StoreError::Conflict`] (and writes nothing) when
     /// the log's next sequence number is different; creates the flow when
     /// `expected_next_seq == 1` and `batch.create` is given.
+    ///
+    /// A creation with an idempotency key ([`NewFlow::idempotency`]) whose key is live (its
+    /// `expires_at` is after the store's clock) writes nothing and fails with
+    /// [`StoreError::KeyTaken`]; this is checked before the flow's existence. Otherwise the
+    /// key (replacing an expired one) is recorded in the same transaction as the flow, and up
+    /// to [`KEY_PURGE_BATCH`] expired keys are purged.
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError>;
 
     /// Replaces the whole log of `flow` by `events`, atomically, if the log's next sequence

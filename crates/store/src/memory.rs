@@ -2,7 +2,7 @@
 //! and by embedders who need no durability. Everything sits behind one mutex; every operation
 //! is a short critical section with no await inside.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use flowstate_core::sync::{Mutex, MutexGuard};
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::error::StoreError;
 use crate::types::{
     AppendBatch, AppendOutcome, Claim, DueTimer, FiredTimer, FlowPage, FlowQuery, FlowSummary,
-    NewEvent, NewTimer, Release, WorkerId,
+    IdempotencyKey, NewEvent, NewTimer, Release, WorkerId,
 };
 use crate::validate::{
     check_batch, check_lease, check_log_room, check_name, check_status_kind, claim_window,
@@ -62,10 +62,46 @@ impl FlowEntry {
 struct Inner {
     flows: BTreeMap<FlowId, FlowEntry>,
     timers: HashMap<(FlowId, String), TimerEntry>,
+    /// Idempotency keys: the flow each started and the request's fingerprint.
+    keys: HashMap<String, (FlowId, IdempotencyKey)>,
+    /// The same keys by expiry, for the purge.
+    expiring: BTreeSet<(Timestamp, String)>,
     closed: bool,
 }
 
 impl Inner {
+    /// The refusal of a creation whose idempotency key is live at `now`.
+    fn key_taken(&self, batch: &AppendBatch, now: Timestamp) -> Option<StoreError> {
+        let key = batch.create.as_ref()?.idempotency.as_ref()?;
+        let (flow, existing) = self.keys.get(&key.key)?;
+        (existing.expires_at > now).then(|| StoreError::KeyTaken {
+            key: key.key.clone(),
+            flow: *flow,
+            fingerprint: existing.fingerprint.clone(),
+        })
+    }
+
+    /// Records `key` for `flow` (replacing an expired one) and purges up to
+    /// [`crate::KEY_PURGE_BATCH`] other expired keys.
+    fn record_key(&mut self, flow: FlowId, key: IdempotencyKey, now: Timestamp) {
+        if let Some((_, old)) = self.keys.remove(&key.key) {
+            self.expiring.remove(&(old.expires_at, old.key));
+        }
+        let expired: Vec<(Timestamp, String)> = self
+            .expiring
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .take(crate::KEY_PURGE_BATCH)
+            .cloned()
+            .collect();
+        for entry in expired {
+            self.keys.remove(&entry.1);
+            self.expiring.remove(&entry);
+        }
+        self.expiring.insert((key.expires_at, key.key.clone()));
+        self.keys.insert(key.key.clone(), (flow, key));
+    }
+
     /// Up to `limit` timers due at `now` that nobody holds, earliest first.
     fn due_timers(&self, now: Timestamp, limit: usize) -> Vec<(Timestamp, FlowId, String)> {
         let mut due: Vec<(Timestamp, FlowId, String)> = self
@@ -135,6 +171,10 @@ impl Store for MemoryStore {
     async fn append(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         let creates = validate_append(&batch)?;
         let mut inner = self.lock()?;
+        let now = self.clock.now();
+        if let Some(taken) = inner.key_taken(&batch, now) {
+            return Err(taken);
+        }
         let actual = inner
             .flows
             .get(&batch.flow)
@@ -158,7 +198,6 @@ impl Store for MemoryStore {
             crate::validate::check_status_kind(kind, status)?;
         }
         check_log_room(actual, batch.events.len())?;
-        let now = self.clock.now();
         let first_time = batch.events[0].time;
         let last_time = batch.events[batch.events.len() - 1].time;
         let count = batch.events.len();
@@ -205,6 +244,9 @@ impl Store for MemoryStore {
         }
         let wake_flows = batch.ready == Some(true);
         let wake_timers = !batch.timers.is_empty();
+        if let Some(key) = batch.create.and_then(|create| create.idempotency) {
+            inner.record_key(batch.flow, key, now);
+        }
         for timer in batch.timers {
             inner.timers.insert(
                 (batch.flow, timer.name),

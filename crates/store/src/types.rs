@@ -26,6 +26,26 @@ pub struct NewFlow {
     pub kind: FlowKind,
     /// The definition it runs.
     pub definition: String,
+    /// The start's idempotency key, recorded in the same transaction as the flow.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// An idempotency key of a start, kept with the flow it created until `expires_at`.
+///
+/// A creation that carries one succeeds only if no live key (one whose `expires_at` is
+/// after the store's clock) of that text exists; otherwise it writes nothing and fails with
+/// [`crate::StoreError::KeyTaken`], naming the flow the key made and the fingerprint of the
+/// request that made it. An expired key is replaced. The store never interprets the
+/// fingerprint: comparing it is the engine's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key, 1 to [`flowstate_core::limits::MAX_IDEMPOTENCY_KEY_BYTES`] bytes.
+    pub key: String,
+    /// What identifies the request, 1 to [`flowstate_core::limits::MAX_FINGERPRINT_BYTES`]
+    /// bytes.
+    pub fingerprint: String,
+    /// When the key stops counting (and may be purged).
+    pub expires_at: Timestamp,
 }
 
 /// A timer to set: when it is due, a worker claims it.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flowstate_core::limits::{
     MAX_CLAIM_BATCH, MAX_EVENTS_PER_APPEND, MAX_EVENTS_PER_FLOW, MAX_EVENT_BODY_BYTES,
-    MAX_LEASE_SECS, MAX_NAME_BYTES,
+    MAX_FINGERPRINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_LEASE_SECS, MAX_NAME_BYTES,
 };
 use flowstate_core::{FlowKind, EVENT_FORMAT_VERSION};
 
@@ -23,6 +23,14 @@ pub fn validate_append(batch: &AppendBatch) -> Result<Option<FlowKind>, InvalidI
     let creates = match (&batch.create, batch.expected_next_seq) {
         (Some(create), 1) => {
             check_name("definition", &create.definition)?;
+            if let Some(idempotency) = &create.idempotency {
+                check_idempotency_key(&idempotency.key)?;
+                check_bytes(
+                    "fingerprint",
+                    &idempotency.fingerprint,
+                    MAX_FINGERPRINT_BYTES,
+                )?;
+            }
             Some(create.kind)
         }
         (None, 1) => return Err(InvalidInput::MissingCreate),
@@ -120,6 +128,23 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), InvalidInput> {
             what,
             length: name.len(),
             limit: MAX_NAME_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key against [`MAX_IDEMPOTENCY_KEY_BYTES`] (and that it is not
+/// empty).
+pub fn check_idempotency_key(key: &str) -> Result<(), InvalidInput> {
+    check_bytes("idempotency key", key, MAX_IDEMPOTENCY_KEY_BYTES)
+}
+
+fn check_bytes(what: &'static str, text: &str, limit: usize) -> Result<(), InvalidInput> {
+    if text.is_empty() || text.len() > limit {
+        return Err(InvalidInput::BadIdempotencyKey {
+            what,
+            length: text.len(),
+            limit,
         });
     }
     Ok(())

@@ -19,7 +19,9 @@
 //! goes to the caller, as before.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use flowstate_core::sync::{Mutex, RwLock};
 
@@ -29,8 +31,8 @@ use flowstate_core::{
     Transition,
 };
 use flowstate_engine::{
-    commit_or_rebase, create, AppendExtras, Committed, CreateError, Creation, FlowWriter, Rebases,
-    WriteError,
+    commit_or_rebase, create, AppendExtras, Committed, CreateError, Created, Creation, FlowWriter,
+    Rebases, StartOptions, WriteError, DEFAULT_IDEMPOTENCY_WINDOW,
 };
 use flowstate_store::{Store, StoreError};
 use serde_json::Value;
@@ -70,6 +72,14 @@ pub enum Error {
     #[error("flow {flow} exists already")]
     FlowExists {
         /// The id.
+        flow: FlowId,
+    },
+    /// The idempotency key started another request's flow; nothing was written.
+    #[error("idempotency key {key:?} was used for another request, which started flow {flow}")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The flow it started.
         flow: FlowId,
     },
     /// The flow is already being run by this engine.
@@ -135,6 +145,8 @@ pub struct Engine {
     notifier: Notifier,
     suspends: Mutex<HashSet<FlowId>>,
     active: Mutex<HashSet<FlowId>>,
+    /// How long idempotency keys of starts are kept, in milliseconds.
+    idempotency_window_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -143,6 +155,11 @@ impl std::fmt::Debug for Engine {
             .field("max_concurrency", &self.max_concurrency)
             .finish_non_exhaustive()
     }
+}
+
+/// `window` in milliseconds, saturating.
+fn window_ms(window: Duration) -> u64 {
+    u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Most atoms one run executes at once by default.
@@ -159,6 +176,7 @@ impl Engine {
             notifier: Notifier::default(),
             suspends: Mutex::new(HashSet::new()),
             active: Mutex::new(HashSet::new()),
+            idempotency_window_ms: AtomicU64::new(window_ms(DEFAULT_IDEMPOTENCY_WINDOW)),
         }
     }
 
@@ -172,6 +190,13 @@ impl Engine {
     pub fn with_max_concurrency(mut self, max: usize) -> Self {
         self.max_concurrency = max.max(1);
         self
+    }
+
+    /// Keeps the idempotency keys of starts ([`Engine::submit_with`]) for `window` (default
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW`]).
+    pub fn set_idempotency_window(&self, window: Duration) {
+        self.idempotency_window_ms
+            .store(window_ms(window), Ordering::Relaxed);
     }
 
     /// The store the engine records in.
@@ -205,17 +230,41 @@ impl Engine {
     /// A writer holding the staged creation of a flow of `name` with `inputs`, after
     /// checking that the definition compiles with them (every input of every execute and
     /// revert is available).
-    fn new_flow(&self, name: &str, inputs: Inputs) -> Result<FlowWriter, Error> {
+    fn new_flow(
+        &self,
+        name: &str,
+        inputs: Inputs,
+        options: &StartOptions,
+    ) -> Result<FlowWriter, Error> {
         let definition = self.definition(name)?;
         compile(&definition, &inputs.keys().cloned().collect())?;
         let input = Value::Object(inputs.into_iter().collect());
-        Ok(Creation::new(FlowKind::TaskGraph, name, input).stage(self.clock.as_ref())?)
+        let window = Duration::from_millis(self.idempotency_window_ms.load(Ordering::Relaxed));
+        Ok(Creation::new(FlowKind::TaskGraph, name, input)
+            .with_start(options)
+            .idempotency_window(window)
+            .stage(self.clock.as_ref())?)
     }
 
     /// Creates a flow of the registered definition `name` with `inputs`; nothing is
     /// recorded if it does not compile with them. The flow is PENDING until [`Engine::run`].
     pub async fn create(&self, name: &str, inputs: Inputs) -> Result<FlowId, Error> {
-        let writer = self.new_flow(name, inputs)?;
+        Ok(self
+            .create_with(name, inputs, &StartOptions::new())
+            .await?
+            .id())
+    }
+
+    /// [`Engine::create`] with a chosen id and/or an idempotency key: starting again with the
+    /// same request gives the first flow ([`Created::Existing`]) and records nothing; the same
+    /// key with another request is [`Error::KeyReused`].
+    pub async fn create_with(
+        &self,
+        name: &str,
+        inputs: Inputs,
+        options: &StartOptions,
+    ) -> Result<Created, Error> {
+        let writer = self.new_flow(name, inputs, options)?;
         Ok(create::record(self.store.as_ref(), writer, false).await?)
     }
 
@@ -223,7 +272,21 @@ impl Engine {
     /// worker (of any process on the store) with this definition claims and runs it. Nothing
     /// is recorded if it does not compile with its inputs.
     pub async fn submit(&self, name: &str, inputs: Inputs) -> Result<FlowId, Error> {
-        let writer = self.new_flow(name, inputs)?;
+        Ok(self
+            .submit_with(name, inputs, &StartOptions::new())
+            .await?
+            .id())
+    }
+
+    /// [`Engine::submit`] with a chosen id and/or an idempotency key, as
+    /// [`Engine::create_with`].
+    pub async fn submit_with(
+        &self,
+        name: &str,
+        inputs: Inputs,
+        options: &StartOptions,
+    ) -> Result<Created, Error> {
+        let writer = self.new_flow(name, inputs, options)?;
         Ok(create::record(self.store.as_ref(), writer, true).await?)
     }
 
@@ -238,8 +301,47 @@ impl Engine {
     /// to workers. The creation is durable together with the flow's first transitions, in
     /// one commit.
     pub async fn execute(&self, name: &str, inputs: Inputs) -> Result<RunOutcome, Error> {
-        let writer = self.new_flow(name, inputs)?;
+        let writer = self.new_flow(name, inputs, &StartOptions::new())?;
         self.run_exclusively(writer).await
+    }
+
+    /// [`Engine::execute`] with a chosen id and/or an idempotency key. The first start runs
+    /// the flow here ([`Created::New`]); a replay (the same key and request) runs nothing and
+    /// answers the first flow's outcome as its log says now ([`Created::Existing`]; a flow
+    /// whose first run died is carried on by [`Engine::run`], as after any `execute`). The
+    /// same key with another request is [`Error::KeyReused`].
+    pub async fn execute_with(
+        &self,
+        name: &str,
+        inputs: Inputs,
+        options: &StartOptions,
+    ) -> Result<(Created, RunOutcome), Error> {
+        let writer = self.new_flow(name, inputs, options)?;
+        let flow = writer.flow();
+        let fingerprint = writer.idempotency().map(|key| key.fingerprint.clone());
+        match self.run_exclusively(writer).await {
+            Ok(outcome) => Ok((Created::New(flow), outcome)),
+            Err(Error::Write(error @ WriteError::Store(StoreError::KeyTaken { .. }))) => {
+                let created = create::settled(error, flow, fingerprint.as_deref())?;
+                Ok((created, self.outcome_of(created.id()).await?))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A flow's outcome as its log says now, running nothing.
+    async fn outcome_of(&self, flow: FlowId) -> Result<RunOutcome, Error> {
+        let writer = FlowWriter::load(self.store.as_ref(), flow).await?;
+        let record = record_of(&writer)?;
+        let Some(state) = state_of(record) else {
+            return Err(Error::NotATaskGraph {
+                flow,
+                kind: record.kind,
+            });
+        };
+        let definition = self.definition(&record.definition)?;
+        let graph = compile(&definition, &input_names(record))?;
+        Ok(outcome(flow, &graph, record, state))
     }
 
     /// Asks a flow this engine is running to suspend: running atoms finish, nothing new
@@ -1144,6 +1246,7 @@ impl From<CreateError> for Error {
     fn from(error: CreateError) -> Self {
         match error {
             CreateError::Exists { flow } => Self::FlowExists { flow },
+            CreateError::KeyReused { key, flow } => Self::KeyReused { key, flow },
             CreateError::Write(write) => Self::Write(write),
         }
     }

@@ -48,6 +48,7 @@ async fn create(store: &dyn Store, ready: bool) -> FlowId {
             create: Some(NewFlow {
                 kind: FlowKind::Function,
                 definition: "sleeper".into(),
+                idempotency: None,
             }),
             status: None,
             ready: ready.then_some(true),

@@ -68,6 +68,7 @@ async fn create(store: &dyn Store, clock: &dyn Clock, kind: FlowKind, ready: boo
             create: Some(NewFlow {
                 kind,
                 definition: "d".into(),
+                idempotency: None,
             }),
             status: None,
             ready: ready.then_some(true),

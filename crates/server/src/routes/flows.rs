@@ -6,14 +6,15 @@
 //! and never write a view by hand: the answers are `flowstate_api` types.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use flowstate::core::fold::{fold, StopAt};
 use flowstate::core::{Event, FlowId, FlowKind, Timestamp};
 use flowstate::plan::PlanRequest;
 use flowstate::store::FlowQuery;
+use flowstate::{Created, StartOptions};
 use flowstate_api::{
     AtParams, EventPage, EventParams, EventView, FlowPage, FlowSummaryView, FlowView, ListParams,
-    ProblemCode, StartRequest, Started,
+    ProblemCode, StartRequest, Started, IDEMPOTENCY_KEY_HEADER,
 };
 
 use crate::archived::from_archive;
@@ -90,24 +91,41 @@ async fn list_live(
 }
 
 /// Start a flow: a plan by goals and inputs, or a registered task graph or durable function by name
+///
+/// Idempotent with an `Idempotency-Key` header or a chosen `id` in the body (the id is the
+/// key when no header is given): the same key and request again, within the server's
+/// idempotency window (a day by default), answers 200 with the first flow and
+/// `existing: true`, and changes nothing; the same key with another request is 409
+/// `idempotency_key_reused`, and a chosen id that another request's flow has is 409
+/// `flow_exists`.
 #[utoipa::path(
     post,
     path = "/api/v1/flows",
     tag = "flows",
     request_body = StartRequest,
-    responses((status = 201, description = "Started", body = Started))
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the start idempotent: 1 to 256 bytes naming this start")),
+    responses(
+        (status = 201, description = "Started", body = Started),
+        (status = 200, description = "The same start was made before: its flow (`existing: true`)", body = Started),
+    )
 )]
 pub(crate) async fn start_flow(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<StartRequest>,
 ) -> Result<Wire<Started>, Problem> {
     let engine = &state.inner.engine;
-    let id = match request {
+    let mut options = StartOptions::new();
+    if let Some(key) = idempotency_key(&headers)? {
+        options = options.with_idempotency_key(key);
+    }
+    let created = match request {
         StartRequest::Plan {
             goals,
             inputs,
             choices,
             name,
+            id,
         } => {
             let request = PlanRequest {
                 name: name.unwrap_or_else(|| "plan".to_owned()),
@@ -115,26 +133,81 @@ pub(crate) async fn start_flow(
                 inputs,
                 choices,
             };
-            start_plan(engine, request).await?
+            start_plan(engine, request, &with_id(options, id)).await?
         }
-        StartRequest::TaskGraph { name, inputs } => engine
+        StartRequest::TaskGraph { name, inputs, id } => engine
             .task_graphs()
-            .submit(&name, inputs)
+            .submit_with(&name, inputs, &with_id(options, id))
             .await
             .map_err(|error| task_graph_start_problem(&error))?,
-        StartRequest::Function { name, input } => engine
+        StartRequest::Function { name, input, id } => engine
             .functions()
-            .submit(&name, input)
+            .submit_with(&name, input, &with_id(options, id))
             .await
-            .map_err(|error| function_problem(&error))?,
+            .map_err(|error| start_function_problem(&error))?,
     };
-    Ok(Wire(StatusCode::CREATED, Started { id }))
+    let (status, existing) = if created.is_existing() {
+        (StatusCode::OK, true)
+    } else {
+        (StatusCode::CREATED, false)
+    };
+    let id = created.id();
+    Ok(Wire(status, Started { id, existing }))
 }
 
-async fn start_plan(engine: &flowstate::Engine, request: PlanRequest) -> Result<FlowId, Problem> {
+fn with_id(options: StartOptions, id: Option<FlowId>) -> StartOptions {
+    match id {
+        Some(id) => options.with_id(id),
+        None => options,
+    }
+}
+
+/// The `Idempotency-Key` header, if any: printable ASCII (a header value), 1 to
+/// `MAX_IDEMPOTENCY_KEY_BYTES` bytes.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Problem::invalid(format!(
+            "the {IDEMPOTENCY_KEY_HEADER} header is given more than once"
+        )));
+    }
+    let key = value.to_str().map_err(|_| {
+        Problem::invalid(format!(
+            "the {IDEMPOTENCY_KEY_HEADER} header must be visible ASCII"
+        ))
+    })?;
+    flowstate::store::validate::check_idempotency_key(key)
+        .map_err(|error| Problem::invalid(format!("{IDEMPOTENCY_KEY_HEADER}: {error}")))?;
+    Ok(Some(key.to_owned()))
+}
+
+fn key_reused(key: &str, flow: FlowId) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        ProblemCode::IdempotencyKeyReused,
+        format!("idempotency key {key:?} was used for another request, which started flow {flow}; use a new key for a new start"),
+    )
+}
+
+fn flow_exists(flow: FlowId) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        ProblemCode::FlowExists,
+        format!("flow {flow} exists and was started with another request (or before the idempotency window); choose a new id"),
+    )
+}
+
+async fn start_plan(
+    engine: &flowstate::Engine,
+    request: PlanRequest,
+    options: &StartOptions,
+) -> Result<Created, Problem> {
     engine
         .plans()
-        .submit(request)
+        .submit_with(request, options)
         .await
         .map_err(|error| match error {
             flowstate::plan::Error::Planning(planning) => Problem::new(
@@ -142,6 +215,8 @@ async fn start_plan(engine: &flowstate::Engine, request: PlanRequest) -> Result<
                 ProblemCode::PlanningFailed,
                 planning.to_string(),
             ),
+            flowstate::plan::Error::KeyReused { key, flow } => key_reused(&key, flow),
+            flowstate::plan::Error::FlowExists { flow } => flow_exists(flow),
             flowstate::plan::Error::Write(write) => write_problem(&write),
             flowstate::plan::Error::Store(store) => store_problem(&store),
             other => Problem::internal(other.to_string()),
@@ -157,8 +232,19 @@ fn task_graph_start_problem(error: &flowstate::taskgraph::Error) -> Problem {
             error.to_string(),
         ),
         Error::Compile(_) => Problem::invalid(error.to_string()),
+        Error::KeyReused { key, flow } => key_reused(key, *flow),
+        Error::FlowExists { flow } => flow_exists(*flow),
         Error::Write(write) => write_problem(write),
         other => Problem::internal(other.to_string()),
+    }
+}
+
+fn start_function_problem(error: &flowstate::durable::Error) -> Problem {
+    use flowstate::durable::Error;
+    match error {
+        Error::KeyReused { key, flow } => key_reused(key, *flow),
+        Error::Exists { flow } => flow_exists(*flow),
+        other => function_problem(other),
     }
 }
 
