@@ -38,14 +38,9 @@ pub(crate) async fn http(args: HttpArgs) {
         .unwrap_or_else(|error| fail(error));
     let config = flowstate_server::ServerConfig {
         addr: "127.0.0.1:0".parse().unwrap_or_else(|error| fail(error)),
-        store: temp.path().join("http.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
-        archiving: flowstate_server::Archiving::default(),
-        tokens: Vec::new(),
         examples: true,
-        steps_file: None,
         idempotency_window: flowstate_engine::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..flowstate_server::ServerConfig::new(temp.path().join("http.db").display().to_string())
     };
     let server = flowstate_server::serve(config)
         .await

@@ -73,6 +73,27 @@ pub struct ServerConfig {
     pub idempotency_window: std::time::Duration,
 }
 
+impl ServerConfig {
+    /// A server on the store at `store`, listening on a free loopback port (`127.0.0.1:0`),
+    /// with no archive, no tokens (so loopback only), no examples, the default steps file,
+    /// archiving settings and idempotency window: set the fields that differ with
+    /// `ServerConfig { .., ..ServerConfig::new(store) }`.
+    #[must_use]
+    pub fn new(store: impl Into<String>) -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: store.into(),
+            archive: None,
+            archive_deactivated: false,
+            archiving: Archiving::default(),
+            tokens: Vec::new(),
+            examples: false,
+            steps_file: None,
+            idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        }
+    }
+}
+
 /// How finished flows are kept: the archive worker's policy and interval, and how long a
 /// done durable function keeps its whole journal (its retention) before dropping it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,15 +10,9 @@ use serde_json::{json, Value};
 async fn start(tokens: Vec<String>) -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let config = ServerConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        store: dir.path().join("flows.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
-        archiving: flowstate_server::Archiving::default(),
         tokens,
         examples: true,
-        steps_file: None,
-        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..ServerConfig::new(dir.path().join("flows.db").display().to_string())
     };
     (serve(config).await.expect("serve"), dir)
 }
@@ -214,14 +208,7 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
     let dir = tempfile::tempdir().expect("dir");
     let refused = serve(ServerConfig {
         addr: "0.0.0.0:0".parse().expect("addr"),
-        store: dir.path().join("flows.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
-        archiving: flowstate_server::Archiving::default(),
-        tokens: Vec::new(),
-        examples: false,
-        steps_file: None,
-        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..ServerConfig::new(dir.path().join("flows.db").display().to_string())
     })
     .await
     .expect_err("refused");
@@ -230,15 +217,8 @@ async fn without_a_token_only_loopback_is_served_and_with_tokens_every_call_need
         "{refused}"
     );
     let weak = serve(ServerConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        store: dir.path().join("weak.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
-        archiving: flowstate_server::Archiving::default(),
         tokens: vec![String::new()],
-        examples: false,
-        steps_file: None,
-        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..ServerConfig::new(dir.path().join("weak.db").display().to_string())
     })
     .await
     .expect_err("refused");

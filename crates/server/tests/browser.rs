@@ -18,7 +18,7 @@
 //! in the temporary directory (the message says where).
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -457,15 +457,8 @@ async fn the_ui_starts_a_plan_and_shows_it_run_and_travel_back() {
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let server = serve(ServerConfig {
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        store: dir.path().join("store.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
-        archiving: flowstate_server::Archiving::default(),
-        tokens: Vec::new(),
         examples: true,
-        steps_file: None,
-        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..ServerConfig::new(dir.path().join("store.db").display().to_string())
     })
     .await
     .expect("the server starts");

@@ -18,15 +18,8 @@ type Log = Arc<Mutex<Vec<String>>>;
 async fn start() -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let config = ServerConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        store: dir.path().join("flows.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
-        archiving: flowstate_server::Archiving::default(),
-        tokens: Vec::new(),
         examples: true,
-        steps_file: None,
-        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..ServerConfig::new(dir.path().join("flows.db").display().to_string())
     };
     (serve(config).await.expect("serve"), dir)
 }

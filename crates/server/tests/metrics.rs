@@ -12,15 +12,9 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 async fn start() -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let config = ServerConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        store: dir.path().join("flows.db").display().to_string(),
-        archive: None,
-        archive_deactivated: false,
         tokens: vec![TOKEN.to_owned()],
         examples: true,
-        steps_file: None,
-        archiving: flowstate_server::Archiving::default(),
-        idempotency_window: flowstate::DEFAULT_IDEMPOTENCY_WINDOW,
+        ..ServerConfig::new(dir.path().join("flows.db").display().to_string())
     };
     (serve(config).await.expect("serve"), dir)
 }
