@@ -14,9 +14,11 @@
 //! - [`children`]: telling a parent flow that its child ended, and naming children.
 //! - [`FlowRunner`] and [`RunError`]: the contract between the worker loop and a kind's runner.
 //! - [`FlowControl`]: cancel, suspend, resume and state, the same for every kind.
-//! - [`sync`]: locks with one poisoning policy.
 //! - [`observe`]: the log event and metrics of every flow that starts or finishes, and of
 //!   every operator request.
+//!
+//! Locks with one poisoning policy are `flowstate_core::sync`, below the kernel, so that the
+//! stores use the same policy as the front doors.
 //!
 //! **What it must never do:** know a kind's semantics (which events a task graph, a plan or a
 //! function records, how they are decided) beyond the predicates a front door hands it, or
@@ -33,7 +35,6 @@ mod deliver;
 pub mod observe;
 pub mod rebase;
 mod runner;
-pub mod sync;
 mod writer;
 
 pub use control::{ControlError, ControlRequest, Controls, FlowControl};
